@@ -1,0 +1,188 @@
+"""Artifact URIs (local paths or s3://...), atomic writes and content hashes.
+
+An artifact is a directory. It is complete exactly when its MANIFEST.json exists: the
+manifest lists every file with its sha256 and is written last, so readers never see a
+half-written artifact, and the manifest's own hash is the artifact's content hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+MANIFEST = "MANIFEST.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete or corrupt."""
+
+
+def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def is_local(uri: str) -> bool:
+    return isinstance(_fs(uri)[0], LocalFileSystem)
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"'{uri}' not found") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already)."""
+    fs, path = _fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"'{uri}' is not valid JSON: {e}") from None
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_arrays(uri: str, **arrays: np.ndarray) -> None:
+    """Save numpy arrays as .npz (no pickled objects: strings must be fixed-width unicode arrays)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(uri, buf.getvalue())
+
+
+def load_arrays(uri: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(uri: str) -> str:
+    fs, path = _fs(uri)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def require_complete(uri: str) -> dict[str, Any]:
+    """Return the manifest of a complete artifact directory, or raise naming what is wrong."""
+    if not exists(uri):
+        raise ArtifactError(f"artifact '{uri}' not found: run the stage that produces it first")
+    if not exists(join(uri, MANIFEST)):
+        raise ArtifactError(f"artifact '{uri}' is incomplete (no {MANIFEST}): its stage did not finish; rerun it")
+    return read_json(join(uri, MANIFEST))
+
+
+def content_hash(uri: str) -> str:
+    """sha256 of an artifact: of its manifest for a directory, of its bytes for a file."""
+    fs, path = _fs(uri)
+    if fs.isdir(path):
+        require_complete(uri)
+        return sha256_file(join(uri, MANIFEST))
+    return sha256_file(uri)
+
+
+@contextmanager
+def atomic_dir(uri: str) -> Iterator[str]:
+    """Build an artifact directory under a temporary name; on success, write its manifest and move it into place.
+
+    On error nothing changes at `uri`: a previous complete artifact stays as it was.
+    """
+    fs, path = _fs(uri)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    parent = path.rstrip("/")[: -len(name)].rstrip("/") or "."
+    token = uuid.uuid4().hex[:12]
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, f".{name}.tmp-{token}")
+        os.makedirs(staging)
+        try:
+            yield staging
+            _write_manifest(staging)
+            old = os.path.join(parent, f".{name}.old-{token}")
+            if os.path.lexists(path):
+                os.replace(path, old)
+            os.replace(staging, path)
+            if os.path.lexists(old):
+                shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
+    else:
+        # Object stores have no rename: stage under a sibling prefix, then drop the old manifest
+        # (marking the old artifact incomplete), copy the files, and write the new manifest last.
+        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        staging = f"{proto}://{parent}/.{name}.tmp-{token}"
+        try:
+            yield staging
+            _write_manifest(staging)
+            sfs, spath = _fs(staging)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            for full in sfs.find(spath):
+                rel = full[len(spath) + 1 :]
+                if rel != MANIFEST:
+                    fs.copy(full, f"{path}/{rel}")
+            fs.copy(f"{spath}/{MANIFEST}", f"{path}/{MANIFEST}")
+        finally:
+            sfs, spath = _fs(staging)
+            if sfs.exists(spath):
+                sfs.rm(spath, recursive=True)
+
+
+def _write_manifest(uri: str) -> None:
+    fs, root = _fs(uri)
+    proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    files = {}
+    for full in sorted(fs.find(root)):
+        rel = full[len(root.rstrip("/")) + 1 :]
+        if rel != MANIFEST:
+            files[rel] = sha256_file(full if isinstance(fs, LocalFileSystem) else f"{proto}://{full}")
+    write_json(join(uri, MANIFEST), {"files": files})

@@ -1,0 +1,76 @@
+"""The four splits (labeled, unlabeled with labels withheld, val, test), deterministic for a seed."""
+from __future__ import annotations
+
+import numpy as np
+
+from selftrain.data import UNLABELED, DataError, Split, fashion_mnist, folders
+from selftrain.params import DataParams
+
+
+def make_splits(p: DataParams, seed: int) -> dict[str, Split]:
+    if p.source == "fashion_mnist":
+        splits = _fashion_mnist(p, seed)
+    else:
+        assert p.folders is not None  # enforced by DataParams
+        labeled = folders.read_class_folders(p.folders.labeled, p.image_size, p.channels)
+        splits = {
+            "labeled": labeled,
+            "unlabeled": folders.read_image_folder(p.folders.unlabeled, p.image_size, p.channels, labeled.classes),
+            "val": folders.read_class_folders(p.folders.val, p.image_size, p.channels, labeled.classes),
+            "test": folders.read_class_folders(p.folders.test, p.image_size, p.channels, labeled.classes),
+        }
+    check_splits(splits)
+    return splits
+
+
+def check_splits(splits: dict[str, Split]) -> None:
+    """Refuse sets a self-training run cannot learn from; each message says which split and why."""
+    for name, s in splits.items():
+        if len(s) == 0:
+            raise DataError(f"the {name} split is empty")
+    labeled = splits["labeled"]
+    present = np.unique(labeled.labels)
+    if len(present) < 2:
+        raise DataError(f"the labeled split has {len(present)} class(es) {[labeled.classes[i] for i in present]}; need at least 2")
+    missing = sorted(set(range(len(labeled.classes))) - set(present.tolist()))
+    if missing:
+        raise DataError(f"the labeled split has no images of class(es) {[labeled.classes[i] for i in missing]}")
+    shapes = {name: s.images.shape[1:] for name, s in splits.items()}
+    if len(set(shapes.values())) != 1:
+        raise DataError(f"splits disagree on image shape: {shapes}")
+
+
+def _fashion_mnist(p: DataParams, seed: int) -> dict[str, Split]:
+    if p.channels != 1 or p.image_size != 28:
+        raise DataError("Fashion-MNIST is 28x28 grayscale: set data.image_size: 28 and data.channels: 1")
+    train_x, train_y, test_x, test_y = fashion_mnist.load(p.fashion_mnist_dir)
+    rng = np.random.default_rng(seed)
+    labeled, val, pool = [], [], []
+    for c in range(len(fashion_mnist.CLASSES)):
+        rows = rng.permutation(np.flatnonzero(train_y == c))
+        need = p.labeled_per_class + p.val_per_class
+        if need > len(rows):
+            raise DataError(f"data.labeled_per_class + data.val_per_class = {need} exceeds the {len(rows)} images of a class")
+        labeled.append(rows[: p.labeled_per_class])
+        val.append(rows[p.labeled_per_class : need])
+        pool.append(rows[need:])
+    pool_rows = np.concatenate(pool)
+    if p.unlabeled > len(pool_rows):
+        raise DataError(f"data.unlabeled = {p.unlabeled} exceeds the {len(pool_rows)} training images left after labeled and val")
+    unlabeled = np.sort(rng.choice(pool_rows, size=p.unlabeled, replace=False))
+    test_rows = np.arange(len(test_x))
+    if p.test is not None:
+        if p.test > len(test_x):
+            raise DataError(f"data.test = {p.test} exceeds the {len(test_x)} test images")
+        test_rows = np.sort(rng.choice(test_rows, size=p.test, replace=False))
+
+    def take(x: np.ndarray, y: np.ndarray, rows: np.ndarray, prefix: str, withhold: bool = False) -> Split:
+        labels = np.full(len(rows), UNLABELED, dtype=np.int64) if withhold else y[rows]
+        return Split(x[rows], labels, np.array([f"{prefix}-{r}" for r in rows]), fashion_mnist.CLASSES)
+
+    return {
+        "labeled": take(train_x, train_y, np.sort(np.concatenate(labeled)), "train"),
+        "unlabeled": take(train_x, train_y, unlabeled, "train", withhold=True),
+        "val": take(train_x, train_y, np.sort(np.concatenate(val)), "train"),
+        "test": take(test_x, test_y, test_rows, "t10k"),
+    }

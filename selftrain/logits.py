@@ -1,0 +1,121 @@
+"""The logit store: a teacher's outputs on the unlabeled set, computed once and kept.
+
+Layout of a store directory:
+  header.json         format, teacher and unlabeled-set hashes, class count, k, dtype, shards
+  shard-00000.npz     ids (str), values (float16, N x C, or N x k with top-k), indices (int32, N x k, top-k only)
+
+Values are log-softmax outputs, i.e. logits shifted per row so that logsumexp = 0. Softmax and
+temperature scaling give exactly what the raw logits give, and with top-k storage the top
+probability (the confidence used for filtering) stays exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from selftrain import artifacts
+
+FORMAT = "selftrain-logits/1"
+
+
+class LogitStoreError(ValueError):
+    """A logit store is malformed, holds non-finite values, or belongs to another teacher or data set."""
+
+
+class LogitWriter:
+    """Stream logits into shards under `uri` (an artifact staging directory); `close()` writes the header."""
+
+    def __init__(self, uri: str, num_classes: int, topk: int | None, shard_size: int, teacher_sha256: str, unlabeled_sha256: str):
+        if topk is not None and topk > num_classes:
+            raise LogitStoreError(f"infer.topk = {topk} exceeds the {num_classes} classes")
+        self.uri, self.num_classes, self.topk, self.shard_size = uri, num_classes, topk, shard_size
+        self.header: dict[str, Any] = {
+            "format": FORMAT,
+            "values": "log_softmax",
+            "dtype": "float16",
+            "num_classes": num_classes,
+            "k": topk,
+            "teacher_sha256": teacher_sha256,
+            "unlabeled_sha256": unlabeled_sha256,
+            "count": 0,
+            "shards": [],
+        }
+        self._pending: list[tuple[np.ndarray, torch.Tensor]] = []
+        self._pending_rows = 0
+
+    def add(self, ids: np.ndarray, logits: torch.Tensor) -> None:
+        bad = ~torch.isfinite(logits).all(dim=1)
+        if bad.any():
+            raise LogitStoreError(f"the model produced non-finite logits for {int(bad.sum())} image(s), first '{ids[int(bad.nonzero()[0])]}'")
+        self._pending.append((ids, torch.log_softmax(logits.float(), dim=1)))
+        self._pending_rows += len(ids)
+        while self._pending_rows >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, rows: int) -> None:
+        ids = np.concatenate([i for i, _ in self._pending])
+        lp = torch.cat([v for _, v in self._pending])
+        arrays: dict[str, np.ndarray] = {"ids": ids[:rows].astype(str)}
+        if self.topk is None:
+            arrays["values"] = lp[:rows].half().numpy()
+        else:
+            values, indices = lp[:rows].topk(self.topk, dim=1)
+            arrays["values"], arrays["indices"] = values.half().numpy(), indices.int().numpy()
+        name = f"shard-{len(self.header['shards']):05d}.npz"
+        artifacts.save_arrays(artifacts.join(self.uri, name), **arrays)
+        self.header["shards"].append({"file": name, "rows": rows})
+        self.header["count"] += rows
+        self._pending = [(ids[rows:], lp[rows:])] if rows < len(ids) else []
+        self._pending_rows = len(ids) - rows
+
+    def close(self) -> dict[str, Any]:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        artifacts.write_json(artifacts.join(self.uri, "header.json"), self.header)
+        return self.header
+
+
+@dataclass(frozen=True)
+class StoredLogits:
+    ids: np.ndarray
+    values: np.ndarray  # float16 (N, C) or (N, k)
+    indices: np.ndarray | None  # int32 (N, k) for top-k stores
+    header: dict[str, Any]
+
+    def dense_log_probs(self) -> np.ndarray:
+        """float64 (N, C) log-probabilities; classes outside a top-k store get -inf."""
+        v = self.values.astype(np.float64)
+        if self.indices is None:
+            return v
+        dense = np.full((len(v), self.header["num_classes"]), -np.inf)
+        np.put_along_axis(dense, self.indices.astype(np.int64), v, axis=1)
+        return dense
+
+
+def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> StoredLogits:
+    """Read a whole store, refusing one that is incomplete, malformed, non-finite or from another teacher/data set."""
+    artifacts.require_complete(uri)
+    header = artifacts.read_json(artifacts.join(uri, "header.json"))
+    if header.get("format") != FORMAT:
+        raise LogitStoreError(f"'{uri}' is not a {FORMAT} store (format: {header.get('format')!r})")
+    for key, expected in (("teacher_sha256", teacher_sha256), ("unlabeled_sha256", unlabeled_sha256)):
+        if expected is not None and header[key] != expected:
+            raise LogitStoreError(f"'{uri}' was made with {key} {header[key][:12]}…, expected {expected[:12]}…: rerun infer")
+    parts = [artifacts.load_arrays(artifacts.join(uri, s["file"])) for s in header["shards"]]
+    if not parts:
+        raise LogitStoreError(f"logit store '{uri}' is empty: the unlabeled set had no images")
+    ids = np.concatenate([p["ids"] for p in parts])
+    values = np.concatenate([p["values"] for p in parts])
+    indices = np.concatenate([p["indices"] for p in parts]) if header["k"] else None
+    if len(ids) != header["count"]:
+        raise LogitStoreError(f"'{uri}' header says {header['count']} rows, shards hold {len(ids)}")
+    width = header["k"] or header["num_classes"]
+    if values.ndim != 2 or values.shape[1] != width:
+        raise LogitStoreError(f"'{uri}' values have shape {values.shape}, expected (N, {width})")
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        raise LogitStoreError(f"'{uri}' holds NaN/inf logits for {int((~finite).sum())} image(s), first '{ids[np.argmin(finite)]}'")
+    return StoredLogits(ids, values, indices, header)
