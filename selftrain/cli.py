@@ -12,10 +12,8 @@ import logging
 import sys
 from typing import Any
 
-import yaml
-
 from selftrain import artifacts
-from selftrain.params import ParamsError, load_params
+from selftrain.params import ParamsError, load_params, parse_override
 from selftrain.report import generation_table
 from selftrain.stages import STAGES
 
@@ -32,10 +30,10 @@ ARG_HELP = {
 
 
 def _override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. student.epochs=2), got '{text}'")
-    return key, yaml.safe_load(value)
+    try:
+        return parse_override(text)
+    except ParamsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

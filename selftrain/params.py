@@ -194,3 +194,11 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ParamsError(f"override '{key}': '{part}' is not a section")
     node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`student.epochs=2` -> ("student.epochs", 2); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ParamsError(f"expected KEY=VALUE (e.g. student.epochs=2), got '{text}'")
+    return key, yaml.safe_load(value)

@@ -1,0 +1,25 @@
+# `make run`: set up, then one self-training generation on Fashion-MNIST through DVC.
+# `make test`: set up, then the whole test suite (what CI runs).
+VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup run test flow bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
+	VENV=$(VENV) scripts/setup.sh
+	touch $@
+
+run: setup
+	dvc repro
+	selftrain report --metrics artifacts/gen1/metrics.json --promoted artifacts/gen1/promoted.json
+
+flow: setup
+	python -m flows.self_training --params params.yaml --root runs/prefect
+
+test: setup
+	pytest
+
+bench: setup
+	python bench/throughput.py

@@ -1,0 +1,1 @@
+"""Prefect flows over selftrain's stages."""

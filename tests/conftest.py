@@ -1,0 +1,72 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough for a 2-core CI machine, large enough that every stage does real work.
+TINY = {
+    "seed": 3,
+    "data": {"labeled_per_class": 10, "val_per_class": 10, "unlabeled": 400, "test": 200},
+    "teacher": {"epochs": 3, "batch_size": 20},
+    "pseudo_labels": {"threshold": 0.0},
+    "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2},
+}
+
+
+def write_tiny_params(path: Path) -> Path:
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        if isinstance(values, dict):
+            base[section].update(values)
+        else:
+            base[section] = values
+    path.write_text(yaml.safe_dump(base, sort_keys=False))
+    return path
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for subprocesses: this venv's tools first on PATH."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**extra), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_image(path: Path, value: int, size: int = 12, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size, size) if mode == "L" else (size, size, 3), value, dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """A valid user data layout: two classes, labeled/val/test trees and a nested unlabeled folder."""
+    root = tmp_path / "images"
+    for split, n in (("labeled", 3), ("val", 2), ("test", 2)):
+        for cls, value in (("cat", 30), ("dog", 200)):
+            for i in range(n):
+                write_image(root / split / cls / f"{i}.png", value + i)
+    for i in range(4):
+        write_image(root / "unlabeled" / ("sub" if i % 2 else "") / f"u{i}.jpg", 100 + i, size=20, mode="RGB")
+    return root
+
+
+def copy_project(dest: Path) -> None:
+    """The files a DVC pipeline run needs, as a fresh clone would have them."""
+    shutil.copytree(ROOT / "selftrain", dest / "selftrain", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)

@@ -1,0 +1,94 @@
+"""Atomic artifact directories, manifests and content hashes; the logit store's checks; checkpoints without pickle."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selftrain import artifacts, logits, models
+
+
+def test_atomic_dir_failure_leaves_previous_artifact_intact(tmp_path):
+    out = str(tmp_path / "art")
+    with artifacts.atomic_dir(out) as d:
+        artifacts.write_bytes(f"{d}/a.txt", b"first")
+    before = artifacts.content_hash(out)
+    with pytest.raises(RuntimeError, match="boom"):
+        with artifacts.atomic_dir(out) as d:
+            artifacts.write_bytes(f"{d}/a.txt", b"second, half written")
+            raise RuntimeError("boom")
+    assert (tmp_path / "art" / "a.txt").read_bytes() == b"first"
+    assert artifacts.content_hash(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging leftovers
+
+
+def test_manifest_hash_follows_content(tmp_path):
+    def build(name, text):
+        with artifacts.atomic_dir(str(tmp_path / name)) as d:
+            artifacts.write_bytes(f"{d}/x/a.txt", text)
+        return artifacts.content_hash(str(tmp_path / name))
+
+    assert build("one", b"same") == build("two", b"same")
+    assert build("three", b"other") != build("one", b"same")
+    manifest = json.loads((tmp_path / "one" / "MANIFEST.json").read_text())
+    assert list(manifest["files"]) == ["x/a.txt"]
+
+
+def test_incomplete_artifact_is_refused(tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "shard-00000.npz").write_bytes(b"")
+    with pytest.raises(artifacts.ArtifactError, match="incomplete .*rerun it"):
+        artifacts.require_complete(str(tmp_path / "half"))
+    with pytest.raises(artifacts.ArtifactError, match="not found: run the stage"):
+        artifacts.require_complete(str(tmp_path / "nothing"))
+
+
+def write_store(uri, values, topk=None, shard_size=3, teacher="t" * 64):
+    with artifacts.atomic_dir(uri) as d:
+        w = logits.LogitWriter(d, values.shape[1], topk, shard_size, teacher_sha256=teacher, unlabeled_sha256="u" * 64)
+        w.add(np.array([f"img{i}" for i in range(len(values))]), torch.tensor(values))
+        w.close()
+
+
+def test_logit_store_round_trip_dense_and_topk(tmp_path):
+    raw = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32) * 3
+    expected = torch.log_softmax(torch.tensor(raw), 1).numpy()
+    write_store(str(tmp_path / "dense"), raw)
+    dense = logits.read_store(str(tmp_path / "dense"))
+    assert len(dense.header["shards"]) == 3 and dense.values.dtype == np.float16
+    np.testing.assert_allclose(dense.dense_log_probs(), expected, atol=2e-3)
+    assert dense.ids.tolist() == [f"img{i}" for i in range(7)]
+
+    write_store(str(tmp_path / "top2"), raw, topk=2)
+    top = logits.read_store(str(tmp_path / "top2"))
+    lp = top.dense_log_probs()
+    assert np.isinf(lp).sum(axis=1).tolist() == [3] * 7
+    np.testing.assert_allclose(lp.max(1), expected.max(1), atol=2e-3)  # the top probability is exact
+    np.testing.assert_array_equal(lp.argmax(1), expected.argmax(1))
+
+
+def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
+    raw = np.zeros((4, 3), dtype=np.float32)
+    write_store(str(tmp_path / "s"), raw)
+    with pytest.raises(logits.LogitStoreError, match="teacher_sha256 tttttttttttt…, expected aaaaaaaaaaaa…: rerun infer"):
+        logits.read_store(str(tmp_path / "s"), teacher_sha256="a" * 64)
+    bad = raw.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(logits.LogitStoreError, match="non-finite logits for 1 image.*img2"):
+        write_store(str(tmp_path / "nan"), bad)
+    assert not (tmp_path / "nan").exists()
+    with pytest.raises(logits.LogitStoreError, match="exceeds the 3 classes"):
+        write_store(str(tmp_path / "k"), raw, topk=4)
+
+
+def test_checkpoint_round_trip_and_pickle_refused(tmp_path):
+    spec = models.ModelSpec("resnet10t", 3, 1, 16, ("a", "b", "c"))
+    net = models.create(spec).eval()
+    models.save_checkpoint(str(tmp_path / "m.safetensors"), net, spec)
+    loaded, spec2 = models.load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert spec2 == spec
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded.eval()(x), net(x))
+    torch.save(net.state_dict(), tmp_path / "pickled.pt")
+    with pytest.raises(artifacts.ArtifactError, match="not a safetensors checkpoint"):
+        models.load_checkpoint(str(tmp_path / "pickled.pt"))

@@ -1,0 +1,59 @@
+"""params.yaml validation: every bad key is named."""
+import pytest
+import yaml
+
+from selftrain.params import Params, ParamsError, load_params, parse_override, parse_params
+
+
+def test_repository_params_file_is_valid():
+    p = load_params("params.yaml")
+    assert isinstance(p, Params) and p.teacher.model and p.student.unlabeled_ratio >= 1
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ParamsError, match=r"student\.epoch: unknown key"):
+        parse_params({"student": {"epoch": 3}})
+
+
+def test_bad_values_are_named_with_the_value():
+    with pytest.raises(ParamsError) as e:
+        parse_params({"teacher": {"lr": -1}, "pseudo_labels": {"threshold": 1.5, "per_class": 0}})
+    msg = str(e.value)
+    assert "3 invalid" in msg
+    assert "teacher.lr: Input should be greater than 0 (got -1)" in msg
+    assert "pseudo_labels.threshold" in msg and "pseudo_labels.per_class" in msg
+
+
+def test_unknown_timm_model_is_refused_with_suggestions():
+    with pytest.raises(ParamsError, match=r"student\.model: unknown timm model 'resnet9000'.*resnet"):
+        parse_params({"student": {"model": "resnet9000"}})
+
+
+def test_contradictory_params():
+    with pytest.raises(ParamsError, match="data.folders .* is required"):
+        parse_params({"data": {"source": "folders"}})
+    with pytest.raises(ParamsError, match="both 0"):
+        parse_params({"student": {"labeled_weight": 0, "pseudo_weight": 0}})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_overrides_apply_dotted_keys_and_are_validated(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"student": {"epochs": 3}}))
+    assert load_params(f, dict([parse_override("student.epochs=5")])).student.epochs == 5
+    assert load_params(f, {"pseudo_labels.per_class": None}).pseudo_labels.per_class is None
+    with pytest.raises(ParamsError, match="student.epochs"):
+        load_params(f, {"student.epochs": "many"})
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        parse_override("student.epochs")

@@ -1,0 +1,114 @@
+"""Filter/balance arithmetic on hand-made teacher outputs."""
+import numpy as np
+import pytest
+
+from selftrain.params import PseudoLabelParams
+from selftrain.pseudo_labels import PseudoLabelError, class_threshold, select
+
+CLASSES = ("a", "b", "c")
+
+
+def log_probs_for(conf_and_class: list[tuple[float, int]]) -> np.ndarray:
+    """Rows whose top probability is `conf` at `cls`, the rest spread evenly over the other classes."""
+    rows = []
+    for conf, cls in conf_and_class:
+        p = np.full(len(CLASSES), (1 - conf) / (len(CLASSES) - 1))
+        p[cls] = conf
+        rows.append(np.log(p))
+    return np.array(rows)
+
+
+def params(**kw) -> PseudoLabelParams:
+    return PseudoLabelParams(**{"per_class": None, **kw})
+
+
+def test_threshold_drops_low_confidence_and_keeps_the_rest_once():
+    lp = log_probs_for([(0.9, 0), (0.4, 0), (0.6, 1), (0.34, 2), (0.5, 2)])
+    sel = select(lp, params(threshold=0.5), seed=0, classes=CLASSES)
+    assert sorted(sel.rows.tolist()) == [0, 2, 4]  # 0.5 is kept: the threshold is inclusive
+    assert sel.stats["total"] == {"unlabeled": 5, "above_threshold": 3, "after_balance": 3, "unique_after_balance": 3}
+
+
+def test_soft_targets_are_teacher_probabilities_and_hard_targets_one_hot():
+    lp = log_probs_for([(0.7, 1)])
+    soft = select(lp, params(kind="soft", threshold=0.0), 0, CLASSES).targets
+    hard = select(lp, params(kind="hard", threshold=0.0), 0, CLASSES).targets
+    np.testing.assert_allclose(soft[0], [0.15, 0.7, 0.15], atol=1e-6)
+    np.testing.assert_array_equal(hard[0], [0, 1, 0])
+
+
+def test_temperature_sharpens_soft_targets_but_not_the_confidence_filter():
+    lp = log_probs_for([(0.6, 0)])
+    sharp = select(lp, params(threshold=0.55, temperature=0.5), 0, CLASSES)
+    assert len(sharp.rows) == 1  # confidence is judged at temperature 1
+    expected = np.array([0.6, 0.2, 0.2]) ** 2 / np.sum(np.array([0.6, 0.2, 0.2]) ** 2)
+    np.testing.assert_allclose(sharp.targets[0], expected, atol=1e-6)
+
+
+def test_class_threshold_picks_highest_grid_value_with_enough_images():
+    conf = np.array([0.95, 0.93, 0.91, 0.80, 0.62])
+    assert class_threshold(conf, 3, floor=0.5) == 0.91
+    assert class_threshold(conf, 4, floor=0.5) == 0.80
+    assert class_threshold(conf, 10, floor=0.5) == 0.5  # too few: fall back to the global threshold
+    assert class_threshold(conf, 1, floor=0.99) == 0.99
+
+
+def test_balance_subsamples_full_classes_and_duplicates_short_ones_to_exactly_n():
+    # class 0: 40 images at distinct confidences, class 1: 4 images, class 2: 10 images
+    rows = [(0.50 + 0.01 * i, 0) for i in range(40)] + [(0.8, 1)] * 4 + [(0.7, 2)] * 10
+    sel = select(log_probs_for(rows), params(threshold=0.5, per_class=10), seed=1, classes=CLASSES)
+    pc = sel.stats["per_class"]
+    # class 0: highest grid threshold with >= 10 images is 0.80 (0.80..0.89) -> exactly 10 selected, 1 copy each
+    assert pc["a"]["class_threshold"] == 0.8 and pc["a"]["selected"] == 10 and pc["a"]["after_balance"] == 10
+    assert set(sel.rows[sel.rows < 40].tolist()) == set(range(30, 40))
+    # class 1: 4 images, 10/4 = 2.5 copies -> each gets 2 or 3
+    copies = np.bincount(sel.rows, minlength=54)[40:44]
+    assert set(copies.tolist()) <= {2, 3} and pc["b"]["selected"] == 4
+    # class 2: exactly 10 -> one copy each
+    assert np.bincount(sel.rows, minlength=54)[44:].tolist() == [1] * 10
+
+
+def test_stochastic_rounding_is_unbiased_and_seeded():
+    rows = [(0.9, 0)] * 3 + [(0.9, 1)] * 7 + [(0.9, 2)] * 7
+    lp = log_probs_for(rows)
+    totals = [select(lp, params(per_class=7), seed=s, classes=CLASSES).stats["per_class"]["a"]["after_balance"] for s in range(400)]
+    assert abs(np.mean(totals) - 7) < 0.15  # 7/3 copies each on average
+    a = select(lp, params(per_class=7), seed=5, classes=CLASSES).rows
+    b = select(lp, params(per_class=7), seed=5, classes=CLASSES).rows
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_upsample_caps_copies_at_one():
+    rows = [(0.9, 0)] * 2 + [(0.9, 1)] * 8
+    sel = select(log_probs_for(rows), params(per_class=5, upsample=False), 0, CLASSES)
+    assert sel.stats["per_class"]["a"]["after_balance"] == 2
+
+
+def test_median_target_uses_the_kept_class_counts():
+    rows = [(0.9, 0)] * 2 + [(0.9, 1)] * 6 + [(0.9, 2)] * 20
+    sel = select(log_probs_for(rows), params(per_class="median"), 0, CLASSES)
+    assert sel.stats["per_class_target"] == 6
+
+
+def test_soft_labels_survive_balancing_with_full_probability_vectors():
+    rows = [(0.6, 0)] + [(0.9, 1)] * 3
+    sel = select(log_probs_for(rows), params(per_class=3, threshold=0.5), 0, CLASSES)
+    dup = sel.targets[sel.rows == 0]
+    assert len(dup) == 3
+    np.testing.assert_allclose(dup, [[0.6, 0.2, 0.2]] * 3, atol=1e-6)
+
+
+def test_nothing_above_threshold_says_what_to_change():
+    with pytest.raises(PseudoLabelError, match="pseudo_labels.threshold = 0.9.*highest is 0.500"):
+        select(log_probs_for([(0.5, 0)]), params(threshold=0.9), 0, CLASSES)
+
+
+def test_nan_and_shape_errors():
+    lp = log_probs_for([(0.9, 0)])
+    lp[0, 1] = np.nan
+    with pytest.raises(PseudoLabelError, match="NaN"):
+        select(lp, params(), 0, CLASSES)
+    with pytest.raises(PseudoLabelError, match="expected \\(N, 3\\)"):
+        select(np.zeros((2, 4)), params(), 0, CLASSES)
+    with pytest.raises(PseudoLabelError, match="empty"):
+        select(np.zeros((0, 3)), params(), 0, CLASSES)
