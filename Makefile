@@ -2,6 +2,9 @@
 # `make test`: set up, then the whole test suite (what CI runs).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Prefect's temporary server: allow a slow first start, send no telemetry.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: setup run test flow bench
 

@@ -21,15 +21,16 @@ from tqdm.auto import tqdm
 from selftrain import runtime
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
-from selftrain.noise import ImageDataset, train_transform
+from selftrain.noise import ImageDataset, randaugment, seed_augmentation, seed_worker, train_batch
 from selftrain.params import StudentParams, TrainParams
 
 
 def _loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batch: int, gen: torch.Generator, workers: int):
-    ds = ImageDataset(images, targets, train_transform(p.augment, p.randaugment, images.shape[1], images.shape[3]))
+    pil_noise = randaugment(p.randaugment, images.shape[1], images.shape[3]) if p.randaugment else None
+    ds = ImageDataset(images, targets, pil_noise)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen, num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0, worker_init_fn=seed_worker,
     )
 
 
@@ -61,6 +62,8 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train `model` in place; return one log row per epoch. `pseudo` is (images, target probabilities)."""
     gen = runtime.seed_everything(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 1)  # batch-level flip/crop, apart from data order
+    seed_augmentation(seed + 2)
     labeled_loader = _loader(labeled.images, labeled.labels, p, p.batch_size, gen, num_workers)
     if pseudo is not None:
         assert isinstance(p, StudentParams)
@@ -85,7 +88,7 @@ def fit(
             if pseudo_iter is not None:
                 x_u, q_u = next(pseudo_iter)
                 x = torch.cat([x_l, x_u])
-            x = runtime.to_device(x, device)
+            x = runtime.to_device(train_batch(x.to(device), p.augment, noise_gen), device)
             y_l = y_l.to(device)
             with runtime.autocast(device):
                 out = model(x).float()

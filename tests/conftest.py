@@ -33,9 +33,14 @@ def write_tiny_params(path: Path) -> Path:
     return path
 
 
+# A cold temporary Prefect server (fresh database) can take over 20 s to start on 2 busy cores;
+# telemetry would only fail without a network.
+PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment for subprocesses: this venv's tools first on PATH."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **PREFECT_ENV, **extra)
     return env
 
 

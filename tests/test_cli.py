@@ -1,0 +1,32 @@
+"""The `selftrain` command: help that explains, and errors that say what to fix (exit code 2, no traceback)."""
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SELFTRAIN = [sys.executable, "-m", "selftrain.cli"]
+
+
+def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*SELFTRAIN, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_help_lists_every_stage_and_its_uris():
+    out = cli("--help").stdout
+    for stage in ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "evaluate", "promote", "report"):
+        assert stage in out
+    infer = cli("infer", "--help").stdout
+    assert "--model URI" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
+
+
+def test_missing_input_artifact_is_a_clear_error(tmp_path):
+    r = cli("train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t"))
+    assert r.returncode == 2
+    assert "artifact '" in r.stderr and "not found: run the stage that produces it first" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_bad_override_names_the_key(tmp_path):
+    r = cli("prepare", "--set", "data.labeled_per_class=-3", "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "data.labeled_per_class: Input should be greater than 0 (got -3)" in r.stderr
