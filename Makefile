@@ -19,7 +19,7 @@ run: setup
 	selftrain report --metrics artifacts/gen1/metrics.json --promoted artifacts/gen1/promoted.json
 
 flow: setup
-	python -m flows.self_training --params params.yaml --root runs/prefect
+	python -m flows.self_training --params params.yaml --root runs/prefect $(FLOWARGS)
 
 test: setup
 	pytest
