@@ -1,4 +1,4 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `report`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -12,21 +12,24 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts
-from selftrain.params import ParamsError, load_params, parse_override
-from selftrain.report import generation_table
+from selftrain import artifacts, promote as promotion
+from selftrain.layout import Generation
+from selftrain.params import Params, ParamsError, load_params, parse_override
+from selftrain.report import history_table
 from selftrain.stages import STAGES
 
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
     "data": "prepare's output: the labeled, unlabeled, val and test splits",
-    "model": "a model.safetensors checkpoint (the teacher)",
+    "teacher": "the teacher: a promotion record (the previous generation's promoted.json) or a model.safetensors",
     "logits_store": "infer's output: the logit store",
     "pseudo": "filter-balance's output: pseudo-labels and per-class counts",
-    "teacher": "the teacher's model.safetensors",
     "student": "the student's model.safetensors",
     "metrics": "evaluate's metrics.json",
+    "promoted": "a promotion record, promoted.json (train-teacher writes generation 0's)",
+    "generation": "which entry of params.generations (gen1, gen2, ...)",
 }
+EXIT_GATE = 3  # a generation did not promote its student: the chain stopped, not a crash
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -52,29 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
         for arg in inspect.signature(fn).parameters.values():
             if arg.kind is inspect.Parameter.KEYWORD_ONLY:
                 flag = "--" + arg.name.replace("_", "-")
-                sp.add_argument(flag, dest=arg.name, required=True, metavar="URI", help=ARG_HELP[arg.name])
-    rp = sub.add_parser("report", help="print teacher vs student from evaluate's metrics.json (and promote's record)")
-    rp.add_argument("--metrics", required=True, metavar="URI", help=ARG_HELP["metrics"])
-    rp.add_argument("--promoted", metavar="URI", help="promote's promoted.json")
+                metavar = "NAME" if arg.name == "generation" else "URI"
+                sp.add_argument(flag, dest=arg.name, required=True, metavar=metavar, help=ARG_HELP[arg.name])
+    sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root")
+    sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     return parser
+
+
+def summary(params: Params, root: str) -> str:
+    """The history table of the last generation (in params order) that has a promotion record under `root`."""
+    last = None
+    for name in params.generations:
+        uri = Generation(root, name).promoted
+        if not artifacts.exists(uri):
+            break
+        last = promotion.read_record(uri)
+        if not last["passed"]:
+            break
+    if last is None:
+        raise artifacts.ArtifactError(f"no generation has finished under '{root}' (no {Generation(root, 'gen1').promoted})")
+    return history_table(last)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        if args.command == "report":
-            promoted = artifacts.read_json(args.promoted) if args.promoted else None
-            print(generation_table(artifacts.read_json(args.metrics), promoted))
+        if args.command == "summary":
+            print(summary(load_params(args.params), args.root))
             return 0
         params = load_params(args.params, dict(args.overrides))
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
-        summary = fn(params, **kwargs)
+        result = fn(params, **kwargs)
+    except promotion.GateError as e:
+        print(f"selftrain {args.command}: stopped: {e}", file=sys.stderr)
+        return EXIT_GATE
     except (ParamsError, ValueError, artifacts.ArtifactError) as e:
         print(f"selftrain {args.command}: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str))
+    print(result.pop("table") if args.command == "report" else json.dumps(result, indent=2, default=str))
     return 0
 
 

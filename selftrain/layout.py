@@ -1,4 +1,10 @@
-"""Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root 'artifacts'."""
+"""Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root 'artifacts'.
+
+    root/data/                      prepare
+    root/gen0/teacher/              train-teacher (model.safetensors, log.csv)
+    root/gen0/promoted.json         generation 0's record: the supervised teacher
+    root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, report/
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,11 +16,11 @@ from selftrain.stages import CHECKPOINT
 @dataclass(frozen=True)
 class Generation:
     root: str
-    number: int
+    name: str  # gen0 (the supervised teacher), gen1, gen2, ...
 
     @property
     def dir(self) -> str:
-        return join(self.root, f"gen{self.number}")
+        return join(self.root, self.name)
 
     @property
     def data(self) -> str:
@@ -22,11 +28,8 @@ class Generation:
 
     @property
     def teacher(self) -> str:
+        """gen0 only: the supervised teacher's directory."""
         return join(self.dir, "teacher")
-
-    @property
-    def teacher_checkpoint(self) -> str:
-        return join(self.teacher, CHECKPOINT)
 
     @property
     def logits(self) -> str:
@@ -51,3 +54,7 @@ class Generation:
     @property
     def promoted(self) -> str:
         return join(self.dir, "promoted.json")
+
+    @property
+    def report(self) -> str:
+        return join(self.dir, "report")

@@ -52,17 +52,40 @@ def _metadata(blob: bytes, uri: str) -> dict[str, str]:
         raise artifacts.ArtifactError(f"'{uri}' is not a safetensors checkpoint ({e})") from None
 
 
-def load_checkpoint(uri: str) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the model a checkpoint describes and load its weights."""
+def _read(uri: str) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     blob = artifacts.read_bytes(uri)
     meta = _metadata(blob, uri)
     if meta.get("format") != "selftrain-checkpoint/1":
         raise artifacts.ArtifactError(f"'{uri}' is not a selftrain checkpoint (metadata: {sorted(meta)})")
     raw = json.loads(meta["spec"])
-    spec = ModelSpec(**{**raw, "classes": tuple(raw["classes"])})
+    return safetensors.torch.load(blob), ModelSpec(**{**raw, "classes": tuple(raw["classes"])})
+
+
+def load_checkpoint(uri: str) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    state, spec = _read(uri)
     model = create(spec)
-    model.load_state_dict(safetensors.torch.load(blob))
+    model.load_state_dict(state)
     return model, spec
+
+
+def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
+    """Load a checkpoint's weights into `model` (same architecture); a head for other classes is left as initialised.
+
+    Returns the number of tensors loaded.
+    """
+    state, other = _read(uri)
+    if (other.name, other.in_chans) != (spec.name, spec.in_chans):
+        raise ValueError(
+            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): "
+            "the architectures must match"
+        )
+    same_head = other.num_classes == spec.num_classes
+    if not same_head:  # e.g. a checkpoint trained on other classes: keep the body, re-initialise the head
+        head = model.pretrained_cfg.get("classifier", "")
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    model.load_state_dict(state, strict=same_head)
+    return len(state)
 
 
 def num_params(model: nn.Module) -> int:

@@ -60,26 +60,29 @@ def _check_timm_model(name: str) -> str:
 
 
 class TrainParams(_Section):
-    model: str = "resnet10t"
+    """How a model is trained (and noised); the model itself is named by `teacher.model` or `generations`."""
+
     epochs: int = Field(60, gt=0)
     batch_size: int = Field(64, gt=0, description="labeled images per step")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    augment: Literal["none", "flip_crop"] = "flip_crop"
-    randaugment: str | None = Field(None, description="timm RandAugment config string, e.g. rand-m9-n2-mstd0.5")
+    augment: Literal["none", "s1", "s2", "s3", "s4"] = Field(
+        "s1", description="augmentation ladder: s1 flip+crop, s2 +AutoAugment, s3 +large scale jitter, s4 RandAugment+large scale jitter"
+    )
+    randaugment_layers: int = Field(2, ge=0, description="RandAugment ops per image (policy s4); 0 turns it off")
+    randaugment_magnitude: float = Field(9, ge=0, le=30, description="RandAugment magnitude (timm scale, 10 = max of the paper)")
+    randaugment_magnitude_std: float = Field(0.5, ge=0, description="per-op noise on the magnitude")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the body")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the weights (timm ModelEmaV3) and save it")
+
+
+class TeacherParams(TrainParams):
+    model: str = "resnet10t"
 
     _model_known = field_validator("model")(_check_timm_model)
-
-    @field_validator("randaugment")
-    @classmethod
-    def _randaugment_form(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("rand"):
-            raise ValueError(f"'{v}' is not a timm RandAugment string (it must start with 'rand', e.g. rand-m9-n2-mstd0.5)")
-        return v
 
 
 class StudentParams(TrainParams):
@@ -87,12 +90,34 @@ class StudentParams(TrainParams):
     unlabeled_ratio: int = Field(3, ge=1, description="pseudo-labeled images per labeled image in each batch")
     labeled_weight: float = Field(1.0, ge=0)
     pseudo_weight: float = Field(1.0, ge=0)
+    init: Literal["scratch", "teacher", "checkpoint"] = Field(
+        "scratch", description="start from random weights, the generation's teacher, or init_checkpoint"
+    )
+    init_checkpoint: str | None = Field(None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'")
+    allow_smaller: bool = Field(False, description="allow a student with fewer parameters than its teacher (distillation)")
 
     @model_validator(mode="after")
-    def _some_loss(self) -> StudentParams:
+    def _consistent(self) -> StudentParams:
         if self.labeled_weight == 0 and self.pseudo_weight == 0:
             raise ValueError("student.labeled_weight and student.pseudo_weight are both 0: nothing to learn from")
+        if (self.init == "checkpoint") != (self.init_checkpoint is not None):
+            raise ValueError("student.init_checkpoint is needed when, and only when, student.init is 'checkpoint'")
         return self
+
+
+class GenerationParams(_Section):
+    model: str = Field(description="the student's timm model in this generation")
+    teacher: str = Field(description="the previous generation (gen0 = the supervised teacher)")
+
+    _model_known = field_validator("model")(_check_timm_model)
+
+
+def _param_count(name: str) -> int:
+    import timm
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
 
 
 class InferParams(_Section):
@@ -138,23 +163,55 @@ class RuntimeParams(_Section):
 class Params(_Section):
     seed: int = 0
     data: DataParams = DataParams()
-    teacher: TrainParams = TrainParams()
+    teacher: TeacherParams = TeacherParams()
     infer: InferParams = InferParams()
     pseudo_labels: PseudoLabelParams = PseudoLabelParams()
     student: StudentParams = StudentParams()
+    generations: dict[str, GenerationParams] = Field(
+        default_factory=lambda: {"gen1": GenerationParams(model="resnet10t", teacher="gen0")},
+        description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
+    )
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
+
+    @model_validator(mode="after")
+    def _generation_chain(self) -> Params:
+        if not self.generations:
+            raise ValueError("generations: list at least one generation (gen1: {model: ..., teacher: gen0})")
+        names = list(self.generations)
+        if names != [f"gen{k}" for k in range(1, len(names) + 1)]:
+            raise ValueError(f"generations: keys must be gen1, gen2, ... in order, got {', '.join(names)}")
+        models = [self.teacher.model] + [g.model for g in self.generations.values()]
+        for k, (name, g) in enumerate(self.generations.items(), start=1):
+            if g.teacher != f"gen{k - 1}":
+                raise ValueError(
+                    f"generations.{name}.teacher: must be 'gen{k - 1}', got '{g.teacher}' (a generation's teacher is the "
+                    "previous generation's promoted model; it is spelled out because dvc.yaml builds paths from it)"
+                )
+            if not self.student.allow_smaller and _param_count(g.model) < _param_count(models[k - 1]):
+                raise ValueError(
+                    f"generations.{name}.model: '{g.model}' is smaller than its teacher '{models[k - 1]}' "
+                    "(Noisy Student wants an equal or larger student; set student.allow_smaller: true to distil down)"
+                )
+        return self
+
+    def generation_model(self, generation: str) -> str:
+        if generation not in self.generations:
+            raise ParamsError(f"generation '{generation}' is not in params.generations ({', '.join(self.generations)})")
+        return self.generations[generation].model
 
 
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid parameter(s):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"]) or "params"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params.yaml in the repository)"
-        shown = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        # a whole section's check names its keys itself: do not echo the section back
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e["input"], dict)
+        shown = "" if quiet else f" (got {e['input']!r})"
         lines.append(f"  {key}: {msg}{shown}")
     return "\n".join(lines)
 

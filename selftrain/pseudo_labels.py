@@ -3,7 +3,9 @@
 Balancing follows the Noisy Student reference code (filter_unlabel.py): per class, a
 histogram of confidence in 0.01 bins picks the highest threshold (not below the global one)
 that still keeps N images; every kept image then gets N / kept_in_class copies, rounded
-stochastically (int(c) + (u < frac)), so full classes are subsampled and short ones duplicated.
+stochastically, so full classes are subsampled and short ones duplicated. The reference rounds
+each image independently (int(c) + (u < frac)), so its class totals are N only on average; here
+exactly N mod k images, drawn at random, get the extra copy, so every class totals exactly N.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class PseudoLabelError(ValueError):
 class Selection:
     rows: np.ndarray  # int64 row in the unlabeled split, repeated once per copy
     targets: np.ndarray  # float32 (len(rows), C): soft probabilities or one-hot
+    probs: np.ndarray  # float32 (len(rows), C): the teacher's full probability vector (temperature 1)
     stats: dict[str, Any]
 
 
@@ -48,6 +51,15 @@ def class_threshold(confidence: np.ndarray, n: int, floor: float) -> float:
     return floor
 
 
+def _copies(k: int, n: int, upsample: bool, rng: np.random.Generator) -> np.ndarray:
+    """Copies of each of k images so that they total exactly n: floor(n/k) each, plus one for n mod k of them at random."""
+    if k == 0 or (k < n and not upsample):
+        return np.ones(k, dtype=np.int64)
+    copies = np.full(k, n // k, dtype=np.int64)
+    copies[rng.choice(k, n % k, replace=False)] += 1
+    return copies
+
+
 def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> Selection:
     """Choose pseudo-labeled rows and their targets from (N, C) teacher log-probabilities."""
     if log_probs.ndim != 2 or log_probs.shape[1] != len(classes):
@@ -59,6 +71,7 @@ def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tupl
     rng = np.random.default_rng(seed)
     # Confidence is the top probability at temperature 1 (exact for log-softmax values, even top-k).
     confidence = np.exp(log_probs.max(axis=1))
+    bins = np.searchsorted(GRID, confidence, side="right") - 1
     predicted = log_probs.argmax(axis=1)
     kept = confidence >= p.threshold
     if not kept.any():
@@ -82,11 +95,7 @@ def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tupl
         else:
             t_c = class_threshold(conf_c, n_target, p.threshold)
             chosen = members[conf_c >= t_c]
-            ratio = n_target / len(chosen) if len(chosen) else 0.0
-            if not p.upsample:
-                ratio = min(ratio, 1.0)
-            frac = ratio - int(ratio)
-            copies = int(ratio) + (rng.random(len(chosen)) < frac).astype(np.int64)
+            copies = _copies(len(chosen), n_target, p.upsample, rng)
         rows_out.append(np.repeat(chosen, copies))
         per_class[classes[c]] = {
             "predicted": int((predicted == c).sum()),
@@ -102,6 +111,7 @@ def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tupl
         targets = _softmax(log_probs[rows], p.temperature)
     else:
         targets = np.eye(num_classes)[predicted[rows]]
+    kept_bins = np.searchsorted(GRID, confidence[rows], side="right") - 1
     stats = {
         "kind": p.kind,
         "threshold": p.threshold,
@@ -113,5 +123,10 @@ def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tupl
             "unique_after_balance": int(len(np.unique(rows))),
         },
         "per_class": per_class,
+        # images per 0.01 bin of top probability [GRID[j], GRID[j] + 0.01): all of them, and the balanced set
+        "confidence_histogram": {
+            "all": np.bincount(bins, minlength=len(GRID)).tolist(),
+            "after_balance": np.bincount(kept_bins, minlength=len(GRID)).tolist(),
+        },
     }
-    return Selection(rows, targets.astype(np.float32), stats)
+    return Selection(rows, targets.astype(np.float32), np.exp(log_probs[rows]).astype(np.float32), stats)

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from selftrain import artifacts, logits, models, promote as promotion, pseudo_labels, runtime, train
+from selftrain import artifacts, logits, models, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain.data import SPLITS, load_split, save_split
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
 from selftrain.inference import iter_logits
-from selftrain.params import Params
+from selftrain.params import Params, TrainParams
 
 log = logging.getLogger("selftrain")
 
@@ -55,13 +55,18 @@ def prepare(params: Params, *, out: str) -> dict[str, Any]:
     return summary
 
 
-def _train_model(params: Params, section: str, data: str, out: str, pseudo: str | None) -> dict[str, Any]:
-    p = getattr(params, section)
+def _train_model(
+    params: Params, p: TrainParams, model_name: str, data: str, out: str, *, pseudo: str | None = None, init: str | None = None, desc: str
+) -> tuple[dict[str, Any], str]:
+    """Train `model_name` with `p` (plus pseudo-labels for a student); returns (summary, checkpoint URI)."""
     labeled, val = load_split(data, "labeled"), load_split(data, "val")
-    spec = models.ModelSpec(p.model, len(labeled.classes), labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
+    spec = models.ModelSpec(model_name, len(labeled.classes), labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
     device = runtime.pick_device(params.runtime.device)
     runtime.seed_everything(params.seed)
-    model = runtime.place(models.create(spec, p.drop_rate, p.drop_path_rate), device, params.runtime.compile)
+    net = models.create(spec, p.drop_rate, p.drop_path_rate)
+    if init is not None:
+        models.init_from(net, spec, init)
+    net = runtime.place(net, device, params.runtime.compile)
     pseudo_set = None
     if pseudo is not None:
         unlabeled = load_split(data, "unlabeled")
@@ -69,24 +74,30 @@ def _train_model(params: Params, section: str, data: str, out: str, pseudo: str 
         if chosen["targets"].shape[1] != len(labeled.classes):
             raise ValueError(f"pseudo-labels in '{pseudo}' have {chosen['targets'].shape[1]} classes, the data has {len(labeled.classes)}")
         pseudo_set = (unlabeled.images[chosen["rows"]], chosen["targets"])
-    rows = train.fit(
-        model, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=section
+    kept, rows = train.fit(
+        net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc
     )
+    checkpoint = artifacts.join(out, CHECKPOINT)
     with artifacts.atomic_dir(out) as staging:
-        models.save_checkpoint(artifacts.join(staging, CHECKPOINT), model, spec)
+        models.save_checkpoint(artifacts.join(staging, CHECKPOINT), kept, spec)
         _write_log_csv(artifacts.join(staging, "log.csv"), rows)
-    summary = {"model": p.model, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "checkpoint": artifacts.join(out, CHECKPOINT)}
-    log.info("%s: %s", section, summary)
+    summary = {"model": model_name, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint}
+    log.info("%s: %s", desc, summary)
+    return summary, checkpoint
+
+
+def train_teacher(params: Params, *, data: str, out: str, promoted: str) -> dict[str, Any]:
+    """Train the teacher with cross-entropy on the labeled split (generation 0); writes model.safetensors, log.csv
+    and generation 0's promotion record naming it."""
+    summary, checkpoint = _train_model(params, params.teacher, params.teacher.model, data, out, desc="teacher")
+    rec = promotion.record("gen0", checkpoint, params.teacher.model, True, "generation 0: the supervised teacher", [])
+    artifacts.write_json(promoted, rec)
     return summary
 
 
-def train_teacher(params: Params, *, data: str, out: str) -> dict[str, Any]:
-    """Train the teacher with cross-entropy on the labeled split; writes model.safetensors and log.csv."""
-    return _train_model(params, "teacher", data, out, pseudo=None)
-
-
-def infer(params: Params, *, model: str, data: str, out: str) -> dict[str, Any]:
+def infer(params: Params, *, teacher: str, data: str, out: str) -> dict[str, Any]:
     """Run the teacher (eval mode, no augmentation) on every unlabeled image; writes a sharded float16 logit store."""
+    model, _ = promotion.resolve(teacher)
     net, spec = models.load_checkpoint(model)
     unlabeled = load_split(data, "unlabeled")
     if unlabeled.images.shape[1:] != (spec.image_size, spec.image_size, spec.in_chans):
@@ -115,15 +126,20 @@ def filter_balance(params: Params, *, logits_store: str, data: str, out: str) ->
         raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
     chosen = pseudo_labels.select(stored.dense_log_probs(), params.pseudo_labels, params.seed, unlabeled.classes)
     with artifacts.atomic_dir(out) as staging:
-        artifacts.save_arrays(artifacts.join(staging, "pseudo.npz"), rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets)
+        artifacts.save_arrays(
+            artifacts.join(staging, "pseudo.npz"), rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets, probs=chosen.probs
+        )
         artifacts.write_json(artifacts.join(staging, "counts.json"), chosen.stats)
     log.info("filter-balance: %s", chosen.stats["total"])
     return chosen.stats["total"]
 
 
-def train_student(params: Params, *, data: str, pseudo: str, out: str) -> dict[str, Any]:
-    """Train the noised student on labeled and pseudo-labeled batches jointly; writes model.safetensors and log.csv."""
-    return _train_model(params, "student", data, out, pseudo=pseudo)
+def train_student(params: Params, *, generation: str, data: str, pseudo: str, teacher: str, out: str) -> dict[str, Any]:
+    """Train the generation's noised student on labeled and pseudo-labeled batches jointly; writes model.safetensors and log.csv."""
+    p = params.student
+    init = {"scratch": None, "teacher": promotion.resolve(teacher)[0], "checkpoint": p.init_checkpoint}[p.init]
+    summary, _ = _train_model(params, p, params.generation_model(generation), data, out, pseudo=pseudo, init=init, desc=f"{generation} student")
+    return summary
 
 
 def evaluate(params: Params, *, teacher: str, student: str, data: str, out: str) -> dict[str, Any]:
@@ -131,38 +147,55 @@ def evaluate(params: Params, *, teacher: str, student: str, data: str, out: str)
     device = runtime.pick_device(params.runtime.device)
     val, test = load_split(data, "val"), load_split(data, "test")
     metrics: dict[str, Any] = {}
-    for role, uri in (("teacher", teacher), ("student", student)):
-        net, _ = models.load_checkpoint(uri)
+    for role, uri in (("teacher", promotion.resolve(teacher)[0]), ("student", student)):
+        net, spec = models.load_checkpoint(uri)
         net = runtime.place(net, device)
         v = accuracy(net, val, params.evaluate.batch_size, device)
         t = accuracy(net, test, params.evaluate.batch_size, device)
-        metrics[role] = {"val_top1": v["top1"], **{f"test_{k}": x for k, x in t.items()}, "checkpoint_sha256": artifacts.content_hash(uri)}
+        metrics[role] = {
+            "model": spec.name, "val_top1": v["top1"], **{f"test_{k}": x for k, x in t.items()}, "checkpoint": uri,
+            "checkpoint_sha256": artifacts.content_hash(uri),
+        }
     metrics["student_minus_teacher"] = {"test_top1": metrics["student"]["test_top1"] - metrics["teacher"]["test_top1"]}
     artifacts.write_json(out, metrics)
     log.info("evaluate: teacher test %.4f, student test %.4f", metrics["teacher"]["test_top1"], metrics["student"]["test_top1"])
     return metrics
 
 
-def promote(params: Params, *, metrics: str, teacher: str, student: str, out: str) -> dict[str, Any]:
-    """Record the next generation's teacher: the student if it beats the teacher on val, else the teacher."""
+def promote(params: Params, *, generation: str, metrics: str, teacher: str, out: str) -> dict[str, Any]:
+    """Record the next generation's teacher: the student if it beats the teacher on val, else the teacher (and the chain stops)."""
     m = artifacts.read_json(metrics)
-    promoted, reason = promotion.decide(m, params.promote)
-    chosen = student if promoted else teacher
-    sha = artifacts.content_hash(chosen)
-    if sha != m[record_role := ("student" if promoted else "teacher")]["checkpoint_sha256"]:
-        raise artifacts.ArtifactError(f"'{chosen}' changed since '{metrics}' was computed: rerun evaluate")
-    record = {
-        "promoted": record_role,
-        "checkpoint": chosen,
-        "sha256": sha,
-        "reason": reason,
-        "metric": params.promote.metric,
-        "teacher": m["teacher"][params.promote.metric],
-        "student": m["student"][params.promote.metric],
+    _, teacher_record = promotion.resolve(teacher)
+    if m["teacher"]["checkpoint_sha256"] != (teacher_record or {"sha256": artifacts.content_hash(teacher)})["sha256"]:
+        raise artifacts.ArtifactError(f"'{metrics}' was computed for another teacher than '{teacher}': rerun evaluate")
+    passed, reason = promotion.decide(m, params.promote)
+    role = "student" if passed else "teacher"
+    row = {
+        "generation": generation,
+        "teacher_model": m["teacher"]["model"],
+        "student_model": m["student"]["model"],
+        **{f"{r}_{k}": m[r][k] for r in ("teacher", "student") for k in ("val_top1", "test_top1")},
+        "promoted": role,
     }
-    artifacts.write_json(out, record)
-    log.info("promote: %s", reason)
-    return record
+    history = (teacher_record or {"history": []})["history"] + [row]
+    rec = promotion.record(
+        generation, m[role]["checkpoint"], m[role]["model"], passed, reason, history,
+        promoted=role, metric=params.promote.metric, teacher=m["teacher"][params.promote.metric], student=m["student"][params.promote.metric],
+    )
+    if rec["sha256"] != m[role]["checkpoint_sha256"]:
+        raise artifacts.ArtifactError(f"'{rec['checkpoint']}' changed since '{metrics}' was computed: rerun evaluate")
+    artifacts.write_json(out, rec)
+    log.info("promote %s: %s", generation, reason)
+    return rec
+
+
+def report(params: Params, *, promoted: str, pseudo: str, out: str) -> dict[str, Any]:
+    """Tables and plots of the chain so far: accuracy per generation, pseudo-label confidence, per-class counts."""
+    rec = promotion.read_record(promoted)
+    counts = artifacts.read_json(artifacts.join(pseudo, "counts.json"))
+    with artifacts.atomic_dir(out) as staging:
+        files = reporting.write_report(staging, rec, counts)
+    return {"generation": rec["generation"], "files": files, "table": reporting.history_table(rec)}
 
 
 STAGES = {
@@ -173,4 +206,5 @@ STAGES = {
     "train-student": train_student,
     "evaluate": evaluate,
     "promote": promote,
+    "report": report,
 }

@@ -4,6 +4,7 @@ A step takes a labeled batch and, for the student, a pseudo-labeled batch `unlab
 times larger; both go through the noised model in one forward pass and the loss is
     labeled_weight * CE(y, f(x_l))  +  pseudo_weight * CE(q, f(x_u))
 each term a mean over its own part of the batch (so the two are normalised separately).
+With `ema_decay` set, an EMA of the weights (timm's ModelEmaV3) is validated and returned instead.
 """
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
 from selftrain import runtime
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
-from selftrain.noise import ImageDataset, randaugment, seed_augmentation, seed_worker, train_batch
+from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, seed_worker, train_batch
 from selftrain.params import StudentParams, TrainParams
 
 
 def _loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batch: int, gen: torch.Generator, workers: int):
-    pil_noise = randaugment(p.randaugment, images.shape[1], images.shape[3]) if p.randaugment else None
-    ds = ImageDataset(images, targets, pil_noise)
+    ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
     return torch.utils.data.DataLoader(
         ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen, num_workers=workers,
         persistent_workers=workers > 0, worker_init_fn=seed_worker,
@@ -59,8 +60,10 @@ def fit(
     val: Split | None = None,
     num_workers: int = 0,
     desc: str = "train",
-) -> list[dict[str, Any]]:
-    """Train `model` in place; return one log row per epoch. `pseudo` is (images, target probabilities)."""
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Train `model` in place; return the model to keep (it, or its EMA) and one log row per epoch.
+
+    `pseudo` is (images, target probabilities)."""
     gen = runtime.seed_everything(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1)  # batch-level flip/crop, apart from data order
     seed_augmentation(seed + 2)
@@ -76,6 +79,9 @@ def fit(
     total = steps_per_epoch * p.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(p.warmup_epochs * steps_per_epoch)))
+    # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
+    ema = ModelEmaV3(model, decay=p.ema_decay, use_warmup=True) if p.ema_decay else None
+    kept = ema.module if ema else model
 
     log = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0)
@@ -102,6 +108,8 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            if ema:
+                ema.update(model)
             seen += len(x)
             correct = (out[: len(y_l)].argmax(1) == y_l).sum()
             sums += np.array([loss.item(), loss_l.item(), loss_u.item(), correct.item() / len(y_l)])
@@ -117,7 +125,7 @@ def fit(
             "images_per_s": seen / (time.perf_counter() - t0),
         }
         if val is not None:
-            row["val_top1"] = accuracy(model, val, 512, device)["top1"]
+            row["val_top1"] = accuracy(kept, val, 512, device)["top1"]
         log.append(row)
     bar.close()
-    return log
+    return kept, log

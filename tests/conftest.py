@@ -19,13 +19,16 @@ TINY = {
     "teacher": {"epochs": 3, "batch_size": 20},
     "pseudo_labels": {"threshold": 0.0},
     "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2},
+    # three generations so "generation 2 onwards" has an onwards; always promote, so the chain never stops
+    "generations": {f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}"} for k in (1, 2, 3)},
+    "promote": {"min_delta": -1.0},
 }
 
 
 def write_tiny_params(path: Path) -> Path:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
-        if isinstance(values, dict):
+        if isinstance(values, dict) and section != "generations":
             base[section].update(values)
         else:
             base[section] = values

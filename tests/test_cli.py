@@ -13,14 +13,15 @@ def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_stage_and_its_uris():
     out = cli("--help").stdout
-    for stage in ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "evaluate", "promote", "report"):
+    for stage in ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "evaluate", "promote", "report", "summary"):
         assert stage in out
     infer = cli("infer", "--help").stdout
-    assert "--model URI" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
+    assert "--teacher URI" in infer and "promotion record" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
+    assert "--generation NAME" in cli("train-student", "--help").stdout
 
 
 def test_missing_input_artifact_is_a_clear_error(tmp_path):
-    r = cli("train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t"))
+    r = cli("train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t"), "--promoted", str(tmp_path / "p.json"))
     assert r.returncode == 2
     assert "artifact '" in r.stderr and "not found: run the stage that produces it first" in r.stderr
     assert "Traceback" not in r.stderr

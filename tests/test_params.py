@@ -25,8 +25,29 @@ def test_bad_values_are_named_with_the_value():
 
 
 def test_unknown_timm_model_is_refused_with_suggestions():
-    with pytest.raises(ParamsError, match=r"student\.model: unknown timm model 'resnet9000'.*resnet"):
-        parse_params({"student": {"model": "resnet9000"}})
+    with pytest.raises(ParamsError, match=r"teacher\.model: unknown timm model 'resnet9000'.*resnet"):
+        parse_params({"teacher": {"model": "resnet9000"}})
+    with pytest.raises(ParamsError, match=r"generations\.gen1\.model: unknown timm model"):
+        parse_params({"generations": {"gen1": {"model": "resnet9000", "teacher": "gen0"}}})
+
+
+def gens(*models: str) -> dict:
+    return {f"gen{k}": {"model": m, "teacher": f"gen{k - 1}"} for k, m in enumerate(models, start=1)}
+
+
+def test_generation_chain_is_checked():
+    assert list(parse_params({"generations": gens("resnet10t", "resnet14t", "resnet18")}).generations) == ["gen1", "gen2", "gen3"]
+    with pytest.raises(ParamsError, match="keys must be gen1, gen2, ... in order, got gen1, gen3"):
+        parse_params({"generations": {"gen1": gens("resnet10t")["gen1"], "gen3": {"model": "resnet10t", "teacher": "gen2"}}})
+    with pytest.raises(ParamsError, match="generations.gen2.teacher: must be 'gen1', got 'gen0'"):
+        parse_params({"generations": {**gens("resnet10t"), "gen2": {"model": "resnet10t", "teacher": "gen0"}}})
+    with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
+        parse_params({"generations": gens("resnet18", "resnet10t")})
+    with pytest.raises(ParamsError, match="generations.gen1.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
+        parse_params({"teacher": {"model": "resnet18"}})
+    assert parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True}}).generations["gen1"].model == "resnet10t"
+    with pytest.raises(ParamsError, match="list at least one generation"):
+        parse_params({"generations": {}})
 
 
 def test_contradictory_params():
@@ -34,6 +55,10 @@ def test_contradictory_params():
         parse_params({"data": {"source": "folders"}})
     with pytest.raises(ParamsError, match="both 0"):
         parse_params({"student": {"labeled_weight": 0, "pseudo_weight": 0}})
+    with pytest.raises(ParamsError, match="init_checkpoint is needed when, and only when"):
+        parse_params({"student": {"init": "checkpoint"}})
+    with pytest.raises(ParamsError, match=r"student.augment: Input should be 'none', 's1', 's2', 's3' or 's4' \(got 'flip_crop'\)"):
+        parse_params({"student": {"augment": "flip_crop"}})
 
 
 def test_file_errors(tmp_path):

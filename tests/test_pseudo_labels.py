@@ -68,11 +68,17 @@ def test_balance_subsamples_full_classes_and_duplicates_short_ones_to_exactly_n(
     assert np.bincount(sel.rows, minlength=54)[44:].tolist() == [1] * 10
 
 
-def test_stochastic_rounding_is_unbiased_and_seeded():
-    rows = [(0.9, 0)] * 3 + [(0.9, 1)] * 7 + [(0.9, 2)] * 7
+def test_balance_gives_every_class_exactly_n_on_a_skewed_input():
+    # 3, 7 and 50 images: duplicated up, untouched, subsampled down, each to exactly 7
+    rows = [(0.9, 0)] * 3 + [(0.9, 1)] * 7 + [(0.95, 2)] * 50
     lp = log_probs_for(rows)
-    totals = [select(lp, params(per_class=7), seed=s, classes=CLASSES).stats["per_class"]["a"]["after_balance"] for s in range(400)]
-    assert abs(np.mean(totals) - 7) < 0.15  # 7/3 copies each on average
+    picks_of_a = []
+    for s in range(50):
+        sel = select(lp, params(per_class=7), seed=s, classes=CLASSES)
+        assert [v["after_balance"] for v in sel.stats["per_class"].values()] == [7, 7, 7]
+        assert np.bincount(sel.rows, minlength=60)[:3].tolist() in ([3, 2, 2], [2, 3, 2], [2, 2, 3])
+        picks_of_a.append(tuple(np.bincount(sel.rows, minlength=60)[:3]))
+    assert len(set(picks_of_a)) == 3  # which image gets the extra copy is random, by seed
     a = select(lp, params(per_class=7), seed=5, classes=CLASSES).rows
     b = select(lp, params(per_class=7), seed=5, classes=CLASSES).rows
     np.testing.assert_array_equal(a, b)
@@ -112,3 +118,13 @@ def test_nan_and_shape_errors():
         select(np.zeros((2, 4)), params(), 0, CLASSES)
     with pytest.raises(PseudoLabelError, match="empty"):
         select(np.zeros((0, 3)), params(), 0, CLASSES)
+
+
+def test_hard_labels_keep_the_full_probability_vectors_and_a_confidence_histogram():
+    rows = [(0.62, 0)] * 2 + [(0.91, 1)] * 2 + [(0.4, 2)]
+    sel = select(log_probs_for(rows), params(kind="hard", threshold=0.5, per_class=2), 0, CLASSES)
+    np.testing.assert_array_equal(sel.targets, np.eye(3)[[0, 0, 1, 1]])
+    np.testing.assert_allclose(sel.probs[0], [0.62, 0.19, 0.19], atol=1e-6)
+    hist = sel.stats["confidence_histogram"]
+    assert hist["all"][62] == 2 and hist["all"][91] == 2 and hist["all"][40] == 1 and sum(hist["all"]) == 5
+    assert sum(hist["after_balance"]) == 4 and hist["after_balance"][40] == 0

@@ -1,0 +1,26 @@
+"""One self-training generation as a Prefect flow: logits -> filter/balance -> student -> evaluate -> promote -> report."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from selftrain.layout import Generation
+from selftrain.params import Params
+from selftrain.report import generation_table
+from tasks import stages
+
+
+@flow(name="generation", flow_run_name="{name}")
+def generation(params: Params, root: str, name: str) -> dict[str, Any]:
+    """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
+    g = Generation(root, name)
+    teacher = Generation(root, params.generations[name].teacher).promoted
+    stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
+    stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
+    stages.train_student(params, generation=name, data=g.data, pseudo=g.pseudo, teacher=teacher, out=g.student)
+    metrics = stages.evaluate(params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics)
+    promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
+    stages.report(params, promoted=g.promoted, pseudo=g.pseudo, out=g.report)
+    get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
+    return promoted
