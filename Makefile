@@ -1,4 +1,4 @@
-# `make run`: set up, then one self-training generation on Fashion-MNIST through DVC.
+# `make run`: set up, then self-training on Fashion-MNIST through DVC (every generation in params.yaml).
 # `make test`: set up, then the whole test suite (what CI runs).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 
 run: setup
 	dvc repro
-	selftrain report --metrics artifacts/gen1/metrics.json --promoted artifacts/gen1/promoted.json
+	selftrain summary --root artifacts
 
 flow: setup
 	python -m flows.self_training --params params.yaml --root runs/prefect $(FLOWARGS)

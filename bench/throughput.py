@@ -53,7 +53,7 @@ def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: i
 def stage_train(model_name: str, split, batch: int, steps: int, device: torch.device) -> float:
     """selftrain.train.fit (augmentation, DataLoader, schedule, logging) for `steps` steps."""
     epochs = max(1, round(steps * batch / len(split)))
-    p = TrainParams(model=model_name, epochs=epochs, batch_size=batch, augment="flip_crop")
+    p = TrainParams(epochs=epochs, batch_size=batch, augment="s1")
     spec = models.ModelSpec(model_name, 10, split.images.shape[3], split.images.shape[1], split.classes)
     model = runtime.place(models.create(spec), device)
     train.fit(model, p.model_copy(update={"epochs": 1}), split, device, seed=0, desc="warm-up")

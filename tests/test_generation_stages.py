@@ -1,0 +1,95 @@
+"""Stages of a generation, run in-process on tiny real data: clean inference, promotion records, student init, EMA."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_tiny_params
+from selftrain import artifacts, models, runtime, stages, train
+from selftrain.data import load_split
+from selftrain.layout import Generation
+from selftrain.noise import clean_batch
+from selftrain.params import load_params
+from selftrain.promote import GateError, resolve
+
+
+@pytest.fixture(scope="module")
+def gen0(tmp_path_factory):
+    """Data and a heavily noised teacher (s4, dropout 0.5, drop-path 0.5): generation 0's record."""
+    tmp = tmp_path_factory.mktemp("gen")
+    noisy = {"teacher.augment": "s4", "teacher.drop_rate": 0.5, "teacher.drop_path_rate": 0.5, "teacher.epochs": 2}
+    params = load_params(write_tiny_params(tmp / "params.yaml"), noisy)
+    g = Generation(str(tmp / "run"), "gen0")
+    stages.prepare(params, out=g.data)
+    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    return params, g
+
+
+def test_teacher_inference_has_no_noise(gen0, tmp_path):
+    params, g = gen0
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    stages.infer(params, teacher=g.promoted, data=g.data, out=a)
+    stages.infer(params, teacher=g.promoted, data=g.data, out=b)
+    la = artifacts.load_arrays(artifacts.join(a, "shard-00000.npz"))
+    lb = artifacts.load_arrays(artifacts.join(b, "shard-00000.npz"))
+    assert la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
+    # and the stored values are the clean eval-mode forward pass, not a noised one
+    net, _ = models.load_checkpoint(resolve(g.promoted)[0])
+    unl = load_split(g.data, "unlabeled")
+    with torch.no_grad():
+        ref = torch.log_softmax(net.eval()(clean_batch(unl.images[:8])), 1).half().numpy()
+    np.testing.assert_allclose(la["values"][:8].astype(np.float32), ref.astype(np.float32), atol=2e-3)
+
+
+def test_a_generation_loads_exactly_the_promoted_checkpoint(gen0, tmp_path):
+    params, g = gen0
+    record = json.loads(open(g.promoted).read())
+    assert record["passed"] and record["sha256"] == artifacts.content_hash(record["checkpoint"])
+    assert resolve(g.promoted) == (record["checkpoint"], record)
+    # a record whose checkpoint changed afterwards is refused
+    other = tmp_path / "other"
+    (other).mkdir()
+    blob = open(record["checkpoint"], "rb").read()
+    (other / "model.safetensors").write_bytes(blob)
+    tampered = dict(record, checkpoint=str(other / "model.safetensors"))
+    (tmp_path / "p.json").write_text(json.dumps(tampered))
+    assert resolve(str(tmp_path / "p.json"))[0] == tampered["checkpoint"]
+    (other / "model.safetensors").write_bytes(blob[:-4] + b"\0\0\0\0")
+    with pytest.raises(artifacts.ArtifactError, match="changed after promotion"):
+        resolve(str(tmp_path / "p.json"))
+    # a failed gate stops the chain, saying why
+    (tmp_path / "f.json").write_text(json.dumps(dict(record, generation="gen4", passed=False, reason="student 0.5 vs teacher 0.6")))
+    with pytest.raises(GateError, match="gen4 did not promote its student \\(student 0.5 vs teacher 0.6\\).*stops after gen4"):
+        resolve(str(tmp_path / "f.json"))
+
+
+def test_student_initialised_from_the_teacher_starts_from_its_weights(gen0):
+    params, g = gen0
+    teacher, spec = models.load_checkpoint(resolve(g.promoted)[0])
+    student = models.create(spec, drop_rate=0.3)
+    assert models.init_from(student, spec, resolve(g.promoted)[0]) == len(teacher.state_dict())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[k], v), k
+    # a checkpoint of another architecture is refused; for another class count only the body is loaded
+    bigger = dataclasses.replace(spec, name="resnet14t")
+    with pytest.raises(ValueError, match="architectures must match"):
+        models.init_from(models.create(bigger), bigger, resolve(g.promoted)[0])
+    three = dataclasses.replace(spec, num_classes=3, classes=("a", "b", "c"))
+    other = models.create(three)
+    head = other.fc.weight.clone()
+    models.init_from(other, three, resolve(g.promoted)[0])
+    assert torch.equal(other.fc.weight, head) and torch.equal(other.conv1[0].weight, teacher.conv1[0].weight)
+
+
+def test_ema_student_is_kept_and_differs_from_the_raw_weights(gen0, tmp_path):
+    params, g = gen0
+    labeled = load_split(g.data, "labeled")
+    spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
+    p = params.student.model_copy(update={"ema_decay": 0.9, "epochs": 2})
+    net = models.create(spec)
+    kept, rows = train.fit(net, p, labeled, runtime.pick_device("cpu"), 0)
+    assert kept is not net and len(rows) == 2
+    diffs = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), net.state_dict().values())]
+    assert any(diffs)
