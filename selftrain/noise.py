@@ -69,6 +69,8 @@ POLICIES: dict[str, Policy] = {
     "s2": Policy("autoaugment", (0.8, 1.2)),  # AutoAugment + flip + crop
     "s3": Policy("autoaugment", (0.5, 2.0)),  # large scale jitter + AutoAugment + flip + crop
     "s4": Policy("randaugment", (0.5, 2.0)),  # RandAugment + flip + crop + large scale jitter
+    # Noisy Student's own input noise (Xie et al. 2020): RandAugment + flip + crop, no large scale jitter
+    "noisy_student": Policy("randaugment", (0.8, 1.2)),
 }
 
 

@@ -68,10 +68,12 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    augment: Literal["none", "s1", "s2", "s3", "s4"] = Field(
-        "s1", description="augmentation ladder: s1 flip+crop, s2 +AutoAugment, s3 +large scale jitter, s4 RandAugment+large scale jitter"
+    augment: Literal["none", "s1", "s2", "s3", "s4", "noisy_student"] = Field(
+        "s1",
+        description="s1 flip+crop, s2 +AutoAugment, s3 +large scale jitter, s4 RandAugment+large scale jitter (Zoph et al.), "
+        "noisy_student RandAugment+flip+crop (Xie et al.)",
     )
-    randaugment_layers: int = Field(2, ge=0, description="RandAugment ops per image (policy s4); 0 turns it off")
+    randaugment_layers: int = Field(2, ge=0, description="RandAugment ops per image (s4, noisy_student); 0 turns it off")
     randaugment_magnitude: float = Field(9, ge=0, le=30, description="RandAugment magnitude (timm scale, 10 = max of the paper)")
     randaugment_magnitude_std: float = Field(0.5, ge=0, description="per-op noise on the magnitude")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")

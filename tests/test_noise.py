@@ -39,7 +39,7 @@ def test_large_scale_jitter_shrinks_and_enlarges():
     assert (s1 > 100).float().mean(dim=(1, 2, 3)).min() > 0.5
 
 
-@pytest.mark.parametrize("policy", ["s2", "s3", "s4"])
+@pytest.mark.parametrize("policy", ["s2", "s3", "s4", "noisy_student"])
 def test_pil_policies_change_images_and_keep_shape_and_dtype(policy):
     imgs = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
     pil = pil_policy(TrainParams(augment=policy), 28, 1)

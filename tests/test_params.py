@@ -57,7 +57,7 @@ def test_contradictory_params():
         parse_params({"student": {"labeled_weight": 0, "pseudo_weight": 0}})
     with pytest.raises(ParamsError, match="init_checkpoint is needed when, and only when"):
         parse_params({"student": {"init": "checkpoint"}})
-    with pytest.raises(ParamsError, match=r"student.augment: Input should be 'none', 's1', 's2', 's3' or 's4' \(got 'flip_crop'\)"):
+    with pytest.raises(ParamsError, match=r"student.augment: Input should be 'none', 's1', 's2', 's3', 's4' or 'noisy_student' \(got 'flip_crop'\)"):
         parse_params({"student": {"augment": "flip_crop"}})
 
 

@@ -1,13 +1,13 @@
 """End to end on tiny real data: `dvc repro` in a temp git repo, and the Prefect flow with no server."""
 import json
 import re
-import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, run, write_tiny_params
+from conftest import ROOT, copy_project, run, tool_env, write_tiny_params
 from selftrain import artifacts
 from selftrain.layout import Generation
 
@@ -67,6 +67,20 @@ def test_changing_generation_2s_model_reruns_only_generation_2_onwards(dvc_repo)
     stages = ran(run(["dvc", "repro"], repo).stdout)
     assert sorted(stages) == sorted(["train-student@gen2", "evaluate@gen2", "promote@gen2", "report@gen2"] + [f"{s}@gen3" for s in PER_GEN])
     assert json.loads((repo / "artifacts/gen3/metrics.json").read_text())["teacher"]["model"] == "resnet14t"
+
+
+def test_a_failed_gate_stops_the_chain_and_says_why(dvc_repo):
+    repo, _, _ = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["promote"]["min_delta"] = 1.0  # no student can beat its teacher by 100 points
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "gen1 did not promote its student (student val_top1" in proc.stderr and "stops after gen1" in proc.stderr
+    record = json.loads((repo / "artifacts/gen1/promoted.json").read_text())
+    assert not record["passed"] and record["promoted"] == "teacher"
+    assert record["sha256"] == json.loads((repo / "artifacts/gen0/promoted.json").read_text())["sha256"]
+    assert "gen1 gate **failed: the chain stops here**" in run(["selftrain", "summary"], repo).stdout
 
 
 def test_flow_without_server_matches_dvc_run(dvc_repo, tmp_path):
