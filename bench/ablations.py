@@ -26,6 +26,8 @@ VARIANTS = {
 def run_variant(name: str, sets: list[str], seed: int) -> dict:
     exp = f"{name.replace(' ', '-')}-seed{seed}"
     cmd = ["dvc", "exp", "run", "-n", exp, "-S", f"seed={seed}"] + [a for s in sets for a in ("-S", s)] + ["evaluate@gen1"]
+    # `dvc exp run` leaves its -S changes in the workspace params.yaml: start each run from the committed one
+    subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(Path("artifacts/gen1/metrics.json").read_text())

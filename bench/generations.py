@@ -30,6 +30,8 @@ def main() -> None:
         if str(seed) in results:
             continue
         cmd = ["dvc", "exp", "run", "-n", f"generations-seed{seed}", "-S", f"seed={seed}"]
+        # `dvc exp run` leaves its -S changes in the workspace params.yaml: start each run from the committed one
+        subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd)  # a failed gate stops the chain with a non-zero exit: record what ran
         row = {"gen0": None}
