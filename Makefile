@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
 	touch $@
 
+# --keep-going: when a gate stops the chain, the generations before it still get their reports;
+# the table prints either way and the exit status is dvc's.
 run: setup
-	dvc repro
-	selftrain summary --root artifacts
+	dvc repro --keep-going; status=$$?; selftrain summary --root artifacts; exit $$status
 
 flow: setup
 	python -m flows.self_training --params params.yaml --root runs/prefect $(FLOWARGS)

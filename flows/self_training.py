@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from flows.generation import generation
 from selftrain.layout import Generation
@@ -36,6 +37,7 @@ def self_training(params_path: str = "params.yaml", root: str = "runs/prefect", 
             break
     table = history_table(record)
     logger.info("self-training:\n%s", table)
+    create_markdown_artifact(table, key="self-training-generations", description=f"generations under {root}")
     return {"record": record, "table": table}
 
 

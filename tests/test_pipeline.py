@@ -74,9 +74,11 @@ def test_a_failed_gate_stops_the_chain_and_says_why(dvc_repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["promote"]["min_delta"] = 1.0  # no student can beat its teacher by 100 points
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=tool_env(), capture_output=True, text=True)
+    proc = subprocess.run(["dvc", "repro", "--keep-going"], cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert proc.returncode != 0
     assert "gen1 did not promote its student (student val_top1" in proc.stderr and "stops after gen1" in proc.stderr
+    assert "report@gen1" in ran(proc.stdout) and not any(s.endswith("@gen2") and s != "infer@gen2" for s in ran(proc.stdout))
+    assert "gen1 gate **failed: the chain stops here**" in (repo / "artifacts/gen1/report/report.md").read_text()
     record = json.loads((repo / "artifacts/gen1/promoted.json").read_text())
     assert not record["passed"] and record["promoted"] == "teacher"
     assert record["sha256"] == json.loads((repo / "artifacts/gen0/promoted.json").read_text())["sha256"]
