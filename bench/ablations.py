@@ -19,7 +19,7 @@ VARIANTS = {
     "no noise": ["student.augment=s1", "student.drop_rate=0", "student.drop_path_rate=0"],
     "hard labels": ["pseudo_labels.kind=hard"],
     "no balance": ["pseudo_labels.per_class=null"],
-    "student init from teacher": ["student.init=teacher"],
+    "student from scratch": ["student.init=scratch"],
 }
 
 

@@ -191,6 +191,11 @@ class Params(_Section):
                     f"generations.{name}.teacher: must be 'gen{k - 1}', got '{g.teacher}' (a generation's teacher is the "
                     "previous generation's promoted model; it is spelled out because dvc.yaml builds paths from it)"
                 )
+            if self.student.init == "teacher" and g.model != models[k - 1]:
+                raise ValueError(
+                    f"generations.{name}.model: '{g.model}' cannot start from its teacher '{models[k - 1]}' (student.init: teacher "
+                    "needs the same architecture); use the same model or set student.init: scratch"
+                )
             if not self.student.allow_smaller and _param_count(g.model) < _param_count(models[k - 1]):
                 raise ValueError(
                     f"generations.{name}.model: '{g.model}' is smaller than its teacher '{models[k - 1]}' "

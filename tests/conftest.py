@@ -18,7 +18,7 @@ TINY = {
     "data": {"labeled_per_class": 10, "val_per_class": 10, "unlabeled": 400, "test": 200},
     "teacher": {"epochs": 3, "batch_size": 20},
     "pseudo_labels": {"threshold": 0.0},
-    "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2},
+    "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2, "init": "scratch"},  # scratch: the test grows gen2 to resnet14t
     # three generations so "generation 2 onwards" has an onwards; always promote, so the chain never stops
     "generations": {f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}"} for k in (1, 2, 3)},
     "promote": {"min_delta": -1.0},

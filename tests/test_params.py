@@ -36,16 +36,19 @@ def gens(*models: str) -> dict:
 
 
 def test_generation_chain_is_checked():
-    assert list(parse_params({"generations": gens("resnet10t", "resnet14t", "resnet18")}).generations) == ["gen1", "gen2", "gen3"]
+    growing = {"generations": gens("resnet10t", "resnet14t", "resnet18"), "student": {"init": "scratch"}}
+    assert list(parse_params(growing).generations) == ["gen1", "gen2", "gen3"]
+    with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet14t' cannot start from its teacher 'resnet10t'"):
+        parse_params({**growing, "student": {"init": "teacher"}})
     with pytest.raises(ParamsError, match="keys must be gen1, gen2, ... in order, got gen1, gen3"):
         parse_params({"generations": {"gen1": gens("resnet10t")["gen1"], "gen3": {"model": "resnet10t", "teacher": "gen2"}}})
     with pytest.raises(ParamsError, match="generations.gen2.teacher: must be 'gen1', got 'gen0'"):
         parse_params({"generations": {**gens("resnet10t"), "gen2": {"model": "resnet10t", "teacher": "gen0"}}})
     with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
-        parse_params({"generations": gens("resnet18", "resnet10t")})
+        parse_params({"generations": gens("resnet18", "resnet10t"), "student": {"init": "scratch"}})
     with pytest.raises(ParamsError, match="generations.gen1.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
-        parse_params({"teacher": {"model": "resnet18"}})
-    assert parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True}}).generations["gen1"].model == "resnet10t"
+        parse_params({"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}})
+    assert parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}}).generations["gen1"].model == "resnet10t"
     with pytest.raises(ParamsError, match="list at least one generation"):
         parse_params({"generations": {}})
 
