@@ -27,6 +27,7 @@ class FolderSources(_Section):
     unlabeled: str
     val: str
     test: str
+    holdout: str | None = Field(None, description="class-per-folder images used by no split: the pool the -A set is filtered from")
 
 
 class DataParams(_Section):
@@ -38,6 +39,7 @@ class DataParams(_Section):
     val_per_class: int = Field(100, gt=0)
     unlabeled: int = Field(20000, gt=0, description="size of the unlabeled pool drawn from the rest of the training set")
     test: int | None = Field(None, gt=0, description="subsample the test set to this many images (default: all)")
+    holdout: int = Field(10000, ge=0, description="labeled training images used by no split: the pool the -A robustness set is filtered from")
     folders: FolderSources | None = None
     image_size: int = Field(28, ge=8)
     channels: Literal[1, 3] = 1

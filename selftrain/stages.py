@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from selftrain import artifacts, logits, models, promote as promotion, pseudo_labels, report as reporting, runtime, train
-from selftrain.data import SPLITS, load_split, save_split
+from selftrain.data import has_split, load_split, save_split
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
 from selftrain.inference import iter_logits
@@ -48,7 +48,7 @@ def prepare(params: Params, *, out: str) -> dict[str, Any]:
         "labeled_per_class": np.bincount(splits["labeled"].labels, minlength=len(splits["labeled"].classes)).tolist(),
     }
     with artifacts.atomic_dir(out) as staging:
-        for name in SPLITS:
+        for name in splits:
             save_split(artifacts.join(staging, f"{name}.npz"), splits[name])
         artifacts.write_json(artifacts.join(staging, "summary.json"), summary)
     log.info("prepare: %s", summary["sizes"])

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 # Small enough for a 2-core CI machine, large enough that every stage does real work.
 TINY = {
     "seed": 3,
-    "data": {"labeled_per_class": 10, "val_per_class": 10, "unlabeled": 400, "test": 200},
+    "data": {"labeled_per_class": 10, "val_per_class": 10, "unlabeled": 400, "test": 200, "holdout": 300},
     "teacher": {"epochs": 3, "batch_size": 20},
     "pseudo_labels": {"threshold": 0.0},
     "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2, "init": "scratch"},  # scratch: the test grows gen2 to resnet14t

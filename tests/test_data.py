@@ -20,14 +20,21 @@ def fm_params(**kw) -> DataParams:
 
 
 def test_fashion_mnist_splits_are_disjoint_stratified_and_seeded():
-    a = make_splits(fm_params(), seed=1)
-    b = make_splits(fm_params(), seed=1)
-    c = make_splits(fm_params(), seed=2)
-    assert {k: len(v) for k, v in a.items()} == {"labeled": 50, "unlabeled": 100, "val": 30, "test": 50}
+    a = make_splits(fm_params(holdout=200), seed=1)
+    b = make_splits(fm_params(holdout=200), seed=1)
+    c = make_splits(fm_params(holdout=200), seed=2)
+    assert {k: len(v) for k, v in a.items()} == {"labeled": 50, "unlabeled": 100, "val": 30, "test": 50, "holdout": 200}
     assert np.bincount(a["labeled"].labels).tolist() == [5] * 10
     assert (a["unlabeled"].labels == -1).all()  # withheld
-    train_ids = [set(a[s].ids.tolist()) for s in ("labeled", "unlabeled", "val")]
-    assert not (train_ids[0] & train_ids[1]) and not (train_ids[0] & train_ids[2]) and not (train_ids[1] & train_ids[2])
+    train_ids = [set(a[s].ids.tolist()) for s in ("labeled", "unlabeled", "val", "holdout")]
+    assert sum(map(len, train_ids)) == len(set().union(*train_ids)), "training-set splits overlap"
+    assert (a["holdout"].labels >= 0).all()  # the -A pool keeps its labels
+    np.testing.assert_array_equal(a["holdout"].ids, b["holdout"].ids)
+    # the holdout draw has its own RNG: asking for none leaves every other split of the seed unchanged
+    without = make_splits(fm_params(holdout=0), seed=1)
+    assert "holdout" not in without
+    for name in ("labeled", "unlabeled", "val", "test"):
+        np.testing.assert_array_equal(without[name].ids, a[name].ids)
     np.testing.assert_array_equal(a["labeled"].ids, b["labeled"].ids)
     assert not np.array_equal(a["labeled"].ids, c["labeled"].ids)
     assert a["labeled"].images.shape[1:] == (28, 28, 1)

@@ -8,6 +8,7 @@ import numpy as np
 from selftrain import artifacts
 
 SPLITS = ("labeled", "unlabeled", "val", "test")
+OPTIONAL_SPLITS = ("holdout",)  # images no split uses; the -A robustness set is filtered from them
 UNLABELED = -1  # label value of an image whose label is withheld
 
 
@@ -44,8 +45,12 @@ def save_split(uri: str, split: Split) -> None:
 
 def load_split(data_uri: str, name: str) -> Split:
     """Load one named split from a `prepare` output directory."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown split '{name}', expected one of {SPLITS}")
+    if name not in SPLITS + OPTIONAL_SPLITS:
+        raise ValueError(f"unknown split '{name}', expected one of {SPLITS + OPTIONAL_SPLITS}")
     artifacts.require_complete(data_uri)
     a = artifacts.load_arrays(artifacts.join(data_uri, f"{name}.npz"))
     return Split(a["images"], a["labels"].astype(np.int64), a["ids"], tuple(str(c) for c in a["classes"]))
+
+
+def has_split(data_uri: str, name: str) -> bool:
+    return artifacts.exists(artifacts.join(data_uri, f"{name}.npz"))

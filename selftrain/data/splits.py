@@ -1,4 +1,4 @@
-"""The four splits (labeled, unlabeled with labels withheld, val, test), deterministic for a seed."""
+"""The four splits (labeled, unlabeled with labels withheld, val, test) and the optional holdout pool, deterministic for a seed."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +19,8 @@ def make_splits(p: DataParams, seed: int) -> dict[str, Split]:
             "val": folders.read_class_folders(p.folders.val, p.image_size, p.channels, labeled.classes),
             "test": folders.read_class_folders(p.folders.test, p.image_size, p.channels, labeled.classes),
         }
+        if p.folders.holdout:
+            splits["holdout"] = folders.read_class_folders(p.folders.holdout, p.image_size, p.channels, labeled.classes)
     check_splits(splits)
     return splits
 
@@ -63,6 +65,9 @@ def _fashion_mnist(p: DataParams, seed: int) -> dict[str, Split]:
         if p.test > len(test_x):
             raise DataError(f"data.test = {p.test} exceeds the {len(test_x)} test images")
         test_rows = np.sort(rng.choice(test_rows, size=p.test, replace=False))
+    # its own RNG stream, so that adding the holdout split left the other splits of a seed unchanged
+    rest = np.setdiff1d(pool_rows, unlabeled)
+    holdout = np.sort(np.random.default_rng([seed, 1]).choice(rest, size=min(p.holdout, len(rest)), replace=False))
 
     def take(x: np.ndarray, y: np.ndarray, rows: np.ndarray, prefix: str, withhold: bool = False) -> Split:
         labels = np.full(len(rows), UNLABELED, dtype=np.int64) if withhold else y[rows]
@@ -73,4 +78,5 @@ def _fashion_mnist(p: DataParams, seed: int) -> dict[str, Split]:
         "unlabeled": take(train_x, train_y, unlabeled, "train", withhold=True),
         "val": take(train_x, train_y, np.sort(np.concatenate(val)), "train"),
         "test": take(test_x, test_y, test_rows, "t10k"),
+        **({"holdout": take(train_x, train_y, holdout, "train")} if len(holdout) else {}),
     }

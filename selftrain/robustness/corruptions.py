@@ -212,11 +212,7 @@ def fog(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) -> torc
 
 @_register
 def brightness(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) -> torch.Tensor:
-    c = [0.05, 0.1, 0.15, 0.2, 0.3][s]
-    # raise HSV value by c keeping hue and saturation: RGB scales with V (V = 0 is black: becomes gray)
-    v = x.amax(dim=1, keepdim=True)
-    v_new = (v + c).clamp(0, 1)
-    return torch.where(v > 0, x * v_new / v.clamp_min(1e-8), v_new.expand_as(x))
+    return ops.raise_value(x, [0.05, 0.1, 0.15, 0.2, 0.3][s])
 
 
 # ---- digital ------------------------------------------------------------------------------------

@@ -85,3 +85,10 @@ def gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def raise_value(x: torch.Tensor, c: float) -> torch.Tensor:
+    """Add c to the HSV value keeping hue and saturation: RGB scales with V (black becomes gray)."""
+    v = x.amax(dim=1, keepdim=True)
+    v_new = (v + c).clamp(0, 1)
+    return torch.where(v > 0, x * v_new / v.clamp_min(1e-8), v_new.expand_as(x))
