@@ -17,6 +17,8 @@ from pathlib import Path
 
 from selftrain.params import load_params
 
+FIGURES = ("test_top1", "mCE", "mFR", "hard_top1")  # teacher vs student per generation (robustness: issue 5)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +45,8 @@ def main() -> None:
             last = rec["history"][-1]
             row["gen0"] = row["gen0"] or rec["history"][0]["teacher_test_top1"]
             row[g] = {"test_top1": last["student_test_top1"], "passed": rec["passed"]}
+            metrics = json.loads(Path(f"artifacts/{g}/metrics.json").read_text())
+            row[g].update({role: {k: metrics[role].get(k) for k in FIGURES} for role in ("teacher", "student")})
             if not rec["passed"]:
                 break
         results[str(seed)] = row
@@ -57,6 +61,20 @@ def main() -> None:
         gain = statistics.mean(a - b for a, b in zip(accs, base))
         label = "gen0 (supervised teacher)" if g == "gen0" else f"{g} student"
         print(f"| {label} | {statistics.mean(accs):.2f} ± {sd:.2f} % | {', '.join(f'{a:.2f}' for a in accs)} | {gain:+.2f} |")
+    print("\nTeacher vs student per generation, mean ± std over seeds (x100; mCE, mFR: 100 = the gen0 teacher, lower is better)\n")
+    print("| generation | seeds | " + " | ".join(f"{k} teacher | {k} student" for k in FIGURES) + " |")
+    print("|---|---:|" + "---:|" * (2 * len(FIGURES)))
+    for g in gens:
+        rows = [r[g] for r in results.values() if r.get(g) and "student" in r[g]]
+        if not rows:
+            continue
+        cells = []
+        for k in FIGURES:
+            for role in ("teacher", "student"):
+                vals = [100 * r[role][k] for r in rows if r[role].get(k) is not None]
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                cells.append(f"{statistics.mean(vals):.2f} ± {sd:.2f}" if vals else "–")
+        print(f"| {g} | {len(rows)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One self-training generation as a Prefect flow: logits -> filter/balance -> student -> evaluate -> promote -> report."""
+"""One self-training generation as a Prefect flow: logits -> filter/balance -> student -> evaluate (clean + robustness) -> promote -> report."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +19,10 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
     stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
     stages.train_student(params, generation=name, data=g.data, pseudo=g.pseudo, teacher=teacher, out=g.student)
-    metrics = stages.evaluate(params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics)
+    metrics = stages.evaluate(
+        params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
+    )
     promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
-    stages.report(params, promoted=g.promoted, pseudo=g.pseudo, out=g.report)
+    stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
     return promoted

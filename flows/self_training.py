@@ -1,4 +1,5 @@
-"""The self-training flow: data, the supervised teacher (generation 0), then each generation in params.generations.
+"""The self-training flow: data, the supervised teacher (generation 0), the robustness sets and reference, then
+each generation in params.generations.
 
 Each generation is a subflow; the promoted model of one is the teacher of the next, and a generation
 that does not promote its student stops the chain. Runs with no Prefect server (Prefect starts a
@@ -29,6 +30,8 @@ def self_training(params_path: str = "params.yaml", root: str = "runs/prefect", 
     gen0 = Generation(root, "gen0")
     stages.prepare(params, out=gen0.data)
     stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
+    stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
+    stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
     record: dict[str, Any] = {}
     for name in params.generations:
         record = generation(params, root, name)

@@ -28,6 +28,10 @@ ARG_HELP = {
     "metrics": "evaluate's metrics.json",
     "promoted": "a promotion record, promoted.json (train-teacher writes generation 0's)",
     "generation": "which entry of params.generations (gen1, gen2, ...)",
+    "sets": "make-robustness-sets' output: the -C corruptions and -P sequences",
+    "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE and FR",
+    "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
+    "(params robustness.reference, when set, takes its place)",
 }
 EXIT_GATE = 3  # a generation did not promote its student: the chain stopped, not a crash
 
@@ -56,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
             if arg.kind is inspect.Parameter.KEYWORD_ONLY:
                 flag = "--" + arg.name.replace("_", "-")
                 metavar = "NAME" if arg.name == "generation" else "URI"
-                sp.add_argument(flag, dest=arg.name, required=True, metavar=metavar, help=ARG_HELP[arg.name])
+                optional = arg.default is not inspect.Parameter.empty
+                sp.add_argument(
+                    flag, dest=arg.name, required=not optional, default=arg.default if optional else None, metavar=metavar,
+                    help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
+                )
     sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root")
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")

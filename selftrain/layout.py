@@ -3,6 +3,8 @@
     root/data/                      prepare
     root/gen0/teacher/              train-teacher (model.safetensors, log.csv)
     root/gen0/promoted.json         generation 0's record: the supervised teacher
+    root/robustness/sets/           make-robustness-sets (-C, -P)
+    root/robustness/reference/      robustness-reference (-A set, the reference's -C/-P results)
     root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, report/
 """
 from __future__ import annotations
@@ -25,6 +27,14 @@ class Generation:
     @property
     def data(self) -> str:
         return join(self.root, "data")
+
+    @property
+    def robustness_sets(self) -> str:
+        return join(self.root, "robustness", "sets")
+
+    @property
+    def robustness_reference(self) -> str:
+        return join(self.root, "robustness", "reference")
 
     @property
     def teacher(self) -> str:

@@ -151,9 +151,42 @@ class EvaluateParams(_Section):
     batch_size: int = Field(512, gt=0)
 
 
+class RobustnessParams(_Section):
+    corruption_images: int = Field(1000, gt=0, description="test images in the -C set (each under 15 corruptions x 5 severities)")
+    perturbation_images: int = Field(200, gt=0, description="test images turned into -P sequences (one per perturbation)")
+    frames: int = Field(10, ge=10, description="frames per -P sequence (ImageNet-P uses at least 10)")
+    hard_images: int = Field(1000, gt=0, description="at most this many holdout images the reference gets wrong form the -A set")
+    reference: str | None = Field(
+        None, description="the model that normalises CE and FR and filters the -A set: null = the generation-0 teacher, or a checkpoint URI"
+    )
+
+
+# Gate metrics and whether larger is better; a rule's gain is the improvement in that direction.
+GATE_METRICS: dict[str, bool] = {
+    "val_top1": True,
+    "hard_top1": True,  # -A accuracy
+    "mCE": False,
+    "relative_mCE": False,
+    "mean_corruption_error": False,  # unnormalised
+    "mFR": False,
+    "mFP": False,
+    "mT5D": False,
+}
+
+
+class GateRule(_Section):
+    metric: Literal[tuple(GATE_METRICS)] = Field(description="a metric of evaluate's metrics.json (test metrics are not for gating)")  # type: ignore[valid-type]
+    min_gain: float = Field(
+        0.0, description="the student's improvement over the teacher must be at least this (0: must not get worse; < 0: may lose that much)"
+    )
+
+
 class PromoteParams(_Section):
-    metric: Literal["val_top1"] = "val_top1"
-    min_delta: float = Field(0.0, description="the student must beat the teacher by more than this")
+    rules: list[GateRule] = Field(
+        default_factory=lambda: [GateRule(metric="val_top1", min_gain=0.0)],
+        min_length=1,
+        description="every rule must pass for the student to be promoted",
+    )
 
 
 class RuntimeParams(_Section):
@@ -176,6 +209,7 @@ class Params(_Section):
         description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
     )
     evaluate: EvaluateParams = EvaluateParams()
+    robustness: RobustnessParams = RobustnessParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
 

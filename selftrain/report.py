@@ -10,6 +10,12 @@ import numpy as np
 from selftrain import artifacts
 
 ROWS = (("val top-1", "val_top1"), ("test top-1", "test_top1"), ("test top-5", "test_top5"))
+# robustness headline figures, all in percent; lower is better except -A top-1
+ROBUSTNESS_ROWS = (
+    ("mCE (vs reference)", "mCE"), ("relative mCE", "relative_mCE"), ("mean -C error", "mean_corruption_error"),
+    ("mFR (vs reference)", "mFR"), ("mFP", "mFP"), ("mT5D (x100)", "mT5D"), ("-A top-1", "hard_top1"),
+)
+HISTORY_EXTRA = (("mCE", "mCE"), ("mFR", "mFR"), ("-A top-1", "hard_top1"))
 
 
 def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = None) -> str:
@@ -19,6 +25,13 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
         if key in metrics["teacher"]:
             t, s = metrics["teacher"][key], metrics["student"][key]
             lines.append(f"| {label} | {100 * t:.2f} % | {100 * s:.2f} % | {100 * (s - t):+.2f} |")
+    for label, key in ROBUSTNESS_ROWS:
+        if key in metrics["teacher"]:
+            t, s = metrics["teacher"][key], metrics["student"][key]
+            lines.append(f"| {label} | {100 * t:.2f} | {100 * s:.2f} | {100 * (s - t):+.2f} |")
+    if "robustness_reference" in metrics:
+        ref = metrics["robustness_reference"]
+        lines += ["", f"robustness reference: {ref['name']} ({ref['checkpoint']}, sha256 {ref['sha256'][:12]}…)"]
     if promoted is not None:
         lines += ["", f"promoted: **{promoted['promoted']}** ({promoted['checkpoint']}, sha256 {promoted['sha256'][:12]}…)", f"why: {promoted['reason']}"]
     return "\n".join(lines)
@@ -26,14 +39,17 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
 
 def history_table(record: dict[str, Any]) -> str:
     """A markdown table with one row per generation of the chain that ends in `record`."""
+    extra = [(label, key) for label, key in HISTORY_EXTRA if all(f"student_{key}" in r for r in record["history"])]
+    head = "".join(f" teacher {label} | student {label} |" for label, _ in extra)
     lines = [
-        "| generation | teacher | student | teacher val | student val | teacher test | student test | promoted |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        f"| generation | teacher | student | teacher val | student val | teacher test | student test |{head} promoted |",
+        "|---|---|---|---:|---:|---:|---:|" + "---:|" * (2 * len(extra)) + "---|",
     ]
     for r in record["history"]:
+        cells = "".join(f" {100 * r[f'teacher_{key}']:.2f} | {100 * r[f'student_{key}']:.2f} |" for _, key in extra)
         lines.append(
             f"| {r['generation']} | {r['teacher_model']} | {r['student_model']} | {100 * r['teacher_val_top1']:.2f} % | "
-            f"{100 * r['student_val_top1']:.2f} % | {100 * r['teacher_test_top1']:.2f} % | {100 * r['student_test_top1']:.2f} % | {r['promoted']} |"
+            f"{100 * r['student_val_top1']:.2f} % | {100 * r['teacher_test_top1']:.2f} % | {100 * r['student_test_top1']:.2f} % |{cells} {r['promoted']} |"
         )
     verdict = "passed" if record["passed"] else "**failed: the chain stops here**"
     lines += ["", f"{record['generation']} gate {verdict}: {record['reason']}"]
@@ -54,12 +70,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_report(out: str, record: dict[str, Any], counts: dict[str, Any]) -> list[str]:
-    """Write report.md, accuracy/confidence/class-count plots (PNG) and their data (CSV) into `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
+def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into `out`."""
+    plt = _pyplot()
 
     history = record["history"]
     files: dict[str, bytes] = {}
@@ -100,11 +113,77 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any]) -> li
     ax.legend()
     files["class_counts.png"] = _png(fig)
     plt.close("all")
+    files.update(robustness_files(metrics))
 
     files["report.md"] = (
-        f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n"
+        f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n## This generation\n\n{generation_table(metrics)}\n\n"
         "![accuracy](accuracy.png)\n![confidence](confidence.png)\n![per-class counts](class_counts.png)\n"
+        + ("![error vs severity](corruption_error.png)\n" if "corruption_error.png" in files else "")
     ).encode()
     for name, data in files.items():
         artifacts.write_bytes(artifacts.join(out, name), data)
     return sorted(files)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def corruption_grid(clean: np.ndarray, corrupted: dict[str, np.ndarray], index: int = 0) -> bytes:
+    """PNG: test image `index` clean and under each corruption (rows) at each severity (columns)."""
+    plt = _pyplot()
+    names = list(corrupted)
+    fig, axes = plt.subplots(len(names), 6, figsize=(6 * 1.1, len(names) * 1.1))
+    gray = clean.shape[-1] == 1
+    for r, name in enumerate(names):
+        for c in range(6):
+            img = clean[index] if c == 0 else corrupted[name][c - 1, index]
+            ax = axes[r, c]
+            ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {c}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name.replace("_", " "), fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.2)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def robustness_files(metrics: dict[str, Any]) -> dict[str, bytes]:
+    """Error vs severity per corruption, teacher vs student: a PNG grid and, for `dvc plots`, a CSV of the
+    mean over corruptions per severity (severity 0 = clean). Empty when evaluate ran without robustness sets."""
+    if "robustness" not in metrics["teacher"]:
+        return {}
+    plt = _pyplot()
+    raw = {role: metrics[role]["robustness"]["raw"] for role in ("teacher", "student")}
+    names = list(raw["teacher"]["corruption_errors"])
+    rows = []
+    for s in range(6):
+        row: dict[str, Any] = {"severity": s}
+        for role, r in raw.items():
+            errs = [r["clean_error"]] if s == 0 else [r["corruption_errors"][n][s - 1] for n in names]
+            row[role] = f"{100 * float(np.mean(errs)):.2f}"
+        rows.append(row)
+    cols = 5
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(cols * 2.4, 2.2 * ((len(names) + cols - 1) // cols)), sharex=True)
+    for ax, name in zip(axes.flat, names):
+        for role, style in (("teacher", "o--"), ("student", "o-")):
+            r = raw[role]
+            ax.plot(range(6), [100 * r["clean_error"]] + [100 * e for e in r["corruption_errors"][name]], style, ms=3, label=role)
+        ax.set_title(name.replace("_", " "), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("severity (0 = clean)", fontsize=8)
+    fig.supylabel("top-1 error (%)", fontsize=8)
+    fig.tight_layout()
+    files = {"corruption_error.csv": _csv(rows), "corruption_error.png": _png(fig)}
+    plt.close(fig)
+    return files

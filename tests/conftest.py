@@ -21,7 +21,8 @@ TINY = {
     "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2, "init": "scratch"},  # scratch: the test grows gen2 to resnet14t
     # three generations so "generation 2 onwards" has an onwards; always promote, so the chain never stops
     "generations": {f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}"} for k in (1, 2, 3)},
-    "promote": {"min_delta": -1.0},
+    "robustness": {"corruption_images": 40, "perturbation_images": 8, "hard_images": 30},
+    "promote": {"rules": [{"metric": "val_top1", "min_gain": -1.0}]},
 }
 
 

@@ -13,6 +13,7 @@ from selftrain.layout import Generation
 
 pytestmark = pytest.mark.slow
 GENS = ["gen1", "gen2", "gen3"]
+ONCE = ["prepare", "train-teacher", "make-robustness-sets", "robustness-reference"]
 PER_GEN = ["infer", "filter-balance", "train-student", "evaluate", "promote", "report"]
 
 
@@ -38,14 +39,25 @@ def dvc_repo(tmp_path_factory) -> tuple[Path, str, dict]:
 def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
     repo, first, metrics = dvc_repo
     stages = ran(first)
-    assert sorted(stages) == sorted(["prepare", "train-teacher"] + [f"{s}@{g}" for g in GENS for s in PER_GEN])
+    assert sorted(stages) == sorted(ONCE + [f"{s}@{g}" for g in GENS for s in PER_GEN])
     order = [f"{s}@{g}" for g in GENS for s in PER_GEN if s != "report"]
     assert sorted(order, key=stages.index) == order  # each generation after the one before, stages in DAG order
     assert ran(run(["dvc", "repro"], repo).stdout) == []
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
     assert 0 <= metrics["gen3"]["student"]["test_top1"] <= 1 and "test_top5" in metrics["gen1"]["teacher"]
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "test_top1" in shown
+    assert "test_top1" in shown and "mCE" in shown
+    for g in GENS:
+        assert metrics[g]["robustness_reference"]["name"] == "gen0"
+        for role in ("teacher", "student"):
+            assert {"mCE", "relative_mCE", "mFR", "mT5D", "hard_top1"} <= set(metrics[g][role])
+    # generation 1's teacher is the reference itself: normalised by itself, its mCE and mFR are 1
+    assert metrics["gen1"]["teacher"]["mCE"] == pytest.approx(1.0) and metrics["gen1"]["teacher"]["mFR"] == pytest.approx(1.0)
+    assert metrics["gen1"]["teacher"]["hard_top1"] == 0.0  # -A holds only images the reference gets wrong
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    severity = next(v for k, v in plots.items() if k.startswith("gen1 top-1 error"))
+    fields = {row["field"] for row in severity[0]["content"]["data"]["values"]}
+    assert fields == {"teacher", "student"}
 
 
 def test_each_generation_is_taught_by_exactly_the_previous_promoted_checkpoint(dvc_repo):
@@ -72,15 +84,19 @@ def test_changing_generation_2s_model_reruns_only_generation_2_onwards(dvc_repo)
 def test_a_failed_gate_stops_the_chain_and_says_why(dvc_repo):
     repo, _, _ = dvc_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["promote"]["min_delta"] = 1.0  # no student can beat its teacher by 100 points
+    # clean accuracy may do anything; mCE must fall by 1.0 (100 points), which no student can
+    params["promote"]["rules"] = [{"metric": "val_top1", "min_gain": -1.0}, {"metric": "mCE", "min_gain": 1.0}]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(["dvc", "repro", "--keep-going"], cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "gen1 did not promote its student (student val_top1" in proc.stderr and "stops after gen1" in proc.stderr
+    assert "gen1 did not promote its student (failed rule(s) mCE: keeping the teacher" in proc.stderr and "stops after gen1" in proc.stderr
     assert "report@gen1" in ran(proc.stdout) and not any(s.endswith("@gen2") and s != "infer@gen2" for s in ran(proc.stdout))
     assert "gen1 gate **failed: the chain stops here**" in (repo / "artifacts/gen1/report/report.md").read_text()
     record = json.loads((repo / "artifacts/gen1/promoted.json").read_text())
     assert not record["passed"] and record["promoted"] == "teacher"
+    assert [(r["metric"], r["passed"]) for r in record["rules"]] == [("val_top1", True), ("mCE", False)]
+    mce = record["rules"][1]
+    assert mce["gain"] == pytest.approx(mce["teacher"] - mce["student"]) and mce["min_gain"] == 1.0
     assert record["sha256"] == json.loads((repo / "artifacts/gen0/promoted.json").read_text())["sha256"]
     assert "gen1 gate **failed: the chain stops here**" in run(["selftrain", "summary"], repo).stdout
 
@@ -97,17 +113,18 @@ def test_flow_without_server_matches_dvc_run(dvc_repo, tmp_path):
         # and student, about one run in three; the stage itself is bitwise repeatable from the CLI): the
         # accuracies must agree.
         for role in ("teacher", "student"):
-            for key in ("val_top1", "test_top1", "test_top5"):
+            for key in ("val_top1", "test_top1", "test_top5", "mean_corruption_error"):
                 assert flow_metrics[role][key] == pytest.approx(dvc_metrics[g][role][key], abs=0.03), (g, role, key)
 
 
 def test_dvc_yaml_paths_are_the_layout_paths():
-    known = {Generation("artifacts", "gen0").data, Generation("artifacts", "gen0").teacher, Generation("artifacts", "gen0").promoted}
+    g0 = Generation("artifacts", "gen0")
+    known = {g0.data, g0.teacher, g0.promoted, g0.robustness_sets, g0.robustness_reference}
     for name in ["${key}", "${item.teacher}"]:
         g = Generation("artifacts", name)
         known |= {g.logits, g.pseudo, g.student, g.student_checkpoint, g.metrics, g.promoted, g.report}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["prepare", "train-teacher"] + PER_GEN
+    assert list(stages) == ONCE + PER_GEN
     for name, stage in stages.items():
         cmd = stage.get("do", stage)["cmd"]
         uris = set(re.findall(r"--(?!generation)[a-z-]+ (\S+)", cmd))

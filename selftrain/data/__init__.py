@@ -48,7 +48,12 @@ def load_split(data_uri: str, name: str) -> Split:
     if name not in SPLITS + OPTIONAL_SPLITS:
         raise ValueError(f"unknown split '{name}', expected one of {SPLITS + OPTIONAL_SPLITS}")
     artifacts.require_complete(data_uri)
-    a = artifacts.load_arrays(artifacts.join(data_uri, f"{name}.npz"))
+    return read_split(artifacts.join(data_uri, f"{name}.npz"))
+
+
+def read_split(uri: str) -> Split:
+    """A split saved by save_split at `uri`."""
+    a = artifacts.load_arrays(uri)
     return Split(a["images"], a["labels"].astype(np.int64), a["ids"], tuple(str(c) for c in a["classes"]))
 
 
