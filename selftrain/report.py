@@ -10,11 +10,12 @@ import numpy as np
 from selftrain import artifacts
 
 ROWS = (("val top-1", "val_top1"), ("test top-1", "test_top1"), ("test top-5", "test_top5"))
-# robustness headline figures, all in percent; lower is better except -A top-1
+# robustness headline figures, in percent except mT5D; lower is better except -A top-1
 ROBUSTNESS_ROWS = (
     ("mCE (vs reference)", "mCE"), ("relative mCE", "relative_mCE"), ("mean -C error", "mean_corruption_error"),
-    ("mFR (vs reference)", "mFR"), ("mFP", "mFP"), ("mT5D (x100)", "mT5D"), ("-A top-1", "hard_top1"),
+    ("mFR (vs reference)", "mFR"), ("mFP", "mFP"), ("mT5D", "mT5D"), ("-A top-1", "hard_top1"),
 )
+UNSCALED = {"mT5D"}  # a distance in rank positions, not a fraction
 HISTORY_EXTRA = (("mCE", "mCE"), ("mFR", "mFR"), ("-A top-1", "hard_top1"))
 
 
@@ -27,8 +28,9 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
             lines.append(f"| {label} | {100 * t:.2f} % | {100 * s:.2f} % | {100 * (s - t):+.2f} |")
     for label, key in ROBUSTNESS_ROWS:
         if key in metrics["teacher"]:
-            t, s = metrics["teacher"][key], metrics["student"][key]
-            lines.append(f"| {label} | {100 * t:.2f} | {100 * s:.2f} | {100 * (s - t):+.2f} |")
+            f = 1 if key in UNSCALED else 100
+            t, s = f * metrics["teacher"][key], f * metrics["student"][key]
+            lines.append(f"| {label} | {t:.2f} | {s:.2f} | {s - t:+.2f} |")
     if "robustness_reference" in metrics:
         ref = metrics["robustness_reference"]
         lines += ["", f"robustness reference: {ref['name']} ({ref['checkpoint']}, sha256 {ref['sha256'][:12]}…)"]
