@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
+
+# dvc and the stages' `selftrain` from this interpreter's environment, activated or not
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 VARIANTS = {
     "full method": [],
@@ -29,7 +34,7 @@ def run_variant(name: str, sets: list[str], seed: int) -> dict:
     # `dvc exp run` leaves its -S changes in the workspace params.yaml: start each run from the committed one
     subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=ENV)
     return json.loads(Path("artifacts/gen1/metrics.json").read_text())
 
 

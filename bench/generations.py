@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 from selftrain.params import load_params
+
+# dvc and the stages' `selftrain` from this interpreter's environment, activated or not
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 FIGURES = ("test_top1", "mCE", "mFR", "hard_top1")  # teacher vs student per generation (robustness: issue 5)
 
@@ -35,7 +40,7 @@ def main() -> None:
         # `dvc exp run` leaves its -S changes in the workspace params.yaml: start each run from the committed one
         subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
         print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd)  # a failed gate stops the chain with a non-zero exit: record what ran
+        subprocess.run(cmd, env=ENV)  # a failed gate stops the chain with a non-zero exit: record what ran
         row = {"gen0": None}
         for g in gens:
             path = Path(f"artifacts/{g}/promoted.json")
