@@ -65,25 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
                     flag, dest=arg.name, required=not optional, default=arg.default if optional else None, metavar=metavar,
                     help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
                 )
-    sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root")
+    sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
+                                         "ran to its end or a gate stopped it, 1 when a generation did not finish")
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     return parser
 
 
-def summary(params: Params, root: str) -> str:
-    """The history table of the last generation (in params order) that has a promotion record under `root`."""
-    last = None
+def summary(params: Params, root: str) -> tuple[str, bool]:
+    """The history table of the last generation (in params order) that finished under `root`, and whether
+    the chain ran to its end: every generation finished (promotion record and report), or a gate stopped it."""
+    last, unfinished = None, None
     for name in params.generations:
-        uri = Generation(root, name).promoted
-        if not artifacts.exists(uri):
+        gen = Generation(root, name)
+        if not (artifacts.exists(gen.promoted) and artifacts.exists(artifacts.join(gen.report, "report.md"))):
+            unfinished = name
             break
-        last = promotion.read_record(uri)
+        last = promotion.read_record(gen.promoted)
         if not last["passed"]:
             break
     if last is None:
         raise artifacts.ArtifactError(f"no generation has finished under '{root}' (no {Generation(root, 'gen1').promoted})")
-    return history_table(last)
+    table = history_table(last)
+    if unfinished:
+        table += f"\n\n{unfinished} did not finish (no promotion record or report under '{root}'): the run failed before it, see the error above."
+    return table, unfinished is None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "summary":
-            print(summary(load_params(args.params), args.root))
-            return 0
+            table, finished = summary(load_params(args.params), args.root)
+            print(table)
+            return 0 if finished else 1
         params = load_params(args.params, dict(args.overrides))
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
