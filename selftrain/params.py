@@ -99,11 +99,19 @@ class StudentParams(TrainParams):
     )
     init_checkpoint: str | None = Field(None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'")
     allow_smaller: bool = Field(False, description="allow a student with fewer parameters than its teacher (distillation)")
+    loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
+        "ce", description="the pseudo-labeled part's loss (selftrain.losses); soft_ce is label-free: it drops the labeled part"
+    )
+    loss_tau: float = Field(1.0, gt=0, description="temperature on both sides of kd, dist and soft_ce (ce: the targets as given)")
+    dist_beta: float = Field(1.0, ge=0, description="dist: weight of the inter-class (per image) relation")
+    dist_gamma: float = Field(1.0, ge=0, description="dist: weight of the intra-class (per class, across the batch) relation")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentParams:
         if self.labeled_weight == 0 and self.pseudo_weight == 0:
             raise ValueError("student.labeled_weight and student.pseudo_weight are both 0: nothing to learn from")
+        if self.loss == "soft_ce" and self.pseudo_weight == 0:
+            raise ValueError("student.loss is soft_ce (no labeled part) but student.pseudo_weight is 0: nothing to learn from")
         if (self.init == "checkpoint") != (self.init_checkpoint is not None):
             raise ValueError("student.init_checkpoint is needed when, and only when, student.init is 'checkpoint'")
         return self

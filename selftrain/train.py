@@ -2,8 +2,9 @@
 
 A step takes a labeled batch and, for the student, a pseudo-labeled batch `unlabeled_ratio`
 times larger; both go through the noised model in one forward pass and the loss is
-    labeled_weight * CE(y, f(x_l))  +  pseudo_weight * CE(q, f(x_u))
-each term a mean over its own part of the batch (so the two are normalised separately).
+    labeled_weight * CE(y, f(x_l))  +  pseudo_weight * L(f(x_u), log q)
+each term a mean over its own part of the batch (so the two are normalised separately), L the
+student's `loss` from selftrain.losses (ce: CE against q itself; soft_ce drops the labeled term).
 With `ema_decay` set, an EMA of the weights (timm's ModelEmaV3) is validated and returned instead.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from selftrain import runtime
+from selftrain.losses import build_loss
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
 from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, seed_worker, train_batch
@@ -72,7 +74,8 @@ def fit(
         assert isinstance(p, StudentParams)
         pseudo_loader = _loader(pseudo[0], pseudo[1], p, p.batch_size * p.unlabeled_ratio, gen, num_workers)
         steps_per_epoch, pseudo_iter = len(pseudo_loader), _forever(pseudo_loader)
-        w_l, w_u = p.labeled_weight, p.pseudo_weight
+        pseudo_loss = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
+        w_l, w_u = pseudo_loss.alpha, p.pseudo_weight
     else:
         steps_per_epoch, pseudo_iter, w_l, w_u = len(labeled_loader), None, 1.0, 0.0
     labeled_iter = _forever(labeled_loader)
@@ -102,7 +105,8 @@ def fit(
             loss = w_l * loss_l
             loss_u = torch.zeros((), device=device)
             if pseudo_iter is not None:
-                loss_u = F.cross_entropy(out[len(y_l) :], q_u.to(device))
+                # the losses take teacher logits: log q is one (softmax(log q) = q); the floor keeps hard labels finite
+                loss_u = pseudo_loss(out[len(y_l) :], torch.log(q_u.to(device).float().clamp_min(1e-12)))
                 loss = loss + w_u * loss_u
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,4 +1,5 @@
 """Stages of a generation, run in-process on tiny real data: clean inference, promotion records, student init, EMA."""
+import copy
 import dataclasses
 import json
 
@@ -93,3 +94,20 @@ def test_ema_student_is_kept_and_differs_from_the_raw_weights(gen0, tmp_path):
     assert kept is not net and len(rows) == 2
     diffs = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), net.state_dict().values())]
     assert any(diffs)
+
+
+@pytest.mark.parametrize("loss, labels_matter", [("soft_ce", False), ("ce", True), ("dist", True)])
+def test_the_students_loss_decides_whether_labels_are_used(gen0, loss, labels_matter):
+    params, g = gen0
+    labeled = load_split(g.data, "labeled")
+    targets = np.eye(len(labeled.classes), dtype=np.float32)[labeled.labels] * 0.8 + 0.02  # soft pseudo-labels
+    p = params.student.model_copy(update={"loss": loss, "loss_tau": 2.0, "epochs": 1})
+    spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
+    init, weights = models.create(spec), []
+    for labels in (labeled.labels, np.roll(labeled.labels, 1)):  # the same start and images, other labels
+        kept, rows = train.fit(copy.deepcopy(init), p, dataclasses.replace(labeled, labels=labels), runtime.pick_device("cpu"), 0,
+                               pseudo=(labeled.images, targets))
+        assert np.isfinite(rows[0]["loss_pseudo"]) and rows[0]["loss_pseudo"] > 0
+        weights.append(kept.state_dict())
+    same = all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))
+    assert same != labels_matter

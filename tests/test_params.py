@@ -85,3 +85,13 @@ def test_overrides_apply_dotted_keys_and_are_validated(tmp_path):
         load_params(f, {"student.epochs": "many"})
     with pytest.raises(ParamsError, match="KEY=VALUE"):
         parse_override("student.epochs")
+
+
+def test_student_loss_is_checked():
+    with pytest.raises(ParamsError, match=r"student\.loss: .*'ce', 'kd', 'dist' or 'soft_ce'.*\(got 'kl'\)"):
+        parse_params({"student": {"loss": "kl"}})
+    with pytest.raises(ParamsError, match=r"student\.loss_tau: Input should be greater than 0"):
+        parse_params({"student": {"loss": "kd", "loss_tau": 0}})
+    with pytest.raises(ParamsError, match=r"soft_ce \(no labeled part\) but student\.pseudo_weight is 0: nothing to learn from"):
+        parse_params({"student": {"loss": "soft_ce", "pseudo_weight": 0}})
+    assert parse_params({"student": {"loss": "dist", "loss_tau": 4, "dist_gamma": 2}}).student.dist_gamma == 2
