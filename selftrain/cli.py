@@ -12,11 +12,12 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, promote as promotion
+from selftrain import artifacts, promote as promotion, twomoons
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from selftrain.stages import STAGES
+from selftrain.twomoons import MoonsSetup
 
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "ran to its end or a gate stopped it, 1 when a generation did not finish")
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
+    tm = sub.add_parser("twomoons", help="the TwoMoons picture: supervised vs pseudo-labels vs MPL from 6 labeled points",
+                        description=inspect.getdoc(twomoons), formatter_class=argparse.RawDescriptionHelpFormatter)
+    tm.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one draw of the moons each (default: %(default)s)")
+    tm.add_argument("--steps", type=int, default=MoonsSetup.steps, help="training steps per method (default: %(default)s)")
+    tm.add_argument("--out", default="artifacts/twomoons", help="where twomoons.png and results.json go (default: %(default)s)")
     return parser
 
 
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.command == "twomoons":
+            result = twomoons.write(args.out, args.seeds, MoonsSetup(steps=args.steps))
+            for name in twomoons.METHODS:
+                print(f"{name}: {100 * result[name]['mean']:.1f} ± {100 * result[name]['std']:.1f} % over seeds {args.seeds}")
+            return 0
         if args.command == "summary":
             table, finished = summary(load_params(args.params), args.root)
             print(table)

@@ -66,7 +66,7 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
@@ -74,7 +74,7 @@ def _png(fig) -> bytes:
 
 def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
     """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into `out`."""
-    plt = _pyplot()
+    plt = pyplot()
 
     history = record["history"]
     files: dict[str, bytes] = {}
@@ -90,7 +90,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     ax.axhline(100 * history[0]["teacher_test_top1"], color="grey", lw=0.8, ls=":", label="supervised teacher")
     ax.set(xlabel="generation", ylabel="top-1 accuracy (%)", title="Accuracy per generation", xticks=gens[1:])
     ax.legend()
-    files["accuracy.png"] = _png(fig)
+    files["accuracy.png"] = png_bytes(fig)
 
     hist = counts["confidence_histogram"]
     bins = np.arange(len(hist["all"])) / 100.0
@@ -101,7 +101,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     ax.axvline(counts["threshold"], color="red", lw=1, label=f"threshold {counts['threshold']}")
     ax.set(xlabel="teacher's top probability", ylabel="images", title=f"{record['generation']}: pseudo-label confidence")
     ax.legend()
-    files["confidence.png"] = _png(fig)
+    files["confidence.png"] = png_bytes(fig)
 
     classes = list(counts["per_class"])
     per = counts["per_class"]
@@ -113,7 +113,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     ax.set_xticks(x, classes, rotation=45, ha="right")
     ax.set(ylabel="images", title=f"{record['generation']}: pseudo-labels per class")
     ax.legend()
-    files["class_counts.png"] = _png(fig)
+    files["class_counts.png"] = png_bytes(fig)
     plt.close("all")
     files.update(robustness_files(metrics))
 
@@ -127,7 +127,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     return sorted(files)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -138,7 +138,7 @@ def _pyplot():
 
 def corruption_grid(clean: np.ndarray, corrupted: dict[str, np.ndarray], index: int = 0) -> bytes:
     """PNG: test image `index` clean and under each corruption (rows) at each severity (columns)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(corrupted)
     fig, axes = plt.subplots(len(names), 6, figsize=(6 * 1.1, len(names) * 1.1))
     gray = clean.shape[-1] == 1
@@ -154,7 +154,7 @@ def corruption_grid(clean: np.ndarray, corrupted: dict[str, np.ndarray], index: 
             if c == 0:
                 ax.set_ylabel(name.replace("_", " "), fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.2)
-    data = _png(fig)
+    data = png_bytes(fig)
     plt.close(fig)
     return data
 
@@ -164,7 +164,7 @@ def robustness_files(metrics: dict[str, Any]) -> dict[str, bytes]:
     mean over corruptions per severity (severity 0 = clean). Empty when evaluate ran without robustness sets."""
     if "robustness" not in metrics["teacher"]:
         return {}
-    plt = _pyplot()
+    plt = pyplot()
     raw = {role: metrics[role]["robustness"]["raw"] for role in ("teacher", "student")}
     names = list(raw["teacher"]["corruption_errors"])
     rows = []
@@ -186,6 +186,6 @@ def robustness_files(metrics: dict[str, Any]) -> dict[str, bytes]:
     fig.supxlabel("severity (0 = clean)", fontsize=8)
     fig.supylabel("top-1 error (%)", fontsize=8)
     fig.tight_layout()
-    files = {"corruption_error.csv": _csv(rows), "corruption_error.png": _png(fig)}
+    files = {"corruption_error.csv": _csv(rows), "corruption_error.png": png_bytes(fig)}
     plt.close(fig)
     return files

@@ -1,0 +1,70 @@
+"""One Meta Pseudo Labels step (Pham et al. 2021), first-order, with the UDA auxiliary loss.
+
+The student learns only from the teacher's hard pseudo-labels on strongly augmented unlabeled
+images. The teacher learns from the change this caused in the student's loss on a labeled batch,
+    h = CE(y_l, S_old(x_l)) - CE(y_l, S_new(x_l)) - baseline,
+minimising h * CE(y_hat, T(x_us)): a pseudo-label that lowered the student's labeled loss (h > 0)
+is made more likely, one that raised it less likely (the sign of the paper's Appendix A; some public
+reimplementations flip it). The baseline is a moving average of h. The teacher also minimises CE on
+the labeled batch and, ramped up, UDA: CE between its sharpened, confidence-masked prediction on a
+weak view and its prediction on a strong view of the same unlabeled images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class MplConfig:
+    uda_weight: float = 1.0  # lambda_u
+    uda_temperature: float = 0.7  # sharpening of the weak-view target
+    uda_threshold: float = 0.6  # confidence mask on the weak view
+    uda_ramp_steps: int = 1  # steps over which the UDA weight rises linearly to uda_weight
+    baseline_decay: float = 0.99  # moving average of h
+    mpl_weight: float = 1.0  # 0 turns the teacher's MPL signal off (then: UDA + supervised teacher, fixed-label student)
+
+
+@dataclass
+class MplState:
+    step: int = 0
+    baseline: float = 0.0
+
+
+def mpl_step(
+    teacher: nn.Module, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
+    x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState,
+) -> dict[str, float]:
+    """Update student then teacher on one batch; advance `state`; return the step's losses and h."""
+    n_l, n_u = len(x_l), len(x_uw)
+    t_logits = teacher(torch.cat([x_l, x_uw, x_us]))
+    t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l : n_l + n_u], t_logits[n_l + n_u :]
+    t_loss_l = F.cross_entropy(t_l, y_l)
+    target = F.softmax(t_uw.detach() / cfg.uda_temperature, 1)
+    mask = (F.softmax(t_uw.detach(), 1).amax(1) >= cfg.uda_threshold).float()
+    t_loss_uda = (F.cross_entropy(t_us, target, reduction="none") * mask).mean()
+    uda_weight = cfg.uda_weight * min(1.0, (state.step + 1) / cfg.uda_ramp_steps)
+    y_hat = t_us.detach().argmax(1)
+
+    s_logits = student(torch.cat([x_l, x_us]))
+    s_loss_l_old = F.cross_entropy(s_logits[:n_l].detach(), y_l)
+    s_loss = F.cross_entropy(s_logits[n_l:], y_hat)
+    s_opt.zero_grad(set_to_none=True)
+    s_loss.backward()
+    s_opt.step()
+    with torch.no_grad():
+        s_loss_l_new = F.cross_entropy(student(x_l), y_l)
+    h = (s_loss_l_old - s_loss_l_new).item()
+    state.baseline = cfg.baseline_decay * state.baseline + (1 - cfg.baseline_decay) * h
+    signal = h - state.baseline
+    t_loss_mpl = signal * F.cross_entropy(t_us, y_hat)
+
+    t_loss = t_loss_l + uda_weight * t_loss_uda + cfg.mpl_weight * t_loss_mpl
+    t_opt.zero_grad(set_to_none=True)
+    t_loss.backward()
+    t_opt.step()
+    state.step += 1
+    return {"teacher_loss": t_loss.item(), "teacher_uda": t_loss_uda.item(), "student_loss": s_loss.item(), "h": h, "signal": signal}

@@ -1,0 +1,37 @@
+"""Meta Pseudo Labels: the sign of the teacher's feedback, and the TwoMoons picture on one seed."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selftrain import twomoons
+from selftrain.mpl import MplConfig, MplState, mpl_step
+
+
+def _teacher_logprob_after_step(mpl_weight: float, wrong_labels: bool) -> tuple[float, float]:
+    """One step where the unlabeled batch is the labeled one; the teacher's mean log p(its own pseudo-label), and h.
+
+    The labels are the teacher's own pseudo-labels (learning them helps the student) or never them (it hurts)."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    y_hat = teacher(x).argmax(1)
+    y = (y_hat + 1) % 3 if wrong_labels else y_hat
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.1), torch.optim.SGD(student.parameters(), lr=0.5)
+    cfg = MplConfig(uda_weight=0.0, mpl_weight=mpl_weight)
+    out = mpl_step(teacher, student, t_opt, s_opt, x, y, x, x, cfg, MplState())
+    with torch.no_grad():
+        return F.log_softmax(teacher(x), 1).gather(1, y_hat[:, None]).mean().item(), out["h"]
+
+
+def test_a_pseudo_label_that_helped_the_student_is_reinforced_and_one_that_hurt_is_weakened():
+    helped, h = _teacher_logprob_after_step(1.0, wrong_labels=False)
+    assert h > 0 and helped > _teacher_logprob_after_step(0.0, wrong_labels=False)[0]
+    hurt, h = _teacher_logprob_after_step(1.0, wrong_labels=True)
+    assert h < 0 and hurt < _teacher_logprob_after_step(0.0, wrong_labels=True)[0]
+
+
+@pytest.mark.slow
+def test_twomoons_mpl_beats_supervised_and_pseudo_labels_on_one_seed():
+    acc = twomoons.run(0, twomoons.MoonsSetup(steps=1000)).accuracy
+    assert acc["mpl"] > acc["pseudo_labels"] + 0.05 and acc["mpl"] > acc["supervised"] + 0.05, acc
