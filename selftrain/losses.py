@@ -75,8 +75,8 @@ def build_loss(name: str, *, tau: float = 1.0, alpha: float = 1.0, beta: float =
     if tau <= 0:
         raise ValueError(f"loss temperature tau must be > 0, got {tau}")
     terms: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-        # ce: the student matches the teacher's (soft) pseudo-labels, Noisy Student's loss
-        "ce": lambda s, t: soft_ce_term(s, t, tau),
+        # ce: the student matches the teacher's (soft) pseudo-labels as given, Noisy Student's loss: no tau
+        "ce": lambda s, t: soft_ce_term(s, t, 1.0),
         "kd": lambda s, t: kd_term(s, t, tau),
         "dist": lambda s, t: dist_term(s, t, tau, beta, gamma),
         "soft_ce": lambda s, t: soft_ce_term(s, t, tau),

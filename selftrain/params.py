@@ -102,7 +102,7 @@ class StudentParams(TrainParams):
     loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
         "ce", description="the pseudo-labeled part's loss (selftrain.losses); soft_ce is label-free: it drops the labeled part"
     )
-    loss_tau: float = Field(1.0, gt=0, description="temperature on both sides of kd, dist and soft_ce (ce: the targets as given)")
+    loss_tau: float = Field(1.0, gt=0, description="temperature of kd and dist (both sides) and of soft_ce's teacher targets; ce takes the targets as given")
     dist_beta: float = Field(1.0, ge=0, description="dist: weight of the inter-class (per image) relation")
     dist_gamma: float = Field(1.0, ge=0, description="dist: weight of the intra-class (per class, across the batch) relation")
 

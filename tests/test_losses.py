@@ -68,3 +68,11 @@ def test_bad_inputs_are_refused_with_the_reason():
         loss(torch.zeros(4, 5), torch.zeros(4, 6))
     with pytest.raises(ValueError, match="NaN"):
         loss(torch.zeros(4, 5), torch.full((4, 5), float("nan")))
+
+
+def test_ce_takes_the_pseudo_labels_as_given_whatever_tau():
+    g = torch.Generator().manual_seed(3)
+    s, q = torch.randn(4, 5, generator=g), F.softmax(torch.randn(4, 5, generator=g), 1)
+    expected = F.cross_entropy(s, q).item()
+    assert build_loss("ce", tau=4.0)(s, torch.log(q)).item() == pytest.approx(expected, rel=1e-6)
+    assert build_loss("soft_ce", tau=4.0)(s, torch.log(q)).item() != pytest.approx(expected, rel=1e-3)
