@@ -1,4 +1,5 @@
-"""One self-training generation as a Prefect flow: logits -> filter/balance -> student -> evaluate (clean + robustness) -> promote -> report."""
+"""One self-training generation as a Prefect flow: logits -> filter/balance -> student (by the generation's method)
+-> evaluate (clean + robustness) -> promote -> report."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,7 +19,13 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     teacher = Generation(root, params.generations[name].teacher).promoted
     stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
     stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
-    stages.train_student(params, generation=name, data=g.data, pseudo=g.pseudo, teacher=teacher, out=g.student)
+    method = params.generations[name].method
+    if method == "mpl":
+        stages.train_mpl(params, generation=name, data=g.data, teacher=teacher, out=g.student)
+    elif method == "reduced_mpl":
+        stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
+    else:  # noisy_student, distill
+        stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
     metrics = stages.evaluate(
         params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
     )

@@ -72,6 +72,13 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def remove(uri: str) -> None:
+    """Delete a file or directory if it is there."""
+    fs, path = _fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def read_json(uri: str) -> Any:
     try:
         return json.loads(read_bytes(uri))

@@ -12,18 +12,17 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, promote as promotion, twomoons
+from selftrain import artifacts, promote as promotion
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from selftrain.stages import STAGES
-from selftrain.twomoons import MoonsSetup
 
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
     "data": "prepare's output: the labeled, unlabeled, val and test splits",
     "teacher": "the teacher: a promotion record (the previous generation's promoted.json) or a model.safetensors",
-    "logits_store": "infer's output: the logit store",
+    "logits_store": "infer's output: the logit store (the teacher's outputs on every unlabeled image)",
     "pseudo": "filter-balance's output: pseudo-labels and per-class counts",
     "student": "the student's model.safetensors",
     "metrics": "evaluate's metrics.json",
@@ -31,6 +30,7 @@ ARG_HELP = {
     "generation": "which entry of params.generations (gen1, gen2, ...)",
     "sets": "make-robustness-sets' output: the -C corruptions and -P sequences",
     "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE and FR",
+    "resume": "where the MPL loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage finishes)",
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
 }
@@ -70,11 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
                                          "ran to its end or a gate stopped it, 1 when a generation did not finish")
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
-    tm = sub.add_parser("twomoons", help="the TwoMoons picture: supervised vs pseudo-labels vs MPL from 6 labeled points",
-                        description=inspect.getdoc(twomoons), formatter_class=argparse.RawDescriptionHelpFormatter)
-    tm.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one draw of the moons each (default: %(default)s)")
-    tm.add_argument("--steps", type=int, default=MoonsSetup.steps, help="training steps per method (default: %(default)s)")
-    tm.add_argument("--out", default="artifacts/twomoons", help="where twomoons.png and results.json go (default: %(default)s)")
     return parser
 
 
@@ -102,11 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        if args.command == "twomoons":
-            result = twomoons.write(args.out, args.seeds, MoonsSetup(steps=args.steps))
-            for name in twomoons.METHODS:
-                print(f"{name}: {100 * result[name]['mean']:.1f} ± {100 * result[name]['std']:.1f} % over seeds {args.seeds}")
-            return 0
         if args.command == "summary":
             table, finished = summary(load_params(args.params), args.root)
             print(table)

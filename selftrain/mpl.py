@@ -8,6 +8,9 @@ is made more likely, one that raised it less likely (the sign of the paper's App
 reimplementations flip it). The baseline is a moving average of h. The teacher also minimises CE on
 the labeled batch and, ramped up, UDA: CE between its sharpened, confidence-masked prediction on a
 weak view and its prediction on a strong view of the same unlabeled images.
+
+Reduced MPL (`reduced_mpl_step`) keeps the student side and the signal, but its teacher is a small
+MLP over a large fixed teacher's stored logits (`LogitTeacher`), so no image passes through a teacher.
 """
 from __future__ import annotations
 
@@ -49,6 +52,22 @@ def mpl_step(
     uda_weight = cfg.uda_weight * min(1.0, (state.step + 1) / cfg.uda_ramp_steps)
     y_hat = t_us.detach().argmax(1)
 
+    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state)
+    t_loss_mpl = signal * F.cross_entropy(t_us, y_hat)
+
+    t_loss = t_loss_l + uda_weight * t_loss_uda + cfg.mpl_weight * t_loss_mpl
+    t_opt.zero_grad(set_to_none=True)
+    t_loss.backward()
+    t_opt.step()
+    state.step += 1
+    return {"teacher_loss": t_loss.item(), "teacher_uda": t_loss_uda.item(), "student_loss": s_loss, "h": h, "signal": signal}
+
+
+def _student_update(
+    student: nn.Module, s_opt: torch.optim.Optimizer, x_l: Tensor, y_l: Tensor, x_us: Tensor, y_hat: Tensor, cfg: MplConfig, state: MplState
+) -> tuple[float, float, float]:
+    """One student step on (x_us, y_hat); returns h (its labeled loss before minus after), its loss and h - baseline."""
+    n_l = len(x_l)
     s_logits = student(torch.cat([x_l, x_us]))
     s_loss_l_old = F.cross_entropy(s_logits[:n_l].detach(), y_l)
     s_loss = F.cross_entropy(s_logits[n_l:], y_hat)
@@ -59,12 +78,36 @@ def mpl_step(
         s_loss_l_new = F.cross_entropy(student(x_l), y_l)
     h = (s_loss_l_old - s_loss_l_new).item()
     state.baseline = cfg.baseline_decay * state.baseline + (1 - cfg.baseline_decay) * h
-    signal = h - state.baseline
-    t_loss_mpl = signal * F.cross_entropy(t_us, y_hat)
+    return h, s_loss.item(), h - state.baseline
 
-    t_loss = t_loss_l + uda_weight * t_loss_uda + cfg.mpl_weight * t_loss_mpl
+
+class LogitTeacher(nn.Module):
+    """Reduced MPL's teacher: stored logits z -> z + MLP(z). The last layer starts at zero, so before any
+    update its pseudo-labels are exactly the large teacher's; the MPL signal then moves them."""
+
+    def __init__(self, num_classes: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(num_classes, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z + self.mlp(z)
+
+
+def reduced_mpl_step(
+    teacher: LogitTeacher, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
+    x_l: Tensor, y_l: Tensor, z_u: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState,
+) -> dict[str, float]:
+    """Reduced MPL: pseudo-labels from `teacher(z_u)` (z_u: the large teacher's stored logits of the images
+    x_us shows strongly augmented); student step as in `mpl_step`; the teacher learns from the MPL signal alone
+    (it sees no labeled image, and UDA needs views of images, which it never sees)."""
+    t_logits = teacher(z_u)
+    y_hat = t_logits.detach().argmax(1)
+    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state)
+    t_loss = cfg.mpl_weight * signal * F.cross_entropy(t_logits, y_hat)
     t_opt.zero_grad(set_to_none=True)
     t_loss.backward()
     t_opt.step()
     state.step += 1
-    return {"teacher_loss": t_loss.item(), "teacher_uda": t_loss_uda.item(), "student_loss": s_loss.item(), "h": h, "signal": signal}
+    return {"teacher_loss": t_loss.item(), "teacher_uda": 0.0, "student_loss": s_loss, "h": h, "signal": signal}

@@ -117,9 +117,18 @@ class StudentParams(TrainParams):
         return self
 
 
+METHODS = ("noisy_student", "mpl", "reduced_mpl", "distill")
+
+
 class GenerationParams(_Section):
     model: str = Field(description="the student's timm model in this generation")
     teacher: str = Field(description="the previous generation (gen0 = the supervised teacher)")
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        "noisy_student",
+        description="noisy_student: student on filtered, balanced pseudo-labels (train-student); distill: student on every "
+        "unlabeled image's stored teacher logits with student.loss (train-student); mpl: Meta Pseudo Labels, teacher and "
+        "student trained together (train-mpl); reduced_mpl: MPL with a small MLP teacher over the stored logits (train-reduced-mpl)",
+    )
 
     _model_known = field_validator("model")(_check_timm_model)
 
@@ -130,6 +139,36 @@ def _param_count(name: str) -> int:
 
     with torch.device("meta"):  # shapes only: no memory, no init cost
         return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+
+
+class MplParams(_Section):
+    """Meta Pseudo Labels (method: mpl and reduced_mpl). The student's model is the generation's, its noise
+    (RandAugment, dropout, stochastic depth) and init come from `student`; the teacher starts from the
+    generation's teacher."""
+
+    steps: int = Field(2000, gt=0, description="MPL steps (one student and one teacher update each)")
+    batch_size: int = Field(64, gt=0, description="labeled images per step")
+    unlabeled_ratio: int = Field(3, ge=1, description="unlabeled images per labeled image in a step")
+    student_lr: float = Field(3e-3, gt=0)
+    teacher_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup of both learning rates, then cosine decay")
+    mpl_weight: float = Field(1.0, description="weight of the teacher's MPL term (0: off; < 0: the flipped sign, for ablations)")
+    baseline_decay: float = Field(0.99, ge=0, lt=1, description="moving average of h subtracted from it")
+    uda_weight: float = Field(1.0, ge=0, description="teacher's UDA consistency loss weight (mpl only)")
+    uda_temperature: float = Field(0.7, gt=0, description="sharpening of the weak-view target")
+    uda_threshold: float = Field(0.6, ge=0, lt=1, description="UDA counts only images whose weak-view confidence reaches this")
+    uda_ramp_steps: int = Field(500, ge=1, description="steps over which the UDA weight rises linearly to uda_weight")
+    reduced_hidden: int = Field(128, gt=0, description="reduced_mpl: hidden width of the MLP teacher over stored logits")
+    reduced_lr: float = Field(1e-3, gt=0, description="reduced_mpl: the MLP teacher's learning rate")
+    finetune_epochs: int = Field(10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)")
+    finetune_lr: float = Field(1e-3, gt=0)
+    checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")
+
+
+class TwoMoonsParams(_Section):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="one draw of the moons each")
+    steps: int = Field(2000, gt=0, description="training steps of every method")
 
 
 class InferParams(_Section):
@@ -216,7 +255,9 @@ class Params(_Section):
         default_factory=lambda: {"gen1": GenerationParams(model="resnet10t", teacher="gen0")},
         description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
     )
+    mpl: MplParams = MplParams()
     evaluate: EvaluateParams = EvaluateParams()
+    twomoons: TwoMoonsParams = TwoMoonsParams()
     robustness: RobustnessParams = RobustnessParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
@@ -240,17 +281,20 @@ class Params(_Section):
                     f"generations.{name}.model: '{g.model}' cannot start from its teacher '{models[k - 1]}' (student.init: teacher "
                     "needs the same architecture); use the same model or set student.init: scratch"
                 )
-            if not self.student.allow_smaller and _param_count(g.model) < _param_count(models[k - 1]):
+            if not self.student.allow_smaller and g.method != "distill" and _param_count(g.model) < _param_count(models[k - 1]):
                 raise ValueError(
                     f"generations.{name}.model: '{g.model}' is smaller than its teacher '{models[k - 1]}' "
-                    "(Noisy Student wants an equal or larger student; set student.allow_smaller: true to distil down)"
+                    "(Noisy Student wants an equal or larger student; use method: distill or set student.allow_smaller: true to distil down)"
                 )
         return self
 
+    def generation(self, name: str) -> GenerationParams:
+        if name not in self.generations:
+            raise ParamsError(f"generation '{name}' is not in params.generations ({', '.join(self.generations)})")
+        return self.generations[name]
+
     def generation_model(self, generation: str) -> str:
-        if generation not in self.generations:
-            raise ParamsError(f"generation '{generation}' is not in params.generations ({', '.join(self.generations)})")
-        return self.generations[generation].model
+        return self.generation(generation).model
 
 
 def _format(err: ValidationError, source: str) -> str:

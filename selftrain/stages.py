@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from typing import Any
 
 import numpy as np
+import safetensors.torch
+from torch import nn
 
-from selftrain import artifacts, logits, models, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import artifacts, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import twomoons as moons
 from selftrain.data import Split, has_split, load_split, read_split, save_split
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
 from selftrain.inference import iter_logits, predict_logits
+from selftrain.mpl import LogitTeacher
 from selftrain.params import GATE_METRICS, Params, TrainParams
 from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.hard_set import select_hard
@@ -57,25 +62,25 @@ def prepare(params: Params, *, out: str) -> dict[str, Any]:
     return summary
 
 
-def _train_model(
-    params: Params, p: TrainParams, model_name: str, data: str, out: str, *, pseudo: str | None = None, init: str | None = None, desc: str
-) -> tuple[dict[str, Any], str]:
-    """Train `model_name` with `p` (plus pseudo-labels for a student); returns (summary, checkpoint URI)."""
-    labeled, val = load_split(data, "labeled"), load_split(data, "val")
+def _new_model(params: Params, p: TrainParams, model_name: str, labeled: Split, init: str | None) -> tuple[nn.Module, models.ModelSpec]:
+    """A fresh `model_name` with `p`'s dropout and stochastic depth, optionally initialised from a checkpoint."""
     spec = models.ModelSpec(model_name, len(labeled.classes), labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
-    device = runtime.pick_device(params.runtime.device)
     runtime.seed_everything(params.seed)
     net = models.create(spec, p.drop_rate, p.drop_path_rate)
     if init is not None:
         models.init_from(net, spec, init)
+    return net, spec
+
+
+def _train_model(
+    params: Params, p: TrainParams, model_name: str, data: str, out: str, *,
+    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, init: str | None = None, desc: str,
+) -> dict[str, Any]:
+    """Train `model_name` with `p` (plus (images, target probabilities) for a student); write model.safetensors and log.csv."""
+    labeled, val = load_split(data, "labeled"), load_split(data, "val")
+    net, spec = _new_model(params, p, model_name, labeled, init)
+    device = runtime.pick_device(params.runtime.device)
     net = runtime.place(net, device, params.runtime.compile)
-    pseudo_set = None
-    if pseudo is not None:
-        unlabeled = load_split(data, "unlabeled")
-        chosen = artifacts.load_arrays(artifacts.join(pseudo, "pseudo.npz"))
-        if chosen["targets"].shape[1] != len(labeled.classes):
-            raise ValueError(f"pseudo-labels in '{pseudo}' have {chosen['targets'].shape[1]} classes, the data has {len(labeled.classes)}")
-        pseudo_set = (unlabeled.images[chosen["rows"]], chosen["targets"])
     kept, rows = train.fit(
         net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc
     )
@@ -85,14 +90,15 @@ def _train_model(
         _write_log_csv(artifacts.join(staging, "log.csv"), rows)
     summary = {"model": model_name, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint}
     log.info("%s: %s", desc, summary)
-    return summary, checkpoint
+    return summary
 
 
 def train_teacher(params: Params, *, data: str, out: str, promoted: str) -> dict[str, Any]:
-    """Train the teacher with cross-entropy on the labeled split (generation 0); writes model.safetensors, log.csv
-    and generation 0's promotion record naming it."""
-    summary, checkpoint = _train_model(params, params.teacher, params.teacher.model, data, out, desc="teacher")
-    rec = promotion.record("gen0", checkpoint, params.teacher.model, True, "generation 0: the supervised teacher", [])
+    """Train the teacher with cross-entropy on the labeled split (generation 0).
+
+    Writes model.safetensors, log.csv and generation 0's promotion record naming it."""
+    summary = _train_model(params, params.teacher, params.teacher.model, data, out, desc="teacher")
+    rec = promotion.record("gen0", summary["checkpoint"], params.teacher.model, True, "generation 0: the supervised teacher", [])
     artifacts.write_json(promoted, rec)
     return summary
 
@@ -120,13 +126,18 @@ def infer(params: Params, *, teacher: str, data: str, out: str) -> dict[str, Any
     return summary
 
 
-def filter_balance(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
-    """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels."""
+def _stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndarray:
+    """The teacher's stored log-probabilities of every unlabeled image, in the unlabeled split's order."""
     stored = logits.read_store(logits_store, unlabeled_sha256=_file_hash_in(data, "unlabeled.npz"))
-    unlabeled = load_split(data, "unlabeled")
     if not np.array_equal(stored.ids, unlabeled.ids):
         raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
-    chosen = pseudo_labels.select(stored.dense_log_probs(), params.pseudo_labels, params.seed, unlabeled.classes)
+    return stored.dense_log_probs()
+
+
+def filter_balance(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
+    """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels."""
+    unlabeled = load_split(data, "unlabeled")
+    chosen = pseudo_labels.select(_stored_log_probs(logits_store, data, unlabeled), params.pseudo_labels, params.seed, unlabeled.classes)
     with artifacts.atomic_dir(out) as staging:
         artifacts.save_arrays(
             artifacts.join(staging, "pseudo.npz"), rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets, probs=chosen.probs
@@ -136,12 +147,123 @@ def filter_balance(params: Params, *, logits_store: str, data: str, out: str) ->
     return chosen.stats["total"]
 
 
-def train_student(params: Params, *, generation: str, data: str, pseudo: str, teacher: str, out: str) -> dict[str, Any]:
-    """Train the generation's noised student on labeled and pseudo-labeled batches jointly; writes model.safetensors and log.csv."""
+def _student_init(params: Params, teacher: str | None) -> str | None:
     p = params.student
-    init = {"scratch": None, "teacher": promotion.resolve(teacher)[0], "checkpoint": p.init_checkpoint}[p.init]
-    summary, _ = _train_model(params, p, params.generation_model(generation), data, out, pseudo=pseudo, init=init, desc=f"{generation} student")
+    if p.init == "teacher":
+        if teacher is None:
+            raise ValueError("student.init is 'teacher' but no --teacher was given")
+        return promotion.resolve(teacher)[0]
+    return p.init_checkpoint if p.init == "checkpoint" else None
+
+
+def train_student(
+    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None
+) -> dict[str, Any]:
+    """Train the generation's noised student on labeled and pseudo-labeled batches jointly.
+
+    Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
+    unlabeled image with the teacher's stored outputs of --logits-store as targets, under student.loss
+    (kd, dist, soft_ce). Writes model.safetensors and log.csv."""
+    method = params.generation(generation).method
+    unlabeled = load_split(data, "unlabeled")
+    if method == "distill":
+        if logits_store is None:
+            raise ValueError(f"{generation} is method distill: give --logits-store (infer's output)")
+        pseudo_set = (unlabeled.images, np.exp(_stored_log_probs(logits_store, data, unlabeled)))
+    else:
+        if pseudo is None:
+            raise ValueError(f"{generation} is method {method}: give --pseudo (filter-balance's output)")
+        chosen = artifacts.load_arrays(artifacts.join(pseudo, "pseudo.npz"))
+        pseudo_set = (unlabeled.images[chosen["rows"]], chosen["targets"])
+    classes = len(load_split(data, "labeled").classes)
+    if pseudo_set[1].shape[1] != classes:
+        raise ValueError(f"the pseudo-labels have {pseudo_set[1].shape[1]} classes, the data has {classes}")
+    return _train_model(
+        params, params.student, params.generation(generation).model, data, out,
+        pseudo_set=pseudo_set, init=_student_init(params, teacher), desc=f"{generation} {method.replace('_', ' ')} student",
+    )
+
+
+def _run_mpl(
+    params: Params, method: str, generation: str, data: str, out: str, resume: str | None, teacher_net: nn.Module, teacher_hash: str,
+    init: str | None, stored: np.ndarray | None,
+) -> dict[str, Any]:
+    """MPL or reduced MPL steps (resumable), the student's finetune on labeled data, then the outputs."""
+    p, g = params.mpl, params.generation(generation)
+    labeled, val, unlabeled = (load_split(data, name) for name in ("labeled", "val", "unlabeled"))
+    student, spec = _new_model(params, params.student, g.model, labeled, init)
+    device = runtime.pick_device(params.runtime.device)
+    student, teacher_net = runtime.place(student, device, params.runtime.compile), teacher_net.to(device)
+    resume = resume or f"{out.rstrip('/')}.resume"
+    fingerprint = artifacts.sha256_bytes(json.dumps(
+        {"method": method, "teacher": teacher_hash, "model": g.model, "mpl": p.model_dump(), "student": params.student.model_dump(), "seed": params.seed,
+         "labeled": _file_hash_in(data, "labeled.npz"), "unlabeled": _file_hash_in(data, "unlabeled.npz")}, sort_keys=True,
+    ).encode())
+    desc = f"{generation} {method.replace('_', ' ')}"
+    steps, resumed_from = mpl_train.fit_mpl(
+        student, teacher_net, p, params.student, labeled, unlabeled.images, device, params.seed,
+        resume=resume, fingerprint=fingerprint, stored_logits=stored, val=val, desc=desc,
+    )
+    if p.finetune_epochs:
+        finetune = TrainParams(
+            epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
+            label_smoothing=params.student.label_smoothing, augment="s1",
+        )
+        student, rows = train.fit(student, finetune, labeled, device, params.seed, val=val, desc=f"{desc} finetune")
+    else:
+        rows = [{"epoch": 0, "val_top1": accuracy(student, val, params.evaluate.batch_size, device)["top1"]}]
+    checkpoint = artifacts.join(out, CHECKPOINT)
+    with artifacts.atomic_dir(out) as staging:
+        models.save_checkpoint(artifacts.join(staging, CHECKPOINT), student, spec)
+        teacher_state = {k: v.detach().cpu().contiguous() for k, v in getattr(teacher_net, "_orig_mod", teacher_net).state_dict().items()}
+        artifacts.write_bytes(artifacts.join(staging, "mpl_teacher.safetensors"), safetensors.torch.save(teacher_state))
+        _write_log_csv(artifacts.join(staging, "mpl_log.csv"), steps)
+        _write_log_csv(artifacts.join(staging, "log.csv"), rows)
+    artifacts.remove(resume)
+    summary = {
+        "model": g.model, "method": method, "steps": p.steps, "resumed_from_step": resumed_from,
+        "mpl_val_top1": steps[-1]["val_top1"], "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint,
+    }
+    log.info("%s: %s", desc, summary)
     return summary
+
+
+def train_mpl(params: Params, *, generation: str, data: str, teacher: str, out: str, resume: str | None = None) -> dict[str, Any]:
+    """Meta Pseudo Labels: teacher and student trained together, then the student finetuned on labeled data.
+
+    The student learns from the teacher's pseudo-labels of strongly augmented unlabeled images; the teacher
+    (starting from --teacher) from the change this made to the student's labeled loss, plus labeled CE and UDA.
+    Checkpoints every mpl.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when
+    restarted. Writes model.safetensors (the student), mpl_teacher.safetensors, mpl_log.csv and log.csv (the finetune)."""
+    checkpoint = promotion.resolve(teacher)[0]
+    teacher_net, _ = models.load_checkpoint(checkpoint)
+    return _run_mpl(params, "mpl", generation, data, out, resume, teacher_net, artifacts.content_hash(checkpoint), _student_init(params, teacher), None)
+
+
+def train_reduced_mpl(
+    params: Params, *, generation: str, data: str, logits_store: str, out: str, teacher: str | None = None, resume: str | None = None
+) -> dict[str, Any]:
+    """Reduced MPL: MPL whose teacher is a small MLP over the large teacher's stored logits.
+
+    The large teacher's outputs come from --logits-store (infer's output); it is never run again. --teacher is
+    needed only when student.init is 'teacher'. Checkpoints and outputs as train-mpl."""
+    stored = _stored_log_probs(logits_store, data, load_split(data, "unlabeled"))
+    teacher_net = LogitTeacher(stored.shape[1], params.mpl.reduced_hidden)
+    return _run_mpl(
+        params, "reduced_mpl", generation, data, out, resume, teacher_net, artifacts.content_hash(logits_store), _student_init(params, teacher), stored
+    )
+
+
+def train_generation(params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str) -> dict[str, Any]:
+    """Train the generation's student by the method params.generations gives it (what dvc.yaml runs).
+
+    noisy_student and distill run train-student, mpl train-mpl, reduced_mpl train-reduced-mpl."""
+    method = params.generation(generation).method
+    if method == "mpl":
+        return train_mpl(params, generation=generation, data=data, teacher=teacher, out=out)
+    if method == "reduced_mpl":
+        return train_reduced_mpl(params, generation=generation, data=data, logits_store=logits_store, teacher=teacher, out=out)
+    return train_student(params, generation=generation, data=data, teacher=teacher, out=out, pseudo=pseudo, logits_store=logits_store)
 
 
 def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, Any]:
@@ -275,6 +397,15 @@ def promote(params: Params, *, generation: str, metrics: str, teacher: str, out:
     return rec
 
 
+def twomoons(params: Params, *, out: str) -> dict[str, Any]:
+    """The TwoMoons picture of MPL: supervised vs plain pseudo-labels vs MPL from 6 labeled points.
+
+    One draw of the moons per params twomoons.seeds; writes twomoons.png (the first seed's decision
+    boundaries and accuracies) and results.json (accuracy per seed, mean, std)."""
+    result = moons.write(out, params.twomoons.seeds, moons.MoonsSetup(steps=params.twomoons.steps))
+    return {name: {k: result[name][k] for k in ("mean", "std")} for name in moons.METHODS}
+
+
 def report(params: Params, *, promoted: str, pseudo: str, metrics: str, out: str) -> dict[str, Any]:
     """Tables and plots of the chain so far: accuracy per generation, pseudo-label confidence, per-class counts,
     and this generation's error vs corruption severity, teacher vs student."""
@@ -291,9 +422,13 @@ STAGES = {
     "infer": infer,
     "filter-balance": filter_balance,
     "train-student": train_student,
+    "train-mpl": train_mpl,
+    "train-reduced-mpl": train_reduced_mpl,
+    "train-generation": train_generation,
     "make-robustness-sets": make_robustness_sets,
     "robustness-reference": robustness_reference,
     "evaluate": evaluate,
     "promote": promote,
     "report": report,
+    "twomoons": twomoons,
 }

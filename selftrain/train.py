@@ -42,7 +42,8 @@ def _forever(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor
         yield from loader
 
 
-def _lr_lambda(total: int, warmup: int):
+def lr_lambda(total: int, warmup: int):
+    """Linear warmup over `warmup` steps, then cosine decay to 0 at `total`."""
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -81,7 +82,7 @@ def fit(
     labeled_iter = _forever(labeled_loader)
     total = steps_per_epoch * p.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(p.warmup_epochs * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(p.warmup_epochs * steps_per_epoch)))
     # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
     ema = ModelEmaV3(model, decay=p.ema_decay, use_warmup=True) if p.ema_decay else None
     kept = ema.module if ema else model

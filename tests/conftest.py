@@ -19,8 +19,14 @@ TINY = {
     "teacher": {"epochs": 3, "batch_size": 20},
     "pseudo_labels": {"threshold": 0.0},
     "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2, "init": "scratch"},  # scratch: the test grows gen2 to resnet14t
-    # three generations so "generation 2 onwards" has an onwards; always promote, so the chain never stops
-    "generations": {f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}"} for k in (1, 2, 3)},
+    # three generations so "generation 2 onwards" has an onwards, one per method the pipeline picks a stage
+    # for; always promote, so the chain never stops
+    "generations": {
+        f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method}
+        for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
+    },
+    "mpl": {"steps": 20, "batch_size": 20, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
+    "twomoons": {"seeds": [0], "steps": 100},
     "robustness": {"corruption_images": 40, "perturbation_images": 8, "hard_images": 30},
     "promote": {"rules": [{"metric": "val_top1", "min_gain": -1.0}]},
 }

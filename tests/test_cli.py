@@ -13,11 +13,15 @@ def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_stage_and_its_uris():
     out = cli("--help").stdout
-    for stage in ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "evaluate", "promote", "report", "summary"):
+    stages = ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "train-mpl", "train-reduced-mpl", "train-generation",
+              "evaluate", "promote", "report", "twomoons", "summary")
+    for stage in stages:
         assert stage in out
     infer = cli("infer", "--help").stdout
     assert "--teacher URI" in infer and "promotion record" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
     assert "--generation NAME" in cli("train-student", "--help").stdout
+    mpl = cli("train-mpl", "--help").stdout
+    assert "--resume URI" in mpl and "resumes from there when" in mpl
 
 
 def test_missing_input_artifact_is_a_clear_error(tmp_path):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selftrain import twomoons
-from selftrain.mpl import MplConfig, MplState, mpl_step
+from selftrain.mpl import LogitTeacher, MplConfig, MplState, mpl_step, reduced_mpl_step
 
 
 def _teacher_logprob_after_step(mpl_weight: float, wrong_labels: bool) -> tuple[float, float]:
@@ -35,3 +35,26 @@ def test_a_pseudo_label_that_helped_the_student_is_reinforced_and_one_that_hurt_
 def test_twomoons_mpl_beats_supervised_and_pseudo_labels_on_one_seed():
     acc = twomoons.run(0, twomoons.MoonsSetup(steps=1000)).accuracy
     assert acc["mpl"] > acc["pseudo_labels"] + 0.05 and acc["mpl"] > acc["supervised"] + 0.05, acc
+
+
+def _logit_teacher_after_step(wrong_labels: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Reduced MPL, one step: the MLP teacher's log p(pseudo-label) before and after, and h."""
+    torch.manual_seed(0)
+    x, z = torch.randn(16, 4), torch.randn(16, 3) * 2
+    teacher, student = LogitTeacher(3, 8), nn.Linear(4, 3)
+    y_hat = z.argmax(1)
+    y = (y_hat + 1) % 3 if wrong_labels else y_hat
+    before = F.log_softmax(teacher(z), 1).gather(1, y_hat[:, None]).detach()
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.5), torch.optim.SGD(student.parameters(), lr=0.5)
+    out = reduced_mpl_step(teacher, student, t_opt, s_opt, x, y, z, x, MplConfig(), MplState())
+    with torch.no_grad():
+        return before, F.log_softmax(teacher(z), 1).gather(1, y_hat[:, None]), out["h"]
+
+
+def test_reduced_mpl_starts_at_the_large_teachers_labels_and_moves_them_by_the_signal():
+    z = torch.randn(5, 10)
+    assert torch.equal(LogitTeacher(10, 32)(z), z)  # before any update: exactly the stored logits
+    before, after, h = _logit_teacher_after_step(wrong_labels=False)
+    assert h > 0 and after.mean() > before.mean()
+    before, after, h = _logit_teacher_after_step(wrong_labels=True)
+    assert h < 0 and after.mean() < before.mean()

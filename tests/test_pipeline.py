@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from conftest import ROOT, copy_project, run, tool_env, write_tiny_params
 from selftrain import artifacts
@@ -14,7 +15,8 @@ from selftrain.layout import Generation
 pytestmark = pytest.mark.slow
 GENS = ["gen1", "gen2", "gen3"]
 ONCE = ["prepare", "train-teacher", "make-robustness-sets", "robustness-reference"]
-PER_GEN = ["infer", "filter-balance", "train-student", "evaluate", "promote", "report"]
+PER_GEN = ["infer", "filter-balance", "train-student", "evaluate", "promote", "report"]  # train-student: by the generation's method
+DEMOS = ["twomoons"]
 
 
 def ran(output: str) -> list[str]:
@@ -39,7 +41,7 @@ def dvc_repo(tmp_path_factory) -> tuple[Path, str, dict]:
 def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
     repo, first, metrics = dvc_repo
     stages = ran(first)
-    assert sorted(stages) == sorted(ONCE + [f"{s}@{g}" for g in GENS for s in PER_GEN])
+    assert sorted(stages) == sorted(ONCE + [f"{s}@{g}" for g in GENS for s in PER_GEN] + DEMOS)
     order = [f"{s}@{g}" for g in GENS for s in PER_GEN if s != "report"]
     assert sorted(order, key=stages.index) == order  # each generation after the one before, stages in DAG order
     assert ran(run(["dvc", "repro"], repo).stdout) == []
@@ -54,6 +56,14 @@ def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
     # generation 1's teacher is the reference itself: normalised by itself, its mCE and mFR are 1
     assert metrics["gen1"]["teacher"]["mCE"] == pytest.approx(1.0) and metrics["gen1"]["teacher"]["mFR"] == pytest.approx(1.0)
     assert metrics["gen1"]["teacher"]["hard_top1"] == 0.0  # -A holds only images the reference gets wrong
+    # each generation's method picked its training stage: gen2 MPL (an image teacher), gen3 reduced MPL (an MLP teacher)
+    assert not (repo / "artifacts/gen1/student/mpl_log.csv").exists()
+    for g, teacher_key in (("gen2", "conv1.0.weight"), ("gen3", "mlp.0.weight")):
+        assert [int(r.split(",")[0]) for r in (repo / f"artifacts/{g}/student/mpl_log.csv").read_text().splitlines()[1:]] == [10, 20]
+        assert teacher_key in safe_open(repo / f"artifacts/{g}/student/mpl_teacher.safetensors", "pt").keys()
+    assert not (repo / "artifacts/gen2/student.resume").exists()  # the resume checkpoint goes once the stage is done
+    moons = json.loads((repo / "artifacts/twomoons/results.json").read_text())
+    assert moons["seeds"] == [0] and 0.5 <= moons["mpl"]["mean"] <= 1
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     severity = next(v for k, v in plots.items() if k.startswith("gen1 top-1 error"))
     fields = {row["field"] for row in severity[0]["content"]["data"]["values"]}
@@ -118,14 +128,17 @@ def test_flow_without_server_matches_dvc_run(dvc_repo, tmp_path):
     out = run(["python", "-m", "flows.self_training", "--params", str(params), "--root", str(tmp_path / "run")],
               ROOT, PREFECT_HOME=str(tmp_path / "prefect"))
     assert all(f"| {g} |" in out.stdout for g in GENS)
+    assert "mlp.0.weight" in safe_open(tmp_path / "run/gen3/student/mpl_teacher.safetensors", "pt").keys()  # reduced MPL ran
     for g in GENS:
         flow_metrics = json.loads((tmp_path / f"run/{g}/metrics.json").read_text())
         # Checkpoints are not always bitwise equal when stages run inside Prefect's process (seen for teacher
         # and student, about one run in three; the stage itself is bitwise repeatable from the CLI): the
-        # accuracies must agree.
+        # accuracies must agree. Differences carry over to later generations, whose teachers already differ,
+        # and 20 MPL steps on 60 labeled images amplify them: 6 test images of 200 at gen1, 10 after.
+        tol = 0.03 if g == "gen1" else 0.05
         for role in ("teacher", "student"):
             for key in ("val_top1", "test_top1", "test_top5", "mean_corruption_error"):
-                assert flow_metrics[role][key] == pytest.approx(dvc_metrics[g][role][key], abs=0.03), (g, role, key)
+                assert flow_metrics[role][key] == pytest.approx(dvc_metrics[g][role][key], abs=tol), (g, role, key)
 
 
 def test_dvc_yaml_paths_are_the_layout_paths():
@@ -135,7 +148,7 @@ def test_dvc_yaml_paths_are_the_layout_paths():
         g = Generation("artifacts", name)
         known |= {g.logits, g.pseudo, g.student, g.student_checkpoint, g.metrics, g.promoted, g.report}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ONCE + PER_GEN
+    assert list(stages) == ONCE + PER_GEN + DEMOS
     for name, stage in stages.items():
         cmd = stage.get("do", stage)["cmd"]
         uris = set(re.findall(r"--(?!generation)[a-z-]+ (\S+)", cmd))

@@ -1,0 +1,114 @@
+"""MPL (with finetune) and reduced MPL vs Noisy Student at an equal wall-clock budget, one generation, per seed.
+
+Per seed: prepare and the supervised teacher (params.yaml, seed N), its logits, then
+  1. Noisy Student: filter-balance + train-student as params.yaml has them; its wall time W is the budget;
+  2. MPL and reduced MPL: a short calibration run gives each one's steps/s (the per-step cost ratio of
+     reduced to full MPL comes from these), then mpl.steps is set so that steps + finetune take W;
+every student's test top-1 is measured on the same test split. Raw results go to mpl_vs_noisy.json
+(appended per seed, so a killed run picks up where it stopped), the table to stdout.
+
+    python bench/mpl_vs_noisy.py --seeds 0 1 2            # from the project root; ~20 min a seed on 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from selftrain import models, runtime, stages
+from selftrain.data import load_split
+from selftrain.evaluate import accuracy
+from selftrain.params import Params, load_params
+
+CALIBRATION_STEPS = 20
+
+
+def _timed(fn, *args, **kwargs) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _test_top1(params: Params, checkpoint: str, data: str) -> float:
+    net, _ = models.load_checkpoint(checkpoint)
+    device = runtime.pick_device(params.runtime.device)
+    return accuracy(runtime.place(net, device), load_split(data, "test"), params.evaluate.batch_size, device)["top1"]
+
+
+def _mpl_overrides(steps: int) -> dict:
+    # the UDA ramp is a quarter of the run, as in the TwoMoons setup (the default, 500 steps, is for longer runs);
+    # one checkpoint, at the end: the log then holds the mean over the whole run
+    return {"mpl.steps": steps, "mpl.uda_ramp_steps": max(1, steps // 4), "mpl.checkpoint_every": steps}
+
+
+def run_seed(seed: int, work: Path, params_path: str) -> dict:
+    root = work / f"seed{seed}"
+    data, gen0, logits_uri = str(root / "data"), str(root / "gen0.json"), str(root / "logits")
+    params = load_params(params_path, {"seed": seed})
+    stages.prepare(params, out=data)
+    _, t_teacher = _timed(stages.train_teacher, params, data=data, out=str(root / "teacher"), promoted=gen0)
+    stages.infer(params, teacher=gen0, data=data, out=logits_uri)
+    row: dict = {"teacher": {"test_top1": _test_top1(params, str(root / "teacher" / stages.CHECKPOINT), data), "wall_s": t_teacher}}
+
+    stages.filter_balance(params, logits_store=logits_uri, data=data, out=str(root / "pseudo"))
+    _, budget = _timed(stages.train_student, params, generation="gen1", data=data, teacher=gen0, out=str(root / "noisy_student"),
+                       pseudo=str(root / "pseudo"))
+    row["noisy_student"] = {"test_top1": _test_top1(params, str(root / "noisy_student" / stages.CHECKPOINT), data), "wall_s": budget}
+
+    for method, fn, extra in (("mpl", stages.train_mpl, {}), ("reduced_mpl", stages.train_reduced_mpl, {"logits_store": logits_uri})):
+        # calibration: the whole run (set-up, finetune, save) but only a few steps; the full run then adds
+        # steps at the measured rate until it fills the budget
+        calib = load_params(params_path, {"seed": seed, **_mpl_overrides(CALIBRATION_STEPS)})
+        _, t_calib = _timed(fn, calib, generation="gen1", data=data, teacher=gen0, out=str(root / f"{method}-calibration"), **extra)
+        steps_per_s = _csv_column(root / f"{method}-calibration" / "mpl_log.csv", "steps_per_s")[-1]
+        steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
+        p = load_params(params_path, {"seed": seed, **_mpl_overrides(steps)})
+        _, wall = _timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
+        row[method] = {
+            "test_top1": _test_top1(params, str(root / method / stages.CHECKPOINT), data), "wall_s": wall, "steps": steps,
+            "steps_per_s": steps_per_s, "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
+        }
+    row["reduced_over_full_step_time"] = row["mpl"]["steps_per_s"] / row["reduced_mpl"]["steps_per_s"]
+    return row
+
+
+def _csv_column(path: Path, name: str) -> list[float]:
+    header, *rows = path.read_text().splitlines()
+    i = header.split(",").index(name)
+    return [float(r.split(",")[i]) for r in rows]
+
+
+def _stats(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--work", default="runs/mpl_vs_noisy", help="artifacts of every run (default: %(default)s)")
+    ap.add_argument("--out", default="mpl_vs_noisy.json", help="raw results, appended per seed (default: %(default)s)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for seed in args.seeds:
+        if str(seed) not in results:
+            results[str(seed)] = run_seed(seed, Path(args.work), args.params)
+            out.write_text(json.dumps(results, indent=1))
+    rows = list(results.values())
+    print("| student (one generation, equal wall clock) | test top-1 % (mean ± std) | per seed | wall s (mean) | steps |")
+    print("|---|---:|---|---:|---|")
+    for method in ("teacher", "noisy_student", "mpl", "reduced_mpl"):
+        accs = [r[method]["test_top1"] for r in rows]
+        steps = ", ".join(str(r[method]["steps"]) for r in rows) if "steps" in rows[0][method] else ""
+        print(f"| {method} | {_stats(accs)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "
+              f"{statistics.fmean(r[method]['wall_s'] for r in rows):.0f} | {steps} |")
+    ratios = [r["reduced_over_full_step_time"] for r in rows]
+    print(f"\nreduced MPL step time / full MPL step time: {statistics.fmean(ratios):.3f} (per seed {', '.join(f'{x:.3f}' for x in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
