@@ -180,7 +180,7 @@ def train_student(
         raise ValueError(f"the pseudo-labels have {pseudo_set[1].shape[1]} classes, the data has {classes}")
     return _train_model(
         params, params.student, params.generation(generation).model, data, out,
-        pseudo_set=pseudo_set, init=_student_init(params, teacher), desc=f"{generation} {method.replace('_', ' ')} student",
+        pseudo_set=pseudo_set, init=_student_init(params, teacher), desc=f"{generation} student ({method})",
     )
 
 
