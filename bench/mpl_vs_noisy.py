@@ -7,7 +7,7 @@ Per seed: prepare and the supervised teacher (params.yaml, seed N), its logits, 
 every student's test top-1 is measured on the same test split. Raw results go to mpl_vs_noisy.json
 (appended per seed, so a killed run picks up where it stopped), the table to stdout.
 
-    python bench/mpl_vs_noisy.py --seeds 0 1 2            # from the project root; ~20 min a seed on 2 CPU cores
+    python bench/mpl_vs_noisy.py --seeds 0 1 2 --out runs/mpl_vs_noisy.json   # from the project root; ~28 min a seed on 2 CPU cores
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from selftrain.data import load_split
 from selftrain.evaluate import accuracy
 from selftrain.params import Params, load_params
 
-CALIBRATION_STEPS = 20
+CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
 
 
 def _timed(fn, *args, **kwargs) -> tuple[dict, float]:
@@ -57,21 +57,29 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
                        pseudo=str(root / "pseudo"))
     row["noisy_student"] = {"test_top1": _test_top1(params, str(root / "noisy_student" / stages.CHECKPOINT), data), "wall_s": budget}
 
-    for method, fn, extra in (("mpl", stages.train_mpl, {}), ("reduced_mpl", stages.train_reduced_mpl, {"logits_store": logits_uri})):
-        # calibration: the whole run (set-up, finetune, save) but only a few steps; the full run then adds
-        # steps at the measured rate until it fills the budget
-        calib = load_params(params_path, {"seed": seed, **_mpl_overrides(CALIBRATION_STEPS)})
-        _, t_calib = _timed(fn, calib, generation="gen1", data=data, teacher=gen0, out=str(root / f"{method}-calibration"), **extra)
-        steps_per_s = _csv_column(root / f"{method}-calibration" / "mpl_log.csv", "steps_per_s")[-1]
-        steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
-        p = load_params(params_path, {"seed": seed, **_mpl_overrides(steps)})
-        _, wall = _timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
-        row[method] = {
-            "test_top1": _test_top1(params, str(root / method / stages.CHECKPOINT), data), "wall_s": wall, "steps": steps,
-            "steps_per_s": steps_per_s, "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
-        }
+    for method in ("mpl", "reduced_mpl"):
+        row[method] = run_method(method, seed, root, params_path, budget)
     row["reduced_over_full_step_time"] = row["mpl"]["steps_per_s"] / row["reduced_mpl"]["steps_per_s"]
     return row
+
+
+def run_method(method: str, seed: int, root: Path, params_path: str, budget: float) -> dict:
+    """One MPL method from the seed's data, teacher and logits under `root`, with as many steps as fill `budget` seconds."""
+    data, gen0, logits_uri = str(root / "data"), str(root / "gen0.json"), str(root / "logits")
+    fn, extra = (stages.train_mpl, {}) if method == "mpl" else (stages.train_reduced_mpl, {"logits_store": logits_uri})
+    # calibration: the whole run (set-up, finetune, save) but only a few steps; the full run then adds
+    # steps at the measured rate until it fills the budget
+    calib = load_params(params_path, {"seed": seed, **_mpl_overrides(CALIBRATION_STEPS)})
+    _, t_calib = _timed(fn, calib, generation="gen1", data=data, teacher=gen0, out=str(root / f"{method}-calibration"), **extra)
+    steps_per_s = _csv_column(root / f"{method}-calibration" / "mpl_log.csv", "steps_per_s")[-1]
+    steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
+    p = load_params(params_path, {"seed": seed, **_mpl_overrides(steps)})
+    _, wall = _timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
+    return {
+        "test_top1": _test_top1(p, str(root / method / stages.CHECKPOINT), data), "wall_s": wall, "steps": steps,
+        "steps_per_s": steps_per_s, "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
+        "mpl_val_top1": _csv_column(root / method / "mpl_log.csv", "val_top1")[-1],  # before the finetune
+    }
 
 
 def _csv_column(path: Path, name: str) -> list[float]:
@@ -91,17 +99,26 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--work", default="runs/mpl_vs_noisy", help="artifacts of every run (default: %(default)s)")
     ap.add_argument("--out", default="mpl_vs_noisy.json", help="raw results, appended per seed (default: %(default)s)")
+    ap.add_argument("--rerun", choices=["mpl", "reduced_mpl"],
+                    help="run this method again on seeds already done (same data, teacher, logits and budget); the old result is kept as METHOD_previous")
     args = ap.parse_args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for seed in args.seeds:
-        if str(seed) not in results:
+        row = results.get(str(seed))
+        if row is None:
             results[str(seed)] = run_seed(seed, Path(args.work), args.params)
-            out.write_text(json.dumps(results, indent=1))
+        elif args.rerun:
+            row[f"{args.rerun}_previous"] = row[args.rerun]
+            row[args.rerun] = run_method(args.rerun, seed, Path(args.work) / f"seed{seed}", args.params, row["noisy_student"]["wall_s"])
+            row["reduced_over_full_step_time"] = row["mpl"]["steps_per_s"] / row["reduced_mpl"]["steps_per_s"]
+        out.write_text(json.dumps(results, indent=1))
     rows = list(results.values())
     print("| student (one generation, equal wall clock) | test top-1 % (mean ± std) | per seed | wall s (mean) | steps |")
     print("|---|---:|---|---:|---|")
-    for method in ("teacher", "noisy_student", "mpl", "reduced_mpl"):
+    for method in ("teacher", "noisy_student", "mpl", "reduced_mpl", "reduced_mpl_previous"):
+        if method not in rows[0]:
+            continue
         accs = [r[method]["test_top1"] for r in rows]
         steps = ", ".join(str(r[method]["steps"]) for r in rows) if "steps" in rows[0][method] else ""
         print(f"| {method} | {_stats(accs)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "

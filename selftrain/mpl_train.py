@@ -36,7 +36,7 @@ RESUME_FORMAT = "selftrain-mpl-resume/1"
 def mpl_config(p: MplParams) -> MplConfig:
     return MplConfig(
         uda_weight=p.uda_weight, uda_temperature=p.uda_temperature, uda_threshold=p.uda_threshold,
-        uda_ramp_steps=p.uda_ramp_steps, baseline_decay=p.baseline_decay, mpl_weight=p.mpl_weight,
+        uda_ramp_steps=p.uda_ramp_steps, baseline_decay=p.baseline_decay, mpl_weight=p.mpl_weight, anchor_weight=p.reduced_anchor_weight,
     )
 
 

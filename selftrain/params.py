@@ -161,6 +161,9 @@ class MplParams(_Section):
     uda_ramp_steps: int = Field(500, ge=1, description="steps over which the UDA weight rises linearly to uda_weight")
     reduced_hidden: int = Field(128, gt=0, description="reduced_mpl: hidden width of the MLP teacher over stored logits")
     reduced_lr: float = Field(1e-3, gt=0, description="reduced_mpl: the MLP teacher's learning rate")
+    reduced_anchor_weight: float = Field(
+        1.0, ge=0, description="reduced_mpl: soft CE of the MLP teacher to the large teacher's distribution (0: the MPL signal alone)"
+    )
     finetune_epochs: int = Field(10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)")
     finetune_lr: float = Field(1e-3, gt=0)
     checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")

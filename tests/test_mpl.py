@@ -58,3 +58,20 @@ def test_reduced_mpl_starts_at_the_large_teachers_labels_and_moves_them_by_the_s
     assert h > 0 and after.mean() > before.mean()
     before, after, h = _logit_teacher_after_step(wrong_labels=True)
     assert h < 0 and after.mean() < before.mean()
+
+
+def test_reduced_mpl_anchor_pulls_a_drifted_mlp_teacher_back_to_the_large_teachers_distribution():
+    torch.manual_seed(1)
+    x, z = torch.randn(16, 4), torch.randn(16, 3)
+    teacher, student = LogitTeacher(3, 8), nn.Linear(4, 3)
+    nn.init.normal_(teacher.mlp[2].weight, std=2.0)  # drifted away from z
+
+    def distance() -> float:
+        with torch.no_grad():
+            return F.cross_entropy(teacher(z), F.softmax(z, 1)).item()
+
+    before = distance()
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.2), torch.optim.SGD(student.parameters(), lr=0.1)
+    for _ in range(5):
+        reduced_mpl_step(teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, MplConfig(mpl_weight=0.0, anchor_weight=1.0), MplState())
+    assert distance() < before - 0.1
