@@ -117,12 +117,13 @@ def main() -> None:
     print("| student (one generation, equal wall clock) | test top-1 % (mean ± std) | per seed | wall s (mean) | steps |")
     print("|---|---:|---|---:|---|")
     for method in ("teacher", "noisy_student", "mpl", "reduced_mpl", "reduced_mpl_previous"):
-        if method not in rows[0]:
+        done = [r[method] for r in rows if method in r]  # *_previous: only the seeds that were rerun
+        if not done:
             continue
-        accs = [r[method]["test_top1"] for r in rows]
-        steps = ", ".join(str(r[method]["steps"]) for r in rows) if "steps" in rows[0][method] else ""
+        accs = [m["test_top1"] for m in done]
+        steps = ", ".join(str(m["steps"]) for m in done) if "steps" in done[0] else ""
         print(f"| {method} | {_stats(accs)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "
-              f"{statistics.fmean(r[method]['wall_s'] for r in rows):.0f} | {steps} |")
+              f"{statistics.fmean(m['wall_s'] for m in done):.0f} | {steps} |")
     ratios = [r["reduced_over_full_step_time"] for r in rows]
     print(f"\nreduced MPL step time / full MPL step time: {statistics.fmean(ratios):.3f} (per seed {', '.join(f'{x:.3f}' for x in ratios)})")
 
