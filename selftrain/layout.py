@@ -6,6 +6,7 @@
     root/robustness/sets/           make-robustness-sets (-C, -P)
     root/robustness/reference/      robustness-reference (-A set, the reference's -C/-P results)
     root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, report/
+    root/twomoons/                  twomoons (the MPL picture; needs nothing above)
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class Generation:
     @property
     def robustness_reference(self) -> str:
         return join(self.root, "robustness", "reference")
+
+    @property
+    def twomoons(self) -> str:
+        return join(self.root, "twomoons")
 
     @property
     def teacher(self) -> str:

@@ -143,7 +143,7 @@ def test_flow_without_server_matches_dvc_run(dvc_repo, tmp_path):
 
 def test_dvc_yaml_paths_are_the_layout_paths():
     g0 = Generation("artifacts", "gen0")
-    known = {g0.data, g0.teacher, g0.promoted, g0.robustness_sets, g0.robustness_reference}
+    known = {g0.data, g0.teacher, g0.promoted, g0.robustness_sets, g0.robustness_reference, g0.twomoons}
     for name in ["${key}", "${item.teacher}"]:
         g = Generation("artifacts", name)
         known |= {g.logits, g.pseudo, g.student, g.student_checkpoint, g.metrics, g.promoted, g.report}
