@@ -92,3 +92,14 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     assert _load_resume(uri, "run-b") is None  # other params, teacher or data: start afresh
     (tmp_path / "resume").write_bytes(b"torn")
     assert _load_resume(uri, "run-a") is None
+
+
+def test_distill_needs_the_logit_store_and_noisy_student_the_pseudo_labels(setup):
+    root, _ = setup
+    params = load_params(root / "params.yaml", {"generations.gen1.method": "distill", "student.loss": "soft_ce"})
+    with pytest.raises(ValueError, match="gen1 is method distill: give --logits-store"):
+        stages.train_student(params, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"),
+                             pseudo=str(root / "pseudo"))
+    with pytest.raises(ValueError, match="gen2 is method mpl: give --pseudo"):
+        stages.train_student(params, generation="gen2", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"))
+    assert not (root / "d").exists()

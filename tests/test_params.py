@@ -51,6 +51,11 @@ def test_generation_chain_is_checked():
     assert parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}}).generations["gen1"].model == "resnet10t"
     with pytest.raises(ParamsError, match="list at least one generation"):
         parse_params({"generations": {}})
+    smaller = {"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}
+    distill = {**smaller, "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "distill"}}}
+    assert parse_params(distill).generations["gen1"].method == "distill"  # distilling down is what distill is for
+    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'mpl', 'reduced_mpl' or 'distill'"):
+        parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "mlp"}}})
 
 
 def test_contradictory_params():
