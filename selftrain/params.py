@@ -81,6 +81,7 @@ class TrainParams(_Section):
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the body")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the weights (timm ModelEmaV3) and save it")
+    val_every: int = Field(1, ge=1, description="validate every N epochs and after the last (the log's curve; nothing is selected on it)")
 
 
 class TeacherParams(TrainParams):

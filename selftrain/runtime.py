@@ -28,17 +28,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def place(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        if compile:
-            model = torch.compile(model)
+    model = model.to(device, memory_format=torch.channels_last)
+    if compile and device.type == "cuda":
+        model = torch.compile(model)
     return model
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and x.ndim == 4:
+    if x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -96,6 +96,22 @@ def test_ema_student_is_kept_and_differs_from_the_raw_weights(gen0, tmp_path):
     assert any(diffs)
 
 
+def test_validating_less_often_leaves_training_unchanged(gen0):
+    params, g = gen0
+    labeled, val = load_split(g.data, "labeled"), load_split(g.data, "val")
+    spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
+    runs = {}
+    for every in (1, 2):
+        p = params.teacher.model_copy(update={"epochs": 5, "val_every": every})
+        torch.manual_seed(0)
+        kept, rows = train.fit(models.create(spec), p, labeled, runtime.pick_device("cpu"), 0, val=val)
+        runs[every] = kept, [r["val_top1"] for r in rows]
+    (every_epoch, curve), (sparse, sparse_curve) = runs[1], runs[2]
+    assert [v is not None for v in sparse_curve] == [False, True, False, True, True]  # epochs 2, 4 and the last
+    assert [sparse_curve[i] for i in (1, 3, 4)] == [curve[i] for i in (1, 3, 4)]
+    assert all(torch.equal(a, b) for a, b in zip(every_epoch.state_dict().values(), sparse.state_dict().values()))
+
+
 @pytest.mark.parametrize("loss, labels_matter", [("soft_ce", False), ("ce", True), ("dist", True)])
 def test_the_students_loss_decides_whether_labels_are_used(gen0, loss, labels_matter):
     params, g = gen0
