@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 # `selftrain summary` prints the table and sets the exit status: 0 when every generation finished or a
 # gate stopped the chain (dvc then reports the next generation's `infer` as failed: that is the stop),
 # 1 when a generation failed for another reason.
+# UNTIL=gen1: only the generations up to that one.
 run: setup
-	-dvc repro --keep-going
-	selftrain summary --root artifacts
+	-dvc repro --keep-going $(if $(UNTIL),report@$(UNTIL))
+	selftrain summary --root artifacts $(if $(UNTIL),--until $(UNTIL))
 
 flow: setup
 	python -m flows.self_training --params params.yaml --root runs/prefect $(FLOWARGS)

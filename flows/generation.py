@@ -6,16 +6,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.logs import stage_logs_to_prefect
 from selftrain.layout import Generation
 from selftrain.params import Params
 from selftrain.report import generation_table
-from tasks import stages
+from tasks import stages as tasks
 
 
 @flow(name="generation", flow_run_name="{name}")
 def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
-    g = Generation(root, name)
+    stage_logs_to_prefect()
+    g, stages = Generation(root, name), tasks.for_params(params)
     teacher = Generation(root, params.generations[name].teacher).promoted
     stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
     stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)

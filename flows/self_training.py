@@ -16,17 +16,19 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.generation import generation
+from flows.logs import stage_logs_to_prefect
 from selftrain.layout import Generation
 from selftrain.params import load_params, parse_override
 from selftrain.report import history_table
-from tasks import stages
+from tasks import stages as tasks
 
 
 @flow(name="self-training")
 def self_training(params_path: str = "params.yaml", root: str = "runs/prefect", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every generation of params.generations; artifacts go under `root` (local path or s3://)."""
+    stage_logs_to_prefect()
     params = load_params(params_path, overrides)
-    logger = get_run_logger()
+    logger, stages = get_run_logger(), tasks.for_params(params)
     gen0 = Generation(root, "gen0")
     stages.prepare(params, out=gen0.data)
     stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)

@@ -70,14 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                                          "ran to its end or a gate stopped it, 1 when a generation did not finish")
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
+    sm.add_argument("--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)")
     return parser
 
 
-def summary(params: Params, root: str) -> tuple[str, bool]:
-    """The history table of the last generation (in params order) that finished under `root`, and whether
-    the chain ran to its end: every generation finished (promotion record and report), or a gate stopped it."""
+def summary(params: Params, root: str, until: str | None = None) -> tuple[str, bool]:
+    """The history table of the last generation (in params order, up to `until`) that finished under `root`, and
+    whether the chain ran to its end: every generation finished (promotion record and report), or a gate stopped it."""
+    names = list(params.generations)
+    if until is not None:
+        if until not in names:
+            raise ParamsError(f"--until {until}: not one of params.generations {names}")
+        names = names[: names.index(until) + 1]
     last, unfinished = None, None
-    for name in params.generations:
+    for name in names:
         gen = Generation(root, name)
         if not (artifacts.exists(gen.promoted) and artifacts.exists(artifacts.join(gen.report, "report.md"))):
             unfinished = name
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "summary":
-            table, finished = summary(load_params(args.params), args.root)
+            table, finished = summary(load_params(args.params), args.root, args.until)
             print(table)
             return 0 if finished else 1
         params = load_params(args.params, dict(args.overrides))

@@ -248,6 +248,31 @@ class RuntimeParams(_Section):
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
 
 
+class PrefectParams(_Section):
+    """How the Prefect flow runs its stages; DVC and the CLI ignore this section (not part of any stage's DVC params)."""
+
+    retries: int = Field(3, ge=0, description="retries of a stage after a transient I/O error (network, S3); other errors fail at once")
+    retry_backoff_s: float = Field(10.0, ge=0, description="delay before the first retry; doubled at each further one")
+    timeout_s: float = Field(24 * 3600.0, gt=0, description="a stage running longer than this fails, without retries")
+    timeouts_s: dict[str, float] = Field(default_factory=dict, description="per-stage timeouts overriding timeout_s, by stage name")
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _known_stages(cls, v: dict[str, float]) -> dict[str, float]:
+        from selftrain.stages import STAGES  # here: stages imports this module
+
+        unknown = sorted(set(v) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(STAGES)}")
+        bad = sorted(k for k, t in v.items() if not t > 0)
+        if bad:
+            raise ValueError(f"timeouts must be > 0 seconds: {bad}")
+        return v
+
+    def timeout(self, stage: str) -> float:
+        return self.timeouts_s.get(stage, self.timeout_s)
+
+
 class Params(_Section):
     seed: int = 0
     data: DataParams = DataParams()
@@ -265,6 +290,7 @@ class Params(_Section):
     robustness: RobustnessParams = RobustnessParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
+    prefect: PrefectParams = PrefectParams()
 
     @model_validator(mode="after")
     def _generation_chain(self) -> Params:

@@ -9,6 +9,7 @@ With `ema_decay` set, an EMA of the weights (timm's ModelEmaV3) is validated and
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from selftrain.data import Split
 from selftrain.evaluate import accuracy
 from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, seed_worker, train_batch
 from selftrain.params import StudentParams, TrainParams
+
+logger = logging.getLogger("selftrain")
 
 
 def _loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batch: int, gen: torch.Generator, workers: int):
@@ -132,5 +135,6 @@ def fit(
         if val is not None:  # blank between checks: the curve is only for the log and its plot
             row["val_top1"] = accuracy(kept, val, 512, device)["top1"] if epoch % p.val_every == 0 or epoch == p.epochs else None
         log.append(row)
+        logger.info("%s epoch %d/%d: %s", desc, epoch, p.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
     bar.close()
     return kept, log

@@ -100,3 +100,12 @@ def test_student_loss_is_checked():
     with pytest.raises(ParamsError, match=r"soft_ce \(no labeled part\) but student\.pseudo_weight is 0: nothing to learn from"):
         parse_params({"student": {"loss": "soft_ce", "pseudo_weight": 0}})
     assert parse_params({"student": {"loss": "dist", "loss_tau": 4, "dist_gamma": 2}}).student.dist_gamma == 2
+
+
+def test_prefect_timeouts_name_real_stages():
+    p = parse_params({"prefect": {"timeout_s": 60, "timeouts_s": {"train-mpl": 7200}}})
+    assert p.prefect.timeout("train-mpl") == 7200 and p.prefect.timeout("infer") == 60
+    with pytest.raises(ParamsError, match=r"prefect\.timeouts_s.*unknown stage\(s\) \['train_mpl'\]"):
+        parse_params({"prefect": {"timeouts_s": {"train_mpl": 7200}}})
+    with pytest.raises(ParamsError, match=r"prefect\.retries"):
+        parse_params({"prefect": {"retries": -1}})

@@ -90,6 +90,8 @@ def test_summary_fails_when_a_generation_did_not_finish(dvc_repo, tmp_path):
     proc = subprocess.run(["selftrain", "summary", "--root", str(tmp_path)], cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert proc.returncode == 1
     assert "| gen1 |" in proc.stdout and "gen2 did not finish" in proc.stdout
+    until_gen1 = run(["selftrain", "summary", "--root", str(tmp_path), "--until", "gen1"], repo).stdout  # exit 0: gen1 was all
+    assert "| gen1 |" in until_gen1 and "did not finish" not in until_gen1
 
 
 def test_changing_generation_2s_model_reruns_only_generation_2_onwards(dvc_repo):
