@@ -17,7 +17,7 @@ from tasks import stages as tasks
 def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
     stage_logs_to_prefect()
-    g, stages = Generation(root, name), tasks.for_params(params)
+    g, stages = Generation(root, name), tasks.for_params(params, root)
     teacher = Generation(root, params.generations[name].teacher).promoted
     stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
     stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)

@@ -28,7 +28,7 @@ def self_training(params_path: str = "params.yaml", root: str = "runs/prefect", 
     """Run every generation of params.generations; artifacts go under `root` (local path or s3://)."""
     stage_logs_to_prefect()
     params = load_params(params_path, overrides)
-    logger, stages = get_run_logger(), tasks.for_params(params)
+    logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
     stages.prepare(params, out=gen0.data)
     stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)

@@ -255,6 +255,8 @@ class PrefectParams(_Section):
     retry_backoff_s: float = Field(10.0, ge=0, description="delay before the first retry; doubled at each further one")
     timeout_s: float = Field(24 * 3600.0, gt=0, description="a stage running longer than this fails, without retries")
     timeouts_s: dict[str, float] = Field(default_factory=dict, description="per-stage timeouts overriding timeout_s, by stage name")
+    cache: bool = Field(True, description="skip a stage whose inputs, params and code are unchanged since a run that wrote its outputs")
+    result_storage: str | None = Field(None, description="where cached stage results live, a folder or s3://... (default: ROOT/.prefect-results)")
 
     @field_validator("timeouts_s")
     @classmethod

@@ -5,6 +5,7 @@ listings drop the connection, registered with fsspec the way s3fs is.
 """
 import fsspec
 import time
+from pathlib import Path
 
 import pytest
 from fsspec.implementations.local import LocalFileSystem
@@ -49,7 +50,7 @@ def prefect_server():
 def prepare_flow(params_path: str, overrides: dict, out: str) -> dict:
     stage_logs_to_prefect()
     params = load_params(params_path, overrides)
-    return tasks.for_params(params).prepare(params, out=out)
+    return tasks.for_params(params, str(Path(out).parent)).prepare(params, out=out)
 
 
 def _run(params_path, overrides, out):

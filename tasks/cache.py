@@ -1,0 +1,99 @@
+"""Cross-run caching of the stage tasks, keyed the way DVC keys the same stages.
+
+A stage's key hashes what its stage in dvc.yaml tracks: the values of the params it lists, the content
+hashes of its input artifacts (a directory's manifest, a file's bytes) and of the code files it lists;
+plus its output URIs. So a change that makes DVC rerun a stage also misses here, and a stage DVC calls
+up to date hits, in a new flow run or a new process. Keys are built from URIs and hashes, never from
+tensors. Results (the stages' small JSON summaries) persist in the result storage; a stage whose
+outputs have gone missing runs again whatever its key.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.cache_policies import CachePolicy
+from prefect.filesystems import RemoteFileSystem
+
+from selftrain import artifacts
+from selftrain.params import Params
+
+PROJECT = Path(__file__).resolve().parents[1]
+# the task -> its DVC stage: train-student@genK runs `train-generation`, which picks the method's stage
+DVC_STAGE = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
+OUTPUTS = {"train-teacher": ("out", "promoted")}  # every other stage writes `out` only
+NOT_HASHED = ("params", "generation", "resume")  # a params object, a name, a scratch path
+
+
+@functools.cache
+def dvc_stage(task_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(params keys, code files) that dvc.yaml tracks for the stage behind `task_name`."""
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    stage = stages[DVC_STAGE.get(task_name, task_name)]
+    stage = stage.get("do", stage)
+    code = tuple(d for d in stage.get("deps", []) if not d.startswith("artifacts/"))
+    return tuple(stage.get("params", [])), code
+
+
+def outputs(task_name: str, kwargs: dict[str, Any]) -> list[str]:
+    return [kwargs[a] for a in OUTPUTS.get(task_name, ("out",)) if kwargs.get(a)]
+
+
+def outputs_complete(task_name: str, kwargs: dict[str, Any]) -> bool:
+    """Every output is there and, for a directory, complete (its manifest written last)."""
+    for uri in outputs(task_name, kwargs):
+        if not artifacts.exists(uri):
+            return False
+        try:
+            artifacts.content_hash(uri)
+        except artifacts.ArtifactError:
+            return False
+    return True
+
+
+def _param_value(params: Params, key: str) -> Any:
+    node: Any = params.model_dump(mode="json")
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
+    """The cache key of one stage call (see the module docstring)."""
+    param_keys, code = dvc_stage(task_name)
+    out = set(outputs(task_name, kwargs))
+    generation = kwargs.get("generation")
+    ingredients = {
+        "stage": task_name,
+        "generation": generation,
+        "params": {k: _param_value(params, k.replace("${key}", str(generation))) for k in param_keys},
+        "code": {f: hashlib.sha256((PROJECT / f).read_bytes()).hexdigest() for f in code},
+        "inputs": {
+            k: artifacts.content_hash(v) if v is not None else None
+            for k, v in sorted(kwargs.items()) if k not in NOT_HASHED and v not in out
+        },
+        "outputs": sorted(out),
+    }
+    return hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()
+
+
+class StageInputs(CachePolicy):
+    """Prefect cache policy: `stage_key` of the task's call."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        return stage_key(task_ctx.task.name, inputs["params"], inputs)
+
+
+def result_storage(uri: str) -> Path | str:
+    """Where cached results live: a local folder, or any fsspec URI (s3://...) for runs on several machines.
+
+    Prefect wants remote storage as a block saved on its server: one per URI, named from its hash."""
+    if artifacts.is_local(uri):
+        return Path(uri)
+    name = f"selftrain-results-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+    RemoteFileSystem(basepath=uri).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
