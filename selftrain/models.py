@@ -24,6 +24,9 @@ class ModelSpec:
     classes: tuple[str, ...]
 
 
+FORMAT = "selftrain-checkpoint/2"
+
+
 def create(spec: ModelSpec, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
     """A freshly initialised timm model (no pretrained weights: nothing is downloaded)."""
     return timm.create_model(
@@ -39,7 +42,8 @@ def create(spec: ModelSpec, drop_rate: float = 0.0, drop_path_rate: float = 0.0)
 def save_checkpoint(uri: str, model: nn.Module, spec: ModelSpec) -> None:
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"spec": json.dumps(asdict(spec)), "format": "selftrain-checkpoint/1"}
+    # one metadata key: safetensors writes several in a random order, and the same weights must give the same bytes
+    meta = {"selftrain": json.dumps({"format": FORMAT, "spec": asdict(spec)})}
     artifacts.write_bytes(uri, safetensors.torch.save(state, metadata=meta))
 
 
@@ -55,9 +59,10 @@ def _metadata(blob: bytes, uri: str) -> dict[str, str]:
 def _read(uri: str) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     blob = artifacts.read_bytes(uri)
     meta = _metadata(blob, uri)
-    if meta.get("format") != "selftrain-checkpoint/1":
-        raise artifacts.ArtifactError(f"'{uri}' is not a selftrain checkpoint (metadata: {sorted(meta)})")
-    raw = json.loads(meta["spec"])
+    info = json.loads(meta.get("selftrain", "{}"))
+    if info.get("format") != FORMAT:
+        raise artifacts.ArtifactError(f"'{uri}' is not a {FORMAT} checkpoint (metadata: {sorted(meta)})")
+    raw = info["spec"]
     return safetensors.torch.load(blob), ModelSpec(**{**raw, "classes": tuple(raw["classes"])})
 
 
