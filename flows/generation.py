@@ -5,15 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.logs import stage_logs_to_prefect
+from flows.ui import publish_generation
 from selftrain.layout import Generation
 from selftrain.params import Params
 from selftrain.report import generation_table
 from tasks import stages as tasks
 
 
-@flow(name="generation", flow_run_name="{name}")
+def _run_name() -> str:
+    p = flow_run.parameters
+    return f"{p['name']}-{p['params'].generations[p['name']].method}"
+
+
+@flow(name="generation", flow_run_name=_run_name)
 def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
     stage_logs_to_prefect()
@@ -32,6 +39,7 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
         params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
     )
     promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
-    stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
+    report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
+    publish_generation(g, name, method, metrics, promoted, report["files"])
     return promoted

@@ -10,24 +10,50 @@ temporary one) or against one set by PREFECT_API_URL:
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import PositiveInt
 
 from flows.generation import generation
 from flows.logs import stage_logs_to_prefect
 from selftrain.layout import Generation
-from selftrain.params import load_params, parse_override
+from selftrain.params import METHODS, ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from tasks import stages as tasks
 
 
-@flow(name="self-training")
-def self_training(params_path: str = "params.yaml", root: str = "runs/prefect", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every generation of params.generations; artifacts go under `root` (local path or s3://)."""
+def _run_name() -> str:
+    """e.g. self-training-noisy_student-3gen: the methods and the number of generations the run will do."""
+    p = flow_run.parameters
+    try:
+        params = load_params(p["params_path"], p.get("overrides"), generations=p.get("generations"), method=p.get("method"))
+    except ParamsError:
+        return "self-training-bad-params"  # the flow itself fails with the message
+    return f"self-training-{'+'.join(sorted({g.method for g in params.generations.values()}))}-{len(params.generations)}gen"
+
+
+@flow(name="self-training", flow_run_name=_run_name)
+def self_training(
+    params_path: str = "params.yaml",
+    root: str = "runs/prefect",
+    generations: PositiveInt | None = None,
+    method: Literal[METHODS] | None = None,  # type: ignore[valid-type]
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Self-training on the params file: the teacher, then each generation as a subflow.
+
+    Args:
+        params_path: the params file (relative to the working directory).
+        root: where artifacts go, a local path or s3://bucket/prefix.
+        generations: run only the first N generations of the params file (default: all).
+        method: give every generation this method (default: each generation's own).
+        overrides: dotted params keys to values, e.g. {"student.epochs": 2}.
+    """
     stage_logs_to_prefect()
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, generations=generations, method=method)
     logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
     stages.prepare(params, out=gen0.data)
@@ -50,9 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     ap.add_argument("--root", default="runs/prefect", help="artifact root, local path or s3:// (default: %(default)s)")
+    ap.add_argument("--generations", type=int, help="run only the first N generations (default: all in the params file)")
+    ap.add_argument("--method", choices=METHODS, help="give every generation this method (default: each its own)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
     args = ap.parse_args(argv)
-    print(self_training(args.params, args.root, dict(parse_override(o) for o in args.overrides))["table"])
+    overrides = dict(parse_override(o) for o in args.overrides)
+    print(self_training(args.params, args.root, args.generations, args.method, overrides)["table"])
 
 
 if __name__ == "__main__":

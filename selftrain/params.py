@@ -355,8 +355,11 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
         raise ParamsError(_format(e, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate a params file; `overrides` maps dotted keys (`student.epochs`) to values."""
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None, *, generations: int | None = None, method: str | None = None
+) -> Params:
+    """Read and validate a params file; `overrides` maps dotted keys (`student.epochs`) to values.
+    `generations` keeps only the first N generations, `method` gives every generation that method."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file '{path}' not found (run from the project root or pass --params)")
@@ -367,7 +370,29 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     raw = raw or {}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
+    if generations is not None or method is not None:
+        _narrow_generations(raw, str(path), generations, method)
     return parse_params(raw, str(path))
+
+
+def _narrow_generations(raw: dict[str, Any], source: str, generations: int | None, method: str | None) -> None:
+    if not isinstance(raw, dict):
+        return  # parse_params names the problem
+    gens = raw.get("generations")
+    if gens is None:
+        gens = {k: v.model_dump() for k, v in Params.model_fields["generations"].default_factory().items()}
+    if not isinstance(gens, dict):
+        return
+    if generations is not None:
+        if generations < 1 or generations > len(gens):
+            raise ParamsError(
+                f"generations={generations}: {source} defines {len(gens)} generation(s) ({', '.join(gens)}); "
+                "ask for 1 to that many, or add more under generations:"
+            )
+        gens = dict(list(gens.items())[:generations])
+    if method is not None:
+        gens = {name: {**(g if isinstance(g, dict) else {}), "method": method} for name, g in gens.items()}
+    raw["generations"] = gens
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -39,6 +39,25 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
+def balance_table(counts: dict[str, Any]) -> str:
+    """A markdown table of the pseudo-labels per class: predicted, over the confidence threshold, after balancing."""
+    t = counts["total"]
+    lines = [
+        f"{counts['kind']} pseudo-labels, confidence threshold {counts['threshold']}, "
+        + (f"balanced to {counts['per_class_target']} per class: " if counts["per_class_target"] else "not balanced: ")
+        + f"{t['above_threshold']:,} of {t['unlabeled']:,} unlabeled images above the threshold, {t['after_balance']:,} in the student's training set "
+        + f"({t['unique_after_balance']:,} distinct)",
+        "",
+        "| class | predicted | above threshold | class threshold | selected | after balance (with copies) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in counts["per_class"].items():
+        lines.append(
+            f"| {name} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |"
+        )
+    return "\n".join(lines)
+
+
 def history_table(record: dict[str, Any]) -> str:
     """A markdown table with one row per generation of the chain that ends in `record`."""
     extra = [(label, key) for label, key in HISTORY_EXTRA if all(f"student_{key}" in r for r in record["history"])]
@@ -119,6 +138,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
 
     files["report.md"] = (
         f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n## This generation\n\n{generation_table(metrics)}\n\n"
+        f"## Pseudo-labels per class\n\n{balance_table(counts)}\n\n"
         "![accuracy](accuracy.png)\n![confidence](confidence.png)\n![per-class counts](class_counts.png)\n"
         + ("![error vs severity](corruption_error.png)\n" if "corruption_error.png" in files else "")
     ).encode()
