@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test flow bench
+.PHONY: setup run test flow server worker bench
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,19 @@ run: setup
 
 flow: setup
 	python -m flows.self_training --params params.yaml --root runs/prefect $(FLOWARGS)
+
+# A Prefect server with its UI on this machine: SQLite under .prefect/, loopback only, http://127.0.0.1:4200
+PREFECT_LOCAL := PREFECT_HOME=$(abspath .prefect) PREFECT_API_URL=http://127.0.0.1:4200/api
+server: setup
+	$(PREFECT_LOCAL) prefect server start --host 127.0.0.1 --port 4200
+
+# With `make server` running: the work pools, prefect.yaml's deployments, then a worker for the process pool
+# (the UI's "Run" on a deployment runs the flow here). Safe to repeat: pools and deployments are updated.
+worker: setup
+	$(PREFECT_LOCAL) prefect work-pool create process --type process --overwrite
+	$(PREFECT_LOCAL) prefect work-pool create kubernetes --type kubernetes --base-job-template k8s/base-job-template.json --overwrite
+	$(PREFECT_LOCAL) prefect --no-prompt deploy --all
+	$(PREFECT_LOCAL) prefect worker start --pool process
 
 test: setup
 	pytest
