@@ -3,10 +3,12 @@
 Real stages in real flows on Prefect's test server; the only stand-in is a filesystem whose first two
 listings drop the connection, registered with fsspec the way s3fs is.
 """
-import fsspec
+import logging
 import time
+import warnings
 from pathlib import Path
 
+import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from prefect import flow
@@ -111,3 +113,15 @@ def test_a_stage_over_its_timeout_fails_without_retries(image_tree, tmp_path):
 def test_which_errors_are_transient():
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError()) and is_transient(OSError("EIO"))
     assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError()))
+
+
+def test_stage_logs_outside_a_run_stay_on_the_console_without_warnings(caplog):
+    stage_logs_to_prefect()
+    stage_logs_to_prefect()
+    stage_logger = logging.getLogger("selftrain")
+    assert sum(isinstance(h, APILogHandler) for h in stage_logger.handlers) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage_logger.info("a stage called outside any flow")
+    assert [str(w.message) for w in caught] == []
+    assert "a stage called outside any flow" in caplog.text
