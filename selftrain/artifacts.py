@@ -105,6 +105,48 @@ def load_arrays(uri: str) -> dict[str, np.ndarray]:
         raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
 
 
+def save_shards(uri: str, prefix: str, rows_per_shard: int, **arrays: np.ndarray) -> list[str]:
+    """Save arrays of equal length as row shards `uri/prefix-00000.npz`, ... (at least one, empty when there are no rows).
+
+    Large sets go to object storage and back in pieces: no one blob, no file per image."""
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"save_shards: arrays of different lengths {sorted(lengths)}")
+    n = lengths.pop()
+    names = []
+    for i, start in enumerate(range(0, max(n, 1), rows_per_shard)):
+        names.append(f"{prefix}-{i:05d}.npz")
+        save_arrays(join(uri, names[-1]), **{k: a[start : start + rows_per_shard] for k, a in arrays.items()})
+    return names
+
+
+def load_shards(uri: str, prefix: str) -> dict[str, np.ndarray]:
+    """The arrays `save_shards` wrote, concatenated in shard order."""
+    fs, path = _fs(uri)
+    files = sorted(fs.glob(f"{path.rstrip('/')}/{prefix}-[0-9][0-9][0-9][0-9][0-9].npz"))
+    if not files:
+        raise ArtifactError(f"'{uri}' has no {prefix}-*.npz shards")
+    parts = [load_arrays(join(uri, f.rsplit("/", 1)[-1])) for f in files]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def save_array_files(uri: str, **arrays: np.ndarray) -> None:
+    """One .npz per named array under the directory `uri` (a set too big for one blob, split by its natural parts)."""
+    for name, a in arrays.items():
+        save_arrays(join(uri, f"{name}.npz"), **{name: a})
+
+
+def load_array_files(uri: str) -> dict[str, np.ndarray]:
+    fs, path = _fs(uri)
+    files = sorted(fs.glob(f"{path.rstrip('/')}/*.npz"))
+    if not files:
+        raise ArtifactError(f"'{uri}' has no .npz files")
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        out.update(load_arrays(join(uri, f.rsplit("/", 1)[-1])))
+    return out
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

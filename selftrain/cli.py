@@ -1,4 +1,4 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`, `lineage`, `reproduce`, `tag` and `teacher`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -12,10 +12,11 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, promote as promotion
+from selftrain import artifacts, lineage, promote as promotion, registry
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
+from selftrain.reproduce import ReproduceError, reproduce
 from selftrain.stages import STAGES
 
 ARG_HELP = {
@@ -31,6 +32,7 @@ ARG_HELP = {
     "sets": "make-robustness-sets' output: the -C corruptions and -P sequences",
     "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE and FR",
     "resume": "where the MPL loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage finishes)",
+    "dvc_lock": "dvc.lock, whose stage hashes the lineage record copies (what dvc.yaml passes; a flow has none)",
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
 }
@@ -71,7 +73,43 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     sm.add_argument("--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)")
+    ln = sub.add_parser("lineage", help="print the chain of generations that made a model, back to the labeled data: "
+                                         "each model, teacher, data, logits and pseudo-labels by content hash, its accuracy and git commit")
+    ln.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    ln.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
+    ln.add_argument("--generation", metavar="GEN", help="start from this generation (default: the last one with a lineage.json)")
+    ln.add_argument("--png", metavar="PATH", help="also draw the chain as a picture into this PNG file (local path or s3://)")
+    rp = sub.add_parser("reproduce", help="rebuild a past generation from its recorded commit (inputs through DVC) and compare "
+                                           "logits, pseudo-labels, model and metrics with the record; exit 0 on a match, 1 otherwise")
+    rp.add_argument("target", metavar="GEN|SHA256", help="a generation (gen1, ...) at --rev, or its model's sha256 (8+ hex digits, "
+                                                          "as `selftrain lineage` prints it): the newest commit that recorded it")
+    rp.add_argument("--rev", default="HEAD", help="the git rev to find the generation at, or to search back from (default: %(default)s)")
+    rp.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
+    rp.add_argument("--workdir", metavar="DIR", help="where to rebuild (default: a new temporary directory, kept for inspection)")
+    rp.add_argument("--tolerance", type=float, metavar="X", help="absolute tolerance on metrics (default: 0 on CPU, "
+                                                                 "0.01 where CUDA ran or runs, whose kernels are not bitwise deterministic)")
+    tg = sub.add_parser("tag", help="give each committed, promoted model a git tag teacher@vK.N.0 (K: its generation) whose message "
+                                     "names generation, method, model, metrics and checkpoint, so the current teacher can be fetched by name")
+    tg.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    tg.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
+    tg.add_argument("--push", metavar="REMOTE", help="also push the new tags to this git remote")
+    tc = sub.add_parser("teacher", help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and "
+                                         "sha256, and the `dvc get` command that fetches it")
+    tc.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
     return parser
+
+
+def show_lineage(params: Params, root: str, generation: str | None = None, png: str | None = None) -> str:
+    """The chain table from `generation` (default: the last with a lineage record under `root`) back to the data."""
+    if generation is None:
+        found = [g for g in params.generations if artifacts.exists(Generation(root, g).lineage)]
+        if not found:
+            raise artifacts.ArtifactError(f"no generation under '{root}' has a lineage.json: run the pipeline (dvc repro) first")
+        generation = found[-1]
+    records = lineage.chain(root, generation)
+    if png:
+        artifacts.write_bytes(png, lineage.chain_png(records))
+    return lineage.chain_table(records)
 
 
 def summary(params: Params, root: str, until: str | None = None) -> tuple[str, bool]:
@@ -103,6 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.command == "lineage":
+            print(show_lineage(load_params(args.params), args.root, args.generation, args.png))
+            return 0
+        if args.command == "tag":
+            made = registry.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
+            print("\n".join(f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})" for v in made)
+                  or "no new promotion to tag")
+            return 0
+        if args.command == "teacher":
+            v = registry.current(args.repo)
+            print(f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 {v.record.get('sha256')}\n"
+                  f"dvc get {args.repo} {v.path} --rev {v.tag}")
+            return 0
+        if args.command == "reproduce":
+            outcome = reproduce(args.target, args.repo, args.rev, args.workdir, args.tolerance)
+            print(outcome.table())
+            return 0 if outcome.matched else 1
         if args.command == "summary":
             table, finished = summary(load_params(args.params), args.root, args.until)
             print(table)
@@ -114,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except promotion.GateError as e:
         print(f"selftrain {args.command}: stopped: {e}", file=sys.stderr)
         return EXIT_GATE
-    except (ParamsError, ValueError, artifacts.ArtifactError) as e:
+    except (ParamsError, ValueError, artifacts.ArtifactError, ReproduceError, registry.RegistryError) as e:
         print(f"selftrain {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(result.pop("table") if args.command == "report" else json.dumps(result, indent=2, default=str))

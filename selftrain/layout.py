@@ -5,7 +5,7 @@
     root/gen0/promoted.json         generation 0's record: the supervised teacher
     root/robustness/sets/           make-robustness-sets (-C, -P)
     root/robustness/reference/      robustness-reference (-A set, the reference's -C/-P results)
-    root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, report/
+    root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, lineage.json, report/
     root/twomoons/                  twomoons (the MPL picture; needs nothing above)
 """
 from __future__ import annotations
@@ -69,6 +69,10 @@ class Generation:
     @property
     def promoted(self) -> str:
         return join(self.dir, "promoted.json")
+
+    @property
+    def lineage(self) -> str:
+        return join(self.dir, "lineage.json")
 
     @property
     def report(self) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import safetensors.torch
 from torch import nn
 
-from selftrain import artifacts, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import artifacts, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain import twomoons as moons
 from selftrain.data import Split, has_split, load_split, read_split, save_split
 from selftrain.data.splits import make_splits
@@ -30,6 +30,7 @@ from selftrain.robustness.hard_set import select_hard
 log = logging.getLogger("selftrain")
 
 CHECKPOINT = "model.safetensors"
+PSEUDO_SHARD_ROWS = 100_000  # pseudo-labels per shard of filter-balance's output
 
 
 def _write_log_csv(uri: str, rows: list[dict[str, Any]]) -> None:
@@ -139,8 +140,8 @@ def filter_balance(params: Params, *, logits_store: str, data: str, out: str) ->
     unlabeled = load_split(data, "unlabeled")
     chosen = pseudo_labels.select(_stored_log_probs(logits_store, data, unlabeled), params.pseudo_labels, params.seed, unlabeled.classes)
     with artifacts.atomic_dir(out) as staging:
-        artifacts.save_arrays(
-            artifacts.join(staging, "pseudo.npz"), rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets, probs=chosen.probs
+        artifacts.save_shards(
+            staging, "pseudo", PSEUDO_SHARD_ROWS, rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets, probs=chosen.probs
         )
         artifacts.write_json(artifacts.join(staging, "counts.json"), chosen.stats)
     log.info("filter-balance: %s", chosen.stats["total"])
@@ -173,7 +174,7 @@ def train_student(
     else:
         if pseudo is None:
             raise ValueError(f"{generation} is method {method}: give --pseudo (filter-balance's output)")
-        chosen = artifacts.load_arrays(artifacts.join(pseudo, "pseudo.npz"))
+        chosen = artifacts.load_shards(pseudo, "pseudo")
         pseudo_set = (unlabeled.images[chosen["rows"]], chosen["targets"])
     classes = len(load_split(data, "labeled").classes)
     if pseudo_set[1].shape[1] != classes:
@@ -248,6 +249,7 @@ def train_reduced_mpl(
     The large teacher's outputs come from --logits-store (infer's output); it is never run again. --teacher is
     needed only when student.init is 'teacher'. Checkpoints and outputs as train-mpl."""
     stored = _stored_log_probs(logits_store, data, load_split(data, "unlabeled"))
+    runtime.seed_everything(params.seed)  # the MLP teacher's initial weights, like every other model's, come from the seed
     teacher_net = LogitTeacher(stored.shape[1], params.mpl.reduced_hidden)
     return _run_mpl(
         params, "reduced_mpl", generation, data, out, resume, teacher_net, artifacts.content_hash(logits_store), _student_init(params, teacher), stored
@@ -268,7 +270,8 @@ def train_generation(params: Params, *, generation: str, data: str, teacher: str
 
 def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, Any]:
     """Build the -C set (test images under 15 corruptions x 5 severities) and the -P sequences from the test
-    split, deterministic by seed; writes corruptions.npz, perturbations.npz and grid.png (one image under each)."""
+    split, deterministic by seed; writes corruptions/ and perturbations/ (one .npz per corruption or perturbation)
+    and grid.png (one image under each)."""
     test = load_split(data, "test")
     corrupted = robustness.build_corruptions(test, params.robustness, params.seed)
     sequences = robustness.build_perturbations(test, params.robustness, params.seed)
@@ -281,8 +284,8 @@ def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, An
     }
     grid = reporting.corruption_grid(corrupted["clean"], {k: corrupted[k] for k in summary["corruptions"]})
     with artifacts.atomic_dir(out) as staging:
-        artifacts.save_arrays(artifacts.join(staging, "corruptions.npz"), **corrupted)
-        artifacts.save_arrays(artifacts.join(staging, "perturbations.npz"), **sequences)
+        artifacts.save_array_files(artifacts.join(staging, "corruptions"), **corrupted)
+        artifacts.save_array_files(artifacts.join(staging, "perturbations"), **sequences)
         artifacts.write_bytes(artifacts.join(staging, "grid.png"), grid)
         artifacts.write_json(artifacts.join(staging, "summary.json"), summary)
     log.info("make-robustness-sets: %s", {k: v for k, v in summary.items() if isinstance(v, int)})
@@ -416,6 +419,31 @@ def report(params: Params, *, promoted: str, pseudo: str, metrics: str, out: str
     return {"generation": rec["generation"], "files": files, "table": reporting.history_table(rec)}
 
 
+def record_lineage(
+    params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, student: str, metrics: str,
+    promoted: str, out: str, dvc_lock: str | None = None,
+) -> dict[str, Any]:
+    """Record what made the generation's model: git commit, dvc.lock stage hashes (with --dvc-lock), params, the
+    content hashes of its inputs (data, teacher checkpoint, logits, pseudo-labels) and outputs, seeds, package
+    versions and machine; writes lineage.json (`selftrain lineage` prints the chain, `selftrain reproduce` rebuilds it)."""
+    teacher_record = promotion.read_record(teacher)
+    rec = lineages.build(
+        generation=generation,
+        method=params.generation(generation).method,
+        params={k: v for k, v in params.model_dump(mode="json").items() if k in lineages.PARAMS}
+        | {"generations": {generation: params.generation(generation).model_dump(mode="json")}},
+        seed=params.seed,
+        inputs={"data": data, "teacher_checkpoint": teacher_record["checkpoint"], "logits": logits_store, "pseudo": pseudo},
+        outputs={"student_checkpoint": student, "metrics": metrics, "promoted": promoted},
+        teacher_record=teacher_record,
+        metrics=artifacts.read_json(metrics),
+        promoted=promotion.read_record(promoted),
+        dvc_lock=dvc_lock,
+    )
+    artifacts.write_json(out, rec)
+    return {"generation": generation, "student_checkpoint": rec["outputs"]["student_checkpoint"]["sha256"], "git": rec["git"]}
+
+
 STAGES = {
     "prepare": prepare,
     "train-teacher": train_teacher,
@@ -430,5 +458,6 @@ STAGES = {
     "evaluate": evaluate,
     "promote": promote,
     "report": report,
+    "record-lineage": record_lineage,
     "twomoons": twomoons,
 }

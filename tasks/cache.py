@@ -26,7 +26,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 # the task -> its DVC stage: train-student@genK runs `train-generation`, which picks the method's stage
 DVC_STAGE = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
 OUTPUTS = {"train-teacher": ("out", "promoted")}  # every other stage writes `out` only
-NOT_HASHED = ("params", "generation", "resume")  # a params object, a name, a scratch path
+NOT_HASHED = ("params", "generation", "resume", "dvc_lock")  # a params object, a name, a scratch path, DVC's own record
 
 
 @functools.cache

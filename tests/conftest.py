@@ -85,3 +85,59 @@ def copy_project(dest: Path) -> None:
     shutil.copytree(ROOT / "selftrain", dest / "selftrain", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
+
+
+# Credentials of the loopback S3 server: they reach s3fs and DVC through the standard AWS environment only,
+# and no file the project writes may contain them (tests grep for the secret).
+S3_SECRET = "selftrain-test-secret-5f0c2e"
+S3_BUCKET = "selftrain"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible endpoint on loopback (moto_server), a bucket in it, and the AWS environment that reaches
+    it; yields that environment (a dict) after setting it in os.environ for this process too."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
+    env = {"AWS_ACCESS_KEY_ID": "selftrain-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+    import s3fs
+
+    fsspec.config.conf.pop("s3", None)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(S3_BUCKET)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    s3fs.S3FileSystem.clear_instance_cache()
+    proc.terminate()
+    proc.wait(10)

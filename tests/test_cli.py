@@ -2,7 +2,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+from selftrain.cli import main
 
 SELFTRAIN = [sys.executable, "-m", "selftrain.cli"]
 
@@ -11,16 +14,23 @@ def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([*SELFTRAIN, *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_help_lists_every_stage_and_its_uris():
+def sub_help(capsys, *args: str) -> str:
+    """A subcommand's --help, in this process (a subprocess per command costs seconds of imports)."""
+    with pytest.raises(SystemExit):
+        main([*args, "--help"])
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_stage_and_its_uris(capsys):
     out = cli("--help").stdout
     stages = ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "train-mpl", "train-reduced-mpl", "train-generation",
-              "evaluate", "promote", "report", "twomoons", "summary")
+              "evaluate", "promote", "record-lineage", "report", "lineage", "twomoons", "summary")
     for stage in stages:
         assert stage in out
-    infer = cli("infer", "--help").stdout
+    infer = sub_help(capsys, "infer")
     assert "--teacher URI" in infer and "promotion record" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
-    assert "--generation NAME" in cli("train-student", "--help").stdout
-    mpl = cli("train-mpl", "--help").stdout
+    assert "--generation NAME" in sub_help(capsys, "train-student")
+    mpl = sub_help(capsys, "train-mpl")
     assert "--resume URI" in mpl and "resumes from there when" in mpl
 
 

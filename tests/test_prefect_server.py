@@ -2,8 +2,8 @@
 by a real `process` worker: what a user gets from `make server` + `make worker` and the UI's "Run" button.
 
 One tiny generation runs three times through the deployment: first for real, then with nothing changed
-(every stage Cached, in a new flow-run process), then with one evaluate param changed (only the stage DVC
-reruns for it runs again)."""
+(every stage Cached, in a new flow-run process), then with one evaluate param changed (only the stages DVC
+reruns for it run again)."""
 import json
 import socket
 import subprocess
@@ -142,6 +142,7 @@ def test_deployment_runs_on_a_worker_then_hits_the_cache(deployed, tmp_path):
 
     changed = _run_deployment(deployed, {**params, "overrides": {"evaluate.batch_size": 64}})
     state, rerun, _ = _states(changed)
-    assert state == "Completed" and {s for s, v in rerun.items() if v != "Cached"} == {"gen1-noisy_student/evaluate"}
-    assert _dvc_stages_reading("evaluate") == {"evaluate"}
+    # evaluate, and record-lineage, which records the evaluate params: what DVC reruns for the same change
+    assert state == "Completed" and {s for s, v in rerun.items() if v != "Cached"} == {"gen1-noisy_student/evaluate", "gen1-noisy_student/record-lineage"}
+    assert _dvc_stages_reading("evaluate") == {"evaluate", "record-lineage"}
     assert json.loads((tmp_path / "run/gen1/metrics.json").read_text())["student"]["test_top1"] == metrics["student"]["test_top1"]

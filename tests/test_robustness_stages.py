@@ -7,6 +7,7 @@ import pytest
 
 from conftest import write_tiny_params
 from selftrain import artifacts, stages
+from selftrain.robustness import evaluation as robustness
 from selftrain.data import load_split, read_split
 from selftrain.layout import Generation
 from selftrain.params import load_params, parse_params
@@ -30,8 +31,7 @@ def run(tmp_path_factory):
 
 def test_sets_are_deterministic_and_shaped_from_the_test_split(run, tmp_path):
     params, g, _ = run
-    c = artifacts.load_arrays(artifacts.join(g.robustness_sets, "corruptions.npz"))
-    p = artifacts.load_arrays(artifacts.join(g.robustness_sets, "perturbations.npz"))
+    c, p = robustness.load_sets(g.robustness_sets)
     test = load_split(g.data, "test")
     assert c["clean"].shape == (40, 28, 28, 1) and np.array_equal(c["clean"], test.images[c["rows"]])
     assert np.array_equal(c["labels"], test.labels[c["rows"]])

@@ -44,7 +44,7 @@ def build_perturbations(test: Split, p: RobustnessParams, seed: int) -> dict[str
 def load_sets(uri: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(-C arrays, -P arrays) of a make-robustness-sets output."""
     artifacts.require_complete(uri)
-    return artifacts.load_arrays(artifacts.join(uri, "corruptions.npz")), artifacts.load_arrays(artifacts.join(uri, "perturbations.npz"))
+    return artifacts.load_array_files(artifacts.join(uri, "corruptions")), artifacts.load_array_files(artifacts.join(uri, "perturbations"))
 
 
 def _choose(n: int, size: int, seed: int, stream: int) -> np.ndarray:
