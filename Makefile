@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 # 1 when a generation failed for another reason.
 # UNTIL=gen1: only the generations up to that one.
 run: setup
-	-dvc repro --keep-going $(if $(UNTIL),report@$(UNTIL))
+	-dvc repro --keep-going $(if $(UNTIL),report@$(UNTIL) record-lineage@$(UNTIL))
 	selftrain summary --root artifacts $(if $(UNTIL),--until $(UNTIL))
 
 flow: setup
