@@ -4,7 +4,7 @@ Both sides use the same model, batch size, images and device; the bare side is t
 shortest honest loop (tensors already in memory, no augmentation, no logging, plain fp32),
 so a ratio below 1 is what the stage's data pipeline and bookkeeping cost.
 
-    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto]
+    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--out throughput.json]
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import platform
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="training steps per side")
     ap.add_argument("--unlabeled", type=int, default=20000, help="images for the inference comparison")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", metavar="FILE", help="add this model's stage throughputs to FILE, the format `selftrain plan --throughput` reads")
     args = ap.parse_args()
 
     device = runtime.pick_device(args.device)
@@ -119,6 +121,11 @@ def main() -> None:
     result["train_ratio"] = result["train_stage_img_s"] / result["train_bare_img_s"]
     result["infer_ratio"] = result["infer_stage_img_s"] / result["infer_bare_img_s"]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+    if args.out:
+        path = Path(args.out)
+        table = json.loads(path.read_text()) if path.exists() else {"device": result["device"], "models": {}}
+        table["models"][args.model] = {"train_img_s": result["train_stage_img_s"], "infer_img_s": result["infer_stage_img_s"], "batch": args.batch}
+        path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 if __name__ == "__main__":

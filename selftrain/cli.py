@@ -1,4 +1,4 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`, `lineage`, `reproduce`, `tag` and `teacher`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, lineage, promote as promotion, registry
+from selftrain import artifacts, lineage, plan as capacity, promote as promotion, registry
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     tc = sub.add_parser("teacher", help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and "
                                          "sha256, and the `dvc get` command that fetches it")
     tc.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
+    pl = sub.add_parser("plan", help="size a node pool: per GPU stage of params.yaml, the image passes, GPU-hours and wall time "
+                                      "on N nodes, from measured throughputs (bench/throughput.py --out) or a quick probe here")
+    pl.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    pl.add_argument("--throughput", metavar="FILE", help="throughputs per model, measured on the pool's GPU type "
+                                                          "(bench/throughput.py --out FILE); default: probe each model on this node")
+    pl.add_argument("--nodes", type=int, default=1, help="GPU nodes in the pool (default: %(default)s)")
+    pl.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: %(default)s)")
+    pl.add_argument("--classes", type=int, help="class count, for data.source: folders")
     return parser
 
 
@@ -143,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "lineage":
             print(show_lineage(load_params(args.params), args.root, args.generation, args.png))
+            return 0
+        if args.command == "plan":
+            params = load_params(args.params)
+            if args.nodes < 1 or args.gpus_per_node < 1:
+                raise ValueError("--nodes and --gpus-per-node must be at least 1")
+            rates = capacity.load_throughput(args.throughput) if args.throughput else capacity.probe(
+                {params.teacher.model, *(g.model for g in params.generations.values())}, params)
+            print(capacity.table(capacity.plan(params, rates, args.nodes, args.gpus_per_node, args.classes), rates, args.nodes, args.gpus_per_node))
             return 0
         if args.command == "tag":
             made = registry.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
