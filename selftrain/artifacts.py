@@ -72,6 +72,15 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def copy(src: str, dst: str) -> None:
+    """Copy one file (within one store: a server-side copy on S3); the copy appears whole or not at all."""
+    fs, path = _fs(src)
+    if isinstance(fs, LocalFileSystem):
+        write_bytes(dst, read_bytes(src))
+    else:
+        fs.copy(path, _fs(dst)[1])
+
+
 def remove(uri: str) -> None:
     """Delete a file or directory if it is there."""
     fs, path = _fs(uri)

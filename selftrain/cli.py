@@ -32,6 +32,8 @@ ARG_HELP = {
     "sets": "make-robustness-sets' output: the -C corruptions and -P sequences",
     "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE and FR",
     "resume": "where the MPL loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage finishes)",
+    "part": "infer only, with params infer.parts > 1: infer this part (0..parts-1) only, not the whole store; "
+    "on Kubernetes each pod of an Indexed Job runs one part",
     "dvc_lock": "dvc.lock, whose stage hashes the lineage record copies (what dvc.yaml passes; a flow has none)",
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
@@ -59,13 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
         sp.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="override one param, e.g. --set student.epochs=2 (repeatable)")
+        sp.add_argument("--result", metavar="URI", help="also write the stage's summary (what it prints) as JSON here (optional)")
         for arg in inspect.signature(fn).parameters.values():
             if arg.kind is inspect.Parameter.KEYWORD_ONLY:
                 flag = "--" + arg.name.replace("_", "-")
-                metavar = "NAME" if arg.name == "generation" else "URI"
+                metavar = {"generation": "NAME", "part": "N"}.get(arg.name, "URI")
                 optional = arg.default is not inspect.Parameter.empty
                 sp.add_argument(
-                    flag, dest=arg.name, required=not optional, default=arg.default if optional else None, metavar=metavar,
+                    flag, dest=arg.name, required=not optional, type=int if arg.name == "part" else str, default=arg.default if optional else None, metavar=metavar,
                     help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
                 )
     sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
         result = fn(params, **kwargs)
+        if args.result:
+            artifacts.write_json(args.result, result)
     except promotion.GateError as e:
         print(f"selftrain {args.command}: stopped: {e}", file=sys.stderr)
         return EXIT_GATE

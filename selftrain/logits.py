@@ -97,6 +97,9 @@ class StoredLogits:
 
 def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> StoredLogits:
     """Read a whole store, refusing one that is incomplete, malformed, non-finite or from another teacher/data set."""
+    if not artifacts.exists(uri) and artifacts.exists(f"{uri.rstrip('/')}.parts"):
+        raise LogitStoreError(f"logit store '{uri}' exists only as parts ({uri.rstrip('/')}.parts): a partial set is never used; "
+                              "run infer without --part to infer what is missing and join them")
     artifacts.require_complete(uri)
     header = artifacts.read_json(artifacts.join(uri, "header.json"))
     if header.get("format") != FORMAT:
@@ -119,3 +122,53 @@ def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: st
     if not finite.all():
         raise LogitStoreError(f"'{uri}' holds NaN/inf logits for {int((~finite).sum())} image(s), first '{ids[np.argmin(finite)]}'")
     return StoredLogits(ids, values, indices, header)
+
+
+def part_uri(uri: str, part: int, parts: int) -> str:
+    """Where part `part` of `parts` of the store at `uri` is written: an ordinary store in `uri`.parts/."""
+    return artifacts.join(f"{uri.rstrip('/')}.parts", f"part-{part:05d}-of-{parts:05d}")
+
+
+def part_rows(count: int, part: int, parts: int) -> slice:
+    """The unlabeled rows of one part: `parts` contiguous, near-equal ranges in the split's order."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is out of range: infer.parts = {parts} (parts are 0..{parts - 1})")
+    return slice(part * count // parts, (part + 1) * count // parts)
+
+
+def part_done(uri: str, teacher_sha256: str, unlabeled_sha256: str) -> bool:
+    """A part is there, complete, and made by this teacher on this unlabeled set."""
+    try:
+        artifacts.require_complete(uri)
+        header = artifacts.read_json(artifacts.join(uri, "header.json"))
+    except artifacts.ArtifactError:
+        return False
+    return header.get("teacher_sha256") == teacher_sha256 and header.get("unlabeled_sha256") == unlabeled_sha256
+
+
+def merge_parts(uri: str, parts: int, teacher_sha256: str, unlabeled_sha256: str) -> dict[str, Any]:
+    """Join the `parts` parts into one store at `uri` (written atomically), then remove the parts.
+
+    Refuses a partial set: every part must be complete and from this teacher and unlabeled set."""
+    uris = [part_uri(uri, i, parts) for i in range(parts)]
+    missing = [i for i, u in enumerate(uris) if not part_done(u, teacher_sha256, unlabeled_sha256)]
+    if missing:
+        raise LogitStoreError(
+            f"logit store '{uri}': {len(missing)} of {parts} parts are missing, incomplete or from another teacher "
+            f"(parts {', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}): run infer for them "
+            f"(selftrain infer ... --part N); a partial store is never used"
+        )
+    headers = [artifacts.read_json(artifacts.join(u, "header.json")) for u in uris]
+    merged = {**headers[0], "count": sum(h["count"] for h in headers), "shards": []}
+    for h in headers:
+        if (h["num_classes"], h["k"]) != (merged["num_classes"], merged["k"]):
+            raise LogitStoreError(f"logit store '{uri}': parts disagree on classes or k ({h['num_classes']}, {h['k']}): rerun infer")
+    with artifacts.atomic_dir(uri) as staging:
+        for u, h in zip(uris, headers):
+            for shard in h["shards"]:
+                name = f"shard-{len(merged['shards']):05d}.npz"
+                artifacts.copy(artifacts.join(u, shard["file"]), artifacts.join(staging, name))
+                merged["shards"].append({"file": name, "rows": shard["rows"]})
+        artifacts.write_json(artifacts.join(staging, "header.json"), merged)
+    artifacts.remove(f"{uri.rstrip('/')}.parts")
+    return merged

@@ -5,11 +5,14 @@ with an error naming the key instead of being silently ignored.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selftrain import artifacts
 
 
 class ParamsError(ValueError):
@@ -179,6 +182,8 @@ class InferParams(_Section):
     batch_size: int = Field(512, gt=0)
     topk: int | None = Field(None, gt=0, description="store only the k largest log-probabilities per image")
     shard_size: int = Field(50000, gt=0, description="images per logit-store shard")
+    parts: int = Field(1, gt=0, description="split the unlabeled set into this many parts, each inferred on its own (a pod of an "
+                                            "Indexed Job on Kubernetes); the store is the same whatever the number")
 
 
 class PseudoLabelParams(_Section):
@@ -261,11 +266,7 @@ class PrefectParams(_Section):
     @field_validator("timeouts_s")
     @classmethod
     def _known_stages(cls, v: dict[str, float]) -> dict[str, float]:
-        from selftrain.stages import STAGES  # here: stages imports this module
-
-        unknown = sorted(set(v) - set(STAGES))
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(STAGES)}")
+        _known_stage_names(set(v))
         bad = sorted(k for k, t in v.items() if not t > 0)
         if bad:
             raise ValueError(f"timeouts must be > 0 seconds: {bad}")
@@ -273,6 +274,52 @@ class PrefectParams(_Section):
 
     def timeout(self, stage: str) -> float:
         return self.timeouts_s.get(stage, self.timeout_s)
+
+
+def _known_stage_names(names: set[str]) -> None:
+    from selftrain.stages import STAGES  # here: stages imports this module
+
+    unknown = sorted(names - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(STAGES)}")
+
+
+def _check_quantity(v: str) -> str:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", v):
+        raise ValueError(f"'{v}' is not a Kubernetes quantity (e.g. '2', '500m', '16Gi')")
+    return v
+
+
+Quantity = Annotated[str, AfterValidator(_check_quantity)]
+
+
+class StageResources(_Section):
+    """What one stage's pod asks for, and where it runs."""
+
+    gpu: int = Field(0, ge=0, description="nvidia.com/gpu limit")
+    cpu: Quantity = Field("2", description="CPU request, a Kubernetes quantity ('2', '500m')")
+    memory: Quantity = Field("8Gi", description="memory request and limit; a pod over it is OOMKilled")
+    node_pool: str | None = Field(None, description="value of kubernetes.node_pool_label the node must carry (null: any node)")
+    parallelism: int = Field(1, gt=0, description="infer only: part pods running at once (the parts are infer.parts)")
+
+
+class KubernetesParams(_Section):
+    """Where the Prefect flow runs the stages named in `resources` as Kubernetes Jobs; DVC and the CLI ignore it."""
+
+    enabled: bool = Field(False, description="run each stage listed in `resources` as its own Job (false: every stage in the flow's process)")
+    namespace: str = "selftrain"
+    image: str = Field("selftrain:cpu", description="the project's image (Dockerfile), its entrypoint the selftrain CLI")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = Field("selftrain", description="k8s/manifests/rbac.yaml's account; the bucket's access comes with it (IRSA, workload identity)")
+    node_pool_label: str = Field("selftrain.io/pool", description="the node label (and taint key) that names a node pool")
+    env: dict[str, str] = Field(default_factory=dict, description="extra container environment, e.g. AWS_ENDPOINT_URL (never secrets: use the account)")
+    pending_timeout_s: float = Field(3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up")
+    image_pull_timeout_s: float = Field(300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails")
+    deadline_s: int = Field(2 * 86400, gt=0, description="the Job's activeDeadlineSeconds")
+    ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished: finished Jobs are deleted after this")
+    shm_size: Quantity = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")
+    poll_s: float = Field(5.0, gt=0, description="how often the flow reads the Job's state")
+    priority_class: str | None = Field("selftrain-training", description="k8s/manifests/priorityclass.yaml's class (null: none)")
 
 
 class Params(_Section):
@@ -293,6 +340,16 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
     prefect: PrefectParams = PrefectParams()
+    kubernetes: KubernetesParams = KubernetesParams()
+    resources: dict[str, StageResources] = Field(
+        default_factory=dict, description="per stage (train-student, infer, ...): the pod it runs in when kubernetes.enabled"
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_stages(cls, v: dict[str, StageResources]) -> dict[str, StageResources]:
+        _known_stage_names(set(v))
+        return v
 
     @model_validator(mode="after")
     def _generation_chain(self) -> Params:
@@ -360,11 +417,18 @@ def load_params(
 ) -> Params:
     """Read and validate a params file; `overrides` maps dotted keys (`student.epochs`) to values.
     `generations` keeps only the first N generations, `method` gives every generation that method."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"params file '{path}' not found (run from the project root or pass --params)")
+    if "://" in str(path):  # a snapshot the flow wrote for a Kubernetes Job (tasks/kubernetes.py)
+        try:
+            text = artifacts.read_bytes(str(path)).decode()
+        except artifacts.ArtifactError:
+            raise ParamsError(f"params file '{path}' not found") from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"params file '{path}' not found (run from the project root or pass --params)")
+        text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     raw = raw or {}

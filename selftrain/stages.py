@@ -104,8 +104,11 @@ def train_teacher(params: Params, *, data: str, out: str, promoted: str) -> dict
     return summary
 
 
-def infer(params: Params, *, teacher: str, data: str, out: str) -> dict[str, Any]:
-    """Run the teacher (eval mode, no augmentation) on every unlabeled image; writes a sharded float16 logit store."""
+def infer(params: Params, *, teacher: str, data: str, out: str, part: int | None = None) -> dict[str, Any]:
+    """Run the teacher (eval mode, no augmentation) on every unlabeled image; writes a sharded float16 logit store.
+
+    With infer.parts = N > 1 the unlabeled set is cut into N parts: --part i infers part i only (one pod of
+    an Indexed Job); without --part every part not yet done is inferred here, then the parts are joined."""
     model, _ = promotion.resolve(teacher)
     net, spec = models.load_checkpoint(model)
     unlabeled = load_split(data, "unlabeled")
@@ -113,18 +116,41 @@ def infer(params: Params, *, teacher: str, data: str, out: str) -> dict[str, Any
         raise ValueError(f"unlabeled images are {unlabeled.images.shape[1:]}, the model '{model}' expects {spec.image_size}x{spec.image_size}x{spec.in_chans}")
     device = runtime.pick_device(params.runtime.device)
     net = runtime.place(net, device)
-    p = params.infer
-    with artifacts.atomic_dir(out) as staging:
-        writer = logits.LogitWriter(
-            staging, spec.num_classes, p.topk, p.shard_size,
-            teacher_sha256=artifacts.content_hash(model), unlabeled_sha256=_file_hash_in(data, "unlabeled.npz"),
-        )
-        for rows, out_logits in iter_logits(net, unlabeled.images, p.batch_size, device, desc="infer"):
-            writer.add(unlabeled.ids[rows], out_logits)
-        header = writer.close()
+    p, hashes = params.infer, _store_hashes(model, data)
+
+    def write(uri: str, rows: slice, desc: str) -> dict[str, Any]:
+        with artifacts.atomic_dir(uri) as staging:
+            writer = logits.LogitWriter(staging, spec.num_classes, p.topk, p.shard_size, **hashes)
+            for batch, out_logits in iter_logits(net, unlabeled.images[rows], p.batch_size, device, desc=desc):
+                writer.add(unlabeled.ids[rows][batch], out_logits)
+            return writer.close()
+
+    if p.parts == 1 and part is None:
+        header = write(out, slice(None), "infer")
+    else:
+        for i in [int(part)] if part is not None else range(p.parts):
+            rows, uri = logits.part_rows(len(unlabeled), i, p.parts), logits.part_uri(out, i, p.parts)
+            if part is None and logits.part_done(uri, **hashes):
+                log.info("infer: part %d of %d already done", i, p.parts)
+                continue
+            header = write(uri, rows, f"infer part {i}/{p.parts}")
+        if part is None:
+            header = logits.merge_parts(out, p.parts, **hashes)
     summary = {"images": header["count"], "shards": len(header["shards"]), "k": header["k"]}
+    if part is not None:
+        summary["part"] = f"{part} of {p.parts}"
     log.info("infer: %s", summary)
     return summary
+
+
+def _store_hashes(model: str, data: str) -> dict[str, str]:
+    return {"teacher_sha256": artifacts.content_hash(model), "unlabeled_sha256": _file_hash_in(data, "unlabeled.npz")}
+
+
+def join_logit_parts(params: Params, *, teacher: str, data: str, out: str) -> dict[str, Any]:
+    """Join the infer.parts parts that `infer --part i` wrote into the store at `out`; refuses a partial set."""
+    header = logits.merge_parts(out, params.infer.parts, **_store_hashes(promotion.resolve(teacher)[0], data))
+    return {"images": header["count"], "shards": len(header["shards"]), "k": header["k"]}
 
 
 def _stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndarray:

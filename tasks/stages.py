@@ -8,17 +8,23 @@ fail the stage at once.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from prefect import Task, task
+import urllib3
+from kubernetes.client import ApiException
+from prefect import Task, get_client, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
 from selftrain import artifacts
 from selftrain.params import Params
-from selftrain.stages import STAGES
+from selftrain.stages import STAGES, join_logit_parts
+from tasks import kubernetes
 from tasks.cache import StageInputs, outputs_complete, result_storage
 
 TASKS: dict[str, Task] = {name: task(fn, name=name) for name, fn in STAGES.items()}
@@ -28,7 +34,12 @@ _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Perm
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error worth retrying: I/O that may succeed next time."""
+    """An error worth retrying: I/O that may succeed next time, or the Kubernetes API busy or unreachable
+    (a retried stage finds its Job: tasks.kubernetes names it per flow run and stage)."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or exc.status >= 500
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return True
     return isinstance(exc, OSError) and not isinstance(exc, _NOT_TRANSIENT)
 
 
@@ -49,9 +60,33 @@ class _StageCall:
         return self.task(params, **kwargs)
 
 
+def flow_run_cancelled() -> bool:
+    """The flow run this task belongs to, or one of its parents, is being cancelled (from the UI or the API)."""
+    ids = {flow_run.get_id(), flow_run.get_parent_flow_run_id(), flow_run.get_root_flow_run_id()} - {None}
+    with get_client(sync_client=True) as client:
+        return any(state is not None and (state.is_cancelling() or state.is_cancelled())
+                   for state in (client.read_flow_run(i).state for i in ids))
+
+
+def _as_job(name: str, root: str) -> Task:
+    """The stage `name` as a task that runs it in a Kubernetes Job (tasks.kubernetes): same name, same arguments."""
+    fn: Callable[..., Any] = STAGES[name]
+
+    @functools.wraps(fn)
+    def run_job(params: Params, **kwargs: Any) -> Any:
+        parts = params.infer.parts if name == "infer" and params.infer.parts > 1 else None
+        result = kubernetes.run_stage_job(
+            params, name, kwargs, root=root, flow_run_id=str(flow_run.get_id() or "no-flow-run"), cancelled=flow_run_cancelled, parts=parts
+        )
+        return join_logit_parts(params, teacher=kwargs["teacher"], data=kwargs["data"], out=kwargs["out"]) if parts else result
+
+    return task(run_job, name=name)
+
+
 def for_params(params: Params, root: str) -> SimpleNamespace:
     """The stage tasks as attributes (`.train_teacher`, ...) with params.prefect's retries, timeouts and caching;
-    cached results go to params.prefect.result_storage, by default under the artifact root."""
+    cached results go to params.prefect.result_storage, by default under the artifact root. A stage with
+    params `resources` runs as a Kubernetes Job when kubernetes.enabled, every other one in this process."""
     p = params.prefect
     caching: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
     if p.cache:
@@ -65,5 +100,5 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
             timeout_seconds=p.timeout(name),
             **caching,
         ))
-        for name, t in TASKS.items()
+        for name, t in ((n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items())
     })

@@ -109,3 +109,16 @@ def test_prefect_timeouts_name_real_stages():
         parse_params({"prefect": {"timeouts_s": {"train_mpl": 7200}}})
     with pytest.raises(ParamsError, match=r"prefect\.retries"):
         parse_params({"prefect": {"retries": -1}})
+
+
+def test_kubernetes_resources_name_real_stages_and_quantities():
+    p = parse_params({"resources": {"infer": {"gpu": 1, "memory": "16Gi", "cpu": "500m", "parallelism": 4}}})
+    assert p.resources["infer"].memory == "16Gi" and not p.kubernetes.enabled
+    with pytest.raises(ParamsError, match=r"resources: unknown stage\(s\) \['train_student'\]"):
+        parse_params({"resources": {"train_student": {"gpu": 1}}})
+    with pytest.raises(ParamsError, match=r"resources\.infer\.memory: '16 GB' is not a Kubernetes quantity"):
+        parse_params({"resources": {"infer": {"memory": "16 GB"}}})
+    with pytest.raises(ParamsError, match=r"resources\.infer\.gpu"):
+        parse_params({"resources": {"infer": {"gpu": -1}}})
+    with pytest.raises(ParamsError, match=r"infer\.parts"):
+        parse_params({"infer": {"parts": 0}})

@@ -11,12 +11,14 @@ from pathlib import Path
 import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
+from kubernetes.client import ApiException
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import LogSort, TaskRunSort
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
+from urllib3.exceptions import ProtocolError
 
 from conftest import write_tiny_params
 from flows.logs import stage_logs_to_prefect
@@ -113,6 +115,9 @@ def test_a_stage_over_its_timeout_fails_without_retries(image_tree, tmp_path):
 def test_which_errors_are_transient():
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError()) and is_transient(OSError("EIO"))
     assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError()))
+    # the Kubernetes API: busy, failing or unreachable is worth a retry; refusing the request is not
+    assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429)) and is_transient(ProtocolError("reset"))
+    assert not is_transient(ApiException(status=403)) and not is_transient(ApiException(status=422))
 
 
 def test_stage_logs_outside_a_run_stay_on_the_console_without_warnings(caplog):

@@ -1,0 +1,357 @@
+"""Run one stage as a Kubernetes Job: what the flow does for a stage listed in params `resources` when
+`kubernetes.enabled`.
+
+The pod runs the stage's CLI, `selftrain <stage> --params <snapshot> --out ...`, the same command
+dvc.yaml runs, in the project's image. The Job is made with the official client rather than through a
+Prefect work pool because a stage is a step *inside* a flow run: the flow keeps its own state, caching
+and retries, and waits on the Job the way it waits on an in-process stage (k8s/README.md says more).
+
+- One stage call = one Job, named from the flow run and the stage's outputs: a task that Prefect
+  retries (say, after an API timeout) finds its Job and waits on it instead of starting a second one.
+- A pod that cannot be scheduled is waited for (a node pool scaling up) up to
+  `kubernetes.pending_timeout_s`; an image that cannot be pulled, up to `image_pull_timeout_s`.
+- The pod's log is streamed into the flow's log (the `selftrain.kubernetes` logger).
+- A failure is reported in plain words: OOMKilled, ImagePullBackOff, Unschedulable, DeadlineExceeded,
+  or the stage's own error (the last lines of its log).
+- An evicted or preempted pod does not fail the Job (podFailurePolicy ignores DisruptionTarget): the
+  Job controller starts one replacement, which resumes from the stage's checkpoint.
+- The Job is deleted when the flow run is cancelled, or when the flow stops waiting for any other
+  reason (a task timeout, Ctrl-C, a pending pod given up on); a failed Job is kept for `kubectl`
+  until its TTL.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+
+from selftrain import artifacts
+from selftrain.params import Params, StageResources
+
+log = logging.getLogger("selftrain.kubernetes")
+
+# the stage's own CLI: 1 = a traceback (a bug), 2 = bad params or data, 3 = a failed promotion gate.
+# Retrying those cannot help; any other failure also fails the Job (backoffLimit 0), except disruptions.
+FAIL_FAST_EXIT_CODES = [1, 2, 3]
+# the DVC stage that a flow task stands for, for `resources` lookups: train-student@genK runs MPL too
+RESOURCE_FALLBACK = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
+APP = {"app.kubernetes.io/name": "selftrain", "app.kubernetes.io/part-of": "selftrain", "app.kubernetes.io/managed-by": "selftrain-flow"}
+TRAINING_STAGES = {"train-teacher", "train-student", "train-mpl", "train-reduced-mpl", "train-generation"}
+
+
+class StageJobError(RuntimeError):
+    """A stage's Job failed, or its pod could not start; the message says why and what to change."""
+
+
+class JobFailed(StageJobError):
+    """The Job itself failed (its pod's error, OOMKilled, its deadline): it is kept for `kubectl` until its TTL."""
+
+
+class StageCancelled(RuntimeError):
+    """The flow run was cancelled while its stage ran as a Job; the Job has been deleted."""
+
+
+def resources_for(params: Params, stage: str) -> StageResources | None:
+    """The pod resources of `stage`, or None when it runs in the flow's process."""
+    if not params.kubernetes.enabled:
+        return None
+    return params.resources.get(stage) or params.resources.get(RESOURCE_FALLBACK.get(stage, ""))
+
+
+def job_name(stage: str, generation: str | None, flow_run_id: str, outputs: list[str]) -> str:
+    """A name that is the same for every retry of one stage call in one flow run, and new in the next run."""
+    digest = hashlib.sha256("\n".join([flow_run_id, stage, *outputs]).encode()).hexdigest()[:8]
+    # 52 characters at most: the Job controller appends index and suffix for pod names (63)
+    return f"st-{stage}-{generation or 'all'}-{digest}"[:52].rstrip("-")
+
+
+def stage_argv(stage: str, params_uri: str, result_uri: str, kwargs: dict[str, Any]) -> list[str]:
+    """The CLI arguments that run `stage` on `kwargs` (the stage's keyword arguments)."""
+    argv = [stage, "--params", params_uri, "--result", result_uri]
+    for key, value in kwargs.items():
+        if value is not None:
+            argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
+def job_manifest(
+    params: Params, stage: str, name: str, argv: list[str], res: StageResources, *,
+    generation: str | None = None, flow_run_id: str = "", parts: int | None = None,
+) -> dict[str, Any]:
+    """The Job for one stage call. With `parts`, an Indexed Job: pod i runs `argv --part i` (its completion index)."""
+    k = params.kubernetes
+    labels = {**APP, "app.kubernetes.io/component": stage, "app.kubernetes.io/instance": name,
+              "selftrain.io/stage": stage, "selftrain.io/generation": generation or "all"}
+    if flow_run_id:
+        labels["selftrain.io/flow-run"] = flow_run_id
+    limits = {"memory": res.memory}
+    if res.gpu:
+        limits["nvidia.com/gpu"] = str(res.gpu)
+    tolerations = []
+    if res.gpu:
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    if res.node_pool:
+        tolerations.append({"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"})
+    env = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
+    if parts:
+        # the controller sets this annotation on each pod of an Indexed Job; $(JOB_COMPLETION_INDEX) in args reads it
+        env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+        argv = [*argv, "--part", "$(JOB_COMPLETION_INDEX)"]
+    annotations = {}
+    if stage in TRAINING_STAGES:
+        # the cluster autoscaler must not drain a node under a long training pod to save money
+        annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": k.service_account,
+        "containers": [{
+            "name": "stage",
+            "image": k.image,
+            "imagePullPolicy": k.image_pull_policy,
+            "command": ["selftrain"],
+            "args": argv,
+            "env": env,
+            "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        }],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}],
+        "tolerations": tolerations,
+    }
+    if res.node_pool:
+        pod_spec["nodeSelector"] = {k.node_pool_label: res.node_pool}
+    if k.priority_class:
+        pod_spec["priorityClassName"] = k.priority_class
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": k.deadline_s,
+        "ttlSecondsAfterFinished": k.ttl_s,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In", "values": FAIL_FAST_EXIT_CODES}},
+        ]},
+        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if parts:
+        spec |= {"completionMode": "Indexed", "completions": parts, "parallelism": min(res.parallelism, parts)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": labels}, "spec": spec}
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind and c.get("status") == "True":
+            return c
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return term
+    return None
+
+
+def _waiting_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+            return waiting["reason"], waiting.get("message", "")
+    return None
+
+
+def unschedulable(pod: dict[str, Any]) -> str | None:
+    """The scheduler's message when the pod has no node to go to, else None."""
+    c = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+    if c and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+        return c.get("message") or "no node fits the pod"
+    return None
+
+
+def evicted(pod: dict[str, Any]) -> str | None:
+    """Why a failed pod was disrupted (preemption, eviction, node drain), else None."""
+    c = _condition(pod, "DisruptionTarget")
+    if c and (pod.get("status") or {}).get("phase") == "Failed":
+        return f"{c.get('reason', 'disrupted')}: {c.get('message', '')}".rstrip(": ")
+    return None
+
+
+def explain_failure(stage: str, params: Params, job: dict[str, Any], pods: list[dict[str, Any]], log_tails: dict[str, str] | None = None) -> str:
+    """Plain words for why a stage's Job failed, and what to change; `log_tails`: the last log lines by pod name."""
+    k, res = params.kubernetes, resources_for(params, stage)
+    where = f"stage {stage} (Job {job['metadata']['name']} in namespace {k.namespace})"
+    cond = _condition(job, "Failed") or {}
+    if cond.get("reason") == "DeadlineExceeded":
+        return (f"{where} ran longer than its deadline, {k.deadline_s} s (kubernetes.deadline_s): raise it, or give the stage "
+                "faster GPUs (resources)")
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+        term = _terminated(pod)
+        if term is None or evicted(pod):
+            continue
+        if term.get("reason") == "OOMKilled":
+            memory = res.memory if res else "?"
+            return (f"{where} ran out of memory: the container was OOMKilled at its {memory} limit; raise "
+                    f"resources.{stage}.memory in params.yaml (or lower the batch size)")
+        code, tail = term.get("exitCode"), (log_tails or {}).get(pod["metadata"]["name"])
+        tail = f"; its log ends:\n{tail}" if tail else ""
+        return f"{where} failed: the container exited with code {code} ({term.get('reason') or 'Error'}){tail}"
+    return f"{where} failed: {cond.get('reason', 'unknown reason')}: {cond.get('message', '')}"
+
+
+class _LogFollower(threading.Thread):
+    """Follows one pod's log into a queue (the flow logs the lines from its own thread, inside its run)."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, pod: str, lines: queue.Queue[tuple[str, str]]) -> None:
+        super().__init__(daemon=True, name=f"log-{pod}")
+        self.core, self.namespace, self.pod, self.lines = core, namespace, pod, lines
+        self.tail: list[str] = []
+
+    def run(self) -> None:
+        try:
+            resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, follow=True, _preload_content=False)
+            buf = b""
+            for chunk in resp.stream(4096):
+                buf += chunk
+                *done, buf = buf.split(b"\n")
+                for raw in done:
+                    self._line(raw)
+            if buf:
+                self._line(buf)
+        except Exception as e:  # a log we cannot read must not fail the stage: the Job's status decides
+            self.lines.put((self.pod, f"(log stream ended: {e})"))
+
+    def _line(self, raw: bytes) -> None:
+        # tqdm redraws with carriage returns: keep the last state of each line
+        text = raw.decode(errors="replace").rsplit("\r", 1)[-1].rstrip()
+        if text:
+            self.tail = [*self.tail[-19:], text]
+            self.lines.put((self.pod, text))
+
+
+def api_clients() -> tuple[client.BatchV1Api, client.CoreV1Api]:
+    """Clients for the cluster: the pod's service account inside one, else KUBECONFIG / ~/.kube/config."""
+    try:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        api = client.ApiClient(configuration)
+    except config.ConfigException:
+        # the client reads KUBECONFIG once, at import; read it now
+        api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.BatchV1Api(api), client.CoreV1Api(api)
+
+
+def run_stage_job(
+    params: Params, stage: str, kwargs: dict[str, Any], *, root: str, flow_run_id: str,
+    cancelled: Callable[[], bool] = lambda: False, parts: int | None = None,
+) -> dict[str, Any]:
+    """Run `stage(params, **kwargs)` as a Job and return its summary (what the stage returns)."""
+    res = resources_for(params, stage)
+    if res is None:
+        raise ValueError(f"stage {stage} has no resources.{stage} entry (or kubernetes.enabled is false)")
+    outputs = [v for key, v in kwargs.items() if key in ("out", "promoted") and v]
+    name = job_name(stage, kwargs.get("generation"), flow_run_id, outputs)
+    run_dir = artifacts.join(root, ".kubernetes", name)
+    params_uri, result_uri = artifacts.join(run_dir, "params.yaml"), artifacts.join(run_dir, "result.json")
+    artifacts.write_bytes(params_uri, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False).encode())
+    manifest = job_manifest(params, stage, name, stage_argv(stage, params_uri, result_uri, kwargs), res,
+                            generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts)
+    batch, core = api_clients()
+    ns = params.kubernetes.namespace
+    try:
+        batch.create_namespaced_job(ns, manifest)
+        log.info("%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        log.info("%s: Job %s already exists (this is a retry): waiting on it", stage, name)
+    try:
+        _wait(batch, core, params, stage, name, cancelled)
+    except JobFailed:
+        raise
+    except BaseException:
+        _delete(batch, ns, name)  # nobody waits on it any more: a pod left running would duplicate the next attempt
+        raise
+    return artifacts.read_json(result_uri) if not parts else {"parts": parts, "job": name}
+
+
+def _delete(batch: client.BatchV1Api, namespace: str, name: str) -> None:
+    try:
+        batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        log.info("deleted Job %s (and its pods)", name)
+    except client.ApiException as e:
+        if e.status != 404:
+            log.warning("could not delete Job %s: %s; delete it with kubectl -n %s delete job %s", name, e.reason, namespace, name)
+
+
+def _to_dict(batch: client.BatchV1Api, obj: Any) -> dict[str, Any]:
+    return batch.api_client.sanitize_for_serialization(obj)
+
+
+def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stage: str, name: str, cancelled: Callable[[], bool]) -> None:
+    k = params.kubernetes
+    lines: queue.Queue[tuple[str, str]] = queue.Queue()
+    followers: dict[str, _LogFollower] = {}
+    pending_since: dict[str, float] = {}
+    reported: set[str] = set()
+
+    def drain() -> None:
+        while not lines.empty():
+            pod, text = lines.get()
+            log.info("[%s] %s", pod, text)
+
+    while True:
+        if cancelled():
+            raise StageCancelled(f"stage {stage}: the flow run was cancelled; Job {name} deleted")
+        job = _to_dict(batch, batch.read_namespaced_job(name, k.namespace))
+        pods = [_to_dict(batch, p) for p in core.list_namespaced_pod(k.namespace, label_selector=f"job-name={name}").items]
+        now = time.monotonic()
+        for pod in pods:
+            pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")
+            if phase in ("Running", "Succeeded", "Failed") and pod_name not in followers and not evicted(pod):
+                followers[pod_name] = _LogFollower(core, k.namespace, pod_name, lines)
+                followers[pod_name].start()
+            why = evicted(pod)
+            if why and pod_name not in reported:
+                reported.add(pod_name)
+                log.warning("%s: pod %s was disrupted (%s); the Job starts a replacement, which resumes from the last checkpoint",
+                            stage, pod_name, why)
+            waiting = unschedulable(pod) if phase == "Pending" else None
+            pulling = _waiting_reason(pod) if phase == "Pending" else None
+            if not (waiting or pulling):
+                pending_since.pop(pod_name, None)
+                continue
+            since = pending_since.setdefault(pod_name, now)
+            if waiting and now - since > k.pending_timeout_s:
+                raise StageJobError(
+                    f"stage {stage}: pod {pod_name} was Unschedulable for {now - since:.0f} s (kubernetes.pending_timeout_s = "
+                    f"{k.pending_timeout_s:.0f}): {waiting}. Check that a node pool with label {k.node_pool_label}="
+                    f"{(resources_for(params, stage) or StageResources()).node_pool} has room for the request, and that the "
+                    "cluster autoscaler can add nodes to it (k8s/README.md)")
+            if waiting and since == now:
+                log.info("%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up",
+                         stage, pod_name, waiting, k.pending_timeout_s)
+            if pulling and now - since > k.image_pull_timeout_s:
+                raise StageJobError(f"stage {stage}: pod {pod_name} cannot pull image '{k.image}' ({pulling[0]}: {pulling[1]}); "
+                                    "check kubernetes.image, that it was pushed, and the pull secret")
+        drain()
+        if _condition(job, "Complete"):
+            for f in followers.values():
+                f.join(timeout=10)
+            drain()
+            log.info("%s: Job %s complete", stage, name)
+            return
+        if _condition(job, "Failed"):
+            for f in followers.values():
+                f.join(timeout=10)
+            drain()
+            tails = {pod: "\n".join(f.tail[-10:]) for pod, f in followers.items()}
+            raise JobFailed(explain_failure(stage, params, job, pods, tails))
+        time.sleep(k.poll_s)

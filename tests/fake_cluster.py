@@ -1,0 +1,285 @@
+"""A Kubernetes cluster small enough for a test: kmock's API emulator on loopback, plus the job controller and a
+kubelet, played here.
+
+No real API server can run on these machines (STACK.md). kmock stores and serves objects over HTTP the way
+the API server does, and the official client talks to it through a kubeconfig, but it runs no controllers.
+So this module plays them, simply and in the open:
+- the job controller makes pods for each Job (one per completion index of an Indexed Job, up to
+  parallelism), applies the Job's podFailurePolicy (a pod failed with DisruptionTarget is replaced, not
+  counted), backoffLimit and activeDeadlineSeconds, deletes the pods of a deleted Job, and writes the
+  Job's status;
+- the kubelet runs each pod's container (`command` + `args`, `$(VAR)` expanded from its env) as a local
+  process, since the project's image is this checkout, serves its log (`follow` too), and writes the pod's status.
+Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
+Unschedulable), `evict_when(stage, condition)` (a preemption: SIGKILL and a DisruptionTarget condition).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+from kubernetes import client, config
+
+from conftest import tool_env
+
+NAMESPACE = "selftrain"
+
+
+class _Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator, plus the equality label selectors of a list (the API server filters; kmock lists all)."""
+
+    async def _serve_list(self, request: Any) -> Any:
+        result = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector:
+            want = dict(part.split("=", 1) for part in selector.split(","))
+            result["items"] = [o for o in result["items"] if want.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()]
+        return result
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(obj: dict[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+class FakeCluster:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        (workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.faults: dict[str, str] = {}  # stage -> OOMKilled | ImagePullBackOff | Unschedulable
+        self.evictions: list[tuple[str, Callable[[], bool]]] = []
+        self.evicted: list[str] = []
+        self.created_pods: list[str] = []
+        self._started: dict[str, float] = {}
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._server = threading.Thread(target=self._serve, daemon=True)
+        self._server.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+        }))
+        api = config.new_client_from_config(str(self.kubeconfig))
+        self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
+        self._controller = threading.Thread(target=self._control, daemon=True)
+        self._controller.start()
+
+    # --- the API server (kmock), in its own event loop thread
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        async with _Emulator() as handler, kmock.Server(handler) as server:
+            handler.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"})
+            handler.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status", "log"})
+            handler["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
+            self.handler, self.url = handler, str(server.url).rstrip("/")
+            self._ready.set()
+            while not self._stop.is_set():
+                await asyncio.sleep(0.05)
+
+    def _log(self, request: Any) -> Any:
+        path = self.workdir / "logs" / f"{request.name}.log"
+
+        async def follow() -> Any:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read()
+                    if chunk:
+                        yield chunk
+                        continue
+                    proc = self.procs.get(request.name)
+                    if proc is None or proc.poll() is not None:
+                        rest = f.read()
+                        if rest:
+                            yield rest
+                        return
+                    await asyncio.sleep(0.05)
+
+        if not path.exists():
+            return kmock.Response(headers={"Content-Type": "text/plain"}, payload=b"")
+        if request.params.get("follow") == "true":
+            return kmock.Response(headers={"Content-Type": "text/plain"}, payload=follow())
+        return kmock.Response(headers={"Content-Type": "text/plain"}, payload=path.read_bytes())
+
+    # --- what tests do to the cluster
+    def fail_pods(self, stage: str, how: str) -> None:
+        """Pods of `stage` from now on: OOMKilled (exit 137), ImagePullBackOff or Unschedulable (stay Pending)."""
+        self.faults[stage] = how
+
+    def evict_when(self, stage: str, condition: Callable[[], bool]) -> None:
+        """Preempt the running pod of `stage` once `condition()` holds (once)."""
+        self.evictions.append((stage, condition))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self._dict(j) for j in self.batch.list_namespaced_job(NAMESPACE).items]
+
+    def pods(self, job: str | None = None) -> list[dict[str, Any]]:
+        sel = f"job-name={job}" if job else None
+        return [self._dict(p) for p in self.core.list_namespaced_pod(NAMESPACE, label_selector=sel).items]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._controller.join(timeout=10)
+        self._server.join(timeout=10)  # kmock patches aiohttp's resolver: the next cluster must not start before it is undone
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.batch.api_client.sanitize_for_serialization(obj)
+
+    # --- the job controller and the kubelet
+    def _control(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except client.ApiException as e:
+                if e.status != 404:  # a Job deleted under our feet is the test's business
+                    raise
+            time.sleep(0.2)
+
+    def _tick(self) -> None:
+        jobs = {j["metadata"]["name"]: j for j in self.jobs()}
+        for pod in self.pods():
+            name, job = pod["metadata"]["name"], pod["metadata"]["labels"]["job-name"]
+            if job not in jobs:  # the Job was deleted: garbage-collect its pods
+                self._kill(name)
+                self.core.delete_namespaced_pod(name, NAMESPACE)
+                continue
+            self._kubelet(pod)
+        for job in jobs.values():
+            if not (_cond(job, "Complete") or _cond(job, "Failed")):
+                self._job_controller(job)
+
+    def _job_controller(self, job: dict[str, Any]) -> None:
+        name, spec = job["metadata"]["name"], job["spec"]
+        started = self._started.setdefault(name, time.monotonic())
+        completions, parallelism = spec.get("completions") or 1, spec.get("parallelism") or 1
+        pods = self.pods(name)
+        index = lambda p: int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0"))  # noqa: E731
+        phase = lambda p: (p.get("status") or {}).get("phase", "Pending")  # noqa: E731
+        done = {index(p) for p in pods if phase(p) == "Succeeded"}
+        failed = [p for p in pods if phase(p) == "Failed" and not _cond(p, "DisruptionTarget")]
+        active = [p for p in pods if phase(p) in ("Pending", "Running")]
+        status: dict[str, Any] = {"active": len(active), "succeeded": len(done), "failed": len(failed)}
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline and time.monotonic() - started > deadline:
+            for p in active:
+                self._kill(p["metadata"]["name"])
+            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]
+        elif failed:
+            for p in active:
+                self._kill(p["metadata"]["name"])
+            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]
+        elif len(done) == completions:
+            status["conditions"] = [{"type": "Complete", "status": "True"}]
+        else:
+            busy = {index(p) for p in active}
+            for i in [i for i in range(completions) if i not in done and i not in busy][: max(0, parallelism - len(active))]:
+                self._create_pod(job, i, sum(1 for p in pods if index(p) == i))
+        if any((job.get("status") or {}).get(key) != value for key, value in status.items()):
+            self.batch.patch_namespaced_job_status(name, NAMESPACE, {"status": status})
+
+    def _create_pod(self, job: dict[str, Any], i: int, attempt: int) -> None:
+        template = job["spec"]["template"]
+        meta = template.get("metadata") or {}
+        name = f"{job['metadata']['name']}-{i}-{attempt}"
+        labels = {**(meta.get("labels") or {}), "job-name": job["metadata"]["name"], "batch.kubernetes.io/job-name": job["metadata"]["name"]}
+        annotations = {**(meta.get("annotations") or {}), "batch.kubernetes.io/job-completion-index": str(i)}
+        self.core.create_namespaced_pod(NAMESPACE, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "annotations": annotations, "creationTimestamp": _now()},
+            "spec": template["spec"], "status": {"phase": "Pending"},
+        })
+        self.created_pods.append(name)
+
+    def _set_status(self, name: str, status: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod_status(name, NAMESPACE, {"status": status})
+
+    def _kubelet(self, pod: dict[str, Any]) -> None:
+        name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase", "Pending")
+        stage = pod["metadata"]["labels"].get("selftrain.io/stage", "")
+        fault = self.faults.get(stage)
+        if phase == "Pending" and name not in self.procs:
+            if fault in ("Unschedulable", "ImagePullBackOff") and (pod.get("status") or {}).get("conditions" if fault == "Unschedulable" else "containerStatuses"):
+                return  # already reported
+            if fault == "Unschedulable":
+                self._set_status(name, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                        "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector"}]})
+            elif fault == "ImagePullBackOff":
+                self._set_status(name, {"containerStatuses": [{"name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+                                                               "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]})
+            elif fault == "OOMKilled":  # the next tick sees the pod Failed, so this happens once
+                self._terminated(name, "Failed", 137, "OOMKilled")
+            else:
+                self._start(pod)
+            return
+        proc = self.procs.get(name)
+        if phase != "Running" or proc is None:
+            return
+        for k, (evict_stage, condition) in enumerate(self.evictions):
+            if evict_stage == stage and condition():
+                del self.evictions[k]
+                self._kill(name)
+                self.evicted.append(name)
+                self._terminated(name, "Failed", 137, "Error", [{"type": "DisruptionTarget", "status": "True",
+                                 "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}])
+                return
+        if proc.poll() is not None:
+            self._terminated(name, "Succeeded" if proc.returncode == 0 else "Failed", proc.returncode, "Completed" if proc.returncode == 0 else "Error")
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        annotations = pod["metadata"].get("annotations") or {}
+        env: dict[str, str] = {}
+        for e in container.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            else:  # only the fieldRef to an annotation that Indexed Jobs use
+                key = re.search(r"annotations\['([^']+)'\]", e["valueFrom"]["fieldRef"]["fieldPath"]).group(1)
+                env[e["name"]] = annotations[key]
+        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
+        name = pod["metadata"]["name"]
+        with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
+            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env=tool_env(**env), stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        self._set_status(name, {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                                "containerStatuses": [{"name": "stage", "ready": True, "restartCount": 0, "image": container["image"],
+                                                       "imageID": "", "state": {"running": {"startedAt": _now()}}}]})
+
+    def _terminated(self, name: str, phase: str, code: int, reason: str, conditions: list[dict[str, Any]] | None = None) -> None:
+        status: dict[str, Any] = {"phase": phase, "containerStatuses": [{
+            "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": _now()}}}]}
+        if conditions:
+            status["conditions"] = conditions
+        self._set_status(name, status)
+
+    def _kill(self, name: str) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

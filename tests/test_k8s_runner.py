@@ -1,0 +1,228 @@
+"""Stages as Kubernetes Jobs, against a Kubernetes API on loopback (kmock) whose controllers run the pods here
+(tests/fake_cluster.py): the Job a stage becomes, its failure reasons, cancel, eviction and resume, and
+sharded inference as an Indexed Job."""
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import pytest
+import torch
+from prefect import flow, get_client
+from prefect.states import Cancelling
+
+from conftest import write_tiny_params
+from fake_cluster import NAMESPACE, FakeCluster
+from selftrain import artifacts, logits, stages
+from selftrain.layout import Generation
+from selftrain.params import load_params
+from tasks import stages as tasks
+from tasks.kubernetes import StageJobError, explain_failure, job_manifest, resources_for, run_stage_job
+from test_k8s_manifests import K8S_VERSION
+
+K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
+
+
+@pytest.fixture(scope="module")
+def gen0(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("k8s")
+    path = write_tiny_params(tmp / "params.yaml")
+    params = load_params(path, {"teacher.epochs": 1})
+    g = Generation(str(tmp / "run"), "gen0")
+    stages.prepare(params, out=g.data)
+    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    return path, g
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    c = FakeCluster(tmp_path / "cluster")
+    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
+    yield c
+    c.close()
+
+
+@flow
+def one_stage(params_path: str, overrides: dict, root: str, stage: str, kwargs: dict) -> dict:
+    """The flow's way of running a stage (tasks.for_params), alone."""
+    params = load_params(params_path, {"teacher.epochs": 1, **overrides})
+    return getattr(tasks.for_params(params, root), stage.replace("-", "_"))(params, **kwargs)
+
+
+def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(gen0, cluster, tmp_path, caplog):
+    path, g = gen0
+    res = {"infer": {"gpu": 1, "node_pool": "a100", "memory": "3Gi", "cpu": "1"}}
+    out = str(tmp_path / "logits")
+    with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
+        summary = one_stage(str(path), {**K8S, "resources": res}, str(tmp_path), "infer",
+                            {"teacher": g.promoted, "data": g.data, "out": out})
+    [job] = cluster.jobs()
+    kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "3Gi"}
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "3Gi"}
+    assert pod["nodeSelector"] == {"selftrain.io/pool": "a100"}
+    assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "selftrain.io/pool"}
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 2 * 86400 and spec["ttlSecondsAfterFinished"] == 86400
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in spec["podFailurePolicy"]["rules"]
+    labels = job["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "selftrain" and labels["selftrain.io/stage"] == "infer"
+    assert labels["selftrain.io/generation"] == "all" and labels["selftrain.io/flow-run"]
+    assert container["command"] == ["selftrain"] and container["args"][0] == "infer"
+    # the pod's output is what the stage writes in-process, and its summary is the task's result
+    stages.infer(load_params(path, {"teacher.epochs": 1}), teacher=g.promoted, data=g.data, out=str(tmp_path / "here"))
+    a, b = logits.read_store(out), logits.read_store(str(tmp_path / "here"))
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
+    assert summary == {"images": 400, "shards": 1, "k": None}
+    assert any("infer: {'images': 400" in r.getMessage() for r in caplog.records), "the pod's log did not reach the flow's log"
+    # a retry of the same call in the same flow run (Prefect retries transient API errors) waits on that Job, starts none
+    again = run_stage_job(load_params(path, {"teacher.epochs": 1, **K8S, "resources": res}), "infer",
+                          {"teacher": g.promoted, "data": g.data, "out": out}, root=str(tmp_path), flow_run_id=labels["selftrain.io/flow-run"])
+    assert again == summary and len(cluster.jobs()) == 1 and len(cluster.created_pods) == 1
+
+
+def test_an_oomkilled_pod_fails_the_flow_with_the_reason_and_what_to_change(gen0, cluster, tmp_path):
+    path, g = gen0
+    cluster.fail_pods("infer", "OOMKilled")
+    with pytest.raises(StageJobError, match=r"ran out of memory: the container was OOMKilled at its 2Gi limit; raise resources\.infer\.memory"):
+        one_stage(str(path), {**K8S, "resources": {"infer": {"memory": "2Gi"}}}, str(tmp_path), "infer",
+                  {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")})
+    [job] = cluster.jobs()  # kept for kubectl until its TTL
+    assert not artifacts.exists(str(tmp_path / "logits"))
+
+
+def test_cancelling_the_flow_deletes_the_job_and_its_pods(gen0, cluster, tmp_path, caplog):
+    path, g = gen0
+    cluster.fail_pods("infer", "Unschedulable")  # the pod waits for a node that never comes
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            one_stage(str(path), {**K8S, "resources": {"infer": {"gpu": 1, "node_pool": "a100"}}}, str(tmp_path), "infer",
+                      {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")})
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = e
+
+    with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not (cluster.jobs() and cluster.pods()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [job] = cluster.jobs()
+        time.sleep(1)  # a few polls of a pending pod
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(job["metadata"]["labels"]["selftrain.io/flow-run"], Cancelling(), force=True)
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "the flow run was cancelled" in str(outcome.get("error"))
+    assert cluster.jobs() == []
+    deadline = time.monotonic() + 10
+    while cluster.pods() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.pods() == []
+    assert any("is waiting for a node" in r.getMessage() for r in caplog.records)
+
+
+def test_a_pod_pending_too_long_or_without_its_image_fails_in_plain_words_and_the_job_goes(gen0, cluster, tmp_path):
+    path, g = gen0
+    kwargs = {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")}
+    cluster.fail_pods("infer", "Unschedulable")
+    with pytest.raises(StageJobError, match=r"Unschedulable for \d+ s \(kubernetes.pending_timeout_s = 1\): 0/3 nodes .* selftrain.io/pool=a100"):
+        one_stage(str(path), {**K8S, "kubernetes.pending_timeout_s": 1, "resources": {"infer": {"node_pool": "a100"}}}, str(tmp_path), "infer", kwargs)
+    assert cluster.jobs() == []
+    cluster.fail_pods("infer", "ImagePullBackOff")
+    with pytest.raises(StageJobError, match=r"cannot pull image 'registry.example/selftrain:nope' \(ImagePullBackOff"):
+        one_stage(str(path), {**K8S, "kubernetes.image_pull_timeout_s": 1, "kubernetes.image": "registry.example/selftrain:nope",
+                              "resources": {"infer": {}}}, str(tmp_path), "infer", kwargs)
+    assert cluster.jobs() == []
+
+
+def test_a_job_past_its_deadline_is_reported_as_such(gen0):
+    path, _ = gen0
+    params = load_params(path, {**K8S, "resources": {"train-student": {"memory": "4Gi"}}})
+    job = {"metadata": {"name": "st-train-student-gen1-0"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}}
+    assert "ran longer than its deadline, 172800 s (kubernetes.deadline_s)" in explain_failure("train-mpl", params, job, [])
+    # train-mpl has no entry of its own: it runs with train-student's resources, like its DVC stage
+    assert resources_for(params, "train-mpl").memory == "4Gi" and resources_for(params, "infer") is None
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)["step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
+@pytest.mark.slow
+def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninterrupted_result(gen0, cluster, tmp_path, caplog):
+    path, g = gen0
+    mpl = {"mpl.steps": 30, "mpl.checkpoint_every": 10}
+    out = tmp_path / "student"
+    resume = Path(f"{out}.resume")
+    cluster.evict_when("train-mpl", lambda: (_checkpoint_step(resume) or 0) >= 10)
+    kwargs = {"generation": "gen2", "data": g.data, "teacher": g.promoted}
+    with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
+        one_stage(str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-mpl",
+                  {**kwargs, "out": str(out)})
+    [job] = cluster.jobs()
+    assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert len(cluster.evicted) == 1 and len(cluster.created_pods) == 2  # the evicted pod and exactly one replacement
+    replacement = (cluster.workdir / "logs" / f"{cluster.created_pods[1]}.log").read_text()
+    step = int(replacement.split("resuming from the checkpoint at step ")[1].split()[0])
+    assert 10 <= step < 30
+    assert any("was disrupted (PreemptionByScheduler" in r.getMessage() for r in caplog.records)
+    whole = tmp_path / "whole"
+    stages.train_mpl(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
+    for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert [r.split(",")[0] for r in (out / "mpl_log.csv").read_text().splitlines()] == ["step", "10", "20", "30"]
+    assert not resume.exists()  # removed once the stage finished
+
+
+def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(gen0, cluster, tmp_path):
+    path, g = gen0
+    parts = {"infer.parts": 3, "infer.shard_size": 150, "infer.batch_size": 64}
+    out = str(tmp_path / "logits")
+    kwargs = {"teacher": g.promoted, "data": g.data, "out": out}
+    summary = one_stage(str(path), {**K8S, **parts, "resources": {"infer": {"parallelism": 2}}}, str(tmp_path), "infer", kwargs)
+    [job] = cluster.jobs()
+    kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 3, 2)
+    pods = cluster.pods(job["metadata"]["name"])
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
+    unsharded = str(tmp_path / "unsharded")
+    stages.infer(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
+    a, b = logits.read_store(out), logits.read_store(unsharded)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values) and summary["images"] == 400
+    assert not artifacts.exists(f"{out}.parts")
+
+
+def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
+    path, g = gen0
+    params = load_params(path, {"teacher.epochs": 1, "infer.parts": 3})
+    out = str(tmp_path / "logits")
+    for part in (0, 2):
+        stages.infer(params, teacher=g.promoted, data=g.data, out=out, part=part)
+    with pytest.raises(logits.LogitStoreError, match="exists only as parts"):
+        stages.filter_balance(params, logits_store=out, data=g.data, out=str(tmp_path / "pseudo"))
+    with pytest.raises(logits.LogitStoreError, match=r"1 of 3 parts are missing, incomplete or from another teacher \(parts 1\)"):
+        stages.join_logit_parts(params, teacher=g.promoted, data=g.data, out=out)
+    # without --part, infer does only the missing part, then joins
+    assert stages.infer(params, teacher=g.promoted, data=g.data, out=out)["images"] == 400
+    assert logits.read_store(out).ids.shape == (400,)
+
+
+def test_a_training_job_validates_with_its_priority_class(gen0):
+    path, _ = gen0
+    params = load_params(path, {**K8S, "resources": {"train-teacher": {"gpu": 2, "node_pool": "a100"}}})
+    job = job_manifest(params, "train-teacher", "st-train-teacher-all-0", ["train-teacher", "--out", "s3://b/x"],
+                       resources_for(params, "train-teacher"))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert job["metadata"]["namespace"] == NAMESPACE
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "selftrain-training"
