@@ -4,12 +4,11 @@ Step t's data (which images, their augmentations) comes from generators seeded b
 checkpoint holds both models, both optimisers and schedulers, the step, the MPL baseline, the log
 and torch's RNG state (dropout, stochastic depth). So a run restarted from its last checkpoint takes
 exactly the steps an uninterrupted run takes: on CPU the result is bitwise the same.
-The resume file is torch.save'd plain tensors and numbers, loaded with weights_only=True (no pickle
-of code); a checkpoint of another run (other params, teacher or data) is ignored, not resumed.
+The resume file is selftrain.resume's: plain tensors and numbers, loaded with weights_only=True; a
+checkpoint of another run (other params, teacher or data) is ignored, not resumed.
 """
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from selftrain import artifacts, runtime
+from selftrain import resume as resume_state, runtime
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
 from selftrain.mpl import MplConfig, MplState, mpl_step, reduced_mpl_step
@@ -29,9 +28,6 @@ from selftrain.params import MplParams, StudentParams
 from selftrain.train import lr_lambda
 
 log = logging.getLogger("selftrain")
-
-RESUME_FORMAT = "selftrain-mpl-resume/1"
-
 
 def mpl_config(p: MplParams) -> MplConfig:
     return MplConfig(
@@ -77,37 +73,6 @@ class StepData:
         )
 
 
-def _save_resume(uri: str, fingerprint: str, step: int, state: MplState, nets: dict[str, nn.Module], opts: dict[str, Any], rows: list) -> None:
-    blob = {
-        "format": RESUME_FORMAT,
-        "fingerprint": fingerprint,
-        "step": step,
-        "baseline": state.baseline,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "log": rows,
-        **{k: getattr(m, "_orig_mod", m).state_dict() for k, m in nets.items()},
-        **{k: o.state_dict() for k, o in opts.items()},
-    }
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    artifacts.write_bytes(uri, buf.getvalue())
-
-
-def _load_resume(uri: str, fingerprint: str) -> dict[str, Any] | None:
-    if not artifacts.exists(uri):
-        return None
-    try:
-        blob = torch.load(io.BytesIO(artifacts.read_bytes(uri)), weights_only=True, map_location="cpu")
-    except Exception as e:  # a torn or foreign file: start over rather than fail
-        log.warning("ignoring unreadable MPL checkpoint '%s' (%s): starting from step 0", uri, e)
-        return None
-    if blob.get("format") != RESUME_FORMAT or blob.get("fingerprint") != fingerprint:
-        log.warning("ignoring MPL checkpoint '%s': it belongs to another run (params, teacher or data differ); starting from step 0", uri)
-        return None
-    return blob
-
-
 def fit_mpl(
     student: nn.Module,
     teacher: nn.Module,
@@ -136,15 +101,13 @@ def fit_mpl(
     rows: list[dict[str, Any]] = []
     start = 0
     torch.manual_seed(seed)
-    blob = _load_resume(resume, fingerprint)
+    blob = resume_state.load(resume, fingerprint, "MPL")
     if blob is not None:
         for k, m in nets.items():
             getattr(m, "_orig_mod", m).load_state_dict(blob[k])
         for k, o in opts.items():
             o.load_state_dict(blob[k])
-        torch.set_rng_state(blob["torch_rng"])
-        if blob["cuda_rng"]:
-            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        resume_state.set_rng_state(blob)
         start, state.baseline, rows = blob["step"], blob["baseline"], list(blob["log"])
         state.step = start
         log.info("%s: resuming from the checkpoint at step %d of %d ('%s')", desc, start, p.steps, resume)
@@ -176,7 +139,10 @@ def fit_mpl(
             if val is not None:
                 row["val_top1"] = accuracy(student, val, 512, device)["top1"]
             rows.append(row)
-            _save_resume(resume, fingerprint, done, state, nets, opts, rows)
+            resume_state.save(resume, fingerprint, done, {
+                "baseline": state.baseline, "log": rows,
+                **{k: getattr(m, "_orig_mod", m).state_dict() for k, m in nets.items()}, **{k: o.state_dict() for k, o in opts.items()},
+            })
             sums, t0, since = np.zeros(5), time.perf_counter(), done
     bar.close()
     return rows, start

@@ -36,6 +36,18 @@ def seed_augmentation(seed: int) -> None:
     _OP_CHOICE_RNG = np.random.default_rng(seed)
 
 
+def augmentation_state() -> dict:
+    """The augmentations' generators, as plain values (selftrain.resume saves them)."""
+    version, internal, gauss = _AUGMENT_RNG.getstate()
+    return {"random": [version, list(internal), gauss], "op_choice": _OP_CHOICE_RNG.bit_generator.state}
+
+
+def set_augmentation_state(state: dict) -> None:
+    version, internal, gauss = state["random"]
+    _AUGMENT_RNG.setstate((version, tuple(internal), gauss))
+    _OP_CHOICE_RNG.bit_generator.state = state["op_choice"]
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
     seed_augmentation(torch.initial_seed() % 2**32)

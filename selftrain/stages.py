@@ -74,31 +74,42 @@ def _new_model(params: Params, p: TrainParams, model_name: str, labeled: Split, 
 
 
 def _train_model(
-    params: Params, p: TrainParams, model_name: str, data: str, out: str, *,
-    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, init: str | None = None, desc: str,
+    params: Params, p: TrainParams, model_name: str, data: str, out: str, *, inputs: dict[str, str | None],
+    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, init: str | None = None, resume: str | None = None, desc: str,
 ) -> dict[str, Any]:
-    """Train `model_name` with `p` (plus (images, target probabilities) for a student); write model.safetensors and log.csv."""
+    """Train `model_name` with `p` (plus (images, target probabilities) for a student); write model.safetensors and log.csv.
+
+    Checkpoints every runtime.checkpoint_every steps to `resume` (default OUT.resume) and resumes from there
+    when the same run (`inputs`: content hashes of what it trains on) is started again."""
     labeled, val = load_split(data, "labeled"), load_split(data, "val")
     net, spec = _new_model(params, p, model_name, labeled, init)
     device = runtime.pick_device(params.runtime.device)
     net = runtime.place(net, device, params.runtime.compile)
-    kept, rows = train.fit(
-        net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc
+    resume = resume or f"{out.rstrip('/')}.resume"
+    fingerprint = artifacts.sha256_bytes(json.dumps(
+        {"model": model_name, "train": p.model_dump(), "seed": params.seed, "init": init and artifacts.content_hash(init), **inputs},
+        sort_keys=True).encode())
+    kept, rows, resumed_from = train.fit(
+        net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc,
+        resume=resume, fingerprint=fingerprint, checkpoint_every=params.runtime.checkpoint_every,
     )
     checkpoint = artifacts.join(out, CHECKPOINT)
     with artifacts.atomic_dir(out) as staging:
         models.save_checkpoint(artifacts.join(staging, CHECKPOINT), kept, spec)
         _write_log_csv(artifacts.join(staging, "log.csv"), rows)
-    summary = {"model": model_name, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint}
+    artifacts.remove(resume)
+    summary = {"model": model_name, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "resumed_from_step": resumed_from, "checkpoint": checkpoint}
     log.info("%s: %s", desc, summary)
     return summary
 
 
-def train_teacher(params: Params, *, data: str, out: str, promoted: str) -> dict[str, Any]:
+def train_teacher(params: Params, *, data: str, out: str, promoted: str, resume: str | None = None) -> dict[str, Any]:
     """Train the teacher with cross-entropy on the labeled split (generation 0).
 
-    Writes model.safetensors, log.csv and generation 0's promotion record naming it."""
-    summary = _train_model(params, params.teacher, params.teacher.model, data, out, desc="teacher")
+    Writes model.safetensors, log.csv and generation 0's promotion record naming it. Checkpoints every
+    runtime.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when restarted."""
+    summary = _train_model(params, params.teacher, params.teacher.model, data, out, inputs={"labeled": _file_hash_in(data, "labeled.npz")},
+                           resume=resume, desc="teacher")
     rec = promotion.record("gen0", summary["checkpoint"], params.teacher.model, True, "generation 0: the supervised teacher", [])
     artifacts.write_json(promoted, rec)
     return summary
@@ -184,13 +195,15 @@ def _student_init(params: Params, teacher: str | None) -> str | None:
 
 
 def train_student(
-    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None
+    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Train the generation's noised student on labeled and pseudo-labeled batches jointly.
 
     Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
     unlabeled image with the teacher's stored outputs of --logits-store as targets, under student.loss
-    (kd, dist, soft_ce). Writes model.safetensors and log.csv."""
+    (kd, dist, soft_ce). Writes model.safetensors and log.csv. Checkpoints every runtime.checkpoint_every steps
+    to --resume (default: OUT.resume) and resumes from there when restarted."""
     method = params.generation(generation).method
     unlabeled = load_split(data, "unlabeled")
     if method == "distill":
@@ -205,9 +218,11 @@ def train_student(
     classes = len(load_split(data, "labeled").classes)
     if pseudo_set[1].shape[1] != classes:
         raise ValueError(f"the pseudo-labels have {pseudo_set[1].shape[1]} classes, the data has {classes}")
+    source = logits_store if method == "distill" else pseudo
     return _train_model(
         params, params.student, params.generation(generation).model, data, out,
-        pseudo_set=pseudo_set, init=_student_init(params, teacher), desc=f"{generation} student ({method})",
+        inputs={"method": method, "labeled": _file_hash_in(data, "labeled.npz"), "pseudo": artifacts.content_hash(source), "generation": generation},
+        pseudo_set=pseudo_set, init=_student_init(params, teacher), resume=resume, desc=f"{generation} student ({method})",
     )
 
 
@@ -236,7 +251,7 @@ def _run_mpl(
             epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
             label_smoothing=params.student.label_smoothing, augment="s1",
         )
-        student, rows = train.fit(student, finetune, labeled, device, params.seed, val=val, desc=f"{desc} finetune")
+        student, rows, _ = train.fit(student, finetune, labeled, device, params.seed, val=val, desc=f"{desc} finetune")
     else:
         rows = [{"epoch": 0, "val_top1": accuracy(student, val, params.evaluate.batch_size, device)["top1"]}]
     checkpoint = artifacts.join(out, CHECKPOINT)

@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from selftrain import runtime
+from selftrain import resume as resume_state, runtime
 from selftrain.losses import build_loss
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
@@ -32,17 +32,37 @@ from selftrain.params import StudentParams, TrainParams
 logger = logging.getLogger("selftrain")
 
 
-def _loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batch: int, gen: torch.Generator, workers: int):
+class StepBatches(torch.utils.data.Sampler):
+    """The batches (lists of row indices) of steps `start`, `start` + 1, ... forever: pass k over the `n` rows is
+    the permutation drawn from (seed, k), so any step's batch is known without the ones before it and a
+    resumed run draws exactly what an uninterrupted one draws. Full batches only, unless n < batch."""
+
+    def __init__(self, n: int, batch: int, seed: int, stream: int, start: int = 0) -> None:
+        if n == 0:
+            raise ValueError("nothing to train on: the set is empty")
+        self.n, self.batch, self.seed, self.stream, self.start = n, min(batch, n), seed, stream, start
+        self.per_pass = n // self.batch
+
+    def __len__(self) -> int:
+        return self.per_pass
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step, cached = self.start, (-1, None)
+        while True:
+            k, j = divmod(step, self.per_pass)
+            if cached[0] != k:
+                cached = (k, np.random.default_rng([self.seed, self.stream, k]).permutation(self.n))
+            yield cached[1][j * self.batch : (j + 1) * self.batch].tolist()
+            step += 1
+
+
+def _loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int):
     ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
+    # its own generator: the loader draws its workers' base seed from it, not from torch's global RNG
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen, num_workers=workers,
-        persistent_workers=workers > 0, worker_init_fn=seed_worker,
+        ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
     )
-
-
-def _forever(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    while True:  # re-iterating (not itertools.cycle) draws fresh augmentations each pass
-        yield from loader
 
 
 def lr_lambda(total: int, warmup: int):
@@ -66,23 +86,27 @@ def fit(
     val: Split | None = None,
     num_workers: int = 0,
     desc: str = "train",
-) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Train `model` in place; return the model to keep (it, or its EMA) and one log row per epoch.
+    resume: str | None = None,
+    fingerprint: str = "",
+    checkpoint_every: int = 0,
+) -> tuple[nn.Module, list[dict[str, Any]], int]:
+    """Train `model` in place; return the model to keep (it, or its EMA), one log row per epoch and the step it
+    resumed from (0: from scratch).
 
-    `pseudo` is (images, target probabilities)."""
-    gen = runtime.seed_everything(seed)
+    `pseudo` is (images, target probabilities). With `resume`, the whole state is saved there every
+    `checkpoint_every` steps (selftrain.resume) and a run with the same `fingerprint` continues from it."""
+    runtime.seed_everything(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1)  # batch-level flip/crop, apart from data order
     seed_augmentation(seed + 2)
-    labeled_loader = _loader(labeled.images, labeled.labels, p, p.batch_size, gen, num_workers)
+    labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0)
     if pseudo is not None:
         assert isinstance(p, StudentParams)
-        pseudo_loader = _loader(pseudo[0], pseudo[1], p, p.batch_size * p.unlabeled_ratio, gen, num_workers)
-        steps_per_epoch, pseudo_iter = len(pseudo_loader), _forever(pseudo_loader)
+        pseudo_batches = StepBatches(len(pseudo[0]), p.batch_size * p.unlabeled_ratio, seed, 1)
+        steps_per_epoch = pseudo_batches.per_pass
         pseudo_loss = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
         w_l, w_u = pseudo_loss.alpha, p.pseudo_weight
     else:
-        steps_per_epoch, pseudo_iter, w_l, w_u = len(labeled_loader), None, 1.0, 0.0
-    labeled_iter = _forever(labeled_loader)
+        steps_per_epoch, w_l, w_u = labeled_batches.per_pass, 1.0, 0.0
     total = steps_per_epoch * p.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(p.warmup_epochs * steps_per_epoch)))
@@ -90,51 +114,77 @@ def fit(
     ema = ModelEmaV3(model, decay=p.ema_decay, use_warmup=True) if p.ema_decay else None
     kept = ema.module if ema else model
 
-    log = []
-    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0)
-    for epoch in range(1, p.epochs + 1):
-        model.train()
-        t0, seen, sums = time.perf_counter(), 0, np.zeros(4)  # loss, labeled loss, pseudo loss, labeled correct
-        for _ in range(steps_per_epoch):
-            x_l, y_l = next(labeled_iter)
-            x = x_l
-            if pseudo_iter is not None:
-                x_u, q_u = next(pseudo_iter)
-                x = torch.cat([x_l, x_u])
-            x = runtime.to_device(train_batch(x.to(device), p.augment, noise_gen), device)
-            y_l = y_l.to(device)
-            with runtime.autocast(device):
-                out = model(x).float()
-            loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=p.label_smoothing)
-            loss = w_l * loss_l
-            loss_u = torch.zeros((), device=device)
-            if pseudo_iter is not None:
-                # the losses take teacher logits: log q is one (softmax(log q) = q); the floor keeps hard labels finite
-                loss_u = pseudo_loss(out[len(y_l) :], torch.log(q_u.to(device).float().clamp_min(1e-12)))
-                loss = loss + w_u * loss_u
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
-            seen += len(x)
-            correct = (out[: len(y_l)].argmax(1) == y_l).sum()
-            sums += np.array([loss.item(), loss_l.item(), loss_u.item(), correct.item() / len(y_l)])
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
-        row = {
-            "epoch": epoch,
-            "lr": sched.get_last_lr()[0],
-            "loss": sums[0] / steps_per_epoch,
-            "loss_labeled": sums[1] / steps_per_epoch,
-            "loss_pseudo": sums[2] / steps_per_epoch,
-            "train_top1": sums[3] / steps_per_epoch,
-            "images_per_s": seen / (time.perf_counter() - t0),
-        }
-        if val is not None:  # blank between checks: the curve is only for the log and its plot
-            row["val_top1"] = accuracy(kept, val, 512, device)["top1"] if epoch % p.val_every == 0 or epoch == p.epochs else None
-        log.append(row)
-        logger.info("%s epoch %d/%d: %s", desc, epoch, p.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
+    start, log, seen, sums = 0, [], 0, np.zeros(4)  # sums: loss, labeled loss, pseudo loss, labeled correct
+    blob = resume_state.load(resume, fingerprint, desc) if resume else None
+    if blob is not None:
+        getattr(model, "_orig_mod", model).load_state_dict(blob["model"])
+        opt.load_state_dict(blob["opt"])
+        sched.load_state_dict(blob["sched"])
+        if ema:
+            ema.module.load_state_dict(blob["ema"])
+        noise_gen.set_state(blob["noise_gen"])
+        resume_state.set_rng_state(blob)
+        start, log, seen, sums = blob["step"], list(blob["log"]), blob["seen"], np.array(blob["sums"])
+        logger.info("%s: resuming from the checkpoint at step %d of %d ('%s')", desc, start, total, resume)
+    labeled_batches.start = start
+    labeled_iter = iter(_loader(labeled.images, labeled.labels, p, labeled_batches, seed + 3, num_workers))
+    pseudo_iter = None
+    if pseudo is not None:
+        pseudo_batches.start = start
+        pseudo_iter = iter(_loader(pseudo[0], pseudo[1], p, pseudo_batches, seed + 4, num_workers))
+
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", mininterval=2.0)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        epoch = step // steps_per_epoch + 1
+        x_l, y_l = next(labeled_iter)
+        x = x_l
+        if pseudo_iter is not None:
+            x_u, q_u = next(pseudo_iter)
+            x = torch.cat([x_l, x_u])
+        x = runtime.to_device(train_batch(x.to(device), p.augment, noise_gen), device)
+        y_l = y_l.to(device)
+        with runtime.autocast(device):
+            out = model(x).float()
+        loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=p.label_smoothing)
+        loss = w_l * loss_l
+        loss_u = torch.zeros((), device=device)
+        if pseudo_iter is not None:
+            # the losses take teacher logits: log q is one (softmax(log q) = q); the floor keeps hard labels finite
+            loss_u = pseudo_loss(out[len(y_l) :], torch.log(q_u.to(device).float().clamp_min(1e-12)))
+            loss = loss + w_u * loss_u
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if ema:
+            ema.update(model, step=step + 1)
+        seen += len(x)
+        correct = (out[: len(y_l)].argmax(1) == y_l).sum()
+        sums += np.array([loss.item(), loss_l.item(), loss_u.item(), correct.item() / len(y_l)])
+        bar.update()
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+        done = step + 1
+        if done % steps_per_epoch == 0:
+            row = {
+                "epoch": epoch,
+                "lr": sched.get_last_lr()[0],
+                # plain floats: the log goes into resume files, which hold no numpy objects
+                **dict(zip(("loss", "loss_labeled", "loss_pseudo", "train_top1"), (sums / steps_per_epoch).tolist())),
+                "images_per_s": seen / (time.perf_counter() - t0),
+            }
+            if val is not None:  # blank between checks: the curve is only for the log and its plot
+                row["val_top1"] = accuracy(kept, val, 512, device)["top1"] if epoch % p.val_every == 0 or epoch == p.epochs else None
+                model.train()
+            log.append(row)
+            logger.info("%s epoch %d/%d: %s", desc, epoch, p.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
+            t0, seen, sums = time.perf_counter(), 0, np.zeros(4)
+        if resume and checkpoint_every and done % checkpoint_every == 0 and done < total:
+            resume_state.save(resume, fingerprint, done, {
+                "model": getattr(model, "_orig_mod", model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "ema": ema.module.state_dict() if ema else {}, "noise_gen": noise_gen.get_state(),
+                "log": log, "seen": seen, "sums": sums.tolist(),
+            })
     bar.close()
-    return kept, log
+    return kept, log, start

@@ -90,7 +90,7 @@ def test_ema_student_is_kept_and_differs_from_the_raw_weights(gen0, tmp_path):
     spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
     p = params.student.model_copy(update={"ema_decay": 0.9, "epochs": 2})
     net = models.create(spec)
-    kept, rows = train.fit(net, p, labeled, runtime.pick_device("cpu"), 0)
+    kept, rows, _ = train.fit(net, p, labeled, runtime.pick_device("cpu"), 0)
     assert kept is not net and len(rows) == 2
     diffs = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), net.state_dict().values())]
     assert any(diffs)
@@ -104,7 +104,7 @@ def test_validating_less_often_leaves_training_unchanged(gen0):
     for every in (1, 2):
         p = params.teacher.model_copy(update={"epochs": 5, "val_every": every})
         torch.manual_seed(0)
-        kept, rows = train.fit(models.create(spec), p, labeled, runtime.pick_device("cpu"), 0, val=val)
+        kept, rows, _ = train.fit(models.create(spec), p, labeled, runtime.pick_device("cpu"), 0, val=val)
         runs[every] = kept, [r["val_top1"] for r in rows]
     (every_epoch, curve), (sparse, sparse_curve) = runs[1], runs[2]
     assert [v is not None for v in sparse_curve] == [False, True, False, True, True]  # epochs 2, 4 and the last
@@ -121,7 +121,7 @@ def test_the_students_loss_decides_whether_labels_are_used(gen0, loss, labels_ma
     spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
     init, weights = models.create(spec), []
     for labels in (labeled.labels, np.roll(labeled.labels, 1)):  # the same start and images, other labels
-        kept, rows = train.fit(copy.deepcopy(init), p, dataclasses.replace(labeled, labels=labels), runtime.pick_device("cpu"), 0,
+        kept, rows, _ = train.fit(copy.deepcopy(init), p, dataclasses.replace(labeled, labels=labels), runtime.pick_device("cpu"), 0,
                                pseudo=(labeled.images, targets))
         assert np.isfinite(rows[0]["loss_pseudo"]) and rows[0]["loss_pseudo"] > 0
         weights.append(kept.state_dict())
