@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, lineage, plan as capacity, promote as promotion, registry
+from selftrain import artifacts, distributed, lineage, plan as capacity, promote as promotion, registry
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, dict(args.overrides))
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
-        result = fn(params, **kwargs)
+        try:
+            result = fn(params, **kwargs)
+        finally:
+            distributed.close()
         if args.result:
             artifacts.write_json(args.result, result)
     except promotion.GateError as e:

@@ -303,6 +303,13 @@ class StageResources(_Section):
     memory: Quantity = Field("8Gi", description="memory request and limit; a pod over it is OOMKilled")
     node_pool: str | None = Field(None, description="value of kubernetes.node_pool_label the node must carry (null: any node)")
     parallelism: int = Field(1, gt=0, description="infer only: part pods running at once (the parts are infer.parts)")
+    nodes: int = Field(1, gt=0, description="train-teacher / train-student: data-parallel over this many pods of `gpu` GPUs each (torchrun)")
+
+    @model_validator(mode="after")
+    def _nodes_need_gpus(self) -> StageResources:
+        if self.nodes > 1 and self.gpu < 1:
+            raise ValueError(f"nodes = {self.nodes} needs gpu >= 1 per node (data-parallel training runs one process per GPU)")
+        return self
 
 
 class KubernetesParams(_Section):
@@ -351,6 +358,10 @@ class Params(_Section):
     @classmethod
     def _resource_stages(cls, v: dict[str, StageResources]) -> dict[str, StageResources]:
         _known_stage_names(set(v))
+        parallel = {"train-teacher", "train-student", "train-generation"}  # MPL is one process: its two models step together
+        bad = sorted(k for k, r in v.items() if (r.nodes > 1 or r.gpu > 1) and k not in parallel)
+        if bad:
+            raise ValueError(f"{bad}: only {sorted(parallel)} train on several GPUs (gpu > 1 or nodes > 1); give the others gpu: 1")
         return v
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ import numpy as np
 import safetensors.torch
 from torch import nn
 
-from selftrain import artifacts, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import artifacts, distributed, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain import twomoons as moons
 from selftrain.data import Split, has_split, load_split, read_split, save_split
 from selftrain.data.splits import make_splits
@@ -93,11 +93,13 @@ def _train_model(
         net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc,
         resume=resume, fingerprint=fingerprint, checkpoint_every=params.runtime.checkpoint_every,
     )
-    checkpoint = artifacts.join(out, CHECKPOINT)
-    with artifacts.atomic_dir(out) as staging:
-        models.save_checkpoint(artifacts.join(staging, CHECKPOINT), kept, spec)
-        _write_log_csv(artifacts.join(staging, "log.csv"), rows)
-    artifacts.remove(resume)
+    checkpoint, world = artifacts.join(out, CHECKPOINT), distributed.world()
+    if world.main:
+        with artifacts.atomic_dir(out) as staging:
+            models.save_checkpoint(artifacts.join(staging, CHECKPOINT), kept, spec)
+            _write_log_csv(artifacts.join(staging, "log.csv"), rows)
+        artifacts.remove(resume)
+    distributed.barrier(world)
     summary = {"model": model_name, "epochs": p.epochs, "val_top1": rows[-1]["val_top1"], "resumed_from_step": resumed_from, "checkpoint": checkpoint}
     log.info("%s: %s", desc, summary)
     return summary
@@ -110,8 +112,9 @@ def train_teacher(params: Params, *, data: str, out: str, promoted: str, resume:
     runtime.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when restarted."""
     summary = _train_model(params, params.teacher, params.teacher.model, data, out, inputs={"labeled": _file_hash_in(data, "labeled.npz")},
                            resume=resume, desc="teacher")
-    rec = promotion.record("gen0", summary["checkpoint"], params.teacher.model, True, "generation 0: the supervised teacher", [])
-    artifacts.write_json(promoted, rec)
+    if distributed.world().main:
+        rec = promotion.record("gen0", summary["checkpoint"], params.teacher.model, True, "generation 0: the supervised teacher", [])
+        artifacts.write_json(promoted, rec)
     return summary
 
 
@@ -231,6 +234,8 @@ def _run_mpl(
     init: str | None, stored: np.ndarray | None,
 ) -> dict[str, Any]:
     """MPL or reduced MPL steps (resumable), the student's finetune on labeled data, then the outputs."""
+    if distributed.world().size > 1:
+        raise ValueError(f"{method} runs in one process (one GPU): start it without torchrun (only train-teacher and train-student are data-parallel)")
     p, g = params.mpl, params.generation(generation)
     labeled, val, unlabeled = (load_split(data, name) for name in ("labeled", "val", "unlabeled"))
     student, spec = _new_model(params, params.student, g.model, labeled, init)

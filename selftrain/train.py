@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from selftrain import resume as resume_state, runtime
+from selftrain import distributed, resume as resume_state, runtime
 from selftrain.losses import build_loss
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
@@ -35,12 +35,13 @@ logger = logging.getLogger("selftrain")
 class StepBatches(torch.utils.data.Sampler):
     """The batches (lists of row indices) of steps `start`, `start` + 1, ... forever: pass k over the `n` rows is
     the permutation drawn from (seed, k), so any step's batch is known without the ones before it and a
-    resumed run draws exactly what an uninterrupted one draws. Full batches only, unless n < batch."""
+    resumed run draws exactly what an uninterrupted one draws. Full batches only, unless n < batch. Under
+    torchrun each process gets every `world.size`-th row of each batch, starting at its rank."""
 
-    def __init__(self, n: int, batch: int, seed: int, stream: int, start: int = 0) -> None:
+    def __init__(self, n: int, batch: int, seed: int, stream: int, start: int = 0, world: distributed.World = distributed.World()) -> None:
         if n == 0:
             raise ValueError("nothing to train on: the set is empty")
-        self.n, self.batch, self.seed, self.stream, self.start = n, min(batch, n), seed, stream, start
+        self.n, self.batch, self.seed, self.stream, self.start, self.world = n, min(batch, n), seed, stream, start, world
         self.per_pass = n // self.batch
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class StepBatches(torch.utils.data.Sampler):
             k, j = divmod(step, self.per_pass)
             if cached[0] != k:
                 cached = (k, np.random.default_rng([self.seed, self.stream, k]).permutation(self.n))
-            yield cached[1][j * self.batch : (j + 1) * self.batch].tolist()
+            yield cached[1][j * self.batch : (j + 1) * self.batch][self.world.rank :: self.world.size].tolist()
             step += 1
 
 
@@ -94,20 +95,26 @@ def fit(
     resumed from (0: from scratch).
 
     `pseudo` is (images, target probabilities). With `resume`, the whole state is saved there every
-    `checkpoint_every` steps (selftrain.resume) and a run with the same `fingerprint` continues from it."""
+    `checkpoint_every` steps (selftrain.resume) and a run with the same `fingerprint` continues from it.
+    Under torchrun, data-parallel over its processes (selftrain.distributed); only rank 0 saves."""
+    w = distributed.world()
+    if p.batch_size < w.size:
+        raise ValueError(f"batch_size {p.batch_size} is smaller than the {w.size} torchrun processes: each needs a share of every batch")
     runtime.seed_everything(seed)
-    noise_gen = torch.Generator().manual_seed(seed + 1)  # batch-level flip/crop, apart from data order
-    seed_augmentation(seed + 2)
-    labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0)
+    torch.manual_seed(seed + w.rank)  # dropout and stochastic depth differ between processes (rank 0: as in one process)
+    noise_gen = torch.Generator().manual_seed(seed + 1 + 7919 * w.rank)  # batch-level flip/crop, apart from data order
+    seed_augmentation(seed + 2 + 7919 * w.rank)
+    labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0, world=w)
     if pseudo is not None:
         assert isinstance(p, StudentParams)
-        pseudo_batches = StepBatches(len(pseudo[0]), p.batch_size * p.unlabeled_ratio, seed, 1)
+        pseudo_batches = StepBatches(len(pseudo[0]), p.batch_size * p.unlabeled_ratio, seed, 1, world=w)
         steps_per_epoch = pseudo_batches.per_pass
         pseudo_loss = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
         w_l, w_u = pseudo_loss.alpha, p.pseudo_weight
     else:
         steps_per_epoch, w_l, w_u = labeled_batches.per_pass, 1.0, 0.0
     total = steps_per_epoch * p.epochs
+    net = distributed.wrap(model, w, device)  # what the training step runs: `model`, or DDP around it
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(p.warmup_epochs * steps_per_epoch)))
     # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
@@ -146,7 +153,7 @@ def fit(
         x = runtime.to_device(train_batch(x.to(device), p.augment, noise_gen), device)
         y_l = y_l.to(device)
         with runtime.autocast(device):
-            out = model(x).float()
+            out = net(x).float()
         loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=p.label_smoothing)
         loss = w_l * loss_l
         loss_u = torch.zeros((), device=device)
@@ -167,12 +174,13 @@ def fit(
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
         if done % steps_per_epoch == 0:
+            sums = distributed.mean(torch.from_numpy(sums), w).numpy()
             row = {
                 "epoch": epoch,
                 "lr": sched.get_last_lr()[0],
                 # plain floats: the log goes into resume files, which hold no numpy objects
                 **dict(zip(("loss", "loss_labeled", "loss_pseudo", "train_top1"), (sums / steps_per_epoch).tolist())),
-                "images_per_s": seen / (time.perf_counter() - t0),
+                "images_per_s": seen * w.size / (time.perf_counter() - t0),
             }
             if val is not None:  # blank between checks: the curve is only for the log and its plot
                 row["val_top1"] = accuracy(kept, val, 512, device)["top1"] if epoch % p.val_every == 0 or epoch == p.epochs else None
@@ -180,7 +188,7 @@ def fit(
             log.append(row)
             logger.info("%s epoch %d/%d: %s", desc, epoch, p.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
             t0, seen, sums = time.perf_counter(), 0, np.zeros(4)
-        if resume and checkpoint_every and done % checkpoint_every == 0 and done < total:
+        if resume and w.main and checkpoint_every and done % checkpoint_every == 0 and done < total:
             resume_state.save(resume, fingerprint, done, {
                 "model": getattr(model, "_orig_mod", model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "ema": ema.module.state_dict() if ema else {}, "noise_gen": noise_gen.get_state(),

@@ -21,6 +21,7 @@ and retries, and waits on the Job the way it waits on an in-process stage (k8s/R
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,6 +43,7 @@ log = logging.getLogger("selftrain.kubernetes")
 # Retrying those cannot help; any other failure also fails the Job (backoffLimit 0), except disruptions.
 FAIL_FAST_EXIT_CODES = [1, 2, 3]
 # the DVC stage that a flow task stands for, for `resources` lookups: train-student@genK runs MPL too
+RENDEZVOUS_PORT = 29500
 RESOURCE_FALLBACK = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
 APP = {"app.kubernetes.io/name": "selftrain", "app.kubernetes.io/part-of": "selftrain", "app.kubernetes.io/managed-by": "selftrain-flow"}
 TRAINING_STAGES = {"train-teacher", "train-student", "train-mpl", "train-reduced-mpl", "train-generation"}
@@ -60,10 +62,21 @@ class StageCancelled(RuntimeError):
 
 
 def resources_for(params: Params, stage: str) -> StageResources | None:
-    """The pod resources of `stage`, or None when it runs in the flow's process."""
+    """The pod resources of `stage`, or None when it runs in the flow's process. MPL stages without their own
+    entry take train-student's on one GPU and one node (MPL is not data-parallel)."""
     if not params.kubernetes.enabled:
         return None
-    return params.resources.get(stage) or params.resources.get(RESOURCE_FALLBACK.get(stage, ""))
+    if stage in params.resources:
+        return params.resources[stage]
+    res = params.resources.get(RESOURCE_FALLBACK.get(stage, ""))
+    if res is not None and stage in ("train-mpl", "train-reduced-mpl"):
+        res = res.model_copy(update={"gpu": min(res.gpu, 1), "nodes": 1})
+    return res
+
+
+def data_parallel(res: StageResources) -> bool:
+    """The stage runs under torchrun: several GPUs in its pod, or several pods."""
+    return res.gpu > 1 or res.nodes > 1
 
 
 def job_name(stage: str, generation: str | None, flow_run_id: str, outputs: list[str]) -> str:
@@ -106,6 +119,14 @@ def job_manifest(
         env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
         argv = [*argv, "--part", "$(JOB_COMPLETION_INDEX)"]
+    command = ["selftrain"]
+    if data_parallel(res):
+        # one process per GPU; several pods find each other through the headless Service of the same name
+        # (`service_manifest`) and torchrun's c10d rendezvous on pod 0, which also lets a replaced pod rejoin
+        rendezvous = ["--standalone"] if res.nodes == 1 else [
+            "--nnodes", str(res.nodes), "--rdzv-backend", "c10d", "--rdzv-id", name,
+            "--rdzv-endpoint", f"{name}-0.{name}:{RENDEZVOUS_PORT}", "--max-restarts", "3"]
+        command, argv = ["torchrun"], [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv]
     annotations = {}
     if stage in TRAINING_STAGES:
         # the cluster autoscaler must not drain a node under a long training pod to save money
@@ -117,7 +138,7 @@ def job_manifest(
             "name": "stage",
             "image": k.image,
             "imagePullPolicy": k.image_pull_policy,
-            "command": ["selftrain"],
+            "command": command,
             "args": argv,
             "env": env,
             "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
@@ -142,7 +163,21 @@ def job_manifest(
     }
     if parts:
         spec |= {"completionMode": "Indexed", "completions": parts, "parallelism": min(res.parallelism, parts)}
+    if res.nodes > 1:  # every pod at once, each with a stable hostname <name>-<index>.<name>
+        spec |= {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
+        pod_spec["subdomain"] = name
+        pod_spec["containers"][0]["ports"] = [{"containerPort": RENDEZVOUS_PORT, "name": "rendezvous"}]
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": labels}, "spec": spec}
+
+
+def service_manifest(params: Params, name: str) -> dict[str, Any]:
+    """The headless Service through which a multi-node Job's pods reach pod 0 (torchrun's rendezvous)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": params.kubernetes.namespace, "labels": {**APP, "app.kubernetes.io/instance": name}},
+        "spec": {"clusterIP": "None", "selector": {"job-name": name}, "publishNotReadyAddresses": True,
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]},
+    }
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -265,12 +300,13 @@ def run_stage_job(
                             generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts)
     batch, core = api_clients()
     ns = params.kubernetes.namespace
+    if res.nodes > 1:
+        with contextlib.suppress(FileExistsError):  # a retry: the Service is there with its Job
+            _create(lambda: core.create_namespaced_service(ns, service_manifest(params, name)))
     try:
-        batch.create_namespaced_job(ns, manifest)
+        _create(lambda: batch.create_namespaced_job(ns, manifest))
         log.info("%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name)
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
+    except FileExistsError:
         log.info("%s: Job %s already exists (this is a retry): waiting on it", stage, name)
     try:
         _wait(batch, core, params, stage, name, cancelled)
@@ -279,7 +315,28 @@ def run_stage_job(
     except BaseException:
         _delete(batch, ns, name)  # nobody waits on it any more: a pod left running would duplicate the next attempt
         raise
+    finally:
+        if res.nodes > 1:
+            _delete_service(core, ns, name)
     return artifacts.read_json(result_uri) if not parts else {"parts": parts, "job": name}
+
+
+def _create(call: Callable[[], Any]) -> None:
+    """Create an object; FileExistsError when it is there already (a retried task: the same name)."""
+    try:
+        call()
+    except client.ApiException as e:
+        if e.status == 409:
+            raise FileExistsError from None
+        raise
+
+
+def _delete_service(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    try:
+        core.delete_namespaced_service(name, namespace)
+    except client.ApiException as e:
+        if e.status != 404:
+            log.warning("could not delete Service %s: %s; delete it with kubectl -n %s delete service %s", name, e.reason, namespace, name)
 
 
 def _delete(batch: client.BatchV1Api, namespace: str, name: str) -> None:

@@ -20,7 +20,7 @@ from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 from tasks import stages as tasks
-from tasks.kubernetes import StageJobError, explain_failure, job_manifest, resources_for, run_stage_job
+from tasks.kubernetes import StageJobError, explain_failure, job_manifest, resources_for, run_stage_job, service_manifest
 from test_k8s_manifests import K8S_VERSION
 
 K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
@@ -226,3 +226,28 @@ def test_a_training_job_validates_with_its_priority_class(gen0):
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert job["metadata"]["namespace"] == NAMESPACE
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "selftrain-training"
+
+
+def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service(gen0):
+    path, _ = gen0
+    params = load_params(path, {**K8S, "resources": {"train-student": {"gpu": 8, "nodes": 4, "node_pool": "a100", "memory": "64Gi"}}})
+    res = resources_for(params, "train-student")
+    name = "st-train-student-gen2-0a1b2c3d"
+    job = job_manifest(params, "train-student", name, ["train-student", "--out", "s3://b/gen2/student"], res)
+    service = service_manifest(params, name)
+    for doc in (job, service):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert pod["subdomain"] == name == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"job-name": name}
+    container = pod["containers"][0]
+    assert container["command"] == ["torchrun"] and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    args = container["args"]
+    assert args[args.index("--nnodes") + 1] == "4" and args[args.index("--nproc-per-node") + 1] == "8"
+    assert args[args.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
+    assert args[args.index("-m") + 1 :] == ["selftrain.cli", "train-student", "--out", "s3://b/gen2/student"]
+    # MPL, which takes train-student's entry, is one process on one GPU
+    mpl = resources_for(params, "train-mpl")
+    assert (mpl.gpu, mpl.nodes) == (1, 1)
+    assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
