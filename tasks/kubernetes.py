@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, config
 
@@ -42,8 +43,8 @@ log = logging.getLogger("selftrain.kubernetes")
 # the stage's own CLI: 1 = a traceback (a bug), 2 = bad params or data, 3 = a failed promotion gate.
 # Retrying those cannot help; any other failure also fails the Job (backoffLimit 0), except disruptions.
 FAIL_FAST_EXIT_CODES = [1, 2, 3]
+RENDEZVOUS_PORT = 29500  # torchrun's c10d rendezvous on pod 0 of a multi-node Job
 # the DVC stage that a flow task stands for, for `resources` lookups: train-student@genK runs MPL too
-RENDEZVOUS_PORT = 29500
 RESOURCE_FALLBACK = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
 APP = {"app.kubernetes.io/name": "selftrain", "app.kubernetes.io/part-of": "selftrain", "app.kubernetes.io/managed-by": "selftrain-flow"}
 TRAINING_STAGES = {"train-teacher", "train-student", "train-mpl", "train-reduced-mpl", "train-generation"}
@@ -367,8 +368,16 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
     while True:
         if cancelled():
             raise StageCancelled(f"stage {stage}: the flow run was cancelled; Job {name} deleted")
-        job = _to_dict(batch, batch.read_namespaced_job(name, k.namespace))
-        pods = [_to_dict(batch, p) for p in core.list_namespaced_pod(k.namespace, label_selector=f"job-name={name}").items]
+        try:
+            job = _to_dict(batch, batch.read_namespaced_job(name, k.namespace))
+            pods = [_to_dict(batch, p) for p in core.list_namespaced_pod(k.namespace, label_selector=f"job-name={name}").items]
+        except (client.ApiException, urllib3.exceptions.HTTPError) as e:
+            if isinstance(e, client.ApiException) and e.status not in (0, 429) and e.status < 500:
+                raise
+            # the API server busy or out of reach for a moment must not end a days-long Job: ask again
+            log.warning("%s: could not read Job %s (%s); trying again in %.0f s", stage, name, e, k.poll_s)
+            time.sleep(k.poll_s)
+            continue
         now = time.monotonic()
         for pod in pods:
             pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")

@@ -9,6 +9,7 @@ fail the stage at once.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -63,9 +64,13 @@ class _StageCall:
 def flow_run_cancelled() -> bool:
     """The flow run this task belongs to, or one of its parents, is being cancelled (from the UI or the API)."""
     ids = {flow_run.get_id(), flow_run.get_parent_flow_run_id(), flow_run.get_root_flow_run_id()} - {None}
-    with get_client(sync_client=True) as client:
-        return any(state is not None and (state.is_cancelling() or state.is_cancelled())
-                   for state in (client.read_flow_run(i).state for i in ids))
+    try:
+        with get_client(sync_client=True) as client:
+            return any(state is not None and (state.is_cancelling() or state.is_cancelled())
+                       for state in (client.read_flow_run(i).state for i in ids))
+    except Exception as e:  # the Prefect API out of reach for a moment is not a cancel: look again at the next poll
+        logging.getLogger("selftrain.kubernetes").warning("could not read the flow run's state (%s)", e)
+        return False
 
 
 def _as_job(name: str, root: str) -> Task:
