@@ -114,23 +114,9 @@ def load_arrays(uri: str) -> dict[str, np.ndarray]:
         raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
 
 
-def save_shards(uri: str, prefix: str, rows_per_shard: int, **arrays: np.ndarray) -> list[str]:
-    """Save arrays of equal length as row shards `uri/prefix-00000.npz`, ... (at least one, empty when there are no rows).
-
-    Large sets go to object storage and back in pieces: no one blob, no file per image."""
-    lengths = {len(a) for a in arrays.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"save_shards: arrays of different lengths {sorted(lengths)}")
-    n = lengths.pop()
-    names = []
-    for i, start in enumerate(range(0, max(n, 1), rows_per_shard)):
-        names.append(f"{prefix}-{i:05d}.npz")
-        save_arrays(join(uri, names[-1]), **{k: a[start : start + rows_per_shard] for k, a in arrays.items()})
-    return names
-
-
 def load_shards(uri: str, prefix: str) -> dict[str, np.ndarray]:
-    """The arrays `save_shards` wrote, concatenated in shard order."""
+    """Row shards `uri/prefix-00000.npz`, `-00001`, ... (large sets go to object storage in pieces: no one blob,
+    no file per image), their arrays concatenated in shard order."""
     fs, path = _fs(uri)
     files = sorted(fs.glob(f"{path.rstrip('/')}/{prefix}-[0-9][0-9][0-9][0-9][0-9].npz"))
     if not files:

@@ -10,6 +10,7 @@ probability (the confidence used for filtering) stays exact.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,8 @@ class StoredLogits:
         return dense
 
 
-def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> StoredLogits:
-    """Read a whole store, refusing one that is incomplete, malformed, non-finite or from another teacher/data set."""
+def open_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> dict[str, Any]:
+    """The header of a complete store, refusing one that is partial, malformed or from another teacher/data set."""
     if not artifacts.exists(uri) and artifacts.exists(f"{uri.rstrip('/')}.parts"):
         raise LogitStoreError(f"logit store '{uri}' exists only as parts ({uri.rstrip('/')}.parts): a partial set is never used; "
                               "run infer without --part to infer what is missing and join them")
@@ -107,20 +108,37 @@ def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: st
     for key, expected in (("teacher_sha256", teacher_sha256), ("unlabeled_sha256", unlabeled_sha256)):
         if expected is not None and header[key] != expected:
             raise LogitStoreError(f"'{uri}' was made with {key} {header[key][:12]}…, expected {expected[:12]}…: rerun infer")
-    parts = [artifacts.load_arrays(artifacts.join(uri, s["file"])) for s in header["shards"]]
-    if not parts:
+    if not header["shards"]:
         raise LogitStoreError(f"logit store '{uri}' is empty: the unlabeled set had no images")
-    ids = np.concatenate([p["ids"] for p in parts])
-    values = np.concatenate([p["values"] for p in parts])
-    indices = np.concatenate([p["indices"] for p in parts]) if header["k"] else None
-    if len(ids) != header["count"]:
-        raise LogitStoreError(f"'{uri}' header says {header['count']} rows, shards hold {len(ids)}")
-    width = header["k"] or header["num_classes"]
-    if values.ndim != 2 or values.shape[1] != width:
-        raise LogitStoreError(f"'{uri}' values have shape {values.shape}, expected (N, {width})")
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        raise LogitStoreError(f"'{uri}' holds NaN/inf logits for {int((~finite).sum())} image(s), first '{ids[np.argmin(finite)]}'")
+    return header
+
+
+def iter_shards(uri: str, header: dict[str, Any]) -> Iterator[tuple[int, StoredLogits]]:
+    """(first row, its rows) shard by shard: a store of any size in the memory of one shard."""
+    width, start = header["k"] or header["num_classes"], 0
+    for shard in header["shards"]:
+        name = artifacts.join(uri, shard["file"])
+        part = artifacts.load_arrays(name)
+        ids, values = part["ids"], part["values"]
+        if values.ndim != 2 or values.shape[1] != width or len(ids) != len(values) or len(ids) != shard["rows"]:
+            raise LogitStoreError(f"'{name}' holds values of shape {values.shape} for {len(ids)} ids; the header expects "
+                                  f"({shard['rows']}, {width}): rerun infer")
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            raise LogitStoreError(f"'{name}' holds NaN/inf logits for {int((~finite).sum())} image(s), first '{ids[np.argmin(finite)]}'")
+        yield start, StoredLogits(ids, values, part.get("indices") if header["k"] else None, header)
+        start += len(ids)
+    if start != header["count"]:
+        raise LogitStoreError(f"'{uri}' header says {header['count']} rows, shards hold {start}")
+
+
+def read_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> StoredLogits:
+    """Read a whole store into memory (see open_store for what is refused)."""
+    header = open_store(uri, teacher_sha256, unlabeled_sha256)
+    parts = [p for _, p in iter_shards(uri, header)]
+    ids = np.concatenate([p.ids for p in parts])
+    values = np.concatenate([p.values for p in parts])
+    indices = np.concatenate([p.indices for p in parts]) if header["k"] else None
     return StoredLogits(ids, values, indices, header)
 
 

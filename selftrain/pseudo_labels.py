@@ -6,10 +6,17 @@ that still keeps N images; every kept image then gets N / kept_in_class copies, 
 stochastically, so full classes are subsampled and short ones duplicated. The reference rounds
 each image independently (int(c) + (u < frac)), so its class totals are N only on average; here
 exactly N mod k images, drawn at random, get the extra copy, so every class totals exactly N.
+
+It runs in two passes over the teacher's outputs, chunk by chunk (the logit store's shards), so memory
+does not grow with the unlabeled pool beyond a few bytes per image: `Tally` counts per-class confidence
+histograms, `plan` turns them into class thresholds and copies, `Selector` picks each chunk's rows.
+The output is in row order, each row's copies together; targets are sparse (class indices and
+probabilities: the stored top k, all classes for a dense store, one for hard labels).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,26 +30,64 @@ class PseudoLabelError(ValueError):
     """The teacher's outputs leave nothing to train on, or are malformed."""
 
 
+
 @dataclass(frozen=True)
-class Selection:
-    rows: np.ndarray  # int64 row in the unlabeled split, repeated once per copy
-    targets: np.ndarray  # float32 (len(rows), C): soft probabilities or one-hot
-    probs: np.ndarray  # float32 (len(rows), C): the teacher's full probability vector (temperature 1)
-    stats: dict[str, Any]
+class Chunk:
+    """Teacher log-probabilities of consecutive unlabeled rows: dense (n, C), or top-k values with their class indices."""
+
+    start: int  # row of the first image in the unlabeled split
+    values: np.ndarray  # (n, C) or (n, k)
+    indices: np.ndarray | None = None  # (n, k) class indices of a top-k store
+
+    def top(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's top log-probability (float64) and its class."""
+        v = self.values.astype(np.float64)
+        if np.isnan(v).any() or np.isposinf(v).any():
+            raise PseudoLabelError(f"teacher outputs contain NaN or +inf (rows {self.start}..{self.start + len(v) - 1})")
+        best = v.argmax(axis=1)
+        cls = best if self.indices is None else np.take_along_axis(self.indices, best[:, None], axis=1)[:, 0]
+        return np.take_along_axis(v, best[:, None], axis=1)[:, 0], cls.astype(np.int64)
 
 
-def _softmax(log_probs: np.ndarray, temperature: float) -> np.ndarray:
-    z = log_probs / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def _bins(confidence: np.ndarray) -> np.ndarray:
+    return np.searchsorted(GRID, confidence, side="right") - 1
+
+
+@dataclass
+class Tally:
+    """Pass 1: per-class histograms of confidence (top probability at temperature 1) over the rows above the threshold."""
+
+    num_classes: int
+    threshold: float
+    count: int = 0
+    highest: float = 0.0
+    predicted: np.ndarray = field(init=False)
+    hist_all: np.ndarray = field(init=False)
+    hist_kept: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.predicted = np.zeros(self.num_classes, np.int64)
+        self.hist_all = np.zeros(len(GRID), np.int64)
+        self.hist_kept = np.zeros((self.num_classes, len(GRID)), np.int64)
+
+    def add(self, chunk: Chunk) -> None:
+        top, cls = chunk.top()
+        confidence, kept = np.exp(top), np.exp(top) >= self.threshold
+        bins = _bins(confidence)
+        self.count += len(top)
+        self.highest = max(self.highest, float(confidence.max(initial=0.0)))
+        self.predicted += np.bincount(cls, minlength=self.num_classes)
+        self.hist_all += np.bincount(bins, minlength=len(GRID))
+        np.add.at(self.hist_kept, (cls[kept], bins[kept]), 1)
 
 
 def class_threshold(confidence: np.ndarray, n: int, floor: float) -> float:
     """Highest grid threshold >= floor with at least n images at or above it; `floor` when none has."""
-    # counts[j] = number of images with confidence >= GRID[j], computed the reference way via bins
-    bins = np.searchsorted(GRID, confidence, side="right") - 1
-    counts = np.cumsum(np.bincount(bins, minlength=len(GRID))[::-1])[::-1]
+    return _threshold_from_hist(np.bincount(_bins(confidence), minlength=len(GRID)), n, floor)
+
+
+def _threshold_from_hist(hist: np.ndarray, n: int, floor: float) -> float:
+    counts = np.cumsum(hist[::-1])[::-1]  # counts[j]: images with confidence >= GRID[j]
     for j in range(len(GRID) - 1, -1, -1):
         if GRID[j] < floor:
             break
@@ -60,73 +105,139 @@ def _copies(k: int, n: int, upsample: bool, rng: np.random.Generator) -> np.ndar
     return copies
 
 
-def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> Selection:
-    """Choose pseudo-labeled rows and their targets from (N, C) teacher log-probabilities."""
-    if log_probs.ndim != 2 or log_probs.shape[1] != len(classes):
-        raise PseudoLabelError(f"teacher outputs have shape {log_probs.shape}, expected (N, {len(classes)})")
-    if len(log_probs) == 0:
+@dataclass
+class Plan:
+    """What pass 1 decided: per class, the lowest confidence bin chosen and each chosen image's copies (in row order)."""
+
+    first_bin: np.ndarray  # (C,) chosen: above the global threshold and in a bin >= this
+    copies: np.ndarray  # one entry per chosen image: class 0's in row order, then class 1's, ...
+    offsets: np.ndarray  # (C + 1,) where each class's entries start in `copies`
+    stats: dict
+
+
+def plan(tally: Tally, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> Plan:
+    """Class thresholds, the balanced size and every chosen image's copies, from pass 1's counts alone."""
+    if tally.count == 0:
         raise PseudoLabelError("the unlabeled set is empty: nothing to pseudo-label")
-    if np.isnan(log_probs).any() or np.isposinf(log_probs).any():
-        raise PseudoLabelError("teacher outputs contain NaN or +inf")
-    rng = np.random.default_rng(seed)
-    # Confidence is the top probability at temperature 1 (exact for log-softmax values, even top-k).
-    confidence = np.exp(log_probs.max(axis=1))
-    bins = np.searchsorted(GRID, confidence, side="right") - 1
-    predicted = log_probs.argmax(axis=1)
-    kept = confidence >= p.threshold
-    if not kept.any():
+    kept_counts = tally.hist_kept.sum(axis=1)
+    if not kept_counts.any():
         raise PseudoLabelError(
             f"no unlabeled image has confidence >= pseudo_labels.threshold = {p.threshold} "
-            f"(highest is {confidence.max():.3f}); lower the threshold or train the teacher longer"
+            f"(highest is {tally.highest:.3f}); lower the threshold or train the teacher longer"
         )
-    num_classes = len(classes)
-    kept_counts = np.bincount(predicted[kept], minlength=num_classes)
-    if p.per_class == "median":
-        n_target: int | None = int(np.median(kept_counts[kept_counts > 0]))
-    else:
-        n_target = p.per_class
-
-    rows_out, per_class = [], {}
-    for c in range(num_classes):
-        members = np.flatnonzero(kept & (predicted == c))
-        conf_c = confidence[members]
+    n_target = int(np.median(kept_counts[kept_counts > 0])) if p.per_class == "median" else p.per_class
+    rng = np.random.default_rng(seed)
+    first_bin, copies, per_class = np.zeros(len(classes), np.int64), [], {}
+    for c in range(len(classes)):
         if n_target is None:
-            t_c, chosen, copies = p.threshold, members, np.ones(len(members), dtype=np.int64)
+            t_c = p.threshold
         else:
-            t_c = class_threshold(conf_c, n_target, p.threshold)
-            chosen = members[conf_c >= t_c]
-            copies = _copies(len(chosen), n_target, p.upsample, rng)
-        rows_out.append(np.repeat(chosen, copies))
+            t_c = _threshold_from_hist(tally.hist_kept[c], n_target, p.threshold)
+        # a grid threshold is a bin edge: confidence >= GRID[j] exactly when its bin >= j
+        first_bin[c] = int(np.searchsorted(GRID, t_c)) if t_c in GRID else 0
+        chosen = int(tally.hist_kept[c, first_bin[c]:].sum())
+        copies.append(np.ones(chosen, np.int64) if n_target is None else _copies(chosen, n_target, p.upsample, rng))
         per_class[classes[c]] = {
-            "predicted": int((predicted == c).sum()),
-            "above_threshold": int(len(members)),
+            "predicted": int(tally.predicted[c]),
+            "above_threshold": int(kept_counts[c]),
             "class_threshold": round(t_c, 4),
-            "selected": int(len(chosen)),
-            "after_balance": int(copies.sum()),
+            "selected": chosen,
+            "after_balance": int(copies[-1].sum()),
         }
-    rows = np.concatenate(rows_out).astype(np.int64)
-    if len(rows) == 0:
+    total = sum(int(c.sum()) for c in copies)
+    if total == 0:
         raise PseudoLabelError("balancing left no pseudo-labeled image; check pseudo_labels.per_class")
-    if p.kind == "soft":
-        targets = _softmax(log_probs[rows], p.temperature)
-    else:
-        targets = np.eye(num_classes)[predicted[rows]]
-    kept_bins = np.searchsorted(GRID, confidence[rows], side="right") - 1
     stats = {
         "kind": p.kind,
         "threshold": p.threshold,
         "per_class_target": n_target,
         "total": {
-            "unlabeled": int(len(log_probs)),
-            "above_threshold": int(kept.sum()),
-            "after_balance": int(len(rows)),
-            "unique_after_balance": int(len(np.unique(rows))),
+            "unlabeled": tally.count,
+            "above_threshold": int(kept_counts.sum()),
+            "after_balance": total,
+            "unique_after_balance": sum(int((c > 0).sum()) for c in copies),
         },
         "per_class": per_class,
-        # images per 0.01 bin of top probability [GRID[j], GRID[j] + 0.01): all of them, and the balanced set
-        "confidence_histogram": {
-            "all": np.bincount(bins, minlength=len(GRID)).tolist(),
-            "after_balance": np.bincount(kept_bins, minlength=len(GRID)).tolist(),
-        },
+        # images per 0.01 bin of top probability [GRID[j], GRID[j] + 0.01): all of them, and the balanced set (pass 2 fills it)
+        "confidence_histogram": {"all": tally.hist_all.tolist(), "after_balance": [0] * len(GRID)},
     }
-    return Selection(rows, targets.astype(np.float32), np.exp(log_probs[rows]).astype(np.float32), stats)
+    return Plan(first_bin, np.concatenate(copies), np.concatenate([[0], np.cumsum([len(c) for c in copies])]), stats)
+
+
+@dataclass(frozen=True)
+class Picked:
+    """One chunk's pseudo-labels: rows (repeated once per copy) and sparse targets."""
+
+    rows: np.ndarray  # int64
+    target_indices: np.ndarray  # int32 (n, w)
+    target_values: np.ndarray  # float32 (n, w), each row summing to 1
+
+
+class Selector:
+    """Pass 2: each chunk's chosen rows with their copies and targets; chunks must come in row order."""
+
+    def __init__(self, plan: Plan, p: PseudoLabelParams, threshold: float) -> None:
+        self.plan, self.p, self.threshold = plan, p, threshold
+        self.seen = np.zeros(len(plan.first_bin), np.int64)  # chosen images of each class met so far
+
+    def take(self, chunk: Chunk) -> Picked:
+        top, cls = chunk.top()
+        confidence = np.exp(top)
+        bins = _bins(confidence)
+        chosen = np.flatnonzero((confidence >= self.threshold) & (bins >= self.plan.first_bin[cls]))
+        c = cls[chosen]
+        # each chosen image's place among its class's chosen images: counts before this chunk + rank within it
+        order = np.argsort(c, kind="stable")
+        starts = np.searchsorted(c[order], c[order])
+        place = np.empty(len(c), np.int64)
+        place[order] = np.arange(len(c)) - starts
+        place += self.seen[c]
+        self.seen += np.bincount(c, minlength=len(self.seen))
+        copies = self.plan.copies[self.plan.offsets[c] + place]
+        picked = np.repeat(chosen, copies)
+        hist = self.plan.stats["confidence_histogram"]["after_balance"]
+        for b, n in zip(*np.unique(np.repeat(bins[chosen], copies), return_counts=True)):
+            hist[b] += int(n)
+        if self.p.kind == "hard":
+            indices, values = cls[picked][:, None], np.ones((len(picked), 1))
+        else:
+            v = chunk.values[picked].astype(np.float64) / self.p.temperature
+            v = np.exp(v - v.max(axis=1, keepdims=True))  # stored top-k: the other classes' probability is 0
+            values = v / v.sum(axis=1, keepdims=True)
+            indices = chunk.indices[picked] if chunk.indices is not None else np.broadcast_to(np.arange(v.shape[1]), v.shape)
+        return Picked(chunk.start + picked.astype(np.int64), np.ascontiguousarray(indices, np.int32), values.astype(np.float32))
+
+
+def two_passes(chunks: Callable[[], Iterable[Chunk]], p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> tuple[Plan, Iterator[Picked]]:
+    """Read `chunks()` (in row order) once to plan, and again, lazily, to pick: (the plan, each chunk's pseudo-labels).
+
+    The plan's after-balance histogram is complete once the picks have all been taken."""
+    tally = Tally(len(classes), p.threshold)
+    for chunk in chunks():
+        tally.add(chunk)
+    decided = plan(tally, p, seed, classes)
+    selector = Selector(decided, p, p.threshold)
+    return decided, (selector.take(chunk) for chunk in chunks())
+
+
+def dense(indices: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Sparse targets as an (n, C) float32 array."""
+    out = np.zeros((len(indices), num_classes), np.float32)
+    np.put_along_axis(out, indices.astype(np.int64), values, axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    rows: np.ndarray  # int64 row in the unlabeled split, repeated once per copy, in row order
+    targets: np.ndarray  # float32 (len(rows), C): soft probabilities or one-hot
+    stats: dict[str, Any]
+
+
+def select(log_probs: np.ndarray, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> Selection:
+    """Choose pseudo-labeled rows and their targets from (N, C) teacher log-probabilities held in memory."""
+    if log_probs.ndim != 2 or log_probs.shape[1] != len(classes):
+        raise PseudoLabelError(f"teacher outputs have shape {log_probs.shape}, expected (N, {len(classes)})")
+    decided, picks = two_passes(lambda: [Chunk(0, log_probs)], p, seed, classes)
+    [picked] = list(picks)
+    return Selection(picked.rows, dense(picked.target_indices, picked.target_values, len(classes)), decided.stats)

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,6 @@ from selftrain.robustness.hard_set import select_hard
 log = logging.getLogger("selftrain")
 
 CHECKPOINT = "model.safetensors"
-PSEUDO_SHARD_ROWS = 100_000  # pseudo-labels per shard of filter-balance's output
 
 
 def _write_log_csv(uri: str, rows: list[dict[str, Any]]) -> None:
@@ -176,16 +176,35 @@ def _stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndar
 
 
 def filter_balance(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
-    """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels."""
+    """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels.
+
+    Two passes over the store, shard by shard (memory does not grow with the unlabeled pool); pseudo-labels
+    are written in row order as sparse targets (class indices and probabilities)."""
     unlabeled = load_split(data, "unlabeled")
-    chosen = pseudo_labels.select(_stored_log_probs(logits_store, data, unlabeled), params.pseudo_labels, params.seed, unlabeled.classes)
+    header = logits.open_store(logits_store, unlabeled_sha256=_file_hash_in(data, "unlabeled.npz"))
+    if header["num_classes"] != len(unlabeled.classes):
+        raise logits.LogitStoreError(f"'{logits_store}' has {header['num_classes']} classes, the data {len(unlabeled.classes)}: rerun infer")
+
+    def chunks() -> Iterator[pseudo_labels.Chunk]:
+        for start, part in logits.iter_shards(logits_store, header):
+            if not np.array_equal(part.ids, unlabeled.ids[start : start + len(part.ids)]):
+                raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
+            yield pseudo_labels.Chunk(start, part.values, part.indices)
+
+    plan, picks = pseudo_labels.two_passes(chunks, params.pseudo_labels, params.seed, unlabeled.classes)
     with artifacts.atomic_dir(out) as staging:
-        artifacts.save_shards(
-            staging, "pseudo", PSEUDO_SHARD_ROWS, rows=chosen.rows, ids=unlabeled.ids[chosen.rows], targets=chosen.targets, probs=chosen.probs
-        )
-        artifacts.write_json(artifacts.join(staging, "counts.json"), chosen.stats)
-    log.info("filter-balance: %s", chosen.stats["total"])
-    return chosen.stats["total"]
+        for i, picked in enumerate(picks):
+            artifacts.save_arrays(artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows, ids=unlabeled.ids[picked.rows],
+                                  target_indices=picked.target_indices, target_values=picked.target_values)
+        artifacts.write_json(artifacts.join(staging, "counts.json"), plan.stats)
+    log.info("filter-balance: %s", plan.stats["total"])
+    return plan.stats["total"]
+
+
+def _load_pseudo(uri: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """filter-balance's output: the rows (with copies) and their dense (n, C) targets."""
+    chosen = artifacts.load_shards(uri, "pseudo")
+    return chosen["rows"], pseudo_labels.dense(chosen["target_indices"], chosen["target_values"], num_classes)
 
 
 def _student_init(params: Params, teacher: str | None) -> str | None:
@@ -216,8 +235,8 @@ def train_student(
     else:
         if pseudo is None:
             raise ValueError(f"{generation} is method {method}: give --pseudo (filter-balance's output)")
-        chosen = artifacts.load_shards(pseudo, "pseudo")
-        pseudo_set = (unlabeled.images[chosen["rows"]], chosen["targets"])
+        rows, targets = _load_pseudo(pseudo, len(unlabeled.classes))
+        pseudo_set = (unlabeled.images[rows], targets)
     classes = len(load_split(data, "labeled").classes)
     if pseudo_set[1].shape[1] != classes:
         raise ValueError(f"the pseudo-labels have {pseudo_set[1].shape[1]} classes, the data has {classes}")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from selftrain.params import PseudoLabelParams
-from selftrain.pseudo_labels import PseudoLabelError, class_threshold, select
+from selftrain.pseudo_labels import Chunk, PseudoLabelError, class_threshold, dense, select, two_passes
 
 CLASSES = ("a", "b", "c")
 
@@ -120,11 +120,47 @@ def test_nan_and_shape_errors():
         select(np.zeros((0, 3)), params(), 0, CLASSES)
 
 
-def test_hard_labels_keep_the_full_probability_vectors_and_a_confidence_histogram():
+def test_hard_labels_are_one_hot_and_a_confidence_histogram_is_kept():
     rows = [(0.62, 0)] * 2 + [(0.91, 1)] * 2 + [(0.4, 2)]
     sel = select(log_probs_for(rows), params(kind="hard", threshold=0.5, per_class=2), 0, CLASSES)
     np.testing.assert_array_equal(sel.targets, np.eye(3)[[0, 0, 1, 1]])
-    np.testing.assert_allclose(sel.probs[0], [0.62, 0.19, 0.19], atol=1e-6)
     hist = sel.stats["confidence_histogram"]
     assert hist["all"][62] == 2 and hist["all"][91] == 2 and hist["all"][40] == 1 and sum(hist["all"]) == 5
     assert sum(hist["after_balance"]) == 4 and hist["after_balance"][40] == 0
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+@pytest.mark.parametrize("per_class", ["median", 30, None])
+def test_two_passes_over_chunks_give_exactly_the_in_memory_selection(kind, per_class):
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(500, 5)) * rng.uniform(0.5, 4, size=(500, 1))
+    lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    classes = tuple("abcde")
+    p = PseudoLabelParams(kind=kind, per_class=per_class, threshold=0.3, temperature=0.7)
+    whole = select(lp, p, seed=3, classes=classes)
+    for size in (1, 37, 499):  # chunk edges anywhere, down to one row
+        plan, picks = two_passes(lambda: (Chunk(i, lp[i : i + size]) for i in range(0, 500, size)), p, 3, classes)
+        picks = list(picks)
+        rows = np.concatenate([q.rows for q in picks])
+        targets = np.concatenate([dense(q.target_indices, q.target_values, 5) for q in picks])
+        assert np.array_equal(rows, whole.rows) and np.array_equal(targets, whole.targets), size
+        assert plan.stats == whole.stats
+    assert np.all(np.diff(whole.rows) >= 0)  # row order, each row's copies together
+
+
+def test_a_top_k_store_gives_the_dense_result_on_the_classes_it_keeps():
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(200, 6)) * 3
+    lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    values, indices = np.sort(lp, axis=1)[:, ::-1][:, :2], np.argsort(-lp, axis=1)[:, :2]
+    classes = tuple("abcdef")
+    p = PseudoLabelParams(per_class="median", threshold=0.4)
+    topk_plan, picks = two_passes(lambda: [Chunk(0, values, indices)], p, 0, classes)
+    [picked] = list(picks)
+    known = np.zeros(lp.shape, bool)
+    np.put_along_axis(known, indices, True, axis=1)
+    full = np.where(known, lp, -np.inf)  # what the top-2 store knows, densified
+    ref = select(full, p, 0, classes)
+    assert np.array_equal(picked.rows, ref.rows)
+    np.testing.assert_allclose(dense(picked.target_indices, picked.target_values, 6), ref.targets, atol=1e-6)
+    assert picked.target_indices.shape[1] == 2 and topk_plan.stats["total"] == ref.stats["total"]
