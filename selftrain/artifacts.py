@@ -6,6 +6,7 @@ half-written artifact, and the manifest's own hash is the artifact's content has
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -27,8 +28,38 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete or corrupt."""
 
 
+_s3_credentials_seen = False
+
+
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        _require_s3_credentials(uri)
+    return fs, path
+
+
+def _require_s3_credentials(uri: str) -> None:
+    """Fail early, and in words, where botocore would fail late with NoCredentialsError deep in a stage."""
+    global _s3_credentials_seen
+    if not _s3_credentials_seen:
+        import botocore.session  # s3fs's own dependency: the same search for credentials it makes
+
+        _s3_credentials_seen = botocore.session.get_session().get_credentials() is not None
+        if not _s3_credentials_seen:
+            raise ArtifactError(
+                f"no S3 credentials for '{uri}': set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with "
+                "~/.aws/credentials, or run with a role (IRSA / workload identity / instance profile); "
+                "AWS_ENDPOINT_URL points at an S3-compatible store"
+            )
+
+
+# the errors that mean "this place cannot be written to", not "try again"
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _not_writable(uri: str, e: OSError) -> ArtifactError:
+    return ArtifactError(f"cannot write '{uri}': {e.strerror or e} ({e.filename or uri}); the artifact root must be writable: "
+                         "fix its permissions or choose another --out / --root")
 
 
 def join(uri: str, *parts: str) -> str:
@@ -57,14 +88,18 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already)."""
     fs, path = _fs(uri)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in _NOT_WRITABLE:
+                raise _not_writable(uri, e) from None
+            raise
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -184,9 +219,13 @@ def atomic_dir(uri: str) -> Iterator[str]:
     parent = path.rstrip("/")[: -len(name)].rstrip("/") or "."
     token = uuid.uuid4().hex[:12]
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{name}.tmp-{token}")
-        os.makedirs(staging)
+        try:
+            os.makedirs(staging)
+        except OSError as e:
+            if e.errno in _NOT_WRITABLE:
+                raise _not_writable(uri, e) from None
+            raise
         try:
             yield staging
             _write_manifest(staging)

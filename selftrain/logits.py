@@ -2,7 +2,8 @@
 
 Layout of a store directory:
   header.json         format, teacher and unlabeled-set hashes, class count, k, dtype, shards
-  shard-00000.npz     ids (str), values (float16, N x C, or N x k with top-k), indices (int32, N x k, top-k only)
+  shard-00000.npz     ids (str), values (float16, N x C, or N x k with top-k), indices (int16 up to 32767 classes, else int32;
+                      N x k, top-k only)
 
 Values are log-softmax outputs, i.e. logits shifted per row so that logsumexp = 0. Softmax and
 temperature scaling give exactly what the raw logits give, and with top-k storage the top
@@ -44,6 +45,7 @@ class LogitWriter:
             "count": 0,
             "shards": [],
         }
+        self._index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
         self._pending: list[tuple[np.ndarray, torch.Tensor]] = []
         self._pending_rows = 0
 
@@ -64,7 +66,8 @@ class LogitWriter:
             arrays["values"] = lp[:rows].half().numpy()
         else:
             values, indices = lp[:rows].topk(self.topk, dim=1)
-            arrays["values"], arrays["indices"] = values.half().numpy(), indices.int().numpy()
+            # int16 class indices when the classes fit: half the bytes of int32
+            arrays["values"], arrays["indices"] = values.half().numpy(), indices.numpy().astype(self._index_dtype)
         name = f"shard-{len(self.header['shards']):05d}.npz"
         artifacts.save_arrays(artifacts.join(self.uri, name), **arrays)
         self.header["shards"].append({"file": name, "rows": rows})
@@ -83,7 +86,7 @@ class LogitWriter:
 class StoredLogits:
     ids: np.ndarray
     values: np.ndarray  # float16 (N, C) or (N, k)
-    indices: np.ndarray | None  # int32 (N, k) for top-k stores
+    indices: np.ndarray | None  # int16 or int32 (N, k) for top-k stores
     header: dict[str, Any]
 
     def dense_log_probs(self) -> np.ndarray:

@@ -78,7 +78,7 @@ class Tally:
         self.highest = max(self.highest, float(confidence.max(initial=0.0)))
         self.predicted += np.bincount(cls, minlength=self.num_classes)
         self.hist_all += np.bincount(bins, minlength=len(GRID))
-        np.add.at(self.hist_kept, (cls[kept], bins[kept]), 1)
+        self.hist_kept += np.bincount(cls[kept] * len(GRID) + bins[kept], minlength=self.hist_kept.size).reshape(self.hist_kept.shape)
 
 
 def class_threshold(confidence: np.ndarray, n: int, floor: float) -> float:

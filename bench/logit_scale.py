@@ -1,0 +1,161 @@
+"""The logit store and filter-balance at pool scale (issue 10): 1 M and 10 M images x 1000 classes.
+
+For N synthetic teacher outputs (random logits, a temperature per image so confidences spread), written
+through the store's own streaming writer as top-k float16:
+- size: the store's bytes vs dense float32 (N x C x 4);
+- filter: filter-balance's two passes (pseudo_labels.two_passes over logits.iter_shards, soft labels,
+  per-class balance to the median, pseudo-label shards written) vs one plain sequential read of the same
+  files' bytes, as a ratio (read time / filter time), with a warm page cache and, where this process may
+  drop the cache (root), a cold one; and the filter's peak RSS (VmHWM of its own process, imports included);
+- store vs recompute: images per second read back from the store (decoded, every shard) vs the teacher
+  (resnet10t, eval mode, batch 512) recomputing logits on this machine, measured on a subset.
+
+    python bench/logit_scale.py --images 1000000 10000000 --out bench/results_logit_scale.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selftrain import artifacts, logits, models, pseudo_labels, runtime
+from selftrain.inference import iter_logits
+from selftrain.params import PseudoLabelParams
+
+CHUNK = 100_000
+
+
+def write_store(uri: str, n: int, classes: int, k: int, shard: int, seed: int = 0) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    with artifacts.atomic_dir(uri) as staging:
+        writer = logits.LogitWriter(staging, classes, k, shard, teacher_sha256="bench", unlabeled_sha256="bench")
+        for start in range(0, n, CHUNK):
+            rows = min(CHUNK, n - start)
+            scale = torch.rand(rows, 1, generator=gen) * 8  # sharp and flat teachers alike
+            writer.add(np.char.add("u", np.arange(start, start + rows).astype(str)), torch.randn(rows, classes, generator=gen) * scale)
+        writer.close()
+    return time.perf_counter() - t0
+
+
+def store_bytes(uri: str) -> int:
+    return sum(p.stat().st_size for p in Path(uri).rglob("*") if p.is_file())
+
+
+def drop_page_cache() -> bool:
+    """Make the next read come from disk (root only; False where not allowed)."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def plain_read(uri: str) -> float:
+    t0 = time.perf_counter()
+    for p in sorted(Path(uri).glob("shard-*.npz")):
+        p.read_bytes()
+    return time.perf_counter() - t0
+
+
+def read_back(uri: str) -> float:
+    t0 = time.perf_counter()
+    for _ in logits.iter_shards(uri, logits.open_store(uri)):
+        pass
+    return time.perf_counter() - t0
+
+
+def filter_balance(uri: str, out: str) -> dict:
+    """One filter-balance over the store (run in its own process, for its peak RSS)."""
+    header = logits.open_store(uri)
+    classes = tuple(str(c) for c in range(header["num_classes"]))
+
+    def chunks():
+        for start, part in logits.iter_shards(uri, header):
+            yield pseudo_labels.Chunk(start, part.values, part.indices)
+
+    t0 = time.perf_counter()
+    plan, picks = pseudo_labels.two_passes(chunks, PseudoLabelParams(threshold=0.3, per_class="median"), 0, classes)
+    with artifacts.atomic_dir(out) as staging:
+        for i, picked in enumerate(picks):
+            artifacts.save_arrays(artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows,
+                                  target_indices=picked.target_indices, target_values=picked.target_values)
+    seconds = time.perf_counter() - t0
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
+    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return {"seconds": seconds, "peak_rss_mib": hwm_kib / 1024, "selected": plan.stats["total"]}
+
+
+def recompute_rate(classes: int, images: int = 20_000) -> float:
+    """Images per second of a resnet10t teacher on 28x28 grey images here (what recomputing the logits costs)."""
+    device = runtime.pick_device("auto")
+    net = runtime.place(models.create(models.ModelSpec("resnet10t", classes, 1, 28, tuple(map(str, range(classes))))), device)
+    x = np.random.default_rng(0).integers(0, 255, (images, 28, 28, 1), dtype=np.uint8)
+    for _ in iter_logits(net, x[:1024], 512, device):  # warm-up
+        pass
+    t0 = time.perf_counter()
+    for _ in iter_logits(net, x, 512, device):
+        pass
+    return images / (time.perf_counter() - t0)
+
+
+def _filter_in_child(store: str, out: str) -> dict:
+    artifacts.remove(out)
+    child = subprocess.run([sys.executable, __file__, "--filter-only", store, out], capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--topk", type=int, default=10)
+    ap.add_argument("--shard", type=int, default=50_000)
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--filter-only", nargs=2, metavar=("STORE", "OUT"), help=argparse.SUPPRESS)  # the child process
+    args = ap.parse_args()
+    if args.filter_only:
+        print(json.dumps(filter_balance(*args.filter_only)))
+        return
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+               "classes": args.classes, "topk": args.topk, "shard": args.shard, "runs": []}
+    recompute = recompute_rate(args.classes)
+    for n in args.images:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            store = f"{tmp}/logits"
+            write_s = write_store(store, n, args.classes, args.topk, args.shard)
+            size = store_bytes(store)
+            read_s = min(plain_read(store) for _ in range(2))
+            decode_s = read_back(store)
+            filt = _filter_in_child(store, f"{tmp}/pseudo")
+            cold = drop_page_cache()
+            cold_read_s = plain_read(store) if cold else None
+            cold_filter = _filter_in_child(store, f"{tmp}/pseudo") if drop_page_cache() else None
+            run = {
+                "images": n, "write_s": round(write_s, 1), "store_bytes": size, "dense_fp32_bytes": n * args.classes * 4,
+                "size_ratio": round(size / (n * args.classes * 4), 4),
+                "plain_read_s": round(read_s, 2), "filter_s": round(filt["seconds"], 2),
+                "read_over_filter": round(read_s / filt["seconds"], 3), "filter_peak_rss_mib": round(filt["peak_rss_mib"]),
+                "cold_plain_read_s": cold_read_s and round(cold_read_s, 2), "cold_filter_s": cold_filter and round(cold_filter["seconds"], 2),
+                "cold_read_over_filter": cold_filter and round(cold_read_s / cold_filter["seconds"], 3),
+                "selected": filt["selected"], "store_read_images_per_s": round(n / decode_s),
+                "recompute_images_per_s": round(recompute), "store_over_recompute": round(n / decode_s / recompute, 1),
+            }
+            print(json.dumps(run), flush=True)
+            results["runs"].append(run)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
