@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.locks import writing
 from flows.logs import stage_logs_to_prefect
 from flows.ui import publish_generation
 from selftrain.layout import Generation
@@ -24,26 +25,27 @@ def _run_name() -> str:
 def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
     stage_logs_to_prefect()
-    g, stages = Generation(root, name), tasks.for_params(params, root)
-    teacher = Generation(root, params.generations[name].teacher).promoted
-    stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
-    stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
-    method = params.generations[name].method
-    if method == "mpl":
-        stages.train_mpl(params, generation=name, data=g.data, teacher=teacher, out=g.student)
-    elif method == "reduced_mpl":
-        stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
-    else:  # noisy_student, distill
-        stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
-    metrics = stages.evaluate(
-        params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
-    )
-    promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
-    stages.record_lineage(
-        params, generation=name, data=g.data, teacher=teacher, logits_store=g.logits, pseudo=g.pseudo, student=g.student_checkpoint,
-        metrics=g.metrics, promoted=g.promoted, out=g.lineage,
-    )
-    report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
+    with writing(root, name):
+        g, stages = Generation(root, name), tasks.for_params(params, root)
+        teacher = Generation(root, params.generations[name].teacher).promoted
+        stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
+        stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
+        method = params.generations[name].method
+        if method == "mpl":
+            stages.train_mpl(params, generation=name, data=g.data, teacher=teacher, out=g.student)
+        elif method == "reduced_mpl":
+            stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
+        else:  # noisy_student, distill
+            stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
+        metrics = stages.evaluate(
+            params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
+        )
+        promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
+        stages.record_lineage(
+            params, generation=name, data=g.data, teacher=teacher, logits_store=g.logits, pseudo=g.pseudo, student=g.student_checkpoint,
+            metrics=g.metrics, promoted=g.promoted, out=g.lineage,
+        )
+        report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
     publish_generation(g, name, method, metrics, promoted, report["files"])
     return promoted

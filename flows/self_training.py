@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import PositiveInt
 
 from flows.generation import generation
+from flows.locks import writing
 from flows.logs import stage_logs_to_prefect
 from selftrain.layout import Generation
 from selftrain.params import METHODS, ParamsError, load_params, parse_override
@@ -56,10 +57,11 @@ def self_training(
     params = load_params(params_path, overrides, generations=generations, method=method)
     logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
-    stages.prepare(params, out=gen0.data)
-    stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
-    stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
-    stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
+    with writing(root, "gen0"):
+        stages.prepare(params, out=gen0.data)
+        stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
+        stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
+        stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
     record: dict[str, Any] = {}
     for name in params.generations:
         record = generation(params, root, name)

@@ -107,6 +107,36 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def create_exclusive(uri: str, data: bytes) -> None:
+    """Create a file that must not exist yet, FileExistsError if it does: O_EXCL here, a conditional put
+    (If-None-Match: *) on S3. Of several writers racing, exactly one succeeds."""
+    fs, path = _fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "wb") as f:
+            f.write(data)
+    else:
+        fs.pipe_file(path, data, mode="create")
+
+
+@contextmanager
+def exclusive(uri: str, owner: dict[str, Any]) -> Iterator[None]:
+    """Hold the lock file `uri` (naming `owner`) for the block; another holder makes this fail at once, naming it."""
+    try:
+        create_exclusive(uri, json.dumps(owner, sort_keys=True).encode())
+    except FileExistsError:
+        try:
+            held = read_json(uri)
+        except (ArtifactError, ValueError):
+            held = "an unknown run"
+        raise ArtifactError(f"'{uri}' is held by {held}: another run is writing there. Wait for it to finish, or delete "
+                            "that file if the run is gone (it crashed or was killed)") from None
+    try:
+        yield
+    finally:
+        remove(uri)
+
+
 def copy(src: str, dst: str) -> None:
     """Copy one file (within one store: a server-side copy on S3); the copy appears whole or not at all."""
     fs, path = _fs(src)

@@ -1,0 +1,23 @@
+"""One writer per generation: a flow run holds ROOT/genK/.lock while it writes generation K (gen0: the data, the
+teacher and the robustness sets), so two runs on one artifact root never write the same generation at once;
+the second fails at once, naming the first. DVC runs need none: `dvc repro` locks its repository itself."""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from contextlib import AbstractContextManager
+
+from prefect.runtime import flow_run
+
+from selftrain import artifacts
+from selftrain.layout import Generation
+
+
+def writing(root: str, name: str) -> AbstractContextManager[None]:
+    """Hold generation `name`'s lock under `root` for the block."""
+    owner = {
+        "flow_run": str(flow_run.get_id()), "flow_run_name": flow_run.get_name(), "host": socket.gethostname(), "pid": os.getpid(),
+        "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return artifacts.exclusive(artifacts.join(Generation(root, name).dir, ".lock"), owner)

@@ -1,0 +1,49 @@
+"""A stage killed (SIGKILL) at any point while it writes leaves the previous output as it was, and no partial
+output is ever visible where the output goes. (A pickled checkpoint is refused: test_artifacts.)"""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, tool_env, write_tiny_params
+from selftrain import artifacts, logits, stages
+from selftrain.layout import Generation
+from selftrain.params import load_params
+
+
+@pytest.mark.slow
+def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
+    path = write_tiny_params(tmp_path / "params.yaml")
+    params = load_params(path, {"teacher.epochs": 1})
+    g = Generation(str(tmp_path / "run"), "gen0")
+    stages.prepare(params, out=g.data)
+    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    out = tmp_path / "logits"
+    stages.infer(params, teacher=g.promoted, data=g.data, out=str(out))
+    old = artifacts.content_hash(str(out))
+    # the rewrite: another store (top-3, one row per shard file: many files to be caught writing)
+    cmd = ["selftrain", "infer", "--params", str(path), "--set", "teacher.epochs=1", "--set", "infer.topk=3", "--set", "infer.shard_size=1",
+           "--teacher", g.promoted, "--data", g.data, "--out", str(out)]
+    caught = 0
+    for delay in (0.0, 0.1, 0.3, 0.6):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while proc.poll() is None and not any(p.name.startswith(".logits.tmp-") for p in tmp_path.iterdir()):
+            time.sleep(0.005)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            caught += 1
+        proc.wait()
+        # whatever the moment: the old store, complete, or (had it finished) the new one, complete; never a mix
+        now = artifacts.content_hash(str(out))
+        store = logits.read_store(str(out))
+        assert now == old or (proc.returncode == 0 and store.header["k"] == 3)
+        if proc.returncode != 0:
+            assert now == old and store.header["k"] is None
+    assert caught >= 2, "the writes finished before they could be interrupted"
+    # the staging copies a kill leaves behind are hidden siblings, never the output; a clean run still lands
+    subprocess.run(cmd, cwd=ROOT, env=tool_env(), check=True, capture_output=True)
+    assert logits.read_store(str(out)).header["k"] == 3
+
