@@ -79,6 +79,15 @@ def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
     assert not (tmp_path / "nan").exists()
     with pytest.raises(logits.LogitStoreError, match="exceeds the 3 classes"):
         write_store(str(tmp_path / "k"), raw, topk=4)
+    # a store damaged after it was written: NaN in a shard, or a shard of the wrong shape, is named on reading
+    shard = str(tmp_path / "s" / "shard-00001.npz")
+    arrays = artifacts.load_arrays(shard)
+    artifacts.save_arrays(shard, ids=arrays["ids"], values=np.full_like(arrays["values"], np.nan))
+    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.npz' holds NaN/inf logits for 1 image\(s\), first 'img3'"):
+        logits.read_store(str(tmp_path / "s"))
+    artifacts.save_arrays(shard, ids=arrays["ids"], values=arrays["values"][:, :2])
+    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.npz' holds values of shape \(1, 2\) for 1 ids; the header expects \(1, 3\)"):
+        logits.read_store(str(tmp_path / "s"))
 
 
 def test_checkpoint_round_trip_and_pickle_refused(tmp_path):

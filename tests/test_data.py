@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_image
 from selftrain.data import DataError, fashion_mnist
@@ -113,6 +114,13 @@ def test_corrupt_image_is_named(image_tree):
     bad = image_tree / "val" / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match="cannot read image '.*val/dog/broken.png'"):
+        make_splits(folder_params(image_tree), seed=0)
+    # a real image cut short (an interrupted copy): the header reads, the pixels do not
+    bad.unlink()
+    good = image_tree / "val" / "dog" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, quality=95)
+    good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match="cannot read image '.*val/dog/cut.jpg': image file is truncated"):
         make_splits(folder_params(image_tree), seed=0)
 
 
