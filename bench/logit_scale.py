@@ -3,10 +3,12 @@
 For N synthetic teacher outputs (random logits, a temperature per image so confidences spread), written
 through the store's own streaming writer as top-k float16:
 - size: the store's bytes vs dense float32 (N x C x 4);
-- filter: filter-balance's two passes (pseudo_labels.two_passes over logits.iter_shards, soft labels,
-  per-class balance to the median, pseudo-label shards written) vs one plain sequential read of the same
-  files' bytes, as a ratio (read time / filter time), with a warm page cache and, where this process may
-  drop the cache (root), a cold one; and the filter's peak RSS (VmHWM of its own process, imports included);
+- filter: the filter-balance stage itself (`stages.filter_balance`: two passes over the store, soft labels,
+  per-class balance to the median, pseudo-label shards with ids written atomically) vs one plain sequential
+  read of all the store's files, as a ratio (read time / filter time), with a warm page cache and, where this
+  process may drop the cache (root), a cold one; and the filter's peak RSS (VmHWM of its own process, imports
+  included). The stage reads the unlabeled split's class names and hash, not its images, so the data
+  artifact here holds a one-image split with the store's 1000 classes;
 - store vs recompute: images per second read back from the store (decoded, every shard) vs the teacher
   (resnet10t, eval mode, batch 512) recomputing logits on this machine, measured on a subset.
 
@@ -27,18 +29,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selftrain import artifacts, logits, models, pseudo_labels, runtime
+from selftrain import artifacts, logits, models, runtime, stages
+from selftrain.data import Split, save_split
 from selftrain.inference import iter_logits
-from selftrain.params import PseudoLabelParams
+from selftrain.params import parse_params
 
 CHUNK = 100_000
 
 
-def write_store(uri: str, n: int, classes: int, k: int, shard: int, seed: int = 0) -> float:
+def write_data(uri: str, classes: int) -> str:
+    """A prepare-like data artifact whose unlabeled split names `classes` classes; its hash, for the store's header."""
+    with artifacts.atomic_dir(uri) as staging:
+        save_split(artifacts.join(staging, "unlabeled.npz"), Split(np.zeros((1, 1, 1, 1), np.uint8), np.array([-1]), np.array(["u0"]),
+                                                                   tuple(f"class{c}" for c in range(classes))))
+    return artifacts.require_complete(uri)["files"]["unlabeled.npz"]
+
+
+def write_store(uri: str, n: int, classes: int, k: int, shard: int, unlabeled_sha256: str, seed: int = 0) -> float:
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with artifacts.atomic_dir(uri) as staging:
-        writer = logits.LogitWriter(staging, classes, k, shard, teacher_sha256="bench", unlabeled_sha256="bench")
+        writer = logits.LogitWriter(staging, classes, k, shard, teacher_sha256="bench", unlabeled_sha256=unlabeled_sha256)
         for start in range(0, n, CHUNK):
             rows = min(CHUNK, n - start)
             scale = torch.rand(rows, 1, generator=gen) * 8  # sharp and flat teachers alike
@@ -63,37 +74,28 @@ def drop_page_cache() -> bool:
 
 def plain_read(uri: str) -> float:
     t0 = time.perf_counter()
-    for p in sorted(Path(uri).glob("shard-*.npz")):
+    for p in sorted(Path(uri).glob("shard-*.npy")):
         p.read_bytes()
     return time.perf_counter() - t0
 
 
 def read_back(uri: str) -> float:
+    """Every shard decoded into memory: what a reader needing all of the store pays."""
     t0 = time.perf_counter()
-    for _ in logits.iter_shards(uri, logits.open_store(uri)):
-        pass
+    for _, part in logits.iter_shards(uri, logits.open_store(uri)):
+        np.array(part.ids), np.array(part.values), np.array(part.indices)
     return time.perf_counter() - t0
 
 
-def filter_balance(uri: str, out: str) -> dict:
-    """One filter-balance over the store (run in its own process, for its peak RSS)."""
-    header = logits.open_store(uri)
-    classes = tuple(str(c) for c in range(header["num_classes"]))
-
-    def chunks():
-        for start, part in logits.iter_shards(uri, header):
-            yield pseudo_labels.Chunk(start, part.values, part.indices)
-
+def filter_balance(store: str, data: str, out: str) -> dict:
+    """The filter-balance stage over the store (run in its own process, for its peak RSS)."""
+    params = parse_params({"pseudo_labels": {"kind": "soft", "threshold": 0.3, "per_class": "median"}})
     t0 = time.perf_counter()
-    plan, picks = pseudo_labels.two_passes(chunks, PseudoLabelParams(threshold=0.3, per_class="median"), 0, classes)
-    with artifacts.atomic_dir(out) as staging:
-        for i, picked in enumerate(picks):
-            artifacts.save_arrays(artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows,
-                                  target_indices=picked.target_indices, target_values=picked.target_values)
+    total = stages.filter_balance(params, logits_store=store, data=data, out=out)
     seconds = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
     hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-    return {"seconds": seconds, "peak_rss_mib": hwm_kib / 1024, "selected": plan.stats["total"]}
+    return {"seconds": seconds, "peak_rss_mib": hwm_kib / 1024, "selected": total}
 
 
 def recompute_rate(classes: int, images: int = 20_000) -> float:
@@ -109,9 +111,9 @@ def recompute_rate(classes: int, images: int = 20_000) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def _filter_in_child(store: str, out: str) -> dict:
+def _filter_in_child(store: str, data: str, out: str) -> dict:
     artifacts.remove(out)
-    child = subprocess.run([sys.executable, __file__, "--filter-only", store, out], capture_output=True, text=True, check=True)
+    child = subprocess.run([sys.executable, __file__, "--filter-only", store, data, out], capture_output=True, text=True, check=True)
     return json.loads(child.stdout.splitlines()[-1])
 
 
@@ -122,7 +124,7 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=10)
     ap.add_argument("--shard", type=int, default=50_000)
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--filter-only", nargs=2, metavar=("STORE", "OUT"), help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--filter-only", nargs=3, metavar=("STORE", "DATA", "OUT"), help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     if args.filter_only:
         print(json.dumps(filter_balance(*args.filter_only)))
@@ -132,15 +134,15 @@ def main() -> None:
     recompute = recompute_rate(args.classes)
     for n in args.images:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-            store = f"{tmp}/logits"
-            write_s = write_store(store, n, args.classes, args.topk, args.shard)
+            store, data = f"{tmp}/logits", f"{tmp}/data"
+            write_s = write_store(store, n, args.classes, args.topk, args.shard, write_data(data, args.classes))
             size = store_bytes(store)
             read_s = min(plain_read(store) for _ in range(2))
             decode_s = read_back(store)
-            filt = _filter_in_child(store, f"{tmp}/pseudo")
+            filt = _filter_in_child(store, data, f"{tmp}/pseudo")
             cold = drop_page_cache()
             cold_read_s = plain_read(store) if cold else None
-            cold_filter = _filter_in_child(store, f"{tmp}/pseudo") if drop_page_cache() else None
+            cold_filter = _filter_in_child(store, data, f"{tmp}/pseudo") if drop_page_cache() else None
             run = {
                 "images": n, "write_s": round(write_s, 1), "store_bytes": size, "dense_fp32_bytes": n * args.classes * 4,
                 "size_ratio": round(size / (n * args.classes * 4), 4),

@@ -10,11 +10,16 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import fsspec
@@ -22,6 +27,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "MANIFEST.json"
+log = logging.getLogger("selftrain")
 
 
 class ArtifactError(RuntimeError):
@@ -84,6 +90,18 @@ def read_bytes(uri: str) -> bytes:
         raise ArtifactError(f"'{uri}' not found") from None
 
 
+# sha256 of the files write_bytes wrote here, while their bytes were in memory (by absolute path, with size and
+# mtime to tell a file changed since): the manifest takes them instead of reading the files back
+_written: dict[str, tuple[int, int, str]] = {}
+
+
+def _local_sha256(path: str) -> str:
+    known, st = _written.pop(os.path.abspath(path), None), os.stat(path)
+    if known and known[:2] == (st.st_size, st.st_mtime_ns):
+        return known[2]
+    return sha256_file(path)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already)."""
     fs, path = _fs(uri)
@@ -96,6 +114,8 @@ def write_bytes(uri: str, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            st = os.stat(path)
+            _written[os.path.abspath(path)] = (st.st_size, st.st_mtime_ns, sha256_bytes(data))
         except OSError as e:
             if e.errno in _NOT_WRITABLE:
                 raise _not_writable(uri, e) from None
@@ -119,22 +139,65 @@ def create_exclusive(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data, mode="create")
 
 
-@contextmanager
-def exclusive(uri: str, owner: dict[str, Any]) -> Iterator[None]:
-    """Hold the lock file `uri` (naming `owner`) for the block; another holder makes this fail at once, naming it."""
+def _read_lock(uri: str) -> dict[str, Any] | None:
     try:
-        create_exclusive(uri, json.dumps(owner, sort_keys=True).encode())
+        held = read_json(uri)
+    except (ArtifactError, ValueError):
+        return None
+    return held if isinstance(held, dict) else None
+
+
+@contextmanager
+def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> Iterator[None]:
+    """Hold the lock file `uri` (naming `owner`) for the block; another live holder makes this fail at once, naming it.
+
+    The holder renews the file every stale_after_s / 4 (a heartbeat, from a thread); a lock whose heartbeat is
+    older than stale_after_s was left by a run that died (killed, its pod evicted) and is taken over, with a
+    warning. A lock without a heartbeat is never taken over."""
+    token = uuid.uuid4().hex
+
+    def record() -> bytes:
+        return json.dumps({**owner, "token": token, "heartbeat": time.time(), "stale_after_s": stale_after_s}, sort_keys=True).encode()
+
+    try:
+        create_exclusive(uri, record())
     except FileExistsError:
+        held = _read_lock(uri)
+        age = time.time() - held["heartbeat"] if held and isinstance(held.get("heartbeat"), (int, float)) else None
+        who = {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")} if held else "an unknown run"
+        if age is None or age <= held.get("stale_after_s", stale_after_s):
+            beat = f" (its last heartbeat {age:.0f} s ago)" if age is not None else ""
+            raise ArtifactError(f"'{uri}' is held by {who}{beat}: another run is writing there. Wait for it to finish; a lock "
+                                f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
+                                "heartbeat never: delete that file if its run is gone") from None
+        log.warning("'%s': taking over the lock of %s, whose last heartbeat was %.0f s ago (the run died)", uri, who, age)
+        if _read_lock(uri) == held:  # still the stale one: another taker may have been quicker
+            remove(uri)
         try:
-            held = read_json(uri)
-        except (ArtifactError, ValueError):
-            held = "an unknown run"
-        raise ArtifactError(f"'{uri}' is held by {held}: another run is writing there. Wait for it to finish, or delete "
-                            "that file if the run is gone (it crashed or was killed)") from None
+            create_exclusive(uri, record())
+        except FileExistsError:
+            raise ArtifactError(f"'{uri}' was taken over by another run at the same moment: it is writing there") from None
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(stale_after_s / 4):
+            try:
+                if (_read_lock(uri) or {}).get("token") != token:
+                    log.error("'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat)", uri, stale_after_s)
+                    return
+                write_bytes(uri, record())
+            except Exception as e:  # a blip of the store: the next beat tries again
+                log.warning("'%s': could not renew the lock: %s", uri, e)
+
+    beating = threading.Thread(target=heartbeat, name=f"lock {uri}", daemon=True)
+    beating.start()
     try:
         yield
     finally:
-        remove(uri)
+        stop.set()
+        beating.join()
+        if (_read_lock(uri) or {}).get("token") == token:
+            remove(uri)
 
 
 def copy(src: str, dst: str) -> None:
@@ -171,12 +234,53 @@ def save_arrays(uri: str, **arrays: np.ndarray) -> None:
     write_bytes(uri, buf.getvalue())
 
 
-def load_arrays(uri: str) -> dict[str, np.ndarray]:
+def load_arrays(uri: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, or only those in `names` (then only their bytes are read)."""
+    fs, path = _fs(uri)
     try:
-        with np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        with fs.open(path, "rb") if names else io.BytesIO(read_bytes(uri)) as f, np.load(f, allow_pickle=False) as z:
+            missing = set(names or ()) - set(z.files)
+            if missing:
+                raise ArtifactError(f"'{uri}' has no array named {', '.join(sorted(missing))}")
+            return {k: z[k] for k in names or z.files}
+    except FileNotFoundError:
+        raise ArtifactError(f"'{uri}' not found") from None
     except (ValueError, OSError) as e:
         raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
+
+
+def save_array(uri: str, a: np.ndarray) -> None:
+    """Save one array as .npy (column-major on disk when `a` is Fortran-ordered: each column is one run)."""
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    write_bytes(uri, buf.getvalue())
+
+
+def load_array(uri: str) -> np.ndarray:
+    """One .npy array: memory-mapped read-only where the file is local (pages are read as they are touched),
+    read whole from object storage."""
+    fs, path = _fs(uri)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain view: np.memmap's indexing is slow
+        return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
+    except FileNotFoundError:
+        raise ArtifactError(f"'{uri}' not found") from None
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"'{uri}' is not a readable .npy array file: {e}") from None
+
+
+def prefetch(uri: str) -> None:
+    """Ask the OS to start reading a local file into the page cache in the background (a no-op elsewhere):
+    the next shard's reads then overlap this one's compute."""
+    fs, path = _fs(uri)
+    if isinstance(fs, LocalFileSystem) and hasattr(os, "posix_fadvise"):
+        with suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 def load_shards(uri: str, prefix: str) -> dict[str, np.ndarray]:
@@ -238,6 +342,42 @@ def content_hash(uri: str) -> str:
     return sha256_file(uri)
 
 
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_dead_staging(parent: str, name: str) -> None:
+    """Clear what killed writers of `name` on this host left beside it: staging (`.name.tmp-HOST-PID-TOKEN`) is
+    removed; a replaced copy (`.name.old-...`) is put back if the kill came between the two renames (no `name`),
+    else removed. Another host's, or a live process's, are left alone."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-{re.escape(_HOST)}-(\d+)-[0-9a-f]{{12}}")
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if not m or _pid_alive(int(m.group(2))):
+            continue
+        full, target = os.path.join(parent, entry), os.path.join(parent, name)
+        if m.group(1) == "old" and not os.path.lexists(target):
+            os.replace(full, target)
+        elif os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.remove(full)
+
+
 @contextmanager
 def atomic_dir(uri: str) -> Iterator[str]:
     """Build an artifact directory under a temporary name; on success, write its manifest and move it into place.
@@ -249,7 +389,9 @@ def atomic_dir(uri: str) -> Iterator[str]:
     parent = path.rstrip("/")[: -len(name)].rstrip("/") or "."
     token = uuid.uuid4().hex[:12]
     if isinstance(fs, LocalFileSystem):
-        staging = os.path.join(parent, f".{name}.tmp-{token}")
+        _remove_dead_staging(parent, name)
+        # the writer's host and pid in the name: a later writer can tell a dead one's leftovers from a live one's
+        staging = os.path.join(parent, f".{name}.tmp-{_HOST}-{os.getpid()}-{token}")
         try:
             os.makedirs(staging)
         except OSError as e:
@@ -259,7 +401,7 @@ def atomic_dir(uri: str) -> Iterator[str]:
         try:
             yield staging
             _write_manifest(staging)
-            old = os.path.join(parent, f".{name}.old-{token}")
+            old = os.path.join(parent, f".{name}.old-{_HOST}-{os.getpid()}-{token}")
             if os.path.lexists(path):
                 os.replace(path, old)
             os.replace(staging, path)
@@ -297,5 +439,5 @@ def _write_manifest(uri: str) -> None:
     for full in sorted(fs.find(root)):
         rel = full[len(root.rstrip("/")) + 1 :]
         if rel != MANIFEST:
-            files[rel] = sha256_file(full if isinstance(fs, LocalFileSystem) else f"{proto}://{full}")
+            files[rel] = _local_sha256(full) if isinstance(fs, LocalFileSystem) else sha256_file(f"{proto}://{full}")
     write_json(join(uri, MANIFEST), {"files": files})

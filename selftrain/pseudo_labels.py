@@ -15,7 +15,10 @@ probabilities: the stored top k, all classes for a dense store, one for hard lab
 """
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,21 +39,51 @@ class Chunk:
     """Teacher log-probabilities of consecutive unlabeled rows: dense (n, C), or top-k values with their class indices."""
 
     start: int  # row of the first image in the unlabeled split
-    values: np.ndarray  # (n, C) or (n, k)
+    values: np.ndarray  # (n, C), or (n, k) with each row in descending order (as the logit store keeps them)
     indices: np.ndarray | None = None  # (n, k) class indices of a top-k store
 
     def top(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's top log-probability (float64) and its class."""
-        v = self.values.astype(np.float64)
-        if np.isnan(v).any() or np.isposinf(v).any():
-            raise PseudoLabelError(f"teacher outputs contain NaN or +inf (rows {self.start}..{self.start + len(v) - 1})")
-        best = v.argmax(axis=1)
-        cls = best if self.indices is None else np.take_along_axis(self.indices, best[:, None], axis=1)[:, 0]
-        return np.take_along_axis(v, best[:, None], axis=1)[:, 0], cls.astype(np.int64)
+        """Each row's top log-probability (in the values' dtype) and its class."""
+        if self.indices is not None:  # descending rows: the top is column 0, one contiguous run in a column-major store
+            return self.values[:, 0], self.indices[:, 0].astype(np.int64)
+        best = self.values.argmax(axis=1)  # NaN wins argmax, so a NaN row shows up in its top
+        return np.take_along_axis(self.values, best[:, None], axis=1)[:, 0], best
 
 
 def _bins(confidence: np.ndarray) -> np.ndarray:
     return np.searchsorted(GRID, confidence, side="right") - 1
+
+
+class Confidence:
+    """From each row's top log-probability: its confidence bin (exp(top) in float64 on GRID) and whether it
+    passes the global threshold; NaN or +inf is refused.
+
+    float16 tops (the logit store's dtype) are looked up in tables over all 65,536 float16 bit patterns: the
+    same answers as computing them, without an exp and a binary search per row."""
+
+    KEPT, BAD = 1 << 8, 1 << 9  # flags beside the bin (0..100) in one int16 code
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    @staticmethod
+    def _code(top: np.ndarray, threshold: float) -> np.ndarray:
+        v = top.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            confidence = np.exp(v)
+        return (_bins(confidence) | (confidence >= threshold) * Confidence.KEPT | (np.isnan(v) | np.isposinf(v)) * Confidence.BAD).astype(np.int16)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _table(threshold: float) -> np.ndarray:
+        return Confidence._code(np.arange(1 << 16, dtype=np.uint16).view(np.float16), threshold)
+
+    def __call__(self, top: np.ndarray, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        code = self._table(self.threshold)[top.view(np.uint16)] if top.dtype == np.float16 else self._code(top, self.threshold)
+        bins, kept, bad = code & 0xFF, (code & self.KEPT).astype(bool), code & self.BAD
+        if bad.any():
+            raise PseudoLabelError(f"teacher outputs contain NaN or +inf (rows {chunk.start}..{chunk.start + len(top) - 1})")
+        return bins, kept
 
 
 @dataclass
@@ -66,19 +99,32 @@ class Tally:
     hist_kept: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
+        self.confidence = Confidence(self.threshold)
         self.predicted = np.zeros(self.num_classes, np.int64)
         self.hist_all = np.zeros(len(GRID), np.int64)
         self.hist_kept = np.zeros((self.num_classes, len(GRID)), np.int64)
 
     def add(self, chunk: Chunk) -> None:
+        self.merge(self.counts(chunk))
+
+    def counts(self, chunk: Chunk) -> Tally:
+        """One chunk's counts alone; changes nothing here, so chunks can be counted in parallel and merged in any order."""
+        part = Tally(self.num_classes, self.threshold)
         top, cls = chunk.top()
-        confidence, kept = np.exp(top), np.exp(top) >= self.threshold
-        bins = _bins(confidence)
-        self.count += len(top)
-        self.highest = max(self.highest, float(confidence.max(initial=0.0)))
-        self.predicted += np.bincount(cls, minlength=self.num_classes)
-        self.hist_all += np.bincount(bins, minlength=len(GRID))
-        self.hist_kept += np.bincount(cls[kept] * len(GRID) + bins[kept], minlength=self.hist_kept.size).reshape(self.hist_kept.shape)
+        bins, kept = part.confidence(top, chunk)
+        part.count = len(top)
+        part.highest = float(np.exp(np.float64(top.max()))) if len(top) else 0.0
+        part.predicted = np.bincount(cls, minlength=self.num_classes)
+        part.hist_all = np.bincount(bins, minlength=len(GRID))
+        part.hist_kept = np.bincount(cls[kept] * len(GRID) + bins[kept], minlength=self.hist_kept.size).reshape(self.hist_kept.shape)
+        return part
+
+    def merge(self, other: Tally) -> None:
+        self.count += other.count
+        self.highest = max(self.highest, other.highest)
+        self.predicted += other.predicted
+        self.hist_all += other.hist_all
+        self.hist_kept += other.hist_kept
 
 
 def class_threshold(confidence: np.ndarray, n: int, floor: float) -> float:
@@ -88,12 +134,8 @@ def class_threshold(confidence: np.ndarray, n: int, floor: float) -> float:
 
 def _threshold_from_hist(hist: np.ndarray, n: int, floor: float) -> float:
     counts = np.cumsum(hist[::-1])[::-1]  # counts[j]: images with confidence >= GRID[j]
-    for j in range(len(GRID) - 1, -1, -1):
-        if GRID[j] < floor:
-            break
-        if counts[j] >= n:
-            return float(GRID[j])
-    return floor
+    enough = np.flatnonzero((GRID >= floor) & (counts >= n))
+    return float(GRID[enough[-1]]) if len(enough) else floor
 
 
 def _copies(k: int, n: int, upsample: bool, rng: np.random.Generator) -> np.ndarray:
@@ -169,55 +211,98 @@ class Picked:
     """One chunk's pseudo-labels: rows (repeated once per copy) and sparse targets."""
 
     rows: np.ndarray  # int64
-    target_indices: np.ndarray  # int32 (n, w)
+    target_indices: np.ndarray  # (n, w): int16 up to 32767 classes, else int32
     target_values: np.ndarray  # float32 (n, w), each row summing to 1
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """One chunk's images the plan keeps, with their targets, before copies are given (those need the chunks in order)."""
+
+    start: int
+    rows: np.ndarray  # within the chunk
+    classes: np.ndarray
+    bins: np.ndarray
+    target_indices: np.ndarray
+    target_values: np.ndarray
+
+
 class Selector:
-    """Pass 2: each chunk's chosen rows with their copies and targets; chunks must come in row order."""
+    """Pass 2: `choose` a chunk's images and their targets (any chunks, in parallel), then `finish` each with its
+    copies (in row order)."""
 
     def __init__(self, plan: Plan, p: PseudoLabelParams, threshold: float) -> None:
-        self.plan, self.p, self.threshold = plan, p, threshold
+        self.plan, self.p, self.confidence = plan, p, Confidence(threshold)
         self.seen = np.zeros(len(plan.first_bin), np.int64)  # chosen images of each class met so far
+        self.index_dtype = np.int16 if len(plan.first_bin) <= np.iinfo(np.int16).max else np.int32
 
-    def take(self, chunk: Chunk) -> Picked:
+    def choose(self, chunk: Chunk) -> Chosen:
         top, cls = chunk.top()
-        confidence = np.exp(top)
-        bins = _bins(confidence)
-        chosen = np.flatnonzero((confidence >= self.threshold) & (bins >= self.plan.first_bin[cls]))
-        c = cls[chosen]
+        bins, kept = self.confidence(top, chunk)
+        chosen = np.flatnonzero(kept & (bins >= self.plan.first_bin[cls]))
+        if self.p.kind == "hard":
+            indices, values = cls[chosen][:, None], np.ones((len(chosen), 1), np.float32)
+        else:
+            # softmax(v / T) of each chosen row, shifted by its top; stored top-k: the other classes' probability is 0
+            # (np.take and einsum row sums: several times faster than fancy indexing and sum(axis=1) on short rows, and
+            # unlike a matrix product with ones, each row's sum is the same whatever the chunk's size)
+            values = np.take(chunk.values, chosen, axis=0).astype(np.float32)
+            values -= np.take(top, chosen)[:, None]
+            values /= self.p.temperature
+            np.exp(values, out=values)
+            values /= np.einsum("ij->i", values)[:, None]
+            indices = np.take(chunk.indices, chosen, axis=0) if chunk.indices is not None else np.broadcast_to(np.arange(values.shape[1]), values.shape)
+        return Chosen(chunk.start, chosen, cls[chosen], bins[chosen], np.ascontiguousarray(indices, self.index_dtype), values)
+
+    def finish(self, chosen: Chosen) -> Picked:
+        c = chosen.classes
         # each chosen image's place among its class's chosen images: counts before this chunk + rank within it
-        order = np.argsort(c, kind="stable")
-        starts = np.searchsorted(c[order], c[order])
+        # (stable sort of 16-bit keys is numpy's radix sort: several times faster than on int64)
+        keys = c.astype(self.index_dtype)
+        order = np.argsort(keys, kind="stable")
+        starts = np.searchsorted(keys[order], keys[order])
         place = np.empty(len(c), np.int64)
         place[order] = np.arange(len(c)) - starts
         place += self.seen[c]
         self.seen += np.bincount(c, minlength=len(self.seen))
         copies = self.plan.copies[self.plan.offsets[c] + place]
-        picked = np.repeat(chosen, copies)
         hist = self.plan.stats["confidence_histogram"]["after_balance"]
-        for b, n in zip(*np.unique(np.repeat(bins[chosen], copies), return_counts=True)):
-            hist[b] += int(n)
-        if self.p.kind == "hard":
-            indices, values = cls[picked][:, None], np.ones((len(picked), 1))
-        else:
-            v = chunk.values[picked].astype(np.float64) / self.p.temperature
-            v = np.exp(v - v.max(axis=1, keepdims=True))  # stored top-k: the other classes' probability is 0
-            values = v / v.sum(axis=1, keepdims=True)
-            indices = chunk.indices[picked] if chunk.indices is not None else np.broadcast_to(np.arange(v.shape[1]), v.shape)
-        return Picked(chunk.start + picked.astype(np.int64), np.ascontiguousarray(indices, np.int32), values.astype(np.float32))
+        hist[:] = np.add(hist, np.bincount(chosen.bins, weights=copies, minlength=len(GRID)).astype(np.int64)).tolist()
+        def repeated(a: np.ndarray) -> np.ndarray:
+            return np.repeat(a, copies, axis=0)
+
+        return Picked(chosen.start + repeated(chosen.rows).astype(np.int64), repeated(chosen.target_indices), repeated(chosen.target_values))
 
 
-def two_passes(chunks: Callable[[], Iterable[Chunk]], p: PseudoLabelParams, seed: int, classes: tuple[str, ...]) -> tuple[Plan, Iterator[Picked]]:
+def _in_order(fn: Callable[[Chunk], Any], chunks: Iterable[Chunk], workers: int) -> Iterator[Any]:
+    """fn over the chunks on `workers` threads (numpy works outside the GIL), results in order, at most
+    2 x workers chunks in flight."""
+    if workers <= 1:
+        yield from map(fn, chunks)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[Any]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(fn, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def two_passes(
+    chunks: Callable[[], Iterable[Chunk]], p: PseudoLabelParams, seed: int, classes: tuple[str, ...], workers: int = 1,
+) -> tuple[Plan, Iterator[Picked]]:
     """Read `chunks()` (in row order) once to plan, and again, lazily, to pick: (the plan, each chunk's pseudo-labels).
+    The result is the same for any number of `workers` threads.
 
     The plan's after-balance histogram is complete once the picks have all been taken."""
     tally = Tally(len(classes), p.threshold)
-    for chunk in chunks():
-        tally.add(chunk)
+    for part in _in_order(tally.counts, chunks(), workers):
+        tally.merge(part)
     decided = plan(tally, p, seed, classes)
     selector = Selector(decided, p, p.threshold)
-    return decided, (selector.take(chunk) for chunk in chunks())
+    return decided, (selector.finish(chosen) for chosen in _in_order(selector.choose, chunks(), workers))
 
 
 def dense(indices: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:

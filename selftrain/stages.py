@@ -10,7 +10,9 @@ import csv
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from torch import nn
 
 from selftrain import artifacts, distributed, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain import twomoons as moons
-from selftrain.data import Split, has_split, load_split, read_split, save_split
+from selftrain.data import Split, has_split, load_split, read_split, save_split, split_classes
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
 from selftrain.inference import iter_logits, predict_logits
@@ -178,24 +180,30 @@ def _stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndar
 def filter_balance(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
     """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels.
 
-    Two passes over the store, shard by shard (memory does not grow with the unlabeled pool); pseudo-labels
-    are written in row order as sparse targets (class indices and probabilities)."""
-    unlabeled = load_split(data, "unlabeled")
+    Two passes over the store's values and class indices, shard by shard (memory does not grow with the
+    unlabeled pool; the split's images are not read); pseudo-labels are written in row order as sparse targets
+    (class indices and probabilities), one file per store shard: a row's id is in that shard's ids."""
+    classes = split_classes(data, "unlabeled")
+    # the header's hash of the unlabeled split ties the store's rows to it: infer writes them in the split's order
     header = logits.open_store(logits_store, unlabeled_sha256=_file_hash_in(data, "unlabeled.npz"))
-    if header["num_classes"] != len(unlabeled.classes):
-        raise logits.LogitStoreError(f"'{logits_store}' has {header['num_classes']} classes, the data {len(unlabeled.classes)}: rerun infer")
+    if header["num_classes"] != len(classes):
+        raise logits.LogitStoreError(f"'{logits_store}' has {header['num_classes']} classes, the data {len(classes)}: rerun infer")
 
     def chunks() -> Iterator[pseudo_labels.Chunk]:
         for start, part in logits.iter_shards(logits_store, header):
-            if not np.array_equal(part.ids, unlabeled.ids[start : start + len(part.ids)]):
-                raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
             yield pseudo_labels.Chunk(start, part.values, part.indices)
 
-    plan, picks = pseudo_labels.two_passes(chunks, params.pseudo_labels, params.seed, unlabeled.classes)
-    with artifacts.atomic_dir(out) as staging:
+    plan, picks = pseudo_labels.two_passes(chunks, params.pseudo_labels, params.seed, classes, workers=min(4, os.cpu_count() or 1))
+    # writer threads: shards are written (and fsynced) while the next are picked; at most four wait, so memory stays bounded
+    with artifacts.atomic_dir(out) as staging, ThreadPoolExecutor(2) as writer:
+        writes: list[Future[None]] = []
         for i, picked in enumerate(picks):
-            artifacts.save_arrays(artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows, ids=unlabeled.ids[picked.rows],
-                                  target_indices=picked.target_indices, target_values=picked.target_values)
+            writes.append(writer.submit(artifacts.save_arrays, artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows,
+                                        target_indices=picked.target_indices, target_values=picked.target_values))
+            if len(writes) > 4:
+                writes.pop(0).result()
+        for w in writes:
+            w.result()
         artifacts.write_json(artifacts.join(staging, "counts.json"), plan.stats)
     log.info("filter-balance: %s", plan.stats["total"])
     return plan.stats["total"]

@@ -1,5 +1,8 @@
 """Atomic artifact directories, manifests and content hashes; the logit store's checks; checkpoints without pickle."""
 import json
+import os
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -20,6 +23,27 @@ def test_atomic_dir_failure_leaves_previous_artifact_intact(tmp_path):
     assert (tmp_path / "art" / "a.txt").read_bytes() == b"first"
     assert artifacts.content_hash(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging leftovers
+
+
+def test_a_killed_writers_leftovers_are_cleared_and_a_replaced_output_put_back(tmp_path):
+    out = str(tmp_path / "art")
+    with artifacts.atomic_dir(out) as d:
+        artifacts.write_bytes(f"{d}/a.txt", b"first")
+    before = artifacts.content_hash(out)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that was a writer and is gone
+    host = socket.gethostname()
+    # killed between its two renames: the previous output moved aside, the new one not yet in place
+    (tmp_path / "art").rename(tmp_path / f".art.old-{host}-{dead.pid}-aaaaaaaaaaaa")
+    (tmp_path / f".art.tmp-{host}-{dead.pid}-bbbbbbbbbbbb").mkdir()
+    (tmp_path / f".art.tmp-{host}-{os.getpid()}-cccccccccccc").mkdir()  # a live writer's
+    (tmp_path / f".art.tmp-elsewhere-{dead.pid}-dddddddddddd").mkdir()  # another host's: its pids mean nothing here
+    with pytest.raises(RuntimeError, match="boom"):
+        with artifacts.atomic_dir(out):
+            raise RuntimeError("boom")
+    assert artifacts.content_hash(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["art", f".art.tmp-{host}-{os.getpid()}-cccccccccccc", ".art.tmp-elsewhere-%d-dddddddddddd" % dead.pid])
 
 
 def test_manifest_hash_follows_content(tmp_path):
@@ -63,6 +87,7 @@ def test_logit_store_round_trip_dense_and_topk(tmp_path):
     top = logits.read_store(str(tmp_path / "top2"))
     lp = top.dense_log_probs()
     assert np.isinf(lp).sum(axis=1).tolist() == [3] * 7
+    assert (np.diff(top.values.astype(np.float32), axis=1) <= 0).all()  # each row's top-k in descending order
     np.testing.assert_allclose(lp.max(1), expected.max(1), atol=2e-3)  # the top probability is exact
     np.testing.assert_array_equal(lp.argmax(1), expected.argmax(1))
 
@@ -80,13 +105,16 @@ def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
     with pytest.raises(logits.LogitStoreError, match="exceeds the 3 classes"):
         write_store(str(tmp_path / "k"), raw, topk=4)
     # a store damaged after it was written: NaN in a shard, or a shard of the wrong shape, is named on reading
-    shard = str(tmp_path / "s" / "shard-00001.npz")
-    arrays = artifacts.load_arrays(shard)
-    artifacts.save_arrays(shard, ids=arrays["ids"], values=np.full_like(arrays["values"], np.nan))
-    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.npz' holds NaN/inf logits for 1 image\(s\), first 'img3'"):
+    values = str(tmp_path / "s" / "shard-00001.values.npy")
+    good = np.array(artifacts.load_array(values))
+    artifacts.save_array(values, np.full_like(good, np.nan))
+    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds NaN/inf logits for 1 image\(s\), first 'img3'"):
         logits.read_store(str(tmp_path / "s"))
-    artifacts.save_arrays(shard, ids=arrays["ids"], values=arrays["values"][:, :2])
-    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.npz' holds values of shape \(1, 2\) for 1 ids; the header expects \(1, 3\)"):
+    artifacts.save_array(values, good[:, :2])
+    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds values of shape \(1, 2\) for 1 ids; the header expects \(1, 3\)"):
+        logits.read_store(str(tmp_path / "s"))
+    (tmp_path / "s" / "shard-00001.values.npy").write_bytes(b"\x93NUMPY cut short")
+    with pytest.raises(artifacts.ArtifactError, match=r"shard-00001.values.npy' is not a readable .npy array file"):
         logits.read_store(str(tmp_path / "s"))
 
 

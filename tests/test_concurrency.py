@@ -2,6 +2,7 @@
 and a flow run that finds a generation locked fails at once, naming the holder, having written nothing."""
 import json
 import threading
+import time
 
 import pytest
 
@@ -41,13 +42,36 @@ def test_a_held_lock_names_its_holder_and_is_released_after_the_block_even_on_er
     uri = str(tmp_path / "gen2" / ".lock")
     with pytest.raises(RuntimeError, match="boom"):
         with artifacts.exclusive(uri, {"flow_run": "a"}):
-            with pytest.raises(artifacts.ArtifactError, match=r"is held by \{'flow_run': 'a'\}: another run is writing there"):
+            with pytest.raises(artifacts.ArtifactError, match=r"is held by \{'flow_run': 'a'\} \(its last heartbeat 0 s ago\): another run is writing there"):
                 with artifacts.exclusive(uri, {"flow_run": "b"}):
                     pass
             raise RuntimeError("boom")
     assert not artifacts.exists(uri)
     with artifacts.exclusive(uri, {"flow_run": "c"}):  # free again
-        assert json.loads(artifacts.read_bytes(uri)) == {"flow_run": "c"}
+        assert json.loads(artifacts.read_bytes(uri))["flow_run"] == "c"
+
+
+def test_a_lock_is_renewed_while_held_and_taken_over_once_its_holder_stops_renewing(tmp_path, caplog):
+    uri = str(tmp_path / "gen3" / ".lock")
+    with artifacts.exclusive(uri, {"flow_run": "alive"}, stale_after_s=2.0):
+        first = json.loads(artifacts.read_bytes(uri))["heartbeat"]
+        time.sleep(2.5)  # past stale_after_s, yet renewed meanwhile: still held
+        assert json.loads(artifacts.read_bytes(uri))["heartbeat"] > first
+        with pytest.raises(artifacts.ArtifactError, match=r"held by \{'flow_run': 'alive'\} \(its last heartbeat [01] s ago\)"):
+            with artifacts.exclusive(uri, {"flow_run": "other"}, stale_after_s=2.0):
+                pass
+    # a run killed while holding it: its heartbeat stops; once older than stale_after_s the lock is taken over
+    dead = {"flow_run": "killed", "token": "t", "heartbeat": time.time() - 30, "stale_after_s": 20}
+    artifacts.write_json(uri, dead)
+    with caplog.at_level("WARNING", logger="selftrain"), artifacts.exclusive(uri, {"flow_run": "next"}):
+        assert json.loads(artifacts.read_bytes(uri))["flow_run"] == "next"
+    assert "taking over the lock of {'flow_run': 'killed'}, whose last heartbeat was 30 s ago" in caplog.text
+    assert not artifacts.exists(uri)
+    # one without a heartbeat (unknown liveness) never is
+    artifacts.write_json(uri, {"flow_run": "old-style"})
+    with pytest.raises(artifacts.ArtifactError, match="one without a heartbeat never: delete that file if its run is gone"):
+        with artifacts.exclusive(uri, {"flow_run": "next"}):
+            pass
 
 
 @pytest.mark.slow

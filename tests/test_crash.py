@@ -2,6 +2,7 @@
 output is ever visible where the output goes. (A pickled checkpoint is refused: test_artifacts.)"""
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -43,7 +44,12 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
         if proc.returncode != 0:
             assert now == old and store.header["k"] is None
     assert caught >= 2, "the writes finished before they could be interrupted"
-    # the staging copies a kill leaves behind are hidden siblings, never the output; a clean run still lands
+    # the staging copies a kill leaves behind are hidden siblings, never the output; the next run lands and
+    # removes them (their writers are dead), leaving a live writer's staging alone
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".logits.tmp-")]
+    live = tmp_path / f".logits.tmp-{socket.gethostname()}-{os.getpid()}-0123456789ab"
+    live.mkdir()
     subprocess.run(cmd, cwd=ROOT, env=tool_env(), check=True, capture_output=True)
     assert logits.read_store(str(out)).header["k"] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".logits.")] == [live.name]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_tiny_params
-from selftrain import artifacts, models, runtime, stages, train
+from selftrain import artifacts, logits, models, runtime, stages, train
 from selftrain.data import load_split
 from selftrain.layout import Generation
 from selftrain.noise import clean_batch
@@ -33,15 +33,14 @@ def test_teacher_inference_has_no_noise(gen0, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     stages.infer(params, teacher=g.promoted, data=g.data, out=a)
     stages.infer(params, teacher=g.promoted, data=g.data, out=b)
-    la = artifacts.load_arrays(artifacts.join(a, "shard-00000.npz"))
-    lb = artifacts.load_arrays(artifacts.join(b, "shard-00000.npz"))
-    assert la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
+    la, lb = logits.read_store(a), logits.read_store(b)
+    assert la.header == lb.header and all(np.array_equal(getattr(la, k), getattr(lb, k)) for k in ("ids", "values", "indices"))
     # and the stored values are the clean eval-mode forward pass, not a noised one
     net, _ = models.load_checkpoint(resolve(g.promoted)[0])
     unl = load_split(g.data, "unlabeled")
     with torch.no_grad():
         ref = torch.log_softmax(net.eval()(clean_batch(unl.images[:8])), 1).half().numpy()
-    np.testing.assert_allclose(la["values"][:8].astype(np.float32), ref.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(la.values[:8].astype(np.float32), ref.astype(np.float32), atol=2e-3)
 
 
 def test_a_generation_loads_exactly_the_promoted_checkpoint(gen0, tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from selftrain.params import PseudoLabelParams
-from selftrain.pseudo_labels import Chunk, PseudoLabelError, class_threshold, dense, select, two_passes
+from selftrain.pseudo_labels import GRID, Chunk, Confidence, PseudoLabelError, class_threshold, dense, select, two_passes
 
 CLASSES = ("a", "b", "c")
 
@@ -138,8 +138,8 @@ def test_two_passes_over_chunks_give_exactly_the_in_memory_selection(kind, per_c
     classes = tuple("abcde")
     p = PseudoLabelParams(kind=kind, per_class=per_class, threshold=0.3, temperature=0.7)
     whole = select(lp, p, seed=3, classes=classes)
-    for size in (1, 37, 499):  # chunk edges anywhere, down to one row
-        plan, picks = two_passes(lambda: (Chunk(i, lp[i : i + size]) for i in range(0, 500, size)), p, 3, classes)
+    for size, workers in ((1, 1), (37, 1), (37, 3), (499, 2)):  # chunk edges anywhere, down to one row; chunks on threads
+        plan, picks = two_passes(lambda: (Chunk(i, lp[i : i + size]) for i in range(0, 500, size)), p, 3, classes, workers)
         picks = list(picks)
         rows = np.concatenate([q.rows for q in picks])
         targets = np.concatenate([dense(q.target_indices, q.target_values, 5) for q in picks])
@@ -164,3 +164,18 @@ def test_a_top_k_store_gives_the_dense_result_on_the_classes_it_keeps():
     assert np.array_equal(picked.rows, ref.rows)
     np.testing.assert_allclose(dense(picked.target_indices, picked.target_values, 6), ref.targets, atol=1e-6)
     assert picked.target_indices.shape[1] == 2 and topk_plan.stats["total"] == ref.stats["total"]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.555, 0.9])
+def test_float16_tops_from_the_tables_match_the_computed_bins_and_threshold(threshold):
+    # every float16 log-probability from 0 down to -12, bin edges included, and a few random ones
+    top = np.concatenate([np.log(GRID[1:]), -np.abs(np.random.default_rng(0).normal(size=5000)) * 4,
+                          np.arange(0x8000, 0xCA00, dtype=np.uint16).view(np.float16).astype(np.float64)]).astype(np.float16)
+    confidence = Confidence(threshold)
+    chunk = Chunk(0, top[:, None])
+    bins, kept = confidence(top, chunk)
+    ref_bins, ref_kept = confidence(top.astype(np.float64), chunk)
+    assert np.array_equal(bins, ref_bins) and np.array_equal(kept, ref_kept)
+    assert kept.any() and (threshold == 0.0 or not kept.all())
+    with pytest.raises(PseudoLabelError, match=r"NaN or \+inf \(rows 7\.\.8\)"):
+        confidence(np.array([np.nan, -1.0], np.float16), Chunk(7, np.zeros((2, 1))))

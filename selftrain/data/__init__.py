@@ -57,5 +57,11 @@ def read_split(uri: str) -> Split:
     return Split(a["images"], a["labels"].astype(np.int64), a["ids"], tuple(str(c) for c in a["classes"]))
 
 
+def split_classes(data_uri: str, name: str) -> tuple[str, ...]:
+    """The class names of one split, read without its images."""
+    artifacts.require_complete(data_uri)
+    return tuple(str(c) for c in artifacts.load_arrays(artifacts.join(data_uri, f"{name}.npz"), ("classes",))["classes"])
+
+
 def has_split(data_uri: str, name: str) -> bool:
     return artifacts.exists(artifacts.join(data_uri, f"{name}.npz"))
