@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -18,8 +19,10 @@ import socket
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -247,6 +250,64 @@ def load_arrays(uri: str, names: tuple[str, ...] | None = None) -> dict[str, np.
         raise ArtifactError(f"'{uri}' not found") from None
     except (ValueError, OSError) as e:
         raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
+
+
+@dataclass(frozen=True)
+class NpzColumn:
+    """One array of an uncompressed .npz, known by its .npy header and read in row batches as they are needed:
+    numpy reads a member whole, and an unlabeled pool of millions of images need not fit in memory."""
+
+    uri: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def batches(self, rows: slice, size: int) -> Iterator[np.ndarray]:
+        """The rows `rows` (step 1), `size` at a time, in order."""
+        start, stop, _ = rows.indices(self.shape[0])
+        row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        with _npz_member(self.uri, self.name) as (member, _, _):
+            try:
+                member.seek(member.tell() + start * row_bytes)  # forward, by reading: a part of the pool starts mid-file
+                for first in range(start, stop, size):
+                    n = min(size, stop - first)
+                    data = member.read(n * row_bytes)
+                    if len(data) < n * row_bytes:
+                        raise EOFError(f"row {first + len(data) // row_bytes} of {self.shape[0]}")
+                    yield np.frombuffer(bytearray(data), self.dtype).reshape(n, *self.shape[1:])  # writable, as torch wants
+            except (zipfile.BadZipFile, EOFError, OSError) as e:
+                raise ArtifactError(f"'{self.uri}' is cut short or corrupt in '{self.name}' ({e}): rebuild it") from None
+
+
+@contextmanager
+def _npz_member(uri: str, name: str) -> Iterator[tuple[Any, tuple[int, ...], np.dtype]]:
+    fs, path = _fs(uri)
+    files = ExitStack()
+    try:
+        member = files.enter_context(files.enter_context(zipfile.ZipFile(files.enter_context(fs.open(path, "rb")))).open(f"{name}.npy"))
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(member)
+    except FileNotFoundError:
+        files.close()
+        raise ArtifactError(f"'{uri}' not found") from None
+    except KeyError:
+        files.close()
+        raise ArtifactError(f"'{uri}' has no array named {name}") from None
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        files.close()
+        raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
+    if fortran_order or dtype.hasobject:
+        files.close()
+        raise ArtifactError(f"'{uri}': '{name}' is not a row-major array of plain values")
+    with files:
+        yield member, tuple(shape), dtype
+
+
+def npz_column(uri: str, name: str) -> NpzColumn:
+    """The array `name` of the .npz at `uri`, to read in row batches (see NpzColumn); reads only its header now."""
+    with _npz_member(uri, name) as (_, shape, dtype):
+        return NpzColumn(uri, name, shape, dtype)
 
 
 def save_array(uri: str, a: np.ndarray) -> None:

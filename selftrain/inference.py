@@ -1,7 +1,7 @@
 """Batched clean inference: the teacher in eval mode, no augmentation."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -13,18 +13,26 @@ from selftrain.noise import clean_batch
 
 
 @torch.no_grad()
+def batch_logits(
+    model: nn.Module, batches: Iterable[np.ndarray], device: torch.device, total: int | None = None, desc: str | None = None
+) -> Iterator[torch.Tensor]:
+    """Float32 logits on CPU of each batch of uint8 NHWC images, with a progress bar when `desc` is given."""
+    model.eval()
+    for images in tqdm(batches, total=total, desc=desc, unit="batch", disable=desc is None, mininterval=2.0):
+        x = runtime.to_device(clean_batch(images), device)
+        with runtime.autocast(device):
+            out = model(x)
+        yield out.float().cpu()
+
+
 def iter_logits(
     model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (rows, float32 logits on CPU) batch by batch, with a progress bar when `desc` is given."""
-    model.eval()
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, mininterval=2.0):
-        rows = slice(start, min(start + batch_size, len(images)))
-        x = runtime.to_device(clean_batch(images[rows]), device)
-        with runtime.autocast(device):
-            out = model(x)
-        yield rows, out.float().cpu()
+    batches = (images[start : start + batch_size] for start in starts)
+    for start, out in zip(starts, batch_logits(model, batches, device, len(starts), desc)):
+        yield slice(start, start + len(out)), out
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None) -> torch.Tensor:

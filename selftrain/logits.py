@@ -49,35 +49,35 @@ class LogitWriter:
             "shards": [],
         }
         self._index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
-        self._pending: list[tuple[np.ndarray, torch.Tensor]] = []
+        self._pending: list[dict[str, np.ndarray]] = []  # batches already in stored form: a shard waits in its own size
         self._pending_rows = 0
 
     def add(self, ids: np.ndarray, logits: torch.Tensor) -> None:
         bad = ~torch.isfinite(logits).all(dim=1)
         if bad.any():
             raise LogitStoreError(f"the model produced non-finite logits for {int(bad.sum())} image(s), first '{ids[int(bad.nonzero()[0])]}'")
-        self._pending.append((ids, torch.log_softmax(logits.float(), dim=1)))
+        lp = torch.log_softmax(logits.float(), dim=1)
+        batch = {"ids": np.asarray(ids).astype(str)}
+        if self.topk is None:
+            batch["values"] = lp.half().numpy()
+        else:
+            values, indices = lp.topk(self.topk, dim=1, sorted=True)
+            # int16 class indices when the classes fit: half the bytes of int32
+            batch["values"], batch["indices"] = values.half().numpy(), indices.numpy().astype(self._index_dtype)
+        self._pending.append(batch)
         self._pending_rows += len(ids)
         while self._pending_rows >= self.shard_size:
             self._flush(self.shard_size)
 
     def _flush(self, rows: int) -> None:
-        ids = np.concatenate([i for i, _ in self._pending])
-        lp = torch.cat([v for _, v in self._pending])
-        arrays: dict[str, np.ndarray] = {"ids": ids[:rows].astype(str)}
-        if self.topk is None:
-            arrays["values"] = lp[:rows].half().numpy()
-        else:
-            values, indices = lp[:rows].topk(self.topk, dim=1, sorted=True)
-            # int16 class indices when the classes fit: half the bytes of int32
-            arrays["values"], arrays["indices"] = values.half().numpy(), indices.numpy().astype(self._index_dtype)
+        pending = {c: np.concatenate([b[c] for b in self._pending]) for c in self._pending[0]}
         name = f"shard-{len(self.header['shards']):05d}"
-        for column, a in arrays.items():
-            artifacts.save_array(artifacts.join(self.uri, f"{name}.{column}.npy"), a)
+        for column, a in pending.items():
+            artifacts.save_array(artifacts.join(self.uri, f"{name}.{column}.npy"), a[:rows])
         self.header["shards"].append({"name": name, "rows": rows})
         self.header["count"] += rows
-        self._pending = [(ids[rows:], lp[rows:])] if rows < len(ids) else []
-        self._pending_rows = len(ids) - rows
+        self._pending = [{c: a[rows:] for c, a in pending.items()}] if rows < self._pending_rows else []
+        self._pending_rows -= rows
 
     def close(self) -> dict[str, Any]:
         if self._pending_rows:

@@ -21,10 +21,10 @@ from torch import nn
 
 from selftrain import artifacts, distributed, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain import twomoons as moons
-from selftrain.data import Split, has_split, load_split, read_split, save_split, split_classes
+from selftrain.data import Split, has_split, load_split, read_split, save_split, split_classes, split_column
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
-from selftrain.inference import iter_logits, predict_logits
+from selftrain.inference import batch_logits, predict_logits
 from selftrain.mpl import LogitTeacher
 from selftrain.params import GATE_METRICS, Params, TrainParams
 from selftrain.robustness import evaluation as robustness
@@ -127,25 +127,30 @@ def infer(params: Params, *, teacher: str, data: str, out: str, part: int | None
     an Indexed Job); without --part every part not yet done is inferred here, then the parts are joined."""
     model, _ = promotion.resolve(teacher)
     net, spec = models.load_checkpoint(model)
-    unlabeled = load_split(data, "unlabeled")
-    if unlabeled.images.shape[1:] != (spec.image_size, spec.image_size, spec.in_chans):
-        raise ValueError(f"unlabeled images are {unlabeled.images.shape[1:]}, the model '{model}' expects {spec.image_size}x{spec.image_size}x{spec.in_chans}")
+    # the unlabeled split is read batch by batch, never whole: a pool of any size in the memory of a few batches
+    images, ids = split_column(data, "unlabeled", "images"), split_column(data, "unlabeled", "ids")
+    if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_chans):
+        raise ValueError(f"unlabeled images are {images.shape[1:]}, the model '{model}' expects {spec.image_size}x{spec.image_size}x{spec.in_chans}")
+    if ids.shape != images.shape[:1]:
+        raise ValueError(f"'{images.uri}' holds {images.shape[0]} images but {ids.shape[0]} ids: rerun prepare")
     device = runtime.pick_device(params.runtime.device)
     net = runtime.place(net, device)
-    p, hashes = params.infer, _store_hashes(model, data)
+    p, hashes, count = params.infer, _store_hashes(model, data), images.shape[0]
 
     def write(uri: str, rows: slice, desc: str) -> dict[str, Any]:
+        batches = -(-len(range(*rows.indices(count))) // p.batch_size)
         with artifacts.atomic_dir(uri) as staging:
             writer = logits.LogitWriter(staging, spec.num_classes, p.topk, p.shard_size, **hashes)
-            for batch, out_logits in iter_logits(net, unlabeled.images[rows], p.batch_size, device, desc=desc):
-                writer.add(unlabeled.ids[rows][batch], out_logits)
+            out = batch_logits(net, images.batches(rows, p.batch_size), device, batches, desc=desc)
+            for batch_ids, out_logits in zip(ids.batches(rows, p.batch_size), out, strict=True):
+                writer.add(batch_ids, out_logits)
             return writer.close()
 
     if p.parts == 1 and part is None:
         header = write(out, slice(None), "infer")
     else:
         for i in [int(part)] if part is not None else range(p.parts):
-            rows, uri = logits.part_rows(len(unlabeled), i, p.parts), logits.part_uri(out, i, p.parts)
+            rows, uri = logits.part_rows(count, i, p.parts), logits.part_uri(out, i, p.parts)
             if part is None and logits.part_done(uri, **hashes):
                 log.info("infer: part %d of %d already done", i, p.parts)
                 continue

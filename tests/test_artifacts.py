@@ -3,6 +3,7 @@ import json
 import os
 import socket
 import subprocess
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -167,3 +168,28 @@ def test_artifacts_on_s3_are_atomic_sharded_and_hash_like_local_ones(s3_server, 
     import s3fs
 
     assert not [p for p in s3fs.S3FileSystem().find("selftrain/test-artifacts") if ".tmp-" in p]  # no staging left behind
+
+
+def test_an_npz_column_is_read_in_row_batches_without_loading_the_array(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (20_000, 28, 28, 1), dtype=np.uint8)  # 15.7 MB
+    ids = np.array([f"img{i}" for i in range(len(images))])
+    uri = str(tmp_path / "unlabeled.npz")
+    artifacts.save_arrays(uri, images=images, ids=ids)
+    column = artifacts.npz_column(uri, "images")
+    assert column.shape == images.shape and column.dtype == np.uint8
+    for rows in (slice(None), slice(7_001, 13_333), slice(19_990, None)):
+        got = list(column.batches(rows, 512))
+        assert all(len(b) <= 512 for b in got)
+        assert np.array_equal(np.concatenate(got), images[rows])
+    assert np.array_equal(np.concatenate(list(artifacts.npz_column(uri, "ids").batches(slice(5, 9), 3))), ids[5:9])
+    tracemalloc.start()
+    for _ in column.batches(slice(None), 256):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000, peak  # a few batches of 200 kB, not the 15.7 MB array
+    with pytest.raises(artifacts.ArtifactError, match="has no array named labels"):
+        artifacts.npz_column(uri, "labels")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "unlabeled.npz").read_bytes()[:5_000_000])
+    with pytest.raises(artifacts.ArtifactError, match=r"cut.npz' is not a readable .npz"):
+        artifacts.npz_column(str(tmp_path / "cut.npz"), "images")

@@ -57,6 +57,12 @@ def read_split(uri: str) -> Split:
     return Split(a["images"], a["labels"].astype(np.int64), a["ids"], tuple(str(c) for c in a["classes"]))
 
 
+def split_column(data_uri: str, name: str, column: str) -> artifacts.NpzColumn:
+    """One array of a split (images, labels or ids), to read in row batches without loading the split."""
+    artifacts.require_complete(data_uri)
+    return artifacts.npz_column(artifacts.join(data_uri, f"{name}.npz"), column)
+
+
 def split_classes(data_uri: str, name: str) -> tuple[str, ...]:
     """The class names of one split, read without its images."""
     artifacts.require_complete(data_uri)
