@@ -88,7 +88,7 @@ class LogitWriter:
 
 @dataclass(frozen=True)
 class StoredLogits:
-    ids: np.ndarray
+    ids: np.ndarray | None  # None when read without them
     values: np.ndarray  # float16 (N, C), or (N, k) each row in descending order
     indices: np.ndarray | None  # int16 or int32 (N, k) for top-k stores
     header: dict[str, Any]
@@ -130,26 +130,28 @@ def _non_finite(values: np.ndarray) -> np.ndarray:
     return bad.any(axis=1) if bad.any() else np.zeros(len(values), bool)  # a whole-array any() is 10x a per-row one
 
 
-def iter_shards(uri: str, header: dict[str, Any]) -> Iterator[tuple[int, StoredLogits]]:
+def iter_shards(uri: str, header: dict[str, Any], with_ids: bool = True) -> Iterator[tuple[int, StoredLogits]]:
     """(first row, its rows) shard by shard: a store of any size in the memory of one shard (local shards are
-    memory-mapped: a reader that touches only some columns or rows reads only their pages)."""
+    memory-mapped: only the pages touched are read). Without ids, their files are not opened (ids is None)."""
     width, start = header["k"] or header["num_classes"], 0
+    columns = [c for c in _columns(header) if with_ids or c != "ids"]
     names = [artifacts.join(uri, shard["name"]) for shard in header["shards"]]
     for i, (name, shard) in enumerate(zip(names, header["shards"])):
-        for c in _columns(header) if i + 1 < len(names) else ():
+        for c in columns if i + 1 < len(names) else ():
             artifacts.prefetch(f"{names[i + 1]}.{c}.npy")
-        part = {c: artifacts.load_array(f"{name}.{c}.npy") for c in _columns(header)}
-        ids, values, indices = part["ids"], part["values"], part.get("indices")
-        if (values.ndim != 2 or values.shape[1] != width or len(ids) != len(values) or len(ids) != shard["rows"]
+        part = {c: artifacts.load_array(f"{name}.{c}.npy") for c in columns}
+        ids, values, indices = part.get("ids"), part["values"], part.get("indices")
+        if (values.ndim != 2 or values.shape[1] != width or len(values) != shard["rows"] or (ids is not None and len(ids) != len(values))
                 or (indices is not None and indices.shape != values.shape)):
-            raise LogitStoreError(f"'{name}.values.npy' holds values of shape {values.shape} for {len(ids)} ids"
+            raise LogitStoreError(f"'{name}.values.npy' holds values of shape {values.shape}{f' for {len(ids)} ids' if ids is not None else ''}"
                                   f"{f' and indices of shape {indices.shape}' if indices is not None else ''}; "
                                   f"the header expects ({shard['rows']}, {width}): rerun infer")
         bad = _non_finite(values)
         if bad.any():
-            raise LogitStoreError(f"'{name}.values.npy' holds NaN/inf logits for {int(bad.sum())} image(s), first '{ids[np.argmax(bad)]}'")
+            first = (ids if ids is not None else artifacts.load_array(f"{name}.ids.npy"))[np.argmax(bad)]
+            raise LogitStoreError(f"'{name}.values.npy' holds NaN/inf logits for {int(bad.sum())} image(s), first '{first}'")
         yield start, StoredLogits(ids, values, indices, header)
-        start += len(ids)
+        start += len(values)
     if start != header["count"]:
         raise LogitStoreError(f"'{uri}' header says {header['count']} rows, shards hold {start}")
 

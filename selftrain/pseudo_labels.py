@@ -260,9 +260,11 @@ class Selector:
         # (stable sort of 16-bit keys is numpy's radix sort: several times faster than on int64)
         keys = c.astype(self.index_dtype)
         order = np.argsort(keys, kind="stable")
-        starts = np.searchsorted(keys[order], keys[order])
+        rank = np.arange(len(c))
+        first = np.ones(len(c), bool)  # where each class's run starts in sorted order
+        first[1:] = keys[order][1:] != keys[order][:-1]
         place = np.empty(len(c), np.int64)
-        place[order] = np.arange(len(c)) - starts
+        place[order] = rank - np.maximum.accumulate(np.where(first, rank, 0))
         place += self.seen[c]
         self.seen += np.bincount(c, minlength=len(self.seen))
         copies = self.plan.copies[self.plan.offsets[c] + place]

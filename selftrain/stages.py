@@ -195,7 +195,7 @@ def filter_balance(params: Params, *, logits_store: str, data: str, out: str) ->
         raise logits.LogitStoreError(f"'{logits_store}' has {header['num_classes']} classes, the data {len(classes)}: rerun infer")
 
     def chunks() -> Iterator[pseudo_labels.Chunk]:
-        for start, part in logits.iter_shards(logits_store, header):
+        for start, part in logits.iter_shards(logits_store, header, with_ids=False):
             yield pseudo_labels.Chunk(start, part.values, part.indices)
 
     plan, picks = pseudo_labels.two_passes(chunks, params.pseudo_labels, params.seed, classes, workers=min(4, os.cpu_count() or 1))

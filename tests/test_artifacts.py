@@ -111,6 +111,8 @@ def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
     artifacts.save_array(values, np.full_like(good, np.nan))
     with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds NaN/inf logits for 1 image\(s\), first 'img3'"):
         logits.read_store(str(tmp_path / "s"))
+    with pytest.raises(logits.LogitStoreError, match=r"NaN/inf logits for 1 image\(s\), first 'img3'"):  # as filter-balance reads it
+        list(logits.iter_shards(str(tmp_path / "s"), logits.open_store(str(tmp_path / "s")), with_ids=False))
     artifacts.save_array(values, good[:, :2])
     with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds values of shape \(1, 2\) for 1 ids; the header expects \(1, 3\)"):
         logits.read_store(str(tmp_path / "s"))
