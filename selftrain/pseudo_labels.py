@@ -104,9 +104,6 @@ class Tally:
         self.hist_all = np.zeros(len(GRID), np.int64)
         self.hist_kept = np.zeros((self.num_classes, len(GRID)), np.int64)
 
-    def add(self, chunk: Chunk) -> None:
-        self.merge(self.counts(chunk))
-
     def counts(self, chunk: Chunk) -> Tally:
         """One chunk's counts alone; changes nothing here, so chunks can be counted in parallel and merged in any order."""
         part = Tally(self.num_classes, self.threshold)
