@@ -311,7 +311,7 @@ def npz_column(uri: str, name: str) -> NpzColumn:
 
 
 def save_array(uri: str, a: np.ndarray) -> None:
-    """Save one array as .npy (column-major on disk when `a` is Fortran-ordered: each column is one run)."""
+    """Save one array as .npy (no pickled objects), atomically."""
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     write_bytes(uri, buf.getvalue())

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from selftrain import artifacts
+from selftrain.parallel import ordered_map
 
 FORMAT = "selftrain-logits/2"
 
@@ -131,13 +132,17 @@ def _non_finite(values: np.ndarray) -> np.ndarray:
 
 
 def iter_shards(uri: str, header: dict[str, Any], with_ids: bool = True) -> Iterator[tuple[int, StoredLogits]]:
-    """(first row, its rows) shard by shard: a store of any size in the memory of one shard (local shards are
-    memory-mapped: only the pages touched are read). Without ids, their files are not opened (ids is None)."""
-    width, start = header["k"] or header["num_classes"], 0
+    """(first row, its rows) shard by shard: a store of any size in the memory of a few shards. Local shards are
+    memory-mapped (only the pages touched are read; the next shard's files are prefetched); remote ones are
+    fetched a few ahead on threads. Without ids, their files are not opened (ids is None)."""
+    width = header["k"] or header["num_classes"]
     columns = [c for c in _columns(header) if with_ids or c != "ids"]
     names = [artifacts.join(uri, shard["name"]) for shard in header["shards"]]
-    for i, (name, shard) in enumerate(zip(names, header["shards"])):
-        for c in columns if i + 1 < len(names) else ():
+    local = artifacts.is_local(uri)
+
+    def load(i: int) -> StoredLogits:
+        name, shard = names[i], header["shards"][i]
+        for c in columns if local and i + 1 < len(names) else ():
             artifacts.prefetch(f"{names[i + 1]}.{c}.npy")
         part = {c: artifacts.load_array(f"{name}.{c}.npy") for c in columns}
         ids, values, indices = part.get("ids"), part["values"], part.get("indices")
@@ -150,8 +155,12 @@ def iter_shards(uri: str, header: dict[str, Any], with_ids: bool = True) -> Iter
         if bad.any():
             first = (ids if ids is not None else artifacts.load_array(f"{name}.ids.npy"))[np.argmax(bad)]
             raise LogitStoreError(f"'{name}.values.npy' holds NaN/inf logits for {int(bad.sum())} image(s), first '{first}'")
-        yield start, StoredLogits(ids, values, indices, header)
-        start += len(values)
+        return StoredLogits(ids, values, indices, header)
+
+    start = 0
+    for part in ordered_map(load, range(len(names)), workers=2 if local else 4):
+        yield start, part
+        start += len(part.values)
     if start != header["count"]:
         raise LogitStoreError(f"'{uri}' header says {header['count']} rows, shards hold {start}")
 

@@ -16,14 +16,13 @@ probabilities: the stored top k, all classes for a dense store, one for hard lab
 from __future__ import annotations
 
 import functools
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from selftrain.parallel import ordered_map
 from selftrain.params import PseudoLabelParams
 
 GRID = np.arange(101) / 100.0  # thresholds 0.00, 0.01, ..., 1.00 as in the reference code
@@ -273,22 +272,6 @@ class Selector:
         return Picked(chosen.start + repeated(chosen.rows).astype(np.int64), repeated(chosen.target_indices), repeated(chosen.target_values))
 
 
-def _in_order(fn: Callable[[Chunk], Any], chunks: Iterable[Chunk], workers: int) -> Iterator[Any]:
-    """fn over the chunks on `workers` threads (numpy works outside the GIL), results in order, at most
-    2 x workers chunks in flight."""
-    if workers <= 1:
-        yield from map(fn, chunks)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future[Any]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(fn, chunk))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def two_passes(
     chunks: Callable[[], Iterable[Chunk]], p: PseudoLabelParams, seed: int, classes: tuple[str, ...], workers: int = 1,
 ) -> tuple[Plan, Iterator[Picked]]:
@@ -297,11 +280,11 @@ def two_passes(
 
     The plan's after-balance histogram is complete once the picks have all been taken."""
     tally = Tally(len(classes), p.threshold)
-    for part in _in_order(tally.counts, chunks(), workers):
+    for part in ordered_map(tally.counts, chunks(), workers):
         tally.merge(part)
     decided = plan(tally, p, seed, classes)
     selector = Selector(decided, p, p.threshold)
-    return decided, (selector.finish(chosen) for chosen in _in_order(selector.choose, chunks(), workers))
+    return decided, (selector.finish(chosen) for chosen in ordered_map(selector.choose, chunks(), workers))
 
 
 def dense(indices: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:
