@@ -57,7 +57,7 @@ def test_a_lock_is_renewed_while_held_and_taken_over_once_its_holder_stops_renew
         first = json.loads(artifacts.read_bytes(uri))["heartbeat"]
         time.sleep(2.5)  # past stale_after_s, yet renewed meanwhile: still held
         assert json.loads(artifacts.read_bytes(uri))["heartbeat"] > first
-        with pytest.raises(artifacts.ArtifactError, match=r"held by \{'flow_run': 'alive'\} \(its last heartbeat [01] s ago\)"):
+        with pytest.raises(artifacts.ArtifactError, match=r"held by \{'flow_run': 'alive'\} \(its last heartbeat \d s ago\)"):
             with artifacts.exclusive(uri, {"flow_run": "other"}, stale_after_s=2.0):
                 pass
     # a run killed while holding it: its heartbeat stops; once older than stale_after_s the lock is taken over
