@@ -14,6 +14,7 @@ from selftrain.layout import Generation
 from selftrain.noise import clean_batch
 from selftrain.params import load_params
 from selftrain.promote import GateError, resolve
+from selftrain.pseudo_labels import dense, select
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,25 @@ def test_teacher_inference_has_no_noise(gen0, tmp_path):
     with torch.no_grad():
         ref = torch.log_softmax(net.eval()(clean_batch(unl.images[:8])), 1).half().numpy()
     np.testing.assert_allclose(la.values[:8].astype(np.float32), ref.astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_filter_balance_over_a_sharded_top_k_store_gives_the_in_memory_selection(gen0, tmp_path, kind):
+    params, g = gen0
+    params = params.model_copy(update={"infer": params.infer.model_copy(update={"topk": 3, "shard_size": 37}),
+                                       "pseudo_labels": params.pseudo_labels.model_copy(update={"kind": kind, "threshold": 0.0, "temperature": 0.5, "per_class": 40})})
+    store, out = str(tmp_path / "logits"), str(tmp_path / "pseudo")
+    stages.infer(params, teacher=g.promoted, data=g.data, out=store)
+    total = stages.filter_balance(params, logits_store=store, data=g.data, out=out)
+    got = artifacts.load_shards(out, "pseudo")
+    stored = logits.read_store(store)
+    assert total["after_balance"] > 50 and len(stored.header["shards"]) > 5 and len(got["rows"]) == total["after_balance"]
+    # the stage (float16 tables, shards on threads, writer threads) against select() on the same numbers in memory
+    classes = load_split(g.data, "unlabeled").classes
+    ref = select(stored.dense_log_probs(), params.pseudo_labels, params.seed, classes)
+    assert np.array_equal(got["rows"], ref.rows)
+    np.testing.assert_allclose(dense(got["target_indices"], got["target_values"], len(classes)), ref.targets, atol=1e-6)
+    assert json.loads(open(f"{out}/counts.json").read()) == ref.stats
 
 
 def test_a_generation_loads_exactly_the_promoted_checkpoint(gen0, tmp_path):
