@@ -237,17 +237,10 @@ def save_arrays(uri: str, **arrays: np.ndarray) -> None:
     write_bytes(uri, buf.getvalue())
 
 
-def load_arrays(uri: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz, or only those in `names` (then only their bytes are read)."""
-    fs, path = _fs(uri)
+def load_arrays(uri: str) -> dict[str, np.ndarray]:
     try:
-        with fs.open(path, "rb") if names else io.BytesIO(read_bytes(uri)) as f, np.load(f, allow_pickle=False) as z:
-            missing = set(names or ()) - set(z.files)
-            if missing:
-                raise ArtifactError(f"'{uri}' has no array named {', '.join(sorted(missing))}")
-            return {k: z[k] for k in names or z.files}
-    except FileNotFoundError:
-        raise ArtifactError(f"'{uri}' not found") from None
+        with np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
     except (ValueError, OSError) as e:
         raise ArtifactError(f"'{uri}' is not a readable .npz array file: {e}") from None
 

@@ -43,7 +43,7 @@ class Chunk:
 
     def top(self) -> tuple[np.ndarray, np.ndarray]:
         """Each row's top log-probability (in the values' dtype) and its class."""
-        if self.indices is not None:  # descending rows: the top is column 0, one contiguous run in a column-major store
+        if self.indices is not None:  # descending rows: the top is column 0
             return self.values[:, 0], self.indices[:, 0].astype(np.int64)
         best = self.values.argmax(axis=1)  # NaN wins argmax, so a NaN row shows up in its top
         return np.take_along_axis(self.values, best[:, None], axis=1)[:, 0], best
@@ -266,6 +266,7 @@ class Selector:
         copies = self.plan.copies[self.plan.offsets[c] + place]
         hist = self.plan.stats["confidence_histogram"]["after_balance"]
         hist[:] = np.add(hist, np.bincount(chosen.bins, weights=copies, minlength=len(GRID)).astype(np.int64)).tolist()
+
         def repeated(a: np.ndarray) -> np.ndarray:
             return np.repeat(a, copies, axis=0)
 
