@@ -3,17 +3,18 @@
 #   CUDA: docker build -t selftrain:cuda --build-arg VARIANT=cuda .
 # SELFTRAIN_GIT_COMMIT is recorded in every lineage.json written in the image (there is no .git in it):
 #   docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) ...
+# Both variants run the Python that pyproject.toml's requires-python names as its floor (CI tests that one).
+# CUDA: PyPI's Linux torch wheels are CUDA builds that bring the NVIDIA runtime libraries as wheels, so the
+# base needs no CUDA of its own; the node's driver is mounted by the NVIDIA container toolkit. CPU: the same
+# torch version from PyTorch's CPU-only index, without those libraries (a much smaller image).
 ARG VARIANT=cpu
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS base-cpu
-ENV TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV TORCH_INDEX_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS base-cuda
-ARG PYTHON
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip git \
-    && rm -rf /var/lib/apt/lists/* && ln -sf /usr/bin/python3 /usr/local/bin/python
-ENV TORCH_INDEX=https://download.pytorch.org/whl/cu124
+FROM python:${PYTHON}-slim AS base-cuda
+ENV TORCH_INDEX_ARGS=""
 
 FROM base-${VARIANT}
 ARG GIT_COMMIT=unknown
@@ -22,7 +23,7 @@ WORKDIR /app
 # dependencies first (a code change does not reinstall torch)
 COPY pyproject.toml constraints.txt README.md ./
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install -q --upgrade pip \
-    && /opt/venv/bin/pip install -q --extra-index-url ${TORCH_INDEX} -c constraints.txt torch torchvision
+    && /opt/venv/bin/pip install -q ${TORCH_INDEX_ARGS} -c constraints.txt torch torchvision
 ENV PATH=/opt/venv/bin:$PATH
 COPY selftrain selftrain
 COPY tasks tasks

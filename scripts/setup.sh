@@ -14,6 +14,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "selftrain needs Python >= 3.11 (pyproject.toml requires-python); python3 is $(python3 --version 2>&1)" >&2; exit 1; }
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -34,6 +34,10 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
     if "robustness_reference" in metrics:
         ref = metrics["robustness_reference"]
         lines += ["", f"robustness reference: {ref['name']} ({ref['checkpoint']}, sha256 {ref['sha256'][:12]}…)"]
+        for role in ("teacher", "student"):
+            for key, names in ((metrics[role].get("robustness") or {}).get("left_out") or {}).items():
+                lines.append(f"{role} {key} leaves out {', '.join(names)}: the reference made no "
+                             f"{'flip' if key == 'mFR' else 'error'} there, so it is undefined")
     if promoted is not None:
         lines += ["", f"promoted: **{promoted['promoted']}** ({promoted['checkpoint']}, sha256 {promoted['sha256'][:12]}…)", f"why: {promoted['reason']}"]
     return "\n".join(lines)

@@ -24,12 +24,14 @@ def test_sequences_are_deterministic_and_shape_preserving(images, name):
     assert a.dtype == np.uint8 and a.shape == (12, 10, 28, 28, 1)
     assert np.array_equal(a, perturbation_sequences(images, name, frames=10, seed=4)), "same seed must give byte-identical frames"
     assert not np.array_equal(a[:, -1], images), "the last frame must differ from the clean image"
+    # every sequence starts from the clean image (Hendrycks' make_cifar_p.py: `seq.append(img)` first, noise kinds too)
+    assert np.array_equal(a[:, 0], images)
     if name in NOISE_SEQUENCES:
-        # independent draws of one strength: every frame differs from the others
-        assert not np.array_equal(a[:, 0], a[:, 1])
+        # then independent draws of one strength: each noisy frame differs from the clean one and from the others
+        assert all(not np.array_equal(a[:, j], images) for j in range(1, 10))
+        assert not np.array_equal(a[:, 1], a[:, 2])
     else:
-        # a gradual perturbation starts from the clean image and moves away from it frame by frame
-        assert np.array_equal(a[:, 0], images)
+        # a gradual perturbation moves away from the clean image frame by frame
         dist = [np.abs(a[:, j].astype(int) - images.astype(int)).mean() for j in range(10)]
         assert dist[-1] > dist[1] > 0, f"{name}: distance to the clean image does not grow ({dist})"
 

@@ -6,6 +6,7 @@ robustness-reference stage because it depends on the reference model.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from selftrain.params import RobustnessParams
 from selftrain.robustness import metrics as rm
 from selftrain.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from selftrain.robustness.perturbations import PERTURBATIONS, perturbation_sequences
+
+log = logging.getLogger("selftrain")
 
 
 def build_corruptions(test: Split, p: RobustnessParams, seed: int) -> dict[str, np.ndarray]:
@@ -96,6 +99,13 @@ def summarize(raw: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     rel = rm.relative_corruption_errors(raw["corruption_errors"], raw["clean_error"], ref["corruption_errors"], ref["clean_error"])
     fp, ref_fp = raw["flip_probability"], ref["flip_probability"]
     fr = {k: (fp[k] / ref_fp[k] if ref_fp[k] > 0 else float("nan")) for k in fp}
+    # a reference with no error (CE) or no flip (FR) on a kind leaves nothing to normalise by: the means skip it,
+    # and the summary names it (the report and the log say so) rather than quietly averaging fewer kinds
+    left_out = {key: names for key, names in (("mCE", rm.undefined(ce)), ("relative_mCE", rm.undefined(rel)), ("mFR", rm.undefined(fr))) if names}
+    for key, names in left_out.items():
+        log.warning("%s leaves out %s: the robustness reference made no %s there, so it is undefined (a larger -C/-P set, "
+                    "or a reference that is not perfect there, gives a %s over every kind)", key, ", ".join(names),
+                    "flip" if key == "mFR" else "error", key)
     out = {
         "mCE": rm.mean(ce),
         "relative_mCE": rm.mean(rel),
@@ -105,4 +115,4 @@ def summarize(raw: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
         **({"mT5D": rm.mean(raw["top5_distance"])} if raw["top5_distance"] else {}),
         **({"hard_top1": raw["hard_top1"]} if "hard_top1" in raw else {}),
     }
-    return {"headline": out, "corruption_error": ce, "relative_corruption_error": rel, "flip_rate": fr, "raw": raw}
+    return {"headline": out, "corruption_error": ce, "relative_corruption_error": rel, "flip_rate": fr, "left_out": left_out, "raw": raw}

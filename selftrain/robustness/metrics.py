@@ -36,9 +36,15 @@ def relative_corruption_errors(
 
 
 def mean(values: Mapping[str, float]) -> float:
-    """Mean over corruptions / perturbations, ignoring NaN (a reference with zero error there)."""
+    """Mean over the corruptions / perturbations whose value is defined (NaN where the reference made no error or
+    no flip: nothing to normalise by). `undefined` names the ones left out: report them, do not hide them."""
     vals = np.array(list(values.values()), dtype=np.float64)
     return float(np.nanmean(vals)) if len(vals) and not np.isnan(vals).all() else float("nan")
+
+
+def undefined(values: Mapping[str, float]) -> list[str]:
+    """The corruptions / perturbations that `mean` leaves out (a reference CE or FP of 0)."""
+    return [name for name, v in values.items() if np.isnan(v)]
 
 
 def flip_probability(predictions: np.ndarray, noise: bool) -> float:

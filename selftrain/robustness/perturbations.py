@@ -2,7 +2,8 @@
 
 ImageNet-P's sequences come from video-like renderings at 224 px; here each test image becomes `frames`
 frames of one perturbation growing from nothing (frame 0 is the clean image) to its strongest, or, for
-the noise kinds, independent noise draws of one strength (compared with the first frame, as -P does).
+the noise kinds, the clean image followed by independent noise draws of one strength; FP compares each
+noisy frame with that clean first frame, as Hendrycks' make_cifar_p.py builds and -P scores them.
 Tilt is approximated by a shear: a 3-D tilt needs a perspective warp, which a 28-px image cannot show
 beyond its shear component.
 """
@@ -15,7 +16,7 @@ import torch
 
 from selftrain.robustness import image_ops as ops
 
-# One perturbation: clean images (N, C, H, W) in [0, 1], strength t in [0, 1], per-image draws (N,) in
+# One perturbation: clean images (N, C, H, W) in [0, 1], strength t in (0, 1] (frame 0, t = 0, is the clean image), per-image draws (N,) in
 # [-1, 1) fixed for the sequence, the frame's RNG, spatial scale -> the frame.
 Perturbation = Callable[[torch.Tensor, float, np.ndarray, np.random.Generator, float], torch.Tensor]
 _REGISTRY: dict[str, Perturbation] = {}
@@ -38,8 +39,8 @@ def perturbation_sequences(images: np.ndarray, name: str, frames: int, seed: int
     draws = rng.uniform(-1, 1, len(images))
     x = torch.tensor(images).permute(0, 3, 1, 2).float().div(255)
     scale = min(images.shape[1:3]) / 32
-    out = []
-    for j in range(frames):
+    out = [images]  # every sequence starts from the clean image, the noise kinds too (make_cifar_p.py)
+    for j in range(1, frames):
         t = j / (frames - 1)
         frame = _REGISTRY[name](x, t, draws, rng, scale)
         out.append(frame.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
@@ -76,8 +77,6 @@ def shot_noise(x: torch.Tensor, t: float, draws: np.ndarray, rng: np.random.Gene
 
 @_register
 def motion_blur(x: torch.Tensor, t: float, draws: np.ndarray, rng: np.random.Generator, scale: float) -> torch.Tensor:
-    if t == 0:
-        return x
     # from sigma 0.3 px: below that the blur rounds away and the first frames equal the clean one
     return ops.motion_blur(x, 6 * scale, (0.3 + 2.2 * t) * scale, 45 * draws)
 
