@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, distributed, lineage, plan as capacity, promote as promotion, registry
+from selftrain import artifacts, distributed, failures, lineage, plan as capacity, promote as promotion, registry
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -38,7 +38,6 @@ ARG_HELP = {
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
 }
-EXIT_GATE = 3  # a generation did not promote its student: the chain stopped, not a crash
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -192,10 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             artifacts.write_json(args.result, result)
     except promotion.GateError as e:
         print(f"selftrain {args.command}: stopped: {e}", file=sys.stderr)
-        return EXIT_GATE
+        return failures.EXIT_GATE
     except (ParamsError, ValueError, artifacts.ArtifactError, ReproduceError, registry.RegistryError) as e:
         print(f"selftrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return failures.EXIT_BAD_INPUT
+    except Exception as e:
+        if not failures.is_transient(e):
+            raise  # a bug: Python's traceback and exit status 1
+        logging.getLogger("selftrain").warning("transient I/O error", exc_info=True)
+        print(f"selftrain {args.command}: transient I/O error, worth another try: {type(e).__name__}: {e}", file=sys.stderr)
+        return failures.EXIT_TRANSIENT
     print(result.pop("table") if args.command == "report" else json.dumps(result, indent=2, default=str))
     return 0
 

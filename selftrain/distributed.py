@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,15 @@ def mean(values: torch.Tensor, w: World) -> torch.Tensor:
         dist.all_reduce(values)
         values /= w.size
     return values
+
+
+def gather(obj: Any, w: World) -> list[Any] | None:
+    """Every process's `obj` (picklable), in rank order, on rank 0; None on the others. [obj] in one process."""
+    if w.size == 1:
+        return [obj]
+    out: list[Any] | None = [None] * w.size if w.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def barrier(w: World) -> None:

@@ -324,6 +324,8 @@ class KubernetesParams(_Section):
     env: dict[str, str] = Field(default_factory=dict, description="extra container environment, e.g. AWS_ENDPOINT_URL (never secrets: use the account)")
     pending_timeout_s: float = Field(3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up")
     image_pull_timeout_s: float = Field(300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails")
+    backoff_limit: int = Field(2, ge=0, description="the Job's backoffLimit: pods that may fail with transient I/O (exit 75) and be "
+                               "replaced; any other exit fails the Job at once, and a preempted pod is replaced without counting")
     deadline_s: int = Field(2 * 86400, gt=0, description="the Job's activeDeadlineSeconds")
     ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished: finished Jobs are deleted after this")
     shm_size: Quantity = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")

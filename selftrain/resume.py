@@ -6,20 +6,27 @@ pickle of code), written atomically to the artifact store (S3 in a cluster) besi
 (`OUT.resume` by default) and removed when the stage has written its output. It carries a fingerprint
 of the run (params, inputs, seed): a file of another run is ignored, not resumed. With the RNG states
 it holds, a resumed run takes exactly the steps an uninterrupted one takes: bitwise the same on CPU.
+
+A checkpoint that is there but cannot be read is never taken for "no checkpoint": starting from step 0 would
+overwrite it at the next save, throwing away days of training over a network blip. Transient read errors are
+retried, then raised (the stage exits with failures.EXIT_TRANSIENT and its runner tries again later); a file
+whose bytes arrive but do not load fails the stage, naming it, and stays where it is.
 """
 from __future__ import annotations
 
 import io
 import logging
+import time
 from typing import Any
 
 import torch
 
-from selftrain import artifacts, noise
+from selftrain import artifacts, failures, noise
 
 log = logging.getLogger("selftrain")
 
-FORMAT = "selftrain-resume/1"
+FORMAT = "selftrain-resume/2"  # /2: per-process random states (a /1 file is not resumed)
+READ_ATTEMPTS, READ_BACKOFF_S = 4, 2.0  # retries of a transient read error: 2, 4, 8 s apart
 
 
 def rng_state() -> dict[str, Any]:
@@ -46,15 +53,37 @@ def save(uri: str, fingerprint: str, step: int, state: dict[str, Any]) -> None:
 
 
 def load(uri: str, fingerprint: str, what: str) -> dict[str, Any] | None:
-    """The state saved at `uri` by this run (same fingerprint), or None: no file, a torn file, another run's."""
-    if not artifacts.exists(uri):
+    """The state saved at `uri` by this run (same fingerprint), or None: no file, or another run's. Raises when a
+    file is there that cannot be read (see the module's docstring): a transient error after READ_ATTEMPTS tries,
+    artifacts.ArtifactError when its content does not load."""
+    data = _read(uri, what)
+    if data is None:
         return None
     try:
-        blob = torch.load(io.BytesIO(artifacts.read_bytes(uri)), weights_only=True, map_location="cpu")
-    except Exception as e:  # a torn or foreign file: start over rather than fail
-        log.warning("ignoring unreadable %s checkpoint '%s' (%s): starting from step 0", what, uri, e)
-        return None
+        blob = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as e:  # torch's own message goes on to suggest weights_only=False: keep its first line
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise artifacts.ArtifactError(
+            f"the {what} checkpoint '{uri}' is there but does not load ({type(e).__name__}: {first_line}); it was left as it is. "
+            "Restore it, or delete it to start this stage from step 0") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("fingerprint") != fingerprint:
         log.warning("ignoring %s checkpoint '%s': it belongs to another run (params or inputs differ); starting from step 0", what, uri)
         return None
     return blob
+
+
+def _read(uri: str, what: str) -> bytes | None:
+    """The checkpoint's bytes, None when there is none; transient errors are retried with backoff, then raised."""
+    attempt = 1
+    while True:
+        try:
+            return artifacts.read_bytes(uri) if artifacts.exists(uri) else None
+        except artifacts.ArtifactError:  # gone between the two calls: removed by a finishing run
+            return None
+        except Exception as e:
+            if not failures.is_transient(e) or attempt == READ_ATTEMPTS:
+                raise
+            wait = READ_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("could not read the %s checkpoint '%s' (%s: %s); trying again in %.0f s", what, uri, type(e).__name__, e, wait)
+            time.sleep(wait)
+            attempt += 1

@@ -129,9 +129,19 @@ def fit(
         sched.load_state_dict(blob["sched"])
         if ema:
             ema.module.load_state_dict(blob["ema"])
-        noise_gen.set_state(blob["noise_gen"])
-        resume_state.set_rng_state(blob)
-        start, log, seen, sums = blob["step"], list(blob["log"]), blob["seen"], np.array(blob["sums"])
+        start, log = blob["step"], list(blob["log"])
+        ranks = blob["ranks"]
+        if len(ranks) == w.size:  # each process continues its own random streams and running sums
+            mine = ranks[w.rank]
+            noise_gen.set_state(mine["noise_gen"])
+            resume_state.set_rng_state(mine["rng"])
+            seen, sums = mine["seen"], np.array(mine["sums"])
+        else:  # another world size: the model and schedule carry over; the random streams start anew from the step
+            logger.warning("%s: the checkpoint was saved by %d processes, this run has %d: each process's random state is "
+                           "drawn anew (the run goes on, but is not bitwise the uninterrupted one)", desc, len(ranks), w.size)
+            torch.manual_seed(seed + w.rank + 104729 * start)
+            noise_gen.manual_seed(seed + 1 + 7919 * w.rank + 104729 * start)
+            seed_augmentation(seed + 2 + 7919 * w.rank + 104729 * start)
         logger.info("%s: resuming from the checkpoint at step %d of %d ('%s')", desc, start, total, resume)
     labeled_batches.start = start
     labeled_iter = iter(_loader(labeled.images, labeled.labels, p, labeled_batches, seed + 3, num_workers))
@@ -188,11 +198,14 @@ def fit(
             log.append(row)
             logger.info("%s epoch %d/%d: %s", desc, epoch, p.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
             t0, seen, sums = time.perf_counter(), 0, np.zeros(4)
-        if resume and w.main and checkpoint_every and done % checkpoint_every == 0 and done < total:
-            resume_state.save(resume, fingerprint, done, {
-                "model": getattr(model, "_orig_mod", model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "ema": ema.module.state_dict() if ema else {}, "noise_gen": noise_gen.get_state(),
-                "log": log, "seen": seen, "sums": sums.tolist(),
-            })
+        if resume and checkpoint_every and done % checkpoint_every == 0 and done < total:
+            # every process's own random state and running sums, so that each resumes its own streams (rank 0 writes)
+            ranks = distributed.gather({"rng": resume_state.rng_state(), "noise_gen": noise_gen.get_state(),
+                                        "seen": seen, "sums": sums.tolist()}, w)
+            if w.main:
+                resume_state.save(resume, fingerprint, done, {
+                    "model": getattr(model, "_orig_mod", model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "ema": ema.module.state_dict() if ema else {}, "log": log, "ranks": ranks,
+                })
     bar.close()
     return kept, log, start

@@ -7,7 +7,13 @@ Prefect work pool because a stage is a step *inside* a flow run: the flow keeps 
 and retries, and waits on the Job the way it waits on an in-process stage (k8s/README.md says more).
 
 - One stage call = one Job, named from the flow run and the stage's outputs: a task that Prefect
-  retries (say, after an API timeout) finds its Job and waits on it instead of starting a second one.
+  retries (say, after an API timeout) finds its Job and waits on it instead of starting a second one,
+  as long as that Job is running or succeeded. A failed Job is never adopted: the retry (or the UI's
+  "Retry" of the flow run) starts a new attempt, `<name>-r2`, ..., and the failed one stays for kubectl.
+- Exit codes (selftrain.failures): transient I/O (75) replaces the pod, up to `kubernetes.backoff_limit`
+  times; any other failure (bad input 2, a gate 3, a bug 1, OOMKilled 137) fails the Job at once
+  (podFailurePolicy FailJob). A Job that ran out of pods on transient I/O fails the task with
+  JobFailedTransiently, which Prefect's retries take up.
 - A pod that cannot be scheduled is waited for (a node pool scaling up) up to
   `kubernetes.pending_timeout_s`; an image that cannot be pulled, up to `image_pull_timeout_s`.
 - The pod's log is streamed into the flow's log (the `selftrain.kubernetes` logger).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -36,13 +43,11 @@ import yaml
 from kubernetes import client, config
 
 from selftrain import artifacts
+from selftrain.failures import EXIT_TRANSIENT
 from selftrain.params import Params, StageResources
 
 log = logging.getLogger("selftrain.kubernetes")
 
-# the stage's own CLI: 1 = a traceback (a bug), 2 = bad params or data, 3 = a failed promotion gate.
-# Retrying those cannot help; any other failure also fails the Job (backoffLimit 0), except disruptions.
-FAIL_FAST_EXIT_CODES = [1, 2, 3]
 RENDEZVOUS_PORT = 29500  # torchrun's c10d rendezvous on pod 0 of a multi-node Job
 # the DVC stage that a flow task stands for, for `resources` lookups: train-student@genK runs MPL too
 RESOURCE_FALLBACK = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
@@ -56,6 +61,10 @@ class StageJobError(RuntimeError):
 
 class JobFailed(StageJobError):
     """The Job itself failed (its pod's error, OOMKilled, its deadline): it is kept for `kubectl` until its TTL."""
+
+
+class JobFailedTransiently(JobFailed):
+    """Every pod the Job was allowed failed with transient I/O (exit 75): worth a new attempt later."""
 
 
 class StageCancelled(RuntimeError):
@@ -83,8 +92,13 @@ def data_parallel(res: StageResources) -> bool:
 def job_name(stage: str, generation: str | None, flow_run_id: str, outputs: list[str]) -> str:
     """A name that is the same for every retry of one stage call in one flow run, and new in the next run."""
     digest = hashlib.sha256("\n".join([flow_run_id, stage, *outputs]).encode()).hexdigest()[:8]
-    # 52 characters at most: the Job controller appends index and suffix for pod names (63)
-    return f"st-{stage}-{generation or 'all'}-{digest}"[:52].rstrip("-")
+    # 48 characters at most: `-rN` for a later attempt, then the Job controller's index and suffix (pod names: 63)
+    return f"st-{stage}-{generation or 'all'}-{digest}"[:48].rstrip("-")
+
+
+def attempt_name(base: str, attempt: int) -> str:
+    """The Job of a stage call's `attempt`-th try: the base name, then `<base>-r2`, `<base>-r3`, ..."""
+    return base if attempt == 1 else f"{base}-r{attempt}"
 
 
 def stage_argv(stage: str, params_uri: str, result_uri: str, kwargs: dict[str, Any]) -> list[str]:
@@ -153,12 +167,15 @@ def job_manifest(
     if k.priority_class:
         pod_spec["priorityClassName"] = k.priority_class
     spec: dict[str, Any] = {
-        "backoffLimit": 0,
+        "backoffLimit": k.backoff_limit,
         "activeDeadlineSeconds": k.deadline_s,
         "ttlSecondsAfterFinished": k.ttl_s,
+        # checked in order: a preempted or evicted pod is replaced without counting; transient I/O counts against
+        # backoffLimit (and is replaced); any other exit fails the Job at once, since another pod would fail the same way
         "podFailurePolicy": {"rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In", "values": FAIL_FAST_EXIT_CODES}},
+            {"action": "Count", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_TRANSIENT]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [EXIT_TRANSIENT]}},
         ]},
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
     }
@@ -218,6 +235,15 @@ def evicted(pod: dict[str, Any]) -> str | None:
     if c and (pod.get("status") or {}).get("phase") == "Failed":
         return f"{c.get('reason', 'disrupted')}: {c.get('message', '')}".rstrip(": ")
     return None
+
+
+def failed_transiently(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """The Job ran out of pods (BackoffLimitExceeded) and the last one failed with transient I/O (exit 75)."""
+    if (_condition(job, "Failed") or {}).get("reason") != "BackoffLimitExceeded":
+        return False
+    counted = [p for p in pods if _terminated(p) and not evicted(p)]
+    last = max(counted, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+    return last is not None and (_terminated(last) or {}).get("exitCode") == EXIT_TRANSIENT
 
 
 def explain_failure(stage: str, params: Params, job: dict[str, Any], pods: list[dict[str, Any]], log_tails: dict[str, str] | None = None) -> str:
@@ -293,22 +319,29 @@ def run_stage_job(
     if res is None:
         raise ValueError(f"stage {stage} has no resources.{stage} entry (or kubernetes.enabled is false)")
     outputs = [v for key, v in kwargs.items() if key in ("out", "promoted") and v]
-    name = job_name(stage, kwargs.get("generation"), flow_run_id, outputs)
-    run_dir = artifacts.join(root, ".kubernetes", name)
+    base = job_name(stage, kwargs.get("generation"), flow_run_id, outputs)
+    run_dir = artifacts.join(root, ".kubernetes", base)
     params_uri, result_uri = artifacts.join(run_dir, "params.yaml"), artifacts.join(run_dir, "result.json")
     artifacts.write_bytes(params_uri, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False).encode())
-    manifest = job_manifest(params, stage, name, stage_argv(stage, params_uri, result_uri, kwargs), res,
-                            generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts)
+    argv = stage_argv(stage, params_uri, result_uri, kwargs)
     batch, core = api_clients()
     ns = params.kubernetes.namespace
-    if res.nodes > 1:
-        with contextlib.suppress(FileExistsError):  # a retry: the Service is there with its Job
-            _create(lambda: core.create_namespaced_service(ns, service_manifest(params, name)))
-    try:
-        _create(lambda: batch.create_namespaced_job(ns, manifest))
-        log.info("%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name)
-    except FileExistsError:
-        log.info("%s: Job %s already exists (this is a retry): waiting on it", stage, name)
+    for attempt in itertools.count(1):
+        name = attempt_name(base, attempt)
+        if res.nodes > 1:
+            with contextlib.suppress(FileExistsError):  # a retry: the Service is there with its Job
+                _create(lambda: core.create_namespaced_service(ns, service_manifest(params, name)))
+        manifest = job_manifest(params, stage, name, argv, res, generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts)
+        try:
+            _create(lambda: batch.create_namespaced_job(ns, manifest))
+            log.info("%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name)
+            break
+        except FileExistsError:
+            if not _condition(_to_dict(batch, batch.read_namespaced_job(name, ns)), "Failed"):
+                log.info("%s: Job %s already exists (this is a retry): waiting on it", stage, name)
+                break
+            # a failed attempt stays for kubectl until its TTL; this call is a new attempt
+            log.info("%s: Job %s failed before (kept for kubectl -n %s describe job %s): starting the next attempt", stage, name, ns, name)
     try:
         _wait(batch, core, params, stage, name, cancelled)
     except JobFailed:
@@ -419,5 +452,9 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
                 f.join(timeout=10)
             drain()
             tails = {pod: "\n".join(f.tail[-10:]) for pod, f in followers.items()}
-            raise JobFailed(explain_failure(stage, params, job, pods, tails))
+            why = explain_failure(stage, params, job, pods, tails)
+            if failed_transiently(job, pods):
+                raise JobFailedTransiently(f"{why}\n(transient I/O in each of its {k.backoff_limit + 1} pods, kubernetes.backoff_limit = "
+                                           f"{k.backoff_limit}: the flow's task retries start a new Job)")
+            raise JobFailed(why)
         time.sleep(k.poll_s)

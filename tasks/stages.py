@@ -1,10 +1,10 @@
 """One Prefect task per stage, named like the DAG; each calls the stage function unchanged.
 
 `for_params(params, root)` gives the tasks with params.prefect's retries, timeouts and caching
-(tasks.cache). Only transient errors are retried, with exponential backoff: an OSError that is not
-a missing file, a refused permission or the stage's own timeout (a dropped connection, a network
-timeout, an S3 hiccup). Bad params, bad data or a failed gate raise ValueError / RuntimeError and
-fail the stage at once.
+(tasks.cache). Only transient errors are retried, with exponential backoff: the I/O errors that
+selftrain.failures calls transient (a dropped connection, a read timeout, S3's 5xx, as s3fs and
+botocore raise them), the Kubernetes API busy or out of reach, and a stage's Job that ran out of pods
+on transient I/O. Bad params, bad data, a failed gate or a stage over its own timeout fail at once.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
-from selftrain import artifacts
+from selftrain import artifacts, failures
 from selftrain.params import Params
 from selftrain.stages import STAGES, join_logit_parts
 from tasks import kubernetes
@@ -30,18 +30,17 @@ from tasks.cache import StageInputs, outputs_complete, result_storage
 
 TASKS: dict[str, Task] = {name: task(fn, name=name) for name, fn in STAGES.items()}
 
-# a stage over its own timeout would overrun again; a network timeout (plain TimeoutError) is transient
-_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, TaskRunTimeoutError)
-
-
 def is_transient(exc: BaseException) -> bool:
-    """An error worth retrying: I/O that may succeed next time, or the Kubernetes API busy or unreachable
-    (a retried stage finds its Job: tasks.kubernetes names it per flow run and stage)."""
+    """An error worth retrying: transient I/O (selftrain.failures), the Kubernetes API busy or unreachable (a retried
+    stage finds its Job: tasks.kubernetes names it per flow run and stage), or a Job whose pods all failed on
+    transient I/O (the retry starts a new Job). A stage over its own timeout would overrun again."""
+    if isinstance(exc, TaskRunTimeoutError):
+        return False
     if isinstance(exc, ApiException):
         return exc.status in (0, 429) or exc.status >= 500
-    if isinstance(exc, urllib3.exceptions.HTTPError):
+    if isinstance(exc, (urllib3.exceptions.HTTPError, kubernetes.JobFailedTransiently)):
         return True
-    return isinstance(exc, OSError) and not isinstance(exc, _NOT_TRANSIENT)
+    return failures.is_transient(exc)
 
 
 def _retry_if_transient(task: Task, task_run: Any, state: Any) -> bool:

@@ -3,15 +3,21 @@ kubelet, played here.
 
 No real API server can run on these machines (STACK.md). kmock stores and serves objects over HTTP the way
 the API server does, and the official client talks to it through a kubeconfig, but it runs no controllers.
-So this module plays them, simply and in the open:
+So this module plays them, simply and in the open, as the Kubernetes documentation describes them ("Jobs",
+"Handling retriable and non-retriable pod failures with Pod failure policy", "Pod Lifecycle"):
 - the job controller makes pods for each Job (one per completion index of an Indexed Job, up to
-  parallelism), applies the Job's podFailurePolicy (a pod failed with DisruptionTarget is replaced, not
-  counted), backoffLimit and activeDeadlineSeconds, deletes the pods of a deleted Job, and writes the
-  Job's status;
+  parallelism) and judges each failed pod by the Job's podFailurePolicy, rules in order, the first that
+  matches deciding: Ignore (replaced, not counted), Count, FailJob (the Job fails at once, reason
+  PodFailurePolicy); a pod no rule matches is counted. More counted failures than backoffLimit (default 6)
+  fail the Job with reason BackoffLimitExceeded; activeDeadlineSeconds with DeadlineExceeded. It deletes the
+  pods of a deleted Job and writes the Job's status;
 - the kubelet runs each pod's container (`command` + `args`, `$(VAR)` expanded from its env) as a local
-  process, since the project's image is this checkout, serves its log (`follow` too), and writes the pod's status.
+  process, since the project's image is this checkout, with the container's environment only (plus the
+  image's PATH, HOME and PYTHONUNBUFFERED): nothing of the test process's, AWS credentials included. It serves
+  its log (`follow` too) and writes the pod's status. An evicted pod gets SIGTERM, then SIGKILL after its
+  terminationGracePeriodSeconds (30 by default), and the DisruptionTarget condition.
 Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
-Unschedulable), `evict_when(stage, condition)` (a preemption: SIGKILL and a DisruptionTarget condition).
+Unschedulable), `evict_when(stage, condition)` (a preemption).
 """
 from __future__ import annotations
 
@@ -31,9 +37,11 @@ import kmock
 import yaml
 from kubernetes import client, config
 
-from conftest import tool_env
+from conftest import BIN
 
 NAMESPACE = "selftrain"
+DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default
+DEFAULT_GRACE_S = 30  # the Pod API's terminationGracePeriodSeconds default
 
 
 class _Emulator(kmock.KubernetesEmulator):
@@ -46,6 +54,28 @@ class _Emulator(kmock.KubernetesEmulator):
             want = dict(part.split("=", 1) for part in selector.split(","))
             result["items"] = [o for o in result["items"] if want.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()]
         return result
+
+
+def _pod_failure_action(policy: dict[str, Any] | None, pod: dict[str, Any]) -> tuple[str, str]:
+    """(action, message) for a failed pod: the first podFailurePolicy rule that matches it, else Count."""
+    codes = [(cs["name"], cs["state"]["terminated"]["exitCode"]) for cs in (pod.get("status") or {}).get("containerStatuses") or []
+             if (cs.get("state") or {}).get("terminated")]
+    conditions = {(c.get("type"), c.get("status")) for c in (pod.get("status") or {}).get("conditions") or []}
+    for i, rule in enumerate((policy or {}).get("rules") or []):
+        if "onPodConditions" in rule:
+            matched = any((c["type"], c.get("status", "True")) in conditions for c in rule["onPodConditions"])
+            message = f"Pod {NAMESPACE}/{pod['metadata']['name']} has condition matching {rule['action']} rule at index {i}"
+        else:
+            req = rule["onExitCodes"]
+            # containers that exited 0 are left out of the check
+            mine = [(c, code) for c, code in codes if code != 0 and req.get("containerName") in (None, c)]
+            hit = [(c, code) for c, code in mine if (code in req["values"]) == (req["operator"] == "In")]
+            matched = bool(hit)
+            message = (f"Container {hit[0][0]} for pod {NAMESPACE}/{pod['metadata']['name']} failed with exit code {hit[0][1]} "
+                       f"matching {rule['action']} rule at index {i}") if hit else ""
+        if matched:
+            return rule["action"], message
+    return "Count", ""
 
 
 def _now() -> str:
@@ -182,18 +212,26 @@ class FakeCluster:
         index = lambda p: int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0"))  # noqa: E731
         phase = lambda p: (p.get("status") or {}).get("phase", "Pending")  # noqa: E731
         done = {index(p) for p in pods if phase(p) == "Succeeded"}
-        failed = [p for p in pods if phase(p) == "Failed" and not _cond(p, "DisruptionTarget")]
         active = [p for p in pods if phase(p) in ("Pending", "Running")]
-        status: dict[str, Any] = {"active": len(active), "succeeded": len(done), "failed": len(failed)}
-        deadline = spec.get("activeDeadlineSeconds")
+        counted, fail_job = 0, None
+        for p in sorted((p for p in pods if phase(p) == "Failed"), key=lambda p: p["metadata"]["name"]):
+            action, message = _pod_failure_action(spec.get("podFailurePolicy"), p)
+            counted += action == "Count"
+            if action == "FailJob" and fail_job is None:
+                fail_job = message
+        status: dict[str, Any] = {"active": len(active), "succeeded": len(done), "failed": counted}
+        deadline, backoff_limit = spec.get("activeDeadlineSeconds"), spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
+        failure = None
         if deadline and time.monotonic() - started > deadline:
+            failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        elif fail_job:
+            failure = ("PodFailurePolicy", fail_job)
+        elif counted > backoff_limit:
+            failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        if failure:
             for p in active:
                 self._kill(p["metadata"]["name"])
-            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]
-        elif failed:
-            for p in active:
-                self._kill(p["metadata"]["name"])
-            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]
+            status["conditions"] = [{"type": "Failed", "status": "True", "reason": failure[0], "message": failure[1]}]
         elif len(done) == completions:
             status["conditions"] = [{"type": "Complete", "status": "True"}]
         else:
@@ -243,13 +281,14 @@ class FakeCluster:
         for k, (evict_stage, condition) in enumerate(self.evictions):
             if evict_stage == stage and condition():
                 del self.evictions[k]
-                self._kill(name)
+                code = self._terminate(name, pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
                 self.evicted.append(name)
-                self._terminated(name, "Failed", 137, "Error", [{"type": "DisruptionTarget", "status": "True",
+                self._terminated(name, "Failed", code, "Error", [{"type": "DisruptionTarget", "status": "True",
                                  "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}])
                 return
         if proc.poll() is not None:
-            self._terminated(name, "Succeeded" if proc.returncode == 0 else "Failed", proc.returncode, "Completed" if proc.returncode == 0 else "Error")
+            code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode  # killed by signal N: 128 + N, as a container runtime reports it
+            self._terminated(name, "Succeeded" if code == 0 else "Failed", code, "Completed" if code == 0 else "Error")
 
     def _start(self, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
@@ -263,8 +302,11 @@ class FakeCluster:
                 env[e["name"]] = annotations[key]
         argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
         name = pod["metadata"]["name"]
+        home = self.workdir / "home"
+        home.mkdir(exist_ok=True)
+        image_env = {"PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
         with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env=tool_env(**env), stdout=out, stderr=subprocess.STDOUT,
+            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env={**image_env, **env}, stdout=out, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
         self._set_status(name, {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
                                 "containerStatuses": [{"name": "stage", "ready": True, "restartCount": 0, "image": container["image"],
@@ -277,6 +319,18 @@ class FakeCluster:
         if conditions:
             status["conditions"] = conditions
         self._set_status(name, status)
+
+    def _terminate(self, name: str, grace_s: float) -> int:
+        """What the kubelet does to a pod it stops: SIGTERM, up to `grace_s` to exit, then SIGKILL; the exit code."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return 128 - proc.returncode if proc.returncode < 0 else proc.returncode
 
     def _kill(self, name: str) -> None:
         proc = self.procs.get(name)

@@ -1,9 +1,15 @@
 """Data-parallel training under torchrun: each process gets a disjoint share of the very batches one process
 would take, and two CPU processes (Gloo) train the teacher about as well as one, rank 0 alone writing."""
+import csv
+import io
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tool_env, write_tiny_params
 from selftrain import artifacts, stages
@@ -40,3 +46,54 @@ def test_torchrun_with_two_processes_trains_the_teacher_like_one(tmp_path):
     assert len(rows) == 11 and not Path(f"{tmp_path / 'two'}.resume").exists()
     val_two = float(rows[-1].split(",")[-1])
     assert val_two > 0.4 and abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
+
+
+def _torchrun_teacher(path: Path, data: Path, out: Path, *sets: str) -> subprocess.Popen:
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "selftrain.cli", "train-teacher", "--params", str(path),
+           *[a for s in sets for a in ("--set", s)], "--data", str(data), "--out", str(out), "--promoted", f"{out}.json"]
+    return subprocess.Popen(cmd, cwd=out.parent, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _checkpoint(path: Path) -> dict | None:
+    try:
+        return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_uninterrupted_result(tmp_path):
+    path = write_tiny_params(tmp_path / "params.yaml")
+    sets = ("teacher.epochs=8", "runtime.checkpoint_every=5")  # 5 steps an epoch: 40 steps, a checkpoint every epoch
+    data = tmp_path / "data"
+    stages.prepare(load_params(path), out=str(data))
+    whole = _torchrun_teacher(path, data, tmp_path / "whole", *sets)
+    assert whole.wait(600) == 0, whole.stderr.read()[-3000:]
+
+    out = tmp_path / "killed"
+    state = Path(f"{out}.resume")
+    proc = _torchrun_teacher(path, data, out, *sets)
+    while proc.poll() is None and ((_checkpoint(state) or {}).get("step") or 0) < 15:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    # torchrun starts its workers in sessions of their own: a lost node takes them too
+    subprocess.run(["pkill", "-KILL", "-f", f"{out} --promoted"], check=False)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before its checkpoints: nothing was killed"
+    while subprocess.run(["pgrep", "-f", f"{out} --promoted"], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    saved = _checkpoint(state)
+    # rank 0 wrote both processes' random states (flips and crops, dropout, augmentation) and running sums
+    assert len(saved["ranks"]) == 2 and not torch.equal(saved["ranks"][0]["noise_gen"], saved["ranks"][1]["noise_gen"])
+
+    again = _torchrun_teacher(path, data, out, *sets)
+    assert again.wait(600) == 0, again.stderr.read()[-3000:]
+    log = again.stderr.read()
+    assert f"resuming from the checkpoint at step {saved['step']} of 40" in log, log[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert _without_speed(out / "log.csv") == _without_speed(tmp_path / "whole" / "log.csv")  # the epochs' sums carried over
+
+
+def _without_speed(log: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader(log.read_text().splitlines())]

@@ -2,6 +2,7 @@
 (tests/fake_cluster.py): the Job a stage becomes, its failure reasons, cancel, eviction and resume, and
 sharded inference as an Indexed Job."""
 import io
+import json
 import logging
 import threading
 import time
@@ -14,13 +15,14 @@ import torch
 from prefect import flow, get_client
 from prefect.states import Cancelling
 
-from conftest import write_tiny_params
+from conftest import S3_BUCKET, write_tiny_params
 from fake_cluster import NAMESPACE, FakeCluster
+from fault_proxy import ONE_TRY, FaultProxy, first
 from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 from tasks import stages as tasks
-from tasks.kubernetes import StageJobError, explain_failure, job_manifest, resources_for, run_stage_job, service_manifest
+from tasks.kubernetes import JobFailed, StageJobError, explain_failure, job_manifest, resources_for, run_stage_job, service_manifest
 from test_k8s_manifests import K8S_VERSION
 
 K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
@@ -67,8 +69,9 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "3Gi"}
     assert pod["nodeSelector"] == {"selftrain.io/pool": "a100"}
     assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "selftrain.io/pool"}
-    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 2 * 86400 and spec["ttlSecondsAfterFinished"] == 86400
-    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in spec["podFailurePolicy"]["rules"]
+    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 2 * 86400 and spec["ttlSecondsAfterFinished"] == 86400
+    assert [(r["action"], r.get("onExitCodes", {}).get("operator")) for r in spec["podFailurePolicy"]["rules"]] == [
+        ("Ignore", None), ("Count", "In"), ("FailJob", "NotIn")]  # disruptions replaced, transient I/O (75) counted, the rest fails
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "selftrain" and labels["selftrain.io/stage"] == "infer"
     assert labels["selftrain.io/generation"] == "all" and labels["selftrain.io/flow-run"]
@@ -251,3 +254,67 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     mpl = resources_for(params, "train-mpl")
     assert (mpl.gpu, mpl.nodes) == (1, 1)
     assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
+
+
+def _pod_s3_env(s3_env: dict, endpoint: str) -> dict:
+    """What a pod needs to reach the test's S3 (a real cluster gives the service account a role instead), with one
+    try per request in s3fs and botocore, so that a failed request reaches the stage."""
+    return {**{k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3": json.dumps(ONE_TRY)}
+
+
+def _exit_codes(cluster: FakeCluster, job: str) -> list[int]:
+    return [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+            for p in sorted(cluster.pods(job), key=lambda p: p["metadata"]["name"])]
+
+
+@pytest.mark.slow
+def test_transient_io_in_a_pod_exits_75_and_the_job_replaces_the_pod(gen0, cluster, tmp_path, s3_server):
+    path, _ = gen0
+    out = f"s3://{S3_BUCKET}/k8s-transient/data"
+    # the pod's first write to S3 gets a 500 (InternalError): s3fs raises OSError(EREMOTEIO) once its tries are spent
+    with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-transient/")) as proxy:
+        summary = one_stage(str(path), {**K8S, "kubernetes.backoff_limit": 1, "kubernetes.env": _pod_s3_env(s3_server, proxy.url),
+                                        "resources": {"prepare": {}}}, str(tmp_path), "prepare", {"out": out})
+    assert proxy.faults == [("500", "PUT", proxy.faults[0][2])]
+    [job] = cluster.jobs()
+    assert _exit_codes(cluster, job["metadata"]["name"]) == [75, 0]  # transient: counted against backoffLimit 1, replaced
+    stages.prepare(load_params(path), out=str(tmp_path / "local"))
+    assert artifacts.content_hash(out) == artifacts.content_hash(str(tmp_path / "local")) and summary["sizes"]["labeled"] == 100
+
+
+@pytest.mark.slow
+def test_a_job_out_of_pods_on_transient_io_is_retried_by_the_flow_as_a_new_job(gen0, cluster, tmp_path, s3_server, caplog):
+    path, _ = gen0
+    out = f"s3://{S3_BUCKET}/k8s-retried/data"
+    overrides = {**K8S, "prefect.retries": 1, "prefect.retry_backoff_s": 0, "kubernetes.backoff_limit": 0, "resources": {"prepare": {}}}
+    with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-retried/")) as proxy, \
+            caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
+        one_stage(str(path), {**overrides, "kubernetes.env": _pod_s3_env(s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out})
+    jobs = {j["metadata"]["name"]: j for j in cluster.jobs()}
+    [failed] = [n for n, j in jobs.items() if any(c["type"] == "Failed" for c in j["status"].get("conditions") or [])]
+    [done] = [n for n in jobs if n != failed]
+    # the failed Job ran out of pods on transient I/O and is kept for kubectl; the retried task did not adopt it
+    assert jobs[failed]["status"]["conditions"][0]["reason"] == "BackoffLimitExceeded" and _exit_codes(cluster, failed) == [75]
+    assert done == f"{failed}-r2" and _exit_codes(cluster, done) == [0]
+    assert any(f"Job {failed} failed before" in r.getMessage() for r in caplog.records)
+    assert artifacts.exists(f"{out}/MANIFEST.json")
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_pod_fails_the_job_at_once_and_a_later_try_is_a_new_job(gen0, cluster, tmp_path, s3_server):
+    path, _ = gen0
+    out = f"s3://{S3_BUCKET}/k8s-bad/data"
+    # the pod has its own environment: the test process's AWS credentials do not leak into it
+    overrides = {**K8S, "kubernetes.backoff_limit": 2, "kubernetes.env": {"AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"]},
+                 "resources": {"prepare": {}}}
+    params = load_params(path, overrides)
+    with pytest.raises(JobFailed, match=r"(?s)exited with code 2 .*no S3 credentials for 's3://selftrain/k8s-bad/data'"):
+        run_stage_job(params, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")
+    [job] = cluster.jobs()
+    assert job["status"]["conditions"][0]["reason"] == "PodFailurePolicy"  # FailJob: not retried, whatever backoffLimit allows
+    assert "failed with exit code 2 matching FailJob rule at index 2" in job["status"]["conditions"][0]["message"]
+    assert _exit_codes(cluster, job["metadata"]["name"]) == [2]
+    # the same call again (the UI's "Retry" of the flow run) does not re-raise the failed Job's error: it starts a new one
+    fixed = load_params(path, {**overrides, "kubernetes.env": _pod_s3_env(s3_server, s3_server["AWS_ENDPOINT_URL"])})
+    assert run_stage_job(fixed, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")["sizes"]["labeled"] == 100
+    assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == [job["metadata"]["name"], job["metadata"]["name"] + "-r2"]

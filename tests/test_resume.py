@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tool_env, write_tiny_params
-from selftrain import noise, resume, stages
+from conftest import S3_BUCKET, tool_env, write_tiny_params
+from fault_proxy import ONE_TRY, FaultProxy, first
+from selftrain import artifacts, failures, noise, resume, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 
@@ -23,15 +24,58 @@ from selftrain.params import load_params
 STUDENT = {"teacher.epochs": 1, "student.epochs": 3, "student.ema_decay": 0.9, "runtime.checkpoint_every": 5}
 
 
-def test_a_resume_file_of_another_run_or_torn_is_not_resumed(tmp_path):
+def test_a_resume_file_of_another_run_is_not_resumed_and_one_that_does_not_load_fails_the_stage(tmp_path):
     uri = str(tmp_path / "resume")
+    assert resume.load(uri, "run-a", "test") is None  # none yet: start afresh
     net = torch.nn.Linear(3, 2)
     resume.save(uri, "run-a", 7, {"model": net.state_dict(), "log": [{"step": 7}], "baseline": 0.25})
     blob = resume.load(uri, "run-a", "test")
     assert blob["step"] == 7 and blob["baseline"] == 0.25 and torch.equal(blob["model"]["weight"], net.weight)
     assert resume.load(uri, "run-b", "test") is None  # other params or inputs: start afresh
-    (tmp_path / "resume").write_bytes(b"torn")
-    assert resume.load(uri, "run-a", "test") is None
+    (tmp_path / "resume").write_bytes(b"damaged")
+    with pytest.raises(artifacts.ArtifactError, match="checkpoint '.*resume' is there but does not load .* delete it to start"):
+        resume.load(uri, "run-a", "test")
+    assert (tmp_path / "resume").read_bytes() == b"damaged"  # left for the user to restore or delete
+
+
+@pytest.fixture
+def one_try_s3(s3_server, monkeypatch):
+    """s3fs and botocore with one try each (fault_proxy.ONE_TRY): a failed request reaches selftrain's code."""
+    import fsspec
+    import s3fs
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setitem(fsspec.config.conf, "s3", ONE_TRY)
+    monkeypatch.setattr(resume, "READ_BACKOFF_S", 0.05)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_checkpoint_that_cannot_be_read_for_a_moment_is_read_again_and_never_thrown_away(one_try_s3, monkeypatch, caplog):
+    import s3fs
+
+    uri = f"s3://{S3_BUCKET}/resume-faults/student.resume"
+    resume.save(uri, "run-a", 40, {"log": [{"step": 40}]})
+    saved = artifacts.read_bytes(uri)
+    for action in ("drop", "stall", "500"):  # ConnectionClosedError, ReadTimeoutError, OSError(EREMOTEIO)
+        with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], first(2, action, "GET", "/resume-faults/"), stall_s=2.5) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            s3fs.S3FileSystem.clear_instance_cache()
+            assert resume.load(uri, "run-a", "test")["step"] == 40, action  # read again after the failed tries
+            assert [f[0] for f in proxy.faults] == [action] * 2
+        # a store that keeps failing: the error is raised (the stage exits 75 and is retried), never "start from step 0"
+        with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], first(99, action, "GET", "/resume-faults/"), stall_s=2.5) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            s3fs.S3FileSystem.clear_instance_cache()
+            caplog.clear()
+            with pytest.raises(Exception) as failed:
+                resume.load(uri, "run-a", "test")
+            assert failures.is_transient(failed.value), repr(failed.value)
+            assert caplog.text.count("could not read the test checkpoint") == resume.READ_ATTEMPTS - 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL", one_try_s3["AWS_ENDPOINT_URL"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert artifacts.read_bytes(uri) == saved
 
 
 def test_the_augmentations_random_state_round_trips(tmp_path):
