@@ -141,3 +141,20 @@ def s3_server(tmp_path_factory):
     s3fs.S3FileSystem.clear_instance_cache()
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def one_try_s3(s3_server, monkeypatch):
+    """The loopback S3 endpoint, with s3fs and botocore making one try per request (fault_proxy.ONE_TRY), so that a
+    request failed on purpose reaches selftrain's code; point AWS_ENDPOINT_URL at a FaultProxy and clear s3fs's
+    instance cache to go through it."""
+    import fsspec
+    import s3fs
+
+    from fault_proxy import ONE_TRY
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setitem(fsspec.config.conf, "s3", ONE_TRY)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -6,7 +6,8 @@ real S3 do, so that the errors a test sees are the ones s3fs, aiobotocore and bo
 - "stall": no answer for `stall_s` seconds, then the connection closes (past the client's read timeout: ReadTimeoutError);
 - "delay": the real answer, `stall_s` seconds late (a slow link, within the timeout).
 
-`rule(method, path, n)` picks the action for the n-th request (1-based, all requests counted), or None to forward it.
+`rule(method, path, n)` picks the action for the n-th request (1-based, all requests counted; `path` with its query,
+e.g. `/bucket?list-type=2&prefix=...` for a listing), or None to forward it.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class FaultProxy:
 
             def _any(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = urlsplit(self.path).path
+                path = self.path
                 with lock:
                     proxy.count += 1
                     action = proxy.rule(self.command, path, proxy.count)
@@ -99,13 +100,18 @@ class FaultProxy:
 
 
 def first(n: int, action: str, method: str | None = None, path_contains: str = "") -> Rule:
-    """Fail the first `n` requests that match (method, a substring of the path) with `action`."""
+    """Fail the first `n` requests that match (method, a substring of the path and query) with `action`."""
+    return sequence([action] * n, method, path_contains)
+
+
+def sequence(actions: list[str], method: str | None = None, path_contains: str = "") -> Rule:
+    """The k-th request that matches (method, a substring of the path and query) gets actions[k]; later ones pass."""
     seen = [0]
 
     def rule(m: str, path: str, _: int) -> str | None:
-        if (method is None or m == method) and path_contains in path and seen[0] < n:
+        if (method is None or m == method) and path_contains in path and seen[0] < len(actions):
             seen[0] += 1
-            return action
+            return actions[seen[0] - 1]
         return None
 
     return rule

@@ -1,16 +1,16 @@
 """The stages as Prefect tasks: transient I/O errors are retried, deterministic ones fail at once and say why.
 
-Real stages in real flows on Prefect's test server; the only stand-in is a filesystem whose first two
-listings drop the connection, registered with fsspec the way s3fs is.
+Real stages in real flows on Prefect's test server, reading the user's folders from a real S3 endpoint (moto) behind
+tests/fault_proxy.py, which drops connections and stalls answers: the errors are the ones s3fs and botocore raise.
 """
 import logging
-import time
+import uuid
 import warnings
 from pathlib import Path
 
-import fsspec
 import pytest
-from fsspec.implementations.local import LocalFileSystem
+import s3fs
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from kubernetes.client import ApiException
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -20,32 +20,18 @@ from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 from urllib3.exceptions import ProtocolError
 
-from conftest import write_tiny_params
+from conftest import S3_BUCKET, write_tiny_params
+from fault_proxy import FaultProxy, sequence
 from flows.logs import stage_logs_to_prefect
 from selftrain.data import load_split
 from selftrain.params import load_params
 from tasks import stages as tasks
+from tasks.kubernetes import JobFailed, JobFailedTransiently
 from tasks.stages import is_transient
-
-
-class FlakyFS(LocalFileSystem):
-    """Local files behind a connection that resets on the first `failures` listings."""
-
-    protocol = ("flaky",)
-    failures = 0
-    delay_s = 0.0
-
-    def ls(self, path, detail=False, **kwargs):
-        time.sleep(FlakyFS.delay_s)
-        if FlakyFS.failures:
-            FlakyFS.failures -= 1
-            raise ConnectionResetError("connection reset by peer")
-        return super().ls(path, detail=detail, **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    fsspec.register_implementation("flaky", FlakyFS, clobber=True)
     with prefect_test_harness(server_startup_timeout=180):
         yield
 
@@ -69,27 +55,45 @@ def _run(params_path, overrides, out):
     return state, task_runs, "\n".join(log.message for log in logs)
 
 
-def _folder_overrides(tree, protocol="flaky://"):
+def _folder_overrides(root: str):
     return {
         "data.source": "folders", "data.image_size": 16,
-        "data.folders": {s: f"{protocol}{tree / s}" for s in ("labeled", "unlabeled", "val", "test")},
+        "data.folders": {s: f"{root}/{s}" for s in ("labeled", "unlabeled", "val", "test")},
         "prefect.retries": 3, "prefect.retry_backoff_s": 0,
     }
 
 
-def test_transient_io_errors_are_retried_until_the_stage_completes(image_tree, tmp_path):
-    FlakyFS.failures = 2
-    state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(image_tree), tmp_path / "data")
+@pytest.fixture
+def s3_tree(image_tree, one_try_s3):
+    """image_tree uploaded to the S3 endpoint under a prefix of its own: (s3 root, prefix)."""
+    prefix = f"tree-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().put(str(image_tree), f"{S3_BUCKET}/{prefix}", recursive=True)
+    return f"s3://{S3_BUCKET}/{prefix}", prefix
+
+
+def _through(proxy: FaultProxy, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_transient_io_errors_are_retried_until_the_stage_completes(s3_tree, one_try_s3, tmp_path, monkeypatch):
+    root, prefix = s3_tree
+    # the first requests for the user's folders: a connection dropped twice (aiohttp tries again once on its own, then
+    # botocore's ConnectionClosedError), then an answer that never comes (ReadTimeoutError); neither is an OSError
+    with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], sequence(["drop", "drop", "stall"], "GET", prefix), stall_s=3) as proxy:
+        _through(proxy, monkeypatch)
+        state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(root), tmp_path / "data")
+    assert [f[0] for f in proxy.faults] == ["drop", "drop", "stall"]
     assert state.is_completed() and task_run.state.is_completed()
     assert "prepare: {'labeled': 6, " in logs  # the stage's own log line reached the run's log
-    assert task_run.run_count == 3 and FlakyFS.failures == 0  # two resets, then the run that worked
+    assert "ConnectionClosedError" in logs and "Read timeout on endpoint URL" in logs
+    assert task_run.run_count == 3  # two failures, then the run that worked
     assert load_split(str(tmp_path / "data"), "labeled").labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_bad_data_fails_at_once_with_the_reason_in_the_run_logs(image_tree, tmp_path):
     (image_tree / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    FlakyFS.failures = 0
-    state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(image_tree), tmp_path / "data")
+    state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(str(image_tree)), tmp_path / "data")
     assert state.is_failed() and task_run.state.is_failed() and task_run.run_count == 1
     assert "cannot read image" in logs and "broken.png" in logs
     assert not (tmp_path / "data").exists()
@@ -101,23 +105,28 @@ def test_bad_params_fail_the_flow_at_once_with_the_key_in_the_run_logs(tmp_path)
     assert "student.epochs" in logs
 
 
-def test_a_stage_over_its_timeout_fails_without_retries(image_tree, tmp_path):
-    FlakyFS.failures, FlakyFS.delay_s = 0, 1.0
-    overrides = {**_folder_overrides(image_tree), "prefect.timeouts_s": {"prepare": 2}}
-    try:
+def test_a_stage_over_its_timeout_fails_without_retries(s3_tree, one_try_s3, tmp_path, monkeypatch):
+    root, prefix = s3_tree
+    overrides = {**_folder_overrides(root), "prefect.timeouts_s": {"prepare": 2}}
+    # a slow link: every listing of the user's folders answers a second late (well within the read timeout)
+    with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], sequence(["delay"] * 50, "GET", f"prefix={prefix}"), stall_s=1) as proxy:
+        _through(proxy, monkeypatch)
         state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), overrides, tmp_path / "data")
-    finally:
-        FlakyFS.delay_s = 0.0
     assert state.is_failed() and task_run.state.name == "TimedOut" and task_run.run_count == 1
     assert "exceeded timeout of 2" in logs
 
 
 def test_which_errors_are_transient():
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError()) and is_transient(OSError("EIO"))
-    assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError()))
+    # what s3fs raises once its tries are spent: botocore's errors (not OSErrors) and S3's 5xx as OSError
+    assert is_transient(ConnectionClosedError(endpoint_url="http://s3")) and is_transient(ReadTimeoutError(endpoint_url="http://s3"))
+    assert is_transient(EndpointConnectionError(endpoint_url="http://s3")) and is_transient(OSError(121, "InternalError"))
+    assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError(), OSError(28, "No space")))
     # the Kubernetes API: busy, failing or unreachable is worth a retry; refusing the request is not
     assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429)) and is_transient(ProtocolError("reset"))
     assert not is_transient(ApiException(status=403)) and not is_transient(ApiException(status=422))
+    # a Job whose pods all failed on transient I/O is tried again as a new Job; any other failed Job is not
+    assert is_transient(JobFailedTransiently("exit 75")) and not is_transient(JobFailed("exit 2"))
 
 
 def test_stage_logs_outside_a_run_stay_on_the_console_without_warnings(caplog):

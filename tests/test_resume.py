@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import S3_BUCKET, tool_env, write_tiny_params
-from fault_proxy import ONE_TRY, FaultProxy, first
+from fault_proxy import FaultProxy, first
 from selftrain import artifacts, failures, noise, resume, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
@@ -39,17 +39,9 @@ def test_a_resume_file_of_another_run_is_not_resumed_and_one_that_does_not_load_
 
 
 @pytest.fixture
-def one_try_s3(s3_server, monkeypatch):
-    """s3fs and botocore with one try each (fault_proxy.ONE_TRY): a failed request reaches selftrain's code."""
-    import fsspec
-    import s3fs
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    monkeypatch.setitem(fsspec.config.conf, "s3", ONE_TRY)
+def one_try_s3(one_try_s3, monkeypatch):
     monkeypatch.setattr(resume, "READ_BACKOFF_S", 0.05)
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield s3_server
-    s3fs.S3FileSystem.clear_instance_cache()
+    return one_try_s3
 
 
 def test_a_checkpoint_that_cannot_be_read_for_a_moment_is_read_again_and_never_thrown_away(one_try_s3, monkeypatch, caplog):
