@@ -28,6 +28,7 @@ from typing import Any
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+from s3fs.utils import FileExpired
 
 MANIFEST = "MANIFEST.json"
 log = logging.getLogger("selftrain")
@@ -106,7 +107,14 @@ def _local_sha256(path: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already)."""
+    """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already). Refused (LockLost)
+    in a process that lost a lock it held."""
+    if _lost:
+        check_locks()
+    _write_bytes(uri, data)
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
     fs, path = _fs(uri)
     if isinstance(fs, LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -142,12 +150,108 @@ def create_exclusive(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data, mode="create")
 
 
-def _read_lock(uri: str) -> dict[str, Any] | None:
+def _read_raw(uri: str) -> bytes | None:
     try:
-        held = read_json(uri)
-    except (ArtifactError, ValueError):
+        return read_bytes(uri)
+    except (ArtifactError, FileExpired):  # gone, or replaced while it was read
+        return None
+
+
+def _parse_lock(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        held = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return held if isinstance(held, dict) else None
+
+
+def replace_if(uri: str, expected: bytes, data: bytes | None) -> bool:
+    """Replace the small file `uri` with `data` (None: delete it) only if its content is exactly `expected`; False
+    when it is not (changed or gone). Atomic against other replace_if and create_exclusive callers: of several
+    racing on the same content, one wins. On S3 a conditional put/delete (If-Match on the ETag of what was
+    read); on disk the read, check and atomic replace happen under an O_EXCL mutex file beside it."""
+    fs, path = _fs(uri)
+    if not isinstance(fs, LocalFileSystem):
+        try:
+            with fs.open(path, "rb") as f:  # s3fs reads with If-Match on the ETag it opened: content and ETag agree
+                etag, current = f.details["ETag"], f.read()
+        except (FileNotFoundError, FileExpired):  # gone, or replaced while it was read
+            return False
+        if current != expected:
+            return False
+        bucket, key, _ = fs.split_path(path)
+        try:
+            if data is None:
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            else:
+                fs.pipe_file(path, data, IfMatch=etag)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # 412 PreconditionFailed: another writer changed it since it was read
+                return False
+            raise
+        fs.invalidate_cache(path)
+        return True
+    with _local_mutex(f"{path}.mutex"):
+        try:
+            with open(path, "rb") as f:
+                current = f.read()
+        except FileNotFoundError:
+            return False
+        if current != expected:
+            return False
+        if data is None:
+            os.remove(path)
+        else:
+            _write_bytes(uri, data)  # temp + rename: the lock file is never absent, so no creator slips in
+    return True
+
+
+@contextmanager
+def _local_mutex(path: str) -> Iterator[None]:
+    """A file created with O_EXCL around a read-compare-replace of a lock file (held for microseconds). One left by a
+    process killed inside it is removed once a minute old."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with suppress(FileNotFoundError):
+                if time.time() - os.stat(path).st_mtime > 60:
+                    os.remove(path)
+            if time.monotonic() > deadline:
+                raise ArtifactError(f"'{path}' has been held for 30 s: remove it if no selftrain run is writing there") from None
+            time.sleep(0.001)
+    try:
+        yield
+    finally:
+        os.close(fd)
+        os.remove(path)
+
+
+class LockLost(ArtifactError):
+    """This run's lock was taken over (it went too long without a heartbeat): it must not write any more."""
+
+
+# the locks this process holds (uri -> token) and those it lost: artifact commits check them, so a run that lost
+# its generation's lock stops writing there (a fence; the heartbeat notices a loss within stale_after_s / 4)
+_held: dict[str, str] = {}
+_lost: set[str] = set()
+_held_guard = threading.Lock()
+
+
+def check_locks() -> None:
+    """Raise LockLost if a lock this process holds was taken over: read each one (not only the heartbeat's word)."""
+    with _held_guard:
+        held, lost = dict(_held), set(_lost)
+    for uri, token in held.items():
+        if uri in lost or (_parse_lock(_read_raw(uri)) or {}).get("token") != token:
+            with _held_guard:
+                _lost.add(uri)
+            raise LockLost(f"this run no longer holds '{uri}': another run took it over (this one went "
+                           "without a heartbeat for too long, paused or cut off); it stops here rather than write beside it")
 
 
 @contextmanager
@@ -156,39 +260,48 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
 
     The holder renews the file every stale_after_s / 4 (a heartbeat, from a thread); a lock whose heartbeat is
     older than stale_after_s was left by a run that died (killed, its pod evicted) and is taken over, with a
-    warning. A lock without a heartbeat is never taken over."""
+    warning. A lock without a heartbeat is never taken over. Takeover, renewal and release are conditional on the
+    file being exactly what this run last saw (replace_if): two takers cannot both win, and a holder whose lock
+    was taken over cannot renew or remove the new holder's. Such a holder stops writing: its next artifact
+    commit raises LockLost (check_locks), and so does the end of the block."""
     token = uuid.uuid4().hex
 
     def record() -> bytes:
         return json.dumps({**owner, "token": token, "heartbeat": time.time(), "stale_after_s": stale_after_s}, sort_keys=True).encode()
 
+    mine = record()
     try:
-        create_exclusive(uri, record())
+        create_exclusive(uri, mine)
     except FileExistsError:
-        held = _read_lock(uri)
+        raw = _read_raw(uri)
+        held = _parse_lock(raw)
         age = time.time() - held["heartbeat"] if held and isinstance(held.get("heartbeat"), (int, float)) else None
         who = {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")} if held else "an unknown run"
-        if age is None or age <= held.get("stale_after_s", stale_after_s):
+        if raw is None or age is None or age <= held.get("stale_after_s", stale_after_s):
             beat = f" (its last heartbeat {age:.0f} s ago)" if age is not None else ""
             raise ArtifactError(f"'{uri}' is held by {who}{beat}: another run is writing there. Wait for it to finish; a lock "
                                 f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
                                 "heartbeat never: delete that file if its run is gone") from None
         log.warning("'%s': taking over the lock of %s, whose last heartbeat was %.0f s ago (the run died)", uri, who, age)
-        if _read_lock(uri) == held:  # still the stale one: another taker may have been quicker
-            remove(uri)
-        try:
-            create_exclusive(uri, record())
-        except FileExistsError:
+        if not replace_if(uri, raw, mine):
             raise ArtifactError(f"'{uri}' was taken over by another run at the same moment: it is writing there") from None
+    with _held_guard:
+        _held[uri] = token
+        _lost.discard(uri)
     stop = threading.Event()
 
     def heartbeat() -> None:
+        nonlocal mine
         while not stop.wait(stale_after_s / 4):
+            renewed = record()
             try:
-                if (_read_lock(uri) or {}).get("token") != token:
-                    log.error("'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat)", uri, stale_after_s)
+                if not replace_if(uri, mine, renewed):
+                    with _held_guard:
+                        _lost.add(uri)
+                    log.error("'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat): "
+                              "it writes nothing more there", uri, stale_after_s)
                     return
-                write_bytes(uri, record())
+                mine = renewed
             except Exception as e:  # a blip of the store: the next beat tries again
                 log.warning("'%s': could not renew the lock: %s", uri, e)
 
@@ -196,11 +309,16 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
     beating.start()
     try:
         yield
+        check_locks()
     finally:
         stop.set()
         beating.join()
-        if (_read_lock(uri) or {}).get("token") == token:
-            remove(uri)
+        with _held_guard:
+            _held.pop(uri, None)
+            lost = uri in _lost
+            _lost.discard(uri)
+        if not lost:
+            replace_if(uri, mine, None)  # only the record this run wrote: never a new holder's
 
 
 def copy(src: str, dst: str) -> None:
@@ -216,7 +334,8 @@ def remove(uri: str) -> None:
     """Delete a file or directory if it is there."""
     fs, path = _fs(uri)
     if fs.exists(path):
-        fs.rm(path, recursive=True)
+        with suppress(FileNotFoundError):  # removed meanwhile by someone else: what was asked
+            fs.rm(path, recursive=True)
 
 
 def read_json(uri: str) -> Any:
@@ -379,21 +498,45 @@ def sha256_file(uri: str) -> str:
 
 
 def require_complete(uri: str) -> dict[str, Any]:
-    """Return the manifest of a complete artifact directory, or raise naming what is wrong."""
+    """Return the manifest of a complete artifact directory, or raise naming what is wrong: missing, incomplete (no
+    manifest), or files that are not the ones its manifest lists (missing, extra, another size, or on S3 another
+    ETag: the files of two writers mixed). One listing of the directory; no file is read."""
     if not exists(uri):
         raise ArtifactError(f"artifact '{uri}' not found: run the stage that produces it first")
     if not exists(join(uri, MANIFEST)):
         raise ArtifactError(f"artifact '{uri}' is incomplete (no {MANIFEST}): its stage did not finish; rerun it")
-    return read_json(join(uri, MANIFEST))
+    manifest = read_json(join(uri, MANIFEST))
+    sizes, etags = manifest.get("sizes"), manifest.get("etags")
+    if sizes is not None:
+        found = _listing(uri)
+        wrong = sorted((set(found) ^ set(manifest["files"])) | {
+            rel for rel in set(found) & set(manifest["files"])
+            if found[rel]["size"] != sizes.get(rel) or (etags is not None and found[rel].get("ETag") != etags.get(rel))})
+        if wrong:
+            raise ArtifactError(f"artifact '{uri}' does not match its {MANIFEST} ({', '.join(wrong[:5])}"
+                                f"{', ...' if len(wrong) > 5 else ''}: missing, extra or changed since it was written, e.g. by two "
+                                "writers at once); rerun the stage that produces it")
+    return manifest
+
+
+def _listing(uri: str) -> dict[str, dict[str, Any]]:
+    """The files under a directory (relative path -> size, and ETag on S3), the manifest left out."""
+    fs, root = _fs(uri)
+    root = root.rstrip("/")
+    return {full[len(root) + 1 :]: info for full, info in fs.find(root, detail=True).items() if full[len(root) + 1 :] != MANIFEST}
 
 
 def content_hash(uri: str) -> str:
-    """sha256 of an artifact: of its manifest for a directory, of its bytes for a file."""
+    """sha256 of an artifact: of its manifest's file list (names and sha256) for a directory, of its bytes for a file.
+    Sizes and ETags in the manifest are left out: the same files give the same hash on disk and on S3."""
     fs, path = _fs(uri)
     if fs.isdir(path):
-        require_complete(uri)
-        return sha256_file(join(uri, MANIFEST))
+        return sha256_bytes(_manifest_bytes({"files": require_complete(uri)["files"]}))
     return sha256_file(uri)
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
 _HOST = socket.gethostname().replace("/", "_")
@@ -455,6 +598,7 @@ def atomic_dir(uri: str) -> Iterator[str]:
         try:
             yield staging
             _write_manifest(staging)
+            check_locks()  # a run that lost its generation's lock does not put an output in place
             old = os.path.join(parent, f".{name}.old-{_HOST}-{os.getpid()}-{token}")
             if os.path.lexists(path):
                 os.replace(path, old)
@@ -465,33 +609,46 @@ def atomic_dir(uri: str) -> Iterator[str]:
             if os.path.exists(staging):
                 shutil.rmtree(staging)
     else:
-        # Object stores have no rename: stage under a sibling prefix, then drop the old manifest
-        # (marking the old artifact incomplete), copy the files, and write the new manifest last.
+        # Object stores have no rename: stage under a sibling prefix, then drop the old manifest (marking the old
+        # artifact incomplete), copy the files over, remove those the new one does not have, and write the new
+        # manifest last, with the ETags the copies got: a reader (require_complete) refuses a directory whose
+        # files are not those, which is what two writers copying at once would leave.
         proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
         staging = f"{proto}://{parent}/.{name}.tmp-{token}"
         try:
             yield staging
-            _write_manifest(staging)
+            manifest = _write_manifest(staging, write=False)
+            check_locks()
             sfs, spath = _fs(staging)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            for full in sfs.find(spath):
-                rel = full[len(spath) + 1 :]
-                if rel != MANIFEST:
-                    fs.copy(full, f"{path}/{rel}")
-            fs.copy(f"{spath}/{MANIFEST}", f"{path}/{MANIFEST}")
+            staged = _listing(staging)
+            remove(join(uri, MANIFEST))
+            for rel in manifest["files"]:
+                fs.copy(f"{spath}/{rel}", f"{path}/{rel}")
+            final = _listing(uri)
+            for rel in set(final) - set(manifest["files"]):
+                remove(join(uri, rel))
+            # a copy of a single-part object keeps its ETag (the MD5 of its bytes): expect this writer's own, not
+            # what the listing shows now (another writer's copies may have landed); a multipart one gets a new ETag
+            manifest["etags"] = {rel: staged[rel]["ETag"] if "-" not in staged[rel]["ETag"] else final[rel]["ETag"]
+                                 for rel in manifest["files"]}
+            write_bytes(join(uri, MANIFEST), _manifest_bytes(manifest))
         finally:
             sfs, spath = _fs(staging)
             if sfs.exists(spath):
                 sfs.rm(spath, recursive=True)
 
 
-def _write_manifest(uri: str) -> None:
+def _write_manifest(uri: str, write: bool = True) -> dict[str, Any]:
+    """The manifest of the files under `uri` (sha256 and size of each); written there unless `write` is False."""
     fs, root = _fs(uri)
     proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    files = {}
-    for full in sorted(fs.find(root)):
+    files, sizes = {}, {}
+    for full, info in sorted(fs.find(root, detail=True).items()):
         rel = full[len(root.rstrip("/")) + 1 :]
         if rel != MANIFEST:
             files[rel] = _local_sha256(full) if isinstance(fs, LocalFileSystem) else sha256_file(f"{proto}://{full}")
-    write_json(join(uri, MANIFEST), {"files": files})
+            sizes[rel] = info["size"]
+    manifest = {"files": files, "sizes": sizes}
+    if write:
+        write_bytes(join(uri, MANIFEST), _manifest_bytes(manifest))
+    return manifest

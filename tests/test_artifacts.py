@@ -113,11 +113,12 @@ def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
         logits.read_store(str(tmp_path / "s"))
     with pytest.raises(logits.LogitStoreError, match=r"NaN/inf logits for 1 image\(s\), first 'img3'"):  # as filter-balance reads it
         list(logits.iter_shards(str(tmp_path / "s"), logits.open_store(str(tmp_path / "s")), with_ids=False))
+    # a file of another size than its manifest says (replaced, cut short) is refused before it is read
     artifacts.save_array(values, good[:, :2])
-    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds values of shape \(1, 2\) for 1 ids; the header expects \(1, 3\)"):
+    with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(shard-00001.values.npy: missing, extra or changed"):
         logits.read_store(str(tmp_path / "s"))
     (tmp_path / "s" / "shard-00001.values.npy").write_bytes(b"\x93NUMPY cut short")
-    with pytest.raises(artifacts.ArtifactError, match=r"shard-00001.values.npy' is not a readable .npy array file"):
+    with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(shard-00001.values.npy"):
         logits.read_store(str(tmp_path / "s"))
 
 

@@ -82,3 +82,105 @@ def test_a_flow_run_on_a_root_another_run_is_writing_stops_at_once_and_writes_no
     with pytest.raises(artifacts.ArtifactError, match="busy-bee.*another run is writing there"):
         self_training(str(write_tiny_params(tmp_path / "params.yaml")), str(root), generations=1)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["gen0", "gen0/.lock"]
+
+
+def _take_over_race(uri: str, takers: int = 8) -> list[str]:
+    """`takers` threads find the same stale lock at `uri` and try to take it over at once; each winner holds it until
+    every thread has tried. Returns what each got."""
+    dead = {"flow_run": "killed", "token": "t", "heartbeat": time.time() - 60, "stale_after_s": 20}
+    artifacts.write_json(uri, dead)
+    start, tried, outcomes = threading.Barrier(takers), threading.Barrier(takers), []
+
+    def take(i: int) -> None:
+        start.wait()
+        try:
+            with artifacts.exclusive(uri, {"flow_run": f"taker {i}"}, stale_after_s=20):
+                outcomes.append("won")
+                tried.wait()
+        except artifacts.ArtifactError:
+            outcomes.append("refused")
+            tried.wait()
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion, not a hang at the barrier
+            outcomes.append(repr(e))
+            tried.wait()
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(takers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_of_racing_takers_of_a_stale_lock_exactly_one_wins_on_disk_and_on_s3(tmp_path, s3_server):
+    for uri in (str(tmp_path / "gen4" / ".lock"), f"s3://{S3_BUCKET}/takeover/gen4/.lock"):
+        for _ in range(3):
+            assert sorted(_take_over_race(uri)) == ["refused"] * 7 + ["won"], uri
+            assert not artifacts.exists(uri)  # released by the winner
+
+
+def test_a_run_whose_lock_was_taken_over_stops_writing_and_leaves_the_new_holders_lock(tmp_path, caplog):
+    uri, out = str(tmp_path / "gen5" / ".lock"), str(tmp_path / "gen5" / "student")
+    with artifacts.atomic_dir(out) as staging:
+        artifacts.write_json(f"{staging}/a.json", {"by": "before"})
+    with pytest.raises(artifacts.LockLost, match="no longer holds .* another run took it over"):
+        with artifacts.exclusive(uri, {"flow_run": "paused"}, stale_after_s=0.4):
+            # the run is paused past stale_after_s and another takes the lock over
+            artifacts.write_json(uri, {"flow_run": "newer", "token": "n", "heartbeat": time.time(), "stale_after_s": 600})
+            time.sleep(0.3)  # the heartbeat notices
+            with artifacts.atomic_dir(out) as staging:
+                artifacts.write_json(f"{staging}/a.json", {"by": "the paused run"})
+    assert artifacts.read_json(f"{out}/a.json") == {"by": "before"}  # nothing put in place by the run that lost the lock
+    assert json.loads(artifacts.read_bytes(uri))["flow_run"] == "newer"  # and the new holder's lock is not removed
+    assert "is no longer held by this run" in caplog.text
+
+
+def test_an_artifact_whose_files_are_not_its_manifests_is_refused_on_s3_and_on_disk(tmp_path, s3_server):
+    import s3fs
+
+    for uri in (f"s3://{S3_BUCKET}/mixed/data", str(tmp_path / "mixed" / "data")):
+        with artifacts.atomic_dir(uri) as staging:
+            for name in ("a", "b"):
+                artifacts.write_json(f"{staging}/{name}.json", {"writer": 1, "part": name})
+        before = artifacts.content_hash(uri)
+        # a second writer's copy lands over one file after the first writer's manifest: same size, other content
+        artifacts.write_json(f"{uri}/b.json", {"writer": 2, "part": "b"})
+        if uri.startswith("s3://"):
+            with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(b.json"):
+                artifacts.require_complete(uri)
+        artifacts.write_json(f"{uri}/b.json", {"writer": 22, "part": "b"})  # another size: refused on disk too
+        with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(b.json"):
+            artifacts.require_complete(uri)
+        artifacts.write_json(f"{uri}/c.json", {})  # and a file the manifest does not list
+        with pytest.raises(artifacts.ArtifactError, match=r"\(b.json, c.json"):
+            artifacts.content_hash(uri)
+        with artifacts.atomic_dir(uri) as staging:  # rewritten whole: complete again, the extra file gone
+            for name in ("a", "b"):
+                artifacts.write_json(f"{staging}/{name}.json", {"writer": 1, "part": name})
+        assert artifacts.content_hash(uri) == before
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_two_writers_of_one_s3_artifact_at_once_leave_one_writers_files_or_a_refused_artifact(s3_server):
+    uri = f"s3://{S3_BUCKET}/two-writers/data"
+    for _ in range(3):
+        ready = threading.Barrier(2)
+
+        def write(writer: int) -> None:
+            with artifacts.atomic_dir(uri) as staging:
+                for name in "abcdef":
+                    artifacts.write_json(f"{staging}/{name}.json", {"writer": writer, "part": name})
+                ready.wait()  # both commit at the same moment
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            artifacts.require_complete(uri)
+        except artifacts.ArtifactError as e:
+            assert "does not match its MANIFEST.json" in str(e) or "incomplete" in str(e)
+            continue
+        writers = {artifacts.read_json(f"{uri}/{name}.json")["writer"] for name in "abcdef"}
+        assert len(writers) == 1, "a complete artifact must hold one writer's files"
