@@ -3,6 +3,7 @@ and a flow run that finds a generation locked fails at once, naming the holder, 
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -11,24 +12,36 @@ from flows.self_training import self_training
 from selftrain import artifacts
 
 
-def _race(uri: str, writers: int = 8) -> list[str]:
-    """`writers` threads create `uri` exclusively at the same moment; returns what each got."""
-    start, outcomes = threading.Barrier(writers), []
+def _at_once(attempt: Callable[[int], str], n: int) -> list[str]:
+    """attempt(0), ..., attempt(n - 1) in n threads released at the same moment; what each returned, or its error."""
+    start, outcomes = threading.Barrier(n), []
 
-    def write(i: int) -> None:
+    def run(i: int) -> None:
         start.wait()
         try:
-            artifacts.create_exclusive(uri, f"writer {i}".encode())
-            outcomes.append("won")
-        except FileExistsError:
-            outcomes.append("refused")
+            outcomes.append(attempt(i))
+        except BaseException as e:  # noqa: BLE001 - reported by the caller's assertion
+            outcomes.append(repr(e))
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return outcomes
+
+
+def _race(uri: str, writers: int = 8) -> list[str]:
+    """`writers` threads create `uri` exclusively at the same moment; returns what each got."""
+
+    def write(i: int) -> str:
+        try:
+            artifacts.create_exclusive(uri, f"writer {i}".encode())
+            return "won"
+        except FileExistsError:
+            return "refused"
+
+    return _at_once(write, writers)
 
 
 def test_exactly_one_of_racing_writers_gets_the_lock_on_disk_and_on_s3(tmp_path, s3_server):
@@ -89,27 +102,18 @@ def _take_over_race(uri: str, takers: int = 8) -> list[str]:
     every thread has tried. Returns what each got."""
     dead = {"flow_run": "killed", "token": "t", "heartbeat": time.time() - 60, "stale_after_s": 20}
     artifacts.write_json(uri, dead)
-    start, tried, outcomes = threading.Barrier(takers), threading.Barrier(takers), []
+    tried = threading.Barrier(takers, timeout=60)  # a thread that fails otherwise breaks it rather than hang the rest
 
-    def take(i: int) -> None:
-        start.wait()
+    def take(i: int) -> str:
         try:
             with artifacts.exclusive(uri, {"flow_run": f"taker {i}"}, stale_after_s=20):
-                outcomes.append("won")
                 tried.wait()
+                return "won"
         except artifacts.ArtifactError:
-            outcomes.append("refused")
             tried.wait()
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion, not a hang at the barrier
-            outcomes.append(repr(e))
-            tried.wait()
+            return "refused"
 
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(takers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outcomes
+    return _at_once(take, takers)
 
 
 def test_of_racing_takers_of_a_stale_lock_exactly_one_wins_on_disk_and_on_s3(tmp_path, s3_server):
