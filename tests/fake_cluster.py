@@ -96,7 +96,7 @@ class FakeCluster:
         self.evicted: list[str] = []
         self.created_pods: list[str] = []
         self._started: dict[str, float] = {}
-        self._ready, self._stop = threading.Event(), threading.Event()
+        self._ready, self._stop, self._halt = threading.Event(), threading.Event(), threading.Event()
         self._loop = asyncio.new_event_loop()
         self._server = threading.Thread(target=self._serve, daemon=True)
         self._server.start()
@@ -170,8 +170,9 @@ class FakeCluster:
         return [self._dict(p) for p in self.core.list_namespaced_pod(NAMESPACE, label_selector=sel).items]
 
     def close(self) -> None:
+        self._halt.set()  # the controllers first: a tick against a stopped API server would fail in their thread
+        self._controller.join(timeout=30)
         self._stop.set()
-        self._controller.join(timeout=10)
         self._server.join(timeout=10)  # kmock patches aiohttp's resolver: the next cluster must not start before it is undone
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -183,7 +184,7 @@ class FakeCluster:
 
     # --- the job controller and the kubelet
     def _control(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._tick()
             except client.ApiException as e:
