@@ -1,18 +1,23 @@
-"""Throughput of selftrain's training loop and infer stage against a bare timm loop, as ratios.
+"""Throughput of selftrain's training steps and infer stage against a bare timm loop, as ratios.
 
-Both sides use the same model, batch size, images and device; the bare side is the
-shortest honest loop (tensors already in memory, no augmentation, no logging, plain fp32),
-so a ratio below 1 is what the stage's data pipeline and bookkeeping cost.
+Both sides use the same model, batch size (images per step), images and device; the bare side is the
+shortest honest loop (tensors already in memory, no augmentation, no logging, plain fp32), so for the
+teacher's step a ratio below 1 is what the data pipeline and bookkeeping cost. Every step kind of the
+method registry is measured the same way (images/s: the images a step trains its model on): the student
+adds RandAugment; MPL runs a teacher beside the student (1 + 2r views through it and a second student
+forward per step), so its ratio is also the method's own extra work, not only overhead.
 
-    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--out throughput.json]
+    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0] [--out throughput.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +28,12 @@ import torch.nn.functional as F
 from selftrain import artifacts, models, runtime, stages, train
 from selftrain.data import save_split
 from selftrain.data.splits import make_splits
+from selftrain.mpl import LogitTeacher
 from selftrain.noise import clean_batch
-from selftrain.params import DataParams, Params, TrainParams
+from selftrain.params import DataParams, MplParams, Params, StudentParams, TrainParams
+from selftrain.steps.mpl import MplStep, ReducedMplStep
+from selftrain.steps.pseudo_label import PseudoLabelStep
+from selftrain.steps.supervised import SupervisedStep
 
 
 def sync(device: torch.device) -> None:
@@ -51,19 +60,39 @@ def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: i
     return steps * batch / (time.perf_counter() - t0)
 
 
-def stage_train(model_name: str, split, batch: int, steps: int, device: torch.device) -> float:
-    """selftrain.train.fit (augmentation, DataLoader, schedule, logging) for `steps` steps."""
-    epochs = max(1, round(steps * batch / len(split)))
-    p = TrainParams(epochs=epochs, batch_size=batch, augment="s1")
-    spec = models.ModelSpec(model_name, 10, split.images.shape[3], split.images.shape[1], split.classes)
-    model = runtime.place(models.create(spec), device)
-    train.fit(model, p.model_copy(update={"epochs": 1}), split, device, seed=0, desc="warm-up")
-    sync(device)
-    t0 = time.perf_counter()
-    train.fit(model, p, split, device, seed=0, desc="stage train")
-    sync(device)
-    steps_done = epochs * (len(split) // batch)
-    return steps_done * batch / (time.perf_counter() - t0)
+def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, workers: int) -> dict[str, Callable[[], train.Step]]:
+    """Every step kind of the registry's methods, each a fresh model (and teacher) on the same data: teacher
+    (supervised), student (pseudo-labels: noisy_student, distill), mpl and reduced_mpl."""
+    labeled, unlabeled = splits["labeled"], splits["unlabeled"]
+    spec = models.ModelSpec(model_name, 10, labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
+    ctx = train.Context(device, workers=workers)
+    ratio = 3
+    teacher_p = TrainParams(epochs=1_000, batch_size=batch, augment="s1")
+    student_p = StudentParams(epochs=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, augment="noisy_student")
+    mpl_p = MplParams(steps=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, uda_ramp_steps=1)
+    soft = np.full((len(unlabeled), 10), 0.1, dtype=np.float32)
+    stored = np.log(soft)
+
+    def net() -> torch.nn.Module:
+        return runtime.place(models.create(spec), device)
+
+    return {
+        "teacher": lambda: SupervisedStep(net(), teacher_p, labeled, ctx, 0),
+        "student": lambda: PseudoLabelStep(net(), student_p, labeled, (unlabeled.images, soft), ctx, 0),
+        "mpl": lambda: MplStep(net(), net(), mpl_p, student_p, labeled, unlabeled.images, ctx, 0),
+        "reduced_mpl": lambda: ReducedMplStep(net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0,
+                                              stored=stored),
+    }
+
+
+def step_rate(make: Callable[[], train.Step], steps: int, device: torch.device) -> dict[str, float]:
+    """images/s and steps/s of selftrain.train.fit running `steps` steps (after 3 warm-up steps): the step's data
+    pipeline (augmentation, DataLoader), its updates and the loop's bookkeeping. Images: what the step trains on."""
+    step = make()
+    step.total = 3 + 3 * max(1, steps // 3)
+    _, rows, _ = train.fit(step, step.ctx, 0, log_every=3, desc="bench")  # a row every 3 steps: the first is the warm-up
+    timed = rows[1:]
+    return {"img_s": statistics.fmean(r["images_per_s"] for r in timed), "steps_s": statistics.fmean(r["steps_per_s"] for r in timed)}
 
 
 def bare_infer(model_name: str, images: np.ndarray, batch: int, device: torch.device) -> float:
@@ -100,6 +129,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="training steps per side")
     ap.add_argument("--unlabeled", type=int, default=20000, help="images for the inference comparison")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers per step (runtime.num_workers)")
     ap.add_argument("--out", metavar="FILE", help="add this model's stage throughputs to FILE, the format `selftrain plan --throughput` reads")
     args = ap.parse_args()
 
@@ -115,10 +145,13 @@ def main() -> None:
         result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                   "model": args.model, "batch": args.batch}
         result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device)
-        result["train_stage_img_s"] = stage_train(args.model, labeled, args.batch, args.steps, device)
+        for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers).items():
+            rate = step_rate(make, args.steps, device)
+            result[f"{kind}_img_s"], result[f"{kind}_steps_s"] = rate["img_s"], rate["steps_s"]
+            result[f"{kind}_ratio"] = rate["img_s"] / result["train_bare_img_s"]
+        result["train_stage_img_s"] = result["teacher_img_s"]
         result["infer_bare_img_s"] = bare_infer(args.model, splits["unlabeled"].images, args.batch, device)
         result["infer_stage_img_s"] = stage_infer(args.model, params, data_uri, work, device)
-    result["train_ratio"] = result["train_stage_img_s"] / result["train_bare_img_s"]
     result["infer_ratio"] = result["infer_stage_img_s"] / result["infer_bare_img_s"]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
     if args.out:

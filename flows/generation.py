@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 from flows.locks import writing
 from flows.logs import stage_logs_to_prefect
 from flows.ui import publish_generation
+from selftrain import methods
 from selftrain.layout import Generation
 from selftrain.params import Params
 from selftrain.report import generation_table
@@ -30,13 +31,10 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
         teacher = Generation(root, params.generations[name].teacher).promoted
         stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
         stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
-        method = params.generations[name].method
-        if method == "mpl":
-            stages.train_mpl(params, generation=name, data=g.data, teacher=teacher, out=g.student)
-        elif method == "reduced_mpl":
-            stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
-        else:  # noisy_student, distill
-            stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
+        method = methods.get(params.generations[name].method)
+        train = getattr(stages, method.stage.replace("-", "_"))  # the method's stage, e.g. train-mpl for mpl
+        inputs = {"pseudo": g.pseudo, "logits_store": g.logits}
+        train(params, generation=name, data=g.data, teacher=teacher, out=g.student, **{k: inputs[k] for k in method.stage_inputs})
         metrics = stages.evaluate(
             params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
         )
@@ -47,5 +45,5 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
         )
         report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
-    publish_generation(g, name, method, metrics, promoted, report["files"])
+    publish_generation(g, name, method.name, metrics, promoted, report["files"])
     return promoted

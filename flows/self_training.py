@@ -21,7 +21,9 @@ from flows.generation import generation
 from flows.locks import writing
 from flows.logs import stage_logs_to_prefect
 from selftrain.layout import Generation
-from selftrain.params import METHODS, ParamsError, load_params, parse_override
+from selftrain.methods import METHOD_NAMES
+from selftrain.models import check_params
+from selftrain.params import ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from tasks import stages as tasks
 
@@ -41,7 +43,7 @@ def self_training(
     params_path: str = "params.yaml",
     root: str = "runs/prefect",
     generations: PositiveInt | None = None,
-    method: Literal[METHODS] | None = None,  # type: ignore[valid-type]
+    method: Literal[METHOD_NAMES] | None = None,  # type: ignore[valid-type]
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Self-training on the params file: the teacher, then each generation as a subflow.
@@ -55,6 +57,7 @@ def self_training(
     """
     stage_logs_to_prefect()
     params = load_params(params_path, overrides, generations=generations, method=method)
+    check_params(params, params_path)
     logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
     with writing(root, "gen0"):
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     ap.add_argument("--root", default="runs/prefect", help="artifact root, local path or s3:// (default: %(default)s)")
     ap.add_argument("--generations", type=int, help="run only the first N generations (default: all in the params file)")
-    ap.add_argument("--method", choices=METHODS, help="give every generation this method (default: each its own)")
+    ap.add_argument("--method", choices=METHOD_NAMES, help="give every generation this method (default: each its own)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
     args = ap.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.overrides)

@@ -277,7 +277,7 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
         held = _parse_lock(raw)
         age = time.time() - held["heartbeat"] if held and isinstance(held.get("heartbeat"), (int, float)) else None
         who = {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")} if held else "an unknown run"
-        if raw is None or age is None or age <= held.get("stale_after_s", stale_after_s):
+        if raw is None or age is None or age <= (held or {}).get("stale_after_s", stale_after_s):
             beat = f" (its last heartbeat {age:.0f} s ago)" if age is not None else ""
             raise ArtifactError(f"'{uri}' is held by {who}{beat}: another run is writing there. Wait for it to finish; a lock "
                                 f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
@@ -352,7 +352,7 @@ def write_json(uri: str, obj: Any) -> None:
 def save_arrays(uri: str, **arrays: np.ndarray) -> None:
     """Save numpy arrays as .npz (no pickled objects: strings must be fixed-width unicode arrays)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)
     write_bytes(uri, buf.getvalue())
 
 

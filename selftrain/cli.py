@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, distributed, failures, lineage, plan as capacity, promote as promotion, registry
+from selftrain import artifacts, distributed, failures, lineage, models, plan as capacity, promote as promotion, registry
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table)
             return 0 if finished else 1
         params = load_params(args.params, dict(args.overrides))
+        models.check_params(params, args.params)
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
         try:

@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 import torch
 import yaml
 
-from selftrain import artifacts
+from selftrain import artifacts, methods
 
 FORMAT = "selftrain-lineage/1"
 PACKAGES = ("selftrain", "torch", "timm", "numpy", "safetensors", "fsspec", "s3fs", "dvc")
 # the params sections a generation's model depends on (dvc.yaml's lineage stage tracks the same), plus its own entry
-PARAMS = ("seed", "data", "teacher", "infer", "pseudo_labels", "student", "mpl", "evaluate", "robustness", "promote")
+PARAMS = ("seed", "data", "teacher", "infer", "pseudo_labels", *methods.params_sections(), "evaluate", "robustness", "promote")
 # dvc.yaml's stages that a generation's model comes from: once per pipeline, and per generation (its own and earlier ones)
 UPSTREAM_ONCE = ("prepare", "train-teacher", "make-robustness-sets", "robustness-reference")
 UPSTREAM_PER_GENERATION = ("infer", "filter-balance", "train-student", "evaluate", "promote")

@@ -1,9 +1,12 @@
 """timm models and self-describing safetensors checkpoints (no pickle anywhere)."""
 from __future__ import annotations
 
+import functools
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import safetensors.torch
 import timm
@@ -87,7 +90,8 @@ def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
         )
     same_head = other.num_classes == spec.num_classes
     if not same_head:  # e.g. a checkpoint trained on other classes: keep the body, re-initialise the head
-        head = model.pretrained_cfg.get("classifier", "")
+        cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
+        head = cfg.get("classifier", "")
         state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
     model.load_state_dict(state, strict=same_head)
     return len(state)
@@ -96,3 +100,35 @@ def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
+
+
+def check_params(params: Any, source: str = "params") -> None:
+    """The checks of a params file that need timm: every model name is a timm model, and no student is smaller than its
+    teacher unless its method distils down or student.allow_smaller is set. Raises ParamsError naming each bad key.
+    (Loading params does not import timm or torch; the CLI and the flow run this before any stage.)"""
+    from selftrain.methods import METHODS
+    from selftrain.params import ParamsError
+
+    named = {"teacher.model": params.teacher.model, **{f"generations.{k}.model": g.model for k, g in params.generations.items()}}
+    errors = []
+    for key, name in named.items():
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{re.sub(r'[0-9]+$', '', name.split('_')[0])}*")[:8]  # resnet9000 -> resnet*
+            errors.append(f"  {key}: unknown timm model '{name}'" + (f"; similar names: {', '.join(close)}" if close else ""))
+    if not errors:
+        chain = [params.teacher.model] + [g.model for g in params.generations.values()]
+        for k, (name, g) in enumerate(params.generations.items(), start=1):
+            if params.student.allow_smaller or METHODS[g.method].smaller_student:
+                continue
+            if _param_count(g.model) < _param_count(chain[k - 1]):
+                errors.append(
+                    f"  generations.{name}.model: '{g.model}' is smaller than its teacher '{chain[k - 1]}' (Noisy Student wants an "
+                    "equal or larger student; use method: distill or set student.allow_smaller: true to distil down)")
+    if errors:
+        raise ParamsError("\n".join([f"{source}: {len(errors)} invalid parameter(s):", *errors]))
+
+
+@functools.cache
+def _param_count(name: str) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())

@@ -14,7 +14,10 @@ MLP over a large fixed teacher's stored logits (`LogitTeacher`), so no image pas
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +41,26 @@ class MplState:
     baseline: float = 0.0
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How a step runs: `autocast` around the forward passes (mixed precision), `mean` of a scalar over the
+    data-parallel processes (h: every process must update its teacher with the same signal). Defaults: one process in fp32."""
+
+    autocast: Callable[[], Any] = contextlib.nullcontext
+    mean: Callable[[float], float] = float
+
+
+ONE_PROCESS = Parallel()
+
+
 def mpl_step(
     teacher: nn.Module, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
-    x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState,
+    x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState, par: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
     """Update student then teacher on one batch; advance `state`; return the step's losses and h."""
     n_l, n_u = len(x_l), len(x_uw)
-    t_logits = teacher(torch.cat([x_l, x_uw, x_us]))
+    with par.autocast():
+        t_logits = teacher(torch.cat([x_l, x_uw, x_us])).float()
     t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l : n_l + n_u], t_logits[n_l + n_u :]
     t_loss_l = F.cross_entropy(t_l, y_l)
     target = F.softmax(t_uw.detach() / cfg.uda_temperature, 1)
@@ -53,7 +69,7 @@ def mpl_step(
     uda_weight = cfg.uda_weight * min(1.0, (state.step + 1) / cfg.uda_ramp_steps)
     y_hat = t_us.detach().argmax(1)
 
-    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state)
+    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state, par)
     t_loss_mpl = signal * F.cross_entropy(t_us, y_hat)
 
     t_loss = t_loss_l + uda_weight * t_loss_uda + cfg.mpl_weight * t_loss_mpl
@@ -65,19 +81,22 @@ def mpl_step(
 
 
 def _student_update(
-    student: nn.Module, s_opt: torch.optim.Optimizer, x_l: Tensor, y_l: Tensor, x_us: Tensor, y_hat: Tensor, cfg: MplConfig, state: MplState
+    student: nn.Module, s_opt: torch.optim.Optimizer, x_l: Tensor, y_l: Tensor, x_us: Tensor, y_hat: Tensor, cfg: MplConfig, state: MplState,
+    par: Parallel,
 ) -> tuple[float, float, float]:
-    """One student step on (x_us, y_hat); returns h (its labeled loss before minus after), its loss and h - baseline."""
+    """One student step on (x_us, y_hat); returns h (its labeled loss before minus after, averaged over the processes),
+    its loss and h - baseline."""
     n_l = len(x_l)
-    s_logits = student(torch.cat([x_l, x_us]))
+    with par.autocast():
+        s_logits = student(torch.cat([x_l, x_us])).float()
     s_loss_l_old = F.cross_entropy(s_logits[:n_l].detach(), y_l)
     s_loss = F.cross_entropy(s_logits[n_l:], y_hat)
     s_opt.zero_grad(set_to_none=True)
     s_loss.backward()
     s_opt.step()
-    with torch.no_grad():
-        s_loss_l_new = F.cross_entropy(student(x_l), y_l)
-    h = (s_loss_l_old - s_loss_l_new).item()
+    with torch.no_grad(), par.autocast():
+        s_loss_l_new = F.cross_entropy(student(x_l).float(), y_l)
+    h = par.mean((s_loss_l_old - s_loss_l_new).item())
     state.baseline = cfg.baseline_decay * state.baseline + (1 - cfg.baseline_decay) * h
     return h, s_loss.item(), h - state.baseline
 
@@ -88,17 +107,18 @@ class LogitTeacher(nn.Module):
 
     def __init__(self, num_classes: int, hidden: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(num_classes, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        first, last = nn.Linear(num_classes, hidden), nn.Linear(hidden, num_classes)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(first, nn.GELU(), last)
 
     def forward(self, z: Tensor) -> Tensor:
         return z + self.mlp(z)
 
 
 def reduced_mpl_step(
-    teacher: LogitTeacher, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
-    x_l: Tensor, y_l: Tensor, z_u: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState,
+    teacher: nn.Module, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
+    x_l: Tensor, y_l: Tensor, z_u: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState, par: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
     """Reduced MPL: pseudo-labels from `teacher(z_u)` (z_u: the large teacher's stored logits of the images
     x_us shows strongly augmented); student step as in `mpl_step`; the teacher learns from the MPL signal.
@@ -107,7 +127,7 @@ def reduced_mpl_step(
     drifted until its labels collapsed (student val top-1 at chance on one Fashion-MNIST seed, BENCHMARKS.md)."""
     t_logits = teacher(z_u)
     y_hat = t_logits.detach().argmax(1)
-    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state)
+    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state, par)
     anchor = F.cross_entropy(t_logits, F.softmax(z_u, 1))
     t_loss = cfg.mpl_weight * signal * F.cross_entropy(t_logits, y_hat) + cfg.anchor_weight * anchor
     t_opt.zero_grad(set_to_none=True)

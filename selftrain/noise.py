@@ -27,7 +27,7 @@ from selftrain.params import TrainParams
 # then differ run to run. Give timm's augmentations a private generator that the loop seeds.
 _AUGMENT_RNG = random.Random(0)
 _OP_CHOICE_RNG = np.random.default_rng(0)
-timm.data.auto_augment.random = _AUGMENT_RNG
+timm.data.auto_augment.random = _AUGMENT_RNG  # type: ignore[assignment]  # a module attribute, swapped for a generator of ours
 
 
 def seed_augmentation(seed: int) -> None:

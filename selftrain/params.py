@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selftrain import artifacts
+from selftrain import artifacts, methods
 
 
 class ParamsError(ValueError):
@@ -54,16 +54,6 @@ class DataParams(_Section):
         return self
 
 
-def _check_timm_model(name: str) -> str:
-    import timm  # imported here: loading params should not pay for timm unless a model is named
-
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar names: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown timm model '{name}'{hint}")
-    return name
-
-
 class TrainParams(_Section):
     """How a model is trained (and noised); the model itself is named by `teacher.model` or `generations`."""
 
@@ -89,8 +79,6 @@ class TrainParams(_Section):
 
 class TeacherParams(TrainParams):
     model: str = "resnet10t"
-
-    _model_known = field_validator("model")(_check_timm_model)
 
 
 class StudentParams(TrainParams):
@@ -121,28 +109,13 @@ class StudentParams(TrainParams):
         return self
 
 
-METHODS = ("noisy_student", "mpl", "reduced_mpl", "distill")
-
-
 class GenerationParams(_Section):
     model: str = Field(description="the student's timm model in this generation")
     teacher: str = Field(description="the previous generation (gen0 = the supervised teacher)")
-    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+    method: Literal[methods.METHOD_NAMES] = Field(  # type: ignore[valid-type]
         "noisy_student",
-        description="noisy_student: student on filtered, balanced pseudo-labels (train-student); distill: student on every "
-        "unlabeled image's stored teacher logits with student.loss (train-student); mpl: Meta Pseudo Labels, teacher and "
-        "student trained together (train-mpl); reduced_mpl: MPL with a small MLP teacher over the stored logits (train-reduced-mpl)",
+        description="; ".join(f"{m.name}: {m.summary} ({m.stage})" for m in methods.METHODS.values()),
     )
-
-    _model_known = field_validator("model")(_check_timm_model)
-
-
-def _param_count(name: str) -> int:
-    import timm
-    import torch
-
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
 
 
 class MplParams(_Section):
@@ -168,6 +141,7 @@ class MplParams(_Section):
     reduced_anchor_weight: float = Field(
         1.0, ge=0, description="reduced_mpl: soft CE of the MLP teacher to the large teacher's distribution (0: the MPL signal alone)"
     )
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the student's weights (timm ModelEmaV3); the finetune starts from it")
     finetune_epochs: int = Field(10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)")
     finetune_lr: float = Field(1e-3, gt=0)
     checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")
@@ -279,11 +253,9 @@ class PrefectParams(_Section):
 
 
 def _known_stage_names(names: set[str]) -> None:
-    from selftrain.stages import STAGES  # here: stages imports this module
-
-    unknown = sorted(names - set(STAGES))
+    unknown = sorted(names - set(methods.stage_names()))
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(STAGES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(methods.stage_names())}")
 
 
 def _check_quantity(v: str) -> str:
@@ -360,7 +332,7 @@ class Params(_Section):
     @classmethod
     def _resource_stages(cls, v: dict[str, StageResources]) -> dict[str, StageResources]:
         _known_stage_names(set(v))
-        parallel = {"train-teacher", "train-student", "train-generation"}  # MPL is one process: its two models step together
+        parallel = set(methods.data_parallel_stages())
         bad = sorted(k for k, r in v.items() if (r.nodes > 1 or r.gpu > 1) and k not in parallel)
         if bad:
             raise ValueError(f"{bad}: only {sorted(parallel)} train on several GPUs (gpu > 1 or nodes > 1); give the others gpu: 1")
@@ -384,11 +356,6 @@ class Params(_Section):
                 raise ValueError(
                     f"generations.{name}.model: '{g.model}' cannot start from its teacher '{models[k - 1]}' (student.init: teacher "
                     "needs the same architecture); use the same model or set student.init: scratch"
-                )
-            if not self.student.allow_smaller and g.method != "distill" and _param_count(g.model) < _param_count(models[k - 1]):
-                raise ValueError(
-                    f"generations.{name}.model: '{g.model}' is smaller than its teacher '{models[k - 1]}' "
-                    "(Noisy Student wants an equal or larger student; use method: distill or set student.allow_smaller: true to distil down)"
                 )
         return self
 
@@ -459,7 +426,7 @@ def _narrow_generations(raw: dict[str, Any], source: str, generations: int | Non
         return  # parse_params names the problem
     gens = raw.get("generations")
     if gens is None:
-        gens = {k: v.model_dump() for k, v in Params.model_fields["generations"].default_factory().items()}
+        gens = {k: v.model_dump() for k, v in Params().generations.items()}
     if not isinstance(gens, dict):
         return
     if generations is not None:

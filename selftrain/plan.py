@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from selftrain import methods
 from selftrain.params import Params
 from selftrain.robustness.corruptions import CORRUPTIONS
 from selftrain.robustness.perturbations import PERTURBATIONS
@@ -60,25 +61,17 @@ def work(params: Params, classes: int | None = None) -> list[StageWork]:
         StageWork("train-teacher", t.model, t.epochs * labeled, validations(t) * val, False),
         StageWork("robustness-reference", t.model, 0, _eval_images(params, 0) + d.holdout, False),
     ]
-    s, m = params.student, params.mpl
     teacher_model = t.model
     for name, g in params.generations.items():
         out.append(StageWork(f"infer@{name}", teacher_model, 0, unlabeled, True))
-        if g.method in ("noisy_student", "distill"):
-            per_epoch = unlabeled + unlabeled // s.unlabeled_ratio  # every pseudo-label once, with its labeled share
-            out.append(StageWork(f"train-student@{name}", g.model, s.epochs * per_epoch, validations(s) * val, False))
-        else:
-            r = m.unlabeled_ratio
-            # student: strong views (r) + labeled feedback pass (1); full MPL's teacher: labeled + weak + strong views
-            per_step = m.batch_size * ((1 + r) + ((1 + 2 * r) if g.method == "mpl" else 0))
-            finetune = m.finetune_epochs * labeled
-            out.append(StageWork(f"train-student@{name}", g.model, m.steps * per_step + finetune, 0, False))
+        trained, passes = methods.get(g.method).work(params, labeled, unlabeled)
+        out.append(StageWork(f"train-student@{name}", g.model, trained, passes * val, False))
         out.append(StageWork(f"evaluate@{name}", g.model, 0, 2 * (val + _eval_images(params, test) + params.robustness.hard_images), False))
         teacher_model = g.model
     return out
 
 
-def probe(models: set[str], params: Params, steps: int = 5, batch: int = 64) -> dict[str, dict[str, float]]:
+def probe(models: set[str], params: Params, steps: int = 5, batch: int = 64) -> dict[str, Any]:
     """Measure training and inference images/s of each model on this node (synthetic images of the params' shape)."""
     import torch
     import torch.nn.functional as F
@@ -87,9 +80,9 @@ def probe(models: set[str], params: Params, steps: int = 5, batch: int = 64) -> 
 
     device = runtime.pick_device(params.runtime.device)
     shape = (batch, params.data.channels, params.data.image_size, params.data.image_size)
-    rates = {}
+    rates: dict[str, dict[str, float]] = {}
     for name in sorted(models):
-        net = runtime.place(registry.create(registry.ModelSpec(name, 10, params.data.channels, params.data.image_size, [])), device)
+        net = runtime.place(registry.create(registry.ModelSpec(name, 10, params.data.channels, params.data.image_size, ())), device)
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         x, y = runtime.to_device(torch.randn(shape), device), torch.randint(0, 10, (batch,), device=device)
 

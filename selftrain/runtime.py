@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def place(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks memory_format
     if compile and device.type == "cuda":
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))
     return model
 
 

@@ -11,22 +11,24 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import safetensors.torch
+import torch
 from torch import nn
 
-from selftrain import artifacts, distributed, lineage as lineages, logits, models, mpl_train, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import artifacts, distributed, lineage as lineages, logits, methods, models, promote as promotion, pseudo_labels, report as reporting, runtime, train
 from selftrain import twomoons as moons
 from selftrain.data import Split, has_split, load_split, read_split, save_split, split_classes, split_column
 from selftrain.data.splits import make_splits
 from selftrain.evaluate import accuracy
 from selftrain.inference import batch_logits, predict_logits
 from selftrain.mpl import LogitTeacher
-from selftrain.params import GATE_METRICS, Params, TrainParams
+from selftrain.params import GATE_METRICS, Params, StudentParams, TrainParams
+from selftrain.steps.supervised import SupervisedStep
 from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.hard_set import select_hard
 
@@ -65,6 +67,15 @@ def prepare(params: Params, *, out: str) -> dict[str, Any]:
     return summary
 
 
+def _context(params: Params) -> train.Context:
+    """Where training runs: under torchrun the world is joined first, as it picks this process's GPU."""
+    world = distributed.world()
+    device = runtime.pick_device(params.runtime.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return train.Context(device, world, params.runtime.num_workers)
+
+
 def _new_model(params: Params, p: TrainParams, model_name: str, labeled: Split, init: str | None) -> tuple[nn.Module, models.ModelSpec]:
     """A fresh `model_name` with `p`'s dropout and stochastic depth, optionally initialised from a checkpoint."""
     spec = models.ModelSpec(model_name, len(labeled.classes), labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
@@ -77,25 +88,31 @@ def _new_model(params: Params, p: TrainParams, model_name: str, labeled: Split, 
 
 def _train_model(
     params: Params, p: TrainParams, model_name: str, data: str, out: str, *, inputs: dict[str, str | None],
-    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, init: str | None = None, resume: str | None = None, desc: str,
+    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, method: str | None = None, init: str | None = None, resume: str | None = None,
+    desc: str,
 ) -> dict[str, Any]:
     """Train `model_name` with `p` (plus (images, target probabilities) for a student); write model.safetensors and log.csv.
 
     Checkpoints every runtime.checkpoint_every steps to `resume` (default OUT.resume) and resumes from there
     when the same run (`inputs`: content hashes of what it trains on) is started again."""
     labeled, val = load_split(data, "labeled"), load_split(data, "val")
+    ctx = _context(params)
     net, spec = _new_model(params, p, model_name, labeled, init)
-    device = runtime.pick_device(params.runtime.device)
-    net = runtime.place(net, device, params.runtime.compile)
+    net = runtime.place(net, ctx.device, params.runtime.compile)
     resume = resume or f"{out.rstrip('/')}.resume"
     fingerprint = artifacts.sha256_bytes(json.dumps(
         {"model": model_name, "train": p.model_dump(), "seed": params.seed, "init": init and artifacts.content_hash(init), **inputs},
         sort_keys=True).encode())
+    if pseudo_set is None:
+        step: train.Step = SupervisedStep(net, p, labeled, ctx, params.seed)
+    else:
+        assert isinstance(p, StudentParams) and method is not None
+        step = methods.step_class(method)(net, p, labeled, pseudo_set, ctx, params.seed)
     kept, rows, resumed_from = train.fit(
-        net, p, labeled, device, params.seed, pseudo=pseudo_set, val=val, num_workers=params.runtime.num_workers, desc=desc,
+        step, ctx, params.seed, log_every=step.steps_per_epoch, val=val, val_every=p.val_every, ema_decay=p.ema_decay, desc=desc,
         resume=resume, fingerprint=fingerprint, checkpoint_every=params.runtime.checkpoint_every,
     )
-    checkpoint, world = artifacts.join(out, CHECKPOINT), distributed.world()
+    checkpoint, world = artifacts.join(out, CHECKPOINT), ctx.world
     if world.main:
         with artifacts.atomic_dir(out) as staging:
             models.save_checkpoint(artifacts.join(staging, CHECKPOINT), kept, spec)
@@ -177,7 +194,7 @@ def join_logit_parts(params: Params, *, teacher: str, data: str, out: str) -> di
 def _stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndarray:
     """The teacher's stored log-probabilities of every unlabeled image, in the unlabeled split's order."""
     stored = logits.read_store(logits_store, unlabeled_sha256=_file_hash_in(data, "unlabeled.npz"))
-    if not np.array_equal(stored.ids, unlabeled.ids):
+    if stored.ids is None or not np.array_equal(stored.ids, unlabeled.ids):
         raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
     return stored.dense_log_probs()
 
@@ -254,10 +271,11 @@ def train_student(
     if pseudo_set[1].shape[1] != classes:
         raise ValueError(f"the pseudo-labels have {pseudo_set[1].shape[1]} classes, the data has {classes}")
     source = logits_store if method == "distill" else pseudo
+    assert source is not None
     return _train_model(
         params, params.student, params.generation(generation).model, data, out,
         inputs={"method": method, "labeled": _file_hash_in(data, "labeled.npz"), "pseudo": artifacts.content_hash(source), "generation": generation},
-        pseudo_set=pseudo_set, init=_student_init(params, teacher), resume=resume, desc=f"{generation} student ({method})",
+        pseudo_set=pseudo_set, method=method, init=_student_init(params, teacher), resume=resume, desc=f"{generation} student ({method})",
     )
 
 
@@ -265,32 +283,37 @@ def _run_mpl(
     params: Params, method: str, generation: str, data: str, out: str, resume: str | None, teacher_net: nn.Module, teacher_hash: str,
     init: str | None, stored: np.ndarray | None,
 ) -> dict[str, Any]:
-    """MPL or reduced MPL steps (resumable), the student's finetune on labeled data, then the outputs."""
-    if distributed.world().size > 1:
-        raise ValueError(f"{method} runs in one process (one GPU): start it without torchrun (only train-teacher and train-student are data-parallel)")
+    """MPL or reduced MPL steps (resumable, data-parallel under torchrun), the student's finetune on labeled data, then
+    the outputs."""
     p, g = params.mpl, params.generation(generation)
     labeled, val, unlabeled = (load_split(data, name) for name in ("labeled", "val", "unlabeled"))
+    ctx = _context(params)
     student, spec = _new_model(params, params.student, g.model, labeled, init)
-    device = runtime.pick_device(params.runtime.device)
-    student, teacher_net = runtime.place(student, device, params.runtime.compile), teacher_net.to(device)
+    student, teacher_net = runtime.place(student, ctx.device, params.runtime.compile), teacher_net.to(ctx.device)
     resume = resume or f"{out.rstrip('/')}.resume"
     fingerprint = artifacts.sha256_bytes(json.dumps(
         {"method": method, "teacher": teacher_hash, "model": g.model, "mpl": p.model_dump(), "student": params.student.model_dump(), "seed": params.seed,
          "labeled": _file_hash_in(data, "labeled.npz"), "unlabeled": _file_hash_in(data, "unlabeled.npz")}, sort_keys=True,
     ).encode())
     desc = f"{generation} {method.replace('_', ' ')}"
-    steps, resumed_from = mpl_train.fit_mpl(
-        student, teacher_net, p, params.student, labeled, unlabeled.images, device, params.seed,
-        resume=resume, fingerprint=fingerprint, stored_logits=stored, val=val, desc=desc,
+    stored_logits = {} if stored is None else {"stored": stored}
+    step = methods.step_class(method)(student, teacher_net, p, params.student, labeled, unlabeled.images, ctx, params.seed, **stored_logits)
+    student, steps, resumed_from = train.fit(
+        step, ctx, params.seed, log_every=p.checkpoint_every, val=val, ema_decay=p.ema_decay, desc=desc,
+        resume=resume, fingerprint=fingerprint, checkpoint_every=p.checkpoint_every,
     )
     if p.finetune_epochs:
         finetune = TrainParams(
             epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
             label_smoothing=params.student.label_smoothing, augment="s1",
         )
-        student, rows, _ = train.fit(student, finetune, labeled, device, params.seed, val=val, desc=f"{desc} finetune")
+        tune = SupervisedStep(student, finetune, labeled, ctx, params.seed)
+        student, rows, _ = train.fit(tune, ctx, params.seed, log_every=tune.steps_per_epoch, val=val, desc=f"{desc} finetune")
     else:
-        rows = [{"epoch": 0, "val_top1": accuracy(student, val, params.evaluate.batch_size, device)["top1"]}]
+        rows = [{"epoch": 0, "val_top1": accuracy(student, val, params.evaluate.batch_size, ctx.device)["top1"]}]
+    if not ctx.world.main:
+        distributed.barrier(ctx.world)
+        return {"model": g.model, "method": method, "resumed_from_step": resumed_from}
     checkpoint = artifacts.join(out, CHECKPOINT)
     with artifacts.atomic_dir(out) as staging:
         models.save_checkpoint(artifacts.join(staging, CHECKPOINT), student, spec)
@@ -299,6 +322,7 @@ def _run_mpl(
         _write_log_csv(artifacts.join(staging, "mpl_log.csv"), steps)
         _write_log_csv(artifacts.join(staging, "log.csv"), rows)
     artifacts.remove(resume)
+    distributed.barrier(ctx.world)
     summary = {
         "model": g.model, "method": method, "steps": p.steps, "resumed_from_step": resumed_from,
         "mpl_val_top1": steps[-1]["val_top1"], "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint,
@@ -335,15 +359,12 @@ def train_reduced_mpl(
 
 
 def train_generation(params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str) -> dict[str, Any]:
-    """Train the generation's student by the method params.generations gives it (what dvc.yaml runs).
-
-    noisy_student and distill run train-student, mpl train-mpl, reduced_mpl train-reduced-mpl."""
-    method = params.generation(generation).method
-    if method == "mpl":
-        return train_mpl(params, generation=generation, data=data, teacher=teacher, out=out)
-    if method == "reduced_mpl":
-        return train_reduced_mpl(params, generation=generation, data=data, logits_store=logits_store, teacher=teacher, out=out)
-    return train_student(params, generation=generation, data=data, teacher=teacher, out=out, pseudo=pseudo, logits_store=logits_store)
+    """Train the generation's student by the method params.generations gives it (what dvc.yaml runs): the method's
+    stage (selftrain.methods), e.g. train-student for noisy_student and distill, train-mpl for mpl."""
+    method = methods.get(params.generation(generation).method)
+    available = {"pseudo": pseudo, "logits_store": logits_store}
+    inputs = {k: available[k] for k in method.stage_inputs}
+    return STAGES[method.stage](params, generation=generation, data=data, teacher=teacher, out=out, **inputs)
 
 
 def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, Any]:
@@ -353,7 +374,7 @@ def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, An
     test = load_split(data, "test")
     corrupted = robustness.build_corruptions(test, params.robustness, params.seed)
     sequences = robustness.build_perturbations(test, params.robustness, params.seed)
-    summary = {
+    summary: dict[str, Any] = {
         "corruption_images": len(corrupted["rows"]),
         "perturbation_images": len(sequences["rows"]),
         "frames": params.robustness.frames,
@@ -417,6 +438,7 @@ def evaluate(
     val, test = load_split(data, "val"), load_split(data, "test")
     ref = hard = None
     if sets is not None:
+        assert reference is not None
         artifacts.require_complete(reference)
         ref = artifacts.read_json(artifacts.join(reference, "reference.json"))
         if ref["sets_sha256"] != artifacts.content_hash(sets):
@@ -522,7 +544,7 @@ def record_lineage(
     return {"generation": generation, "student_checkpoint": rec["outputs"]["student_checkpoint"]["sha256"], "git": rec["git"]}
 
 
-STAGES = {
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": prepare,
     "train-teacher": train_teacher,
     "infer": infer,

@@ -33,7 +33,7 @@ def make_moons(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarr
     """`n` points of two interleaving half circles (class 0 upper, class 1 lower) with Gaussian noise."""
     y = rng.integers(0, 2, n)
     t = rng.uniform(0, math.pi, n)
-    x = np.where(y[:, None] == 0, np.c_[np.cos(t), np.sin(t)], np.c_[1 - np.cos(t), 0.5 - np.sin(t)])
+    x = np.where(y[:, None] == 0, np.stack([np.cos(t), np.sin(t)], 1), np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1))
     return (x + rng.normal(0, noise, x.shape)).astype(np.float32), y
 
 

@@ -19,12 +19,10 @@ import yaml
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
 
-from selftrain import artifacts
+from selftrain import artifacts, methods
 from selftrain.params import Params
 
 PROJECT = Path(__file__).resolve().parents[1]
-# the task -> its DVC stage: train-student@genK runs `train-generation`, which picks the method's stage
-DVC_STAGE = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
 OUTPUTS = {"train-teacher": ("out", "promoted")}  # every other stage writes `out` only
 NOT_HASHED = ("params", "generation", "resume", "dvc_lock")  # a params object, a name, a scratch path, DVC's own record
 
@@ -33,7 +31,7 @@ NOT_HASHED = ("params", "generation", "resume", "dvc_lock")  # a params object, 
 def dvc_stage(task_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(params keys, code files) that dvc.yaml tracks for the stage behind `task_name`."""
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
-    stage = stages[DVC_STAGE.get(task_name, task_name)]
+    stage = stages[methods.dvc_stage(task_name)]  # a method's task -> dvc.yaml's train-student (it runs train-generation)
     stage = stage.get("do", stage)
     code = tuple(d for d in stage.get("deps", []) if not d.startswith("artifacts/"))
     return tuple(stage.get("params", [])), code

@@ -42,17 +42,14 @@ import urllib3
 import yaml
 from kubernetes import client, config
 
-from selftrain import artifacts
+from selftrain import artifacts, methods
 from selftrain.failures import EXIT_TRANSIENT
 from selftrain.params import Params, StageResources
 
 log = logging.getLogger("selftrain.kubernetes")
 
 RENDEZVOUS_PORT = 29500  # torchrun's c10d rendezvous on pod 0 of a multi-node Job
-# the DVC stage that a flow task stands for, for `resources` lookups: train-student@genK runs MPL too
-RESOURCE_FALLBACK = {"train-mpl": "train-student", "train-reduced-mpl": "train-student", "train-generation": "train-student"}
 APP = {"app.kubernetes.io/name": "selftrain", "app.kubernetes.io/part-of": "selftrain", "app.kubernetes.io/managed-by": "selftrain-flow"}
-TRAINING_STAGES = {"train-teacher", "train-student", "train-mpl", "train-reduced-mpl", "train-generation"}
 
 
 class StageJobError(RuntimeError):
@@ -72,14 +69,14 @@ class StageCancelled(RuntimeError):
 
 
 def resources_for(params: Params, stage: str) -> StageResources | None:
-    """The pod resources of `stage`, or None when it runs in the flow's process. MPL stages without their own
-    entry take train-student's on one GPU and one node (MPL is not data-parallel)."""
+    """The pod resources of `stage`, or None when it runs in the flow's process. A method's stage without its own
+    entry takes dvc.yaml's train-student's (selftrain.methods), on one GPU and one node if the method is not data-parallel."""
     if not params.kubernetes.enabled:
         return None
     if stage in params.resources:
         return params.resources[stage]
-    res = params.resources.get(RESOURCE_FALLBACK.get(stage, ""))
-    if res is not None and stage in ("train-mpl", "train-reduced-mpl"):
+    res = params.resources.get(methods.dvc_stage(stage)) if stage != methods.dvc_stage(stage) else None
+    if res is not None and stage not in methods.data_parallel_stages():
         res = res.model_copy(update={"gpu": min(res.gpu, 1), "nodes": 1})
     return res
 
@@ -143,7 +140,7 @@ def job_manifest(
             "--rdzv-endpoint", f"{name}-0.{name}:{RENDEZVOUS_PORT}", "--max-restarts", "3"]
         command, argv = ["torchrun"], [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv]
     annotations = {}
-    if stage in TRAINING_STAGES:
+    if stage in methods.training_stages():
         # the cluster autoscaler must not drain a node under a long training pod to save money
         annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
     pod_spec: dict[str, Any] = {

@@ -15,6 +15,8 @@ from selftrain.noise import clean_batch
 from selftrain.params import load_params
 from selftrain.promote import GateError, resolve
 from selftrain.pseudo_labels import dense, select
+from selftrain.steps.pseudo_label import PseudoLabelStep
+from selftrain.steps.supervised import SupervisedStep
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +105,20 @@ def test_student_initialised_from_the_teacher_starts_from_its_weights(gen0):
     assert torch.equal(other.fc.weight, head) and torch.equal(other.conv1[0].weight, teacher.conv1[0].weight)
 
 
+def fit(net, p, labeled, *, val=None, pseudo=None):
+    """selftrain.train.fit in one CPU process, seed 0: the supervised step, or the pseudo-label one with `pseudo`."""
+    ctx = train.Context(runtime.pick_device("cpu"))
+    step = SupervisedStep(net, p, labeled, ctx, 0) if pseudo is None else PseudoLabelStep(net, p, labeled, pseudo, ctx, 0)
+    return train.fit(step, ctx, 0, log_every=step.steps_per_epoch, val=val, val_every=p.val_every, ema_decay=p.ema_decay)
+
+
 def test_ema_student_is_kept_and_differs_from_the_raw_weights(gen0, tmp_path):
     params, g = gen0
     labeled = load_split(g.data, "labeled")
     spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
     p = params.student.model_copy(update={"ema_decay": 0.9, "epochs": 2})
     net = models.create(spec)
-    kept, rows, _ = train.fit(net, p, labeled, runtime.pick_device("cpu"), 0)
+    kept, rows, _ = fit(net, p, labeled)
     assert kept is not net and len(rows) == 2
     diffs = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), net.state_dict().values())]
     assert any(diffs)
@@ -123,7 +132,7 @@ def test_validating_less_often_leaves_training_unchanged(gen0):
     for every in (1, 2):
         p = params.teacher.model_copy(update={"epochs": 5, "val_every": every})
         torch.manual_seed(0)
-        kept, rows, _ = train.fit(models.create(spec), p, labeled, runtime.pick_device("cpu"), 0, val=val)
+        kept, rows, _ = fit(models.create(spec), p, labeled, val=val)
         runs[every] = kept, [r["val_top1"] for r in rows]
     (every_epoch, curve), (sparse, sparse_curve) = runs[1], runs[2]
     assert [v is not None for v in sparse_curve] == [False, True, False, True, True]  # epochs 2, 4 and the last
@@ -140,8 +149,7 @@ def test_the_students_loss_decides_whether_labels_are_used(gen0, loss, labels_ma
     spec = models.ModelSpec("resnet10t", 10, 1, 28, labeled.classes)
     init, weights = models.create(spec), []
     for labels in (labeled.labels, np.roll(labeled.labels, 1)):  # the same start and images, other labels
-        kept, rows, _ = train.fit(copy.deepcopy(init), p, dataclasses.replace(labeled, labels=labels), runtime.pick_device("cpu"), 0,
-                               pseudo=(labeled.images, targets))
+        kept, rows, _ = fit(copy.deepcopy(init), p, dataclasses.replace(labeled, labels=labels), pseudo=(labeled.images, targets))
         assert np.isfinite(rows[0]["loss_pseudo"]) and rows[0]["loss_pseudo"] > 0
         weights.append(kept.state_dict())
     same = all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))

@@ -1,6 +1,7 @@
 """Stages as Kubernetes Jobs, against a Kubernetes API on loopback (kmock) whose controllers run the pods here
 (tests/fake_cluster.py): the Job a stage becomes, its failure reasons, cancel, eviction and resume, and
 sharded inference as an Indexed Job."""
+import csv
 import io
 import json
 import logging
@@ -184,7 +185,7 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     stages.train_mpl(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
     for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
-    assert [r.split(",")[0] for r in (out / "mpl_log.csv").read_text().splitlines()] == ["step", "10", "20", "30"]
+    assert [r["step"] for r in csv.DictReader((out / "mpl_log.csv").read_text().splitlines())] == ["10", "20", "30"]
     assert not resume.exists()  # removed once the stage finished
 
 
@@ -250,10 +251,13 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     assert args[args.index("--nnodes") + 1] == "4" and args[args.index("--nproc-per-node") + 1] == "8"
     assert args[args.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
     assert args[args.index("-m") + 1 :] == ["selftrain.cli", "train-student", "--out", "s3://b/gen2/student"]
-    # MPL, which takes train-student's entry, is one process on one GPU
+    # MPL, which takes train-student's entry, is data-parallel too; an MPL entry of one GPU runs without torchrun
     mpl = resources_for(params, "train-mpl")
-    assert (mpl.gpu, mpl.nodes) == (1, 1)
-    assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
+    assert (mpl.gpu, mpl.nodes) == (8, 4)
+    assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"]["containers"][0]["command"] == ["torchrun"]
+    one = load_params(path, {**K8S, "resources": {"train-student": {"gpu": 8}, "train-mpl": {"gpu": 1}}})
+    job = job_manifest(one, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], resources_for(one, "train-mpl"))
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
 
 
 def _pod_s3_env(s3_env: dict, endpoint: str) -> dict:

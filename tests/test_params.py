@@ -1,7 +1,13 @@
 """params.yaml validation: every bad key is named."""
+import subprocess
+import sys
+
 import pytest
 import yaml
 
+from selftrain.cli import main
+from selftrain.failures import EXIT_BAD_INPUT
+from selftrain.models import check_params
 from selftrain.params import Params, ParamsError, load_params, parse_override, parse_params
 
 
@@ -26,9 +32,25 @@ def test_bad_values_are_named_with_the_value():
 
 def test_unknown_timm_model_is_refused_with_suggestions():
     with pytest.raises(ParamsError, match=r"teacher\.model: unknown timm model 'resnet9000'.*resnet"):
-        parse_params({"teacher": {"model": "resnet9000"}})
+        check_params(parse_params({"teacher": {"model": "resnet9000"}}))
     with pytest.raises(ParamsError, match=r"generations\.gen1\.model: unknown timm model"):
-        parse_params({"generations": {"gen1": {"model": "resnet9000", "teacher": "gen0"}}})
+        check_params(parse_params({"generations": {"gen1": {"model": "resnet9000", "teacher": "gen0"}}}))
+
+
+def test_loading_params_imports_neither_torch_nor_timm():
+    code = ("import sys; from selftrain.params import load_params; "
+            "load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}}); "
+            "print(sorted(m for m in ('torch', 'timm', 'selftrain.stages') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_cli_checks_models_before_any_stage(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"teacher": {"model": "resnet9000"}}))
+    assert main(["prepare", "--params", str(bad), "--out", str(tmp_path / "data")]) == EXIT_BAD_INPUT
+    assert "teacher.model: unknown timm model 'resnet9000'" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
 def gens(*models: str) -> dict:
@@ -45,16 +67,16 @@ def test_generation_chain_is_checked():
     with pytest.raises(ParamsError, match="generations.gen2.teacher: must be 'gen1', got 'gen0'"):
         parse_params({"generations": {**gens("resnet10t"), "gen2": {"model": "resnet10t", "teacher": "gen0"}}})
     with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
-        parse_params({"generations": gens("resnet18", "resnet10t"), "student": {"init": "scratch"}})
+        check_params(parse_params({"generations": gens("resnet18", "resnet10t"), "student": {"init": "scratch"}}))
     with pytest.raises(ParamsError, match="generations.gen1.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
-        parse_params({"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}})
-    assert parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}}).generations["gen1"].model == "resnet10t"
+        check_params(parse_params({"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}))
+    check_params(parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}}))
     with pytest.raises(ParamsError, match="list at least one generation"):
         parse_params({"generations": {}})
     smaller = {"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}
     distill = {**smaller, "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "distill"}}}
-    assert parse_params(distill).generations["gen1"].method == "distill"  # distilling down is what distill is for
-    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'mpl', 'reduced_mpl' or 'distill'"):
+    check_params(parse_params(distill))  # distilling down is what distill is for
+    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'distill', 'mpl' or 'reduced_mpl'"):
         parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "mlp"}}})
 
 

@@ -1,4 +1,5 @@
 """End to end on tiny real data: `dvc repro` in a temp git repo with an S3 remote (push, pull, a clone, lineage,\n`selftrain reproduce`), and the Prefect flow with no server and its artifacts on S3."""
+import csv
 import json
 import re
 import shutil
@@ -80,7 +81,7 @@ def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
     assert metrics["gen1"]["teacher"]["hard_top1"] == 0.0  # -A holds only images the reference gets wrong
     # each generation's method picked its training stage: gen1 Noisy Student, gen2 reduced MPL (an MLP teacher)
     assert not (repo / "artifacts/gen1/student/mpl_log.csv").exists()
-    assert [int(r.split(",")[0]) for r in (repo / "artifacts/gen2/student/mpl_log.csv").read_text().splitlines()[1:]] == [10, 20]
+    assert [int(r["step"]) for r in csv.DictReader((repo / "artifacts/gen2/student/mpl_log.csv").open())] == [10, 20]
     assert "mlp.0.weight" in safe_open(repo / "artifacts/gen2/student/mpl_teacher.safetensors", "pt").keys()
     assert not (repo / "artifacts/gen2/student.resume").exists()  # the resume checkpoint goes once the stage is done
     moons = json.loads((repo / "artifacts/twomoons/results.json").read_text())

@@ -28,7 +28,7 @@ def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def _decode(fs: fsspec.AbstractFileSystem, path: str, size: int, channels: int) -> np.ndarray:
     try:
         with fs.open(path, "rb") as f:
-            img = Image.open(io.BytesIO(f.read()))
+            img: Image.Image = Image.open(io.BytesIO(f.read()))
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read image '{path}': {e}") from None

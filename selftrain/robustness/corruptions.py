@@ -258,7 +258,7 @@ def elastic_transform(x: torch.Tensor, s: int, rng: np.random.Generator, scale: 
 def pixelate(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) -> torch.Tensor:
     c = [0.6, 0.45, 0.35, 0.22, 0.18][s]
     h, w = x.shape[-2:]
-    return _pil_roundtrip(x, lambda im: im.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+    return _pil_roundtrip(x, lambda im: im.resize((int(w * c), int(h * c)), Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX))
 
 
 @_register

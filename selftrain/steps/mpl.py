@@ -1,0 +1,176 @@
+"""The Meta Pseudo Labels steps (the math: selftrain.mpl): full MPL, whose teacher is a network over images, and
+reduced MPL, whose teacher is a small MLP over a large teacher's stored logits.
+
+Step t's data (which images, their augmentations) is drawn from (seed, t) alone, in DataLoader workers, so any
+step can be replayed without the ones before it: a resumed run takes exactly the steps an uninterrupted one takes.
+Under torchrun the student and the teacher are both DDP-wrapped, every process takes a disjoint share of each
+step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline) is averaged over
+the processes, so that every process updates its teacher with the same scalar.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from selftrain import distributed, runtime
+from selftrain.data import Split
+from selftrain.mpl import MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
+from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, train_batch
+from selftrain.params import MplParams, StudentParams
+from selftrain.train import Context, lr_lambda
+
+
+def mpl_config(p: MplParams) -> MplConfig:
+    return MplConfig(
+        uda_weight=p.uda_weight, uda_temperature=p.uda_temperature, uda_threshold=p.uda_threshold,
+        uda_ramp_steps=p.uda_ramp_steps, baseline_decay=p.baseline_decay, mpl_weight=p.mpl_weight, anchor_weight=p.reduced_anchor_weight,
+    )
+
+
+class StepImages(torch.utils.data.Dataset):
+    """Item t: this process's share of step t's batch, its per-image (PIL) noise applied; the batch-level flip/crop
+    is left to the training device, with the generator seed that comes with the item."""
+
+    def __init__(self, labeled: Split, unlabeled: np.ndarray, p: MplParams, sp: StudentParams, seed: int, world: distributed.World) -> None:
+        self.labeled, self.unlabeled, self.p, self.seed, self.world = labeled, unlabeled, p, seed, world
+        self.strong = pil_policy(sp, unlabeled.shape[1], unlabeled.shape[3])
+
+    def __len__(self) -> int:
+        return 2**62  # one item per step, however many: the sampler says which
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, step])
+        rows_l = rng.choice(len(self.labeled), min(self.p.batch_size, len(self.labeled)), replace=False)
+        rows_u = rng.choice(len(self.unlabeled), min(self.p.batch_size * self.p.unlabeled_ratio, len(self.unlabeled)), replace=False)
+        augment_seed, flip_seed = int(rng.integers(2**32)), int(rng.integers(2**63))
+        rank, size = self.world.rank, self.world.size
+        rows_l, rows_u = rows_l[rank::size], rows_u[rank::size]
+        seed_augmentation(augment_seed + 7919 * rank)
+        images_u = self.unlabeled[rows_u]
+        return {
+            "x_l": _stack(self.labeled.images[rows_l], None),  # labeled, weak view (flip + crop)
+            "y_l": torch.from_numpy(self.labeled.labels[rows_l]).long(),
+            "x_uw": _stack(images_u, None),  # unlabeled, weak view (UDA's target)
+            "x_us": _stack(images_u, self.strong),  # the same images, strong view: the student's noise (RandAugment + flip + crop)
+            "rows_u": rows_u,
+            "flip_seed": (flip_seed + rank) % 2**63,
+        }
+
+
+def _stack(images: np.ndarray, pil: Any) -> torch.Tensor:
+    ds = ImageDataset(images, np.zeros(len(images)), pil)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+class _Steps(torch.utils.data.Sampler):
+    """[start], [start + 1], ...: one item (a whole step's batch) per loader batch."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        t = self.start
+        while True:
+            yield [t]
+            t += 1
+
+
+def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return items[0]
+
+
+class MplStep:
+    """One MPL step: the student on the teacher's hard pseudo-labels of strong views, then the teacher on the change
+    this made to the student's labeled loss, plus its labeled CE and UDA."""
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, p: MplParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray,
+        ctx: Context, seed: int, teacher_lr: float | None = None,
+    ) -> None:
+        if p.batch_size < ctx.world.size:
+            raise ValueError(f"mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+        self.model, self.teacher, self.p, self.sp, self.ctx = student, teacher, p, sp, ctx
+        self.cfg, self.state = mpl_config(p), MplState()
+        self.images = StepImages(labeled, unlabeled, p, sp, seed, ctx.world)
+        self.total = p.steps
+        self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
+        self.nets = {"student": ctx.wrap(student), "teacher": ctx.wrap(teacher)}
+        lrs = {"student": p.student_lr, "teacher": teacher_lr or p.teacher_lr}
+        self.opts = {k: torch.optim.AdamW(m.parameters(), lr=lrs[k], weight_decay=p.weight_decay) for k, m in (("student", student), ("teacher", teacher))}
+        self.scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(p.steps, p.warmup_steps)) for k, o in self.opts.items()}
+        world = ctx.world
+        self.par = Parallel(ctx.autocast, lambda h: distributed.mean(torch.tensor([h], dtype=torch.float64), world).item())
+
+    def batches(self, start: int) -> Iterator[Any]:
+        workers = self.ctx.workers
+        return iter(torch.utils.data.DataLoader(
+            self.images, batch_sampler=_Steps(start), collate_fn=_first, num_workers=workers, persistent_workers=workers > 0,
+            generator=torch.Generator(),  # else the loader draws its workers' base seed from torch's global RNG (dropout's)
+        ))
+
+    def views(self, b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch on the device, flipped and cropped: labeled, unlabeled weak, unlabeled strong; and the labels."""
+        device, gen = self.ctx.device, torch.Generator().manual_seed(b["flip_seed"])
+        x_l, x_uw, x_us = (runtime.to_device(train_batch(b[k].to(device), policy, gen), device)
+                           for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", self.sp.augment)))
+        return x_l, b["y_l"].to(device), x_uw, x_us
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+        x_l, y_l, x_uw, x_us = self.views(batch)
+        n = self.nets
+        out = mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, x_uw, x_us, self.cfg, self.state, self.par)
+        return self._advance(out, len(x_l) + len(x_uw))
+
+    def _advance(self, out: dict[str, float], images: int) -> dict[str, float]:
+        for s in self.scheds.values():
+            s.step()
+        return {"loss": out["student_loss"], **{k: out[k] for k in ("teacher_loss", "teacher_uda", "h", "signal")}, "images": images}
+
+    def lr(self) -> float:
+        return float(self.scheds["student"].get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": getattr(self.model, "_orig_mod", self.model).state_dict(), "teacher": self.teacher.state_dict(),
+            **{f"{k}_opt": o.state_dict() for k, o in self.opts.items()}, **{f"{k}_sched": s.state_dict() for k, s in self.scheds.items()},
+            "mpl_step": self.state.step, "baseline": self.state.baseline,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        for k in self.opts:
+            self.opts[k].load_state_dict(state[f"{k}_opt"])
+            self.scheds[k].load_state_dict(state[f"{k}_sched"])
+        self.state.step, self.state.baseline = state["mpl_step"], state["baseline"]
+
+    def rank_state(self) -> dict[str, Any]:
+        return {}  # every step's data and noise come from (seed, step): no stream to carry
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def reseed(self, seed: int) -> None:
+        pass
+
+
+class ReducedMplStep(MplStep):
+    """Reduced MPL: `teacher` is a LogitTeacher over `stored` (the large teacher's log-probabilities of every
+    unlabeled image, in the split's order); no image passes through a teacher."""
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, p: MplParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray,
+        ctx: Context, seed: int, *, stored: np.ndarray,
+    ) -> None:
+        super().__init__(student, teacher, p, sp, labeled, unlabeled, ctx, seed, teacher_lr=p.reduced_lr)
+        self.stored = torch.from_numpy(stored).float()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+        x_l, y_l, x_uw, x_us = self.views(batch)
+        z_u, n = self.stored[batch["rows_u"]].to(self.ctx.device), self.nets
+        out = reduced_mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, z_u, x_us, self.cfg, self.state, self.par)
+        return self._advance(out, len(x_l) + len(x_us))

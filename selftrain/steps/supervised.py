@@ -1,0 +1,97 @@
+"""The supervised step: cross-entropy on noised labeled batches (the teacher; MPL's student finetune)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selftrain import runtime
+from selftrain.data import Split
+from selftrain.noise import ImageDataset, pil_policy, seed_worker, train_batch
+from selftrain.params import TrainParams
+from selftrain.train import Context, StepBatches, lr_lambda
+
+
+def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int) -> torch.utils.data.DataLoader:
+    """`p`'s per-image (PIL) noise in `workers` processes, batches drawn by `batches`."""
+    ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
+    # its own generator: the loader draws its workers' base seed from it, not from torch's global RNG
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+class SupervisedStep:
+    """labeled_weight * CE(y, f(x_l)) on one labeled batch, AdamW with warmup + cosine decay over p.epochs."""
+
+    def __init__(self, model: nn.Module, p: TrainParams, labeled: Split, ctx: Context, seed: int) -> None:
+        if p.batch_size < ctx.world.size:
+            raise ValueError(f"batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+        self.model, self.p, self.ctx, self.seed, self.labeled = model, p, ctx, seed, labeled
+        self.noise_gen = torch.Generator()  # batch-level flip/crop, apart from data order
+        self.reseed(seed + 7919 * ctx.world.rank)
+        self.labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0, world=ctx.world)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total = self.steps_per_epoch * p.epochs
+        self.net = ctx.wrap(model)  # what the forward pass runs: `model`, or DDP around it
+        self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total, int(p.warmup_epochs * self.steps_per_epoch)))
+        self.labeled_weight, self.pseudo_weight = 1.0, 0.0
+
+    def _steps_per_epoch(self) -> int:
+        return self.labeled_batches.per_pass
+
+    def batches(self, start: int) -> Iterator[Any]:
+        self.labeled_batches.start = start
+        return iter(image_loader(self.labeled.images, self.labeled.labels, self.p, self.labeled_batches, self.seed + 3, self.ctx.workers))
+
+    def __call__(self, batch: Any) -> dict[str, float]:
+        x_l, y_l, *extra = batch
+        x = torch.cat([x_l, extra[0]]) if extra else x_l
+        device = self.ctx.device
+        x = runtime.to_device(train_batch(x.to(device), self.p.augment, self.noise_gen), device)
+        y_l = y_l.to(device)
+        with self.ctx.autocast():
+            out = self.net(x).float()
+        loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=self.p.label_smoothing)
+        loss = self.labeled_weight * loss_l
+        loss_u = self.pseudo_loss(out[len(y_l) :], extra[1]) if extra else None  # extra: pseudo-labeled images, targets
+        if loss_u is not None:
+            loss = loss + self.pseudo_weight * loss_u
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        correct = (out[: len(y_l)].argmax(1) == y_l).sum()
+        return {"loss": loss.item(), "loss_labeled": loss_l.item(), "loss_pseudo": 0.0 if loss_u is None else loss_u.item(), "train_top1": correct.item() / len(y_l),
+                "images": len(x)}
+
+    def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of the batch's pseudo-labeled part (selftrain.steps.pseudo_label); a labeled batch has none."""
+        raise NotImplementedError
+
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": getattr(self.model, "_orig_mod", self.model).state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"noise_gen": self.noise_gen.get_state()}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        self.noise_gen.set_state(state["noise_gen"])
+
+    def reseed(self, seed: int) -> None:
+        self.noise_gen.manual_seed(seed + 1)
