@@ -39,7 +39,11 @@ worker: setup
 	$(PREFECT_LOCAL) prefect --no-prompt deploy --all
 	$(PREFECT_LOCAL) prefect worker start --pool process
 
+# lint first (seconds), then the suite: ruff (pyflakes, import order, pyupgrade to the Python floor, format) and mypy on selftrain/
 test: setup
+	ruff check .
+	ruff format --check .
+	mypy
 	pytest
 
 bench: setup

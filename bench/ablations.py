@@ -8,6 +8,7 @@ run). Prints a markdown table (mean ± std over seeds):
 
     python bench/ablations.py --seeds 0 1 2
 """
+
 from __future__ import annotations
 
 import argparse

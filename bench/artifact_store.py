@@ -8,6 +8,7 @@ S3 / local, measured alternately in the same run (--repeat).
 
     python bench/artifact_store.py [--images 200000] [--classes 1000] [--topk 10] [--shard 50000] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def start_moto() -> subprocess.Popen:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -86,13 +88,15 @@ def main() -> None:
         fs.mkdir(bucket)
     gen = torch.Generator().manual_seed(0)
     batch = 10_000
-    chunks = [(np.array([f"img{i:09d}" for i in range(s, min(s + batch, args.images))]),
-               torch.randn(min(batch, args.images - s), args.classes, generator=gen)) for s in range(0, args.images, batch)]
+    chunks = [
+        (np.array([f"img{i:09d}" for i in range(s, min(s + batch, args.images))]), torch.randn(min(batch, args.images - s), args.classes, generator=gen))
+        for s in range(0, args.images, batch)
+    ]
     results = {"local": {"write_s": [], "read_s": []}, "s3": {"write_s": [], "read_s": []}}
     with tempfile.TemporaryDirectory() as tmp:
         targets = {"local": str(Path(tmp) / "logits"), "s3": f"s3://{bucket}/logits"}
         for r in range(args.repeat):
-            for kind in (("local", "s3") if r % 2 == 0 else ("s3", "local")):
+            for kind in ("local", "s3") if r % 2 == 0 else ("s3", "local"):
                 results[kind]["write_s"].append(write_store(targets[kind], chunks, args.classes, topk, args.shard))
                 results[kind]["read_s"].append(read_store(targets[kind]))
         size = stored_bytes(targets["local"])
@@ -104,9 +108,15 @@ def main() -> None:
     mb = size / 1e6
     summary = {
         "command": " ".join(["python", *sys.argv]),
-        "images": args.images, "classes": args.classes, "topk": topk, "shard_rows": args.shard, "stored_mb": round(mb, 1),
-        "local_write_mb_s": round(mb / best["local"]["write_s"], 1), "local_read_mb_s": round(mb / best["local"]["read_s"], 1),
-        "s3_write_mb_s": round(mb / best["s3"]["write_s"], 1), "s3_read_mb_s": round(mb / best["s3"]["read_s"], 1),
+        "images": args.images,
+        "classes": args.classes,
+        "topk": topk,
+        "shard_rows": args.shard,
+        "stored_mb": round(mb, 1),
+        "local_write_mb_s": round(mb / best["local"]["write_s"], 1),
+        "local_read_mb_s": round(mb / best["local"]["read_s"], 1),
+        "s3_write_mb_s": round(mb / best["s3"]["write_s"], 1),
+        "s3_read_mb_s": round(mb / best["s3"]["read_s"], 1),
         "write_ratio_s3_vs_local": round(best["local"]["write_s"] / best["s3"]["write_s"], 3),
         "read_ratio_s3_vs_local": round(best["local"]["read_s"] / best["s3"]["read_s"], 3),
         "runs": results,

@@ -7,6 +7,7 @@ Run from a DVC repository of this project (e.g. a fresh clone after `make run`, 
 Each seed is one `dvc exp run -S seed=N` (the seed also draws the data split); the raw
 per-generation test accuracies go to generations.json, the table to stdout.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -15,6 +15,7 @@ through the store's own streaming writer as top-k float16:
 
     python bench/logit_scale.py --images 1000000 10000000 --out bench/results_logit_scale.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ CHUNK = 100_000
 def write_data(uri: str, classes: int) -> str:
     """A prepare-like data artifact whose unlabeled split names `classes` classes; its hash, for the store's header."""
     with artifacts.atomic_dir(uri) as staging:
-        save_split(artifacts.join(staging, "unlabeled.npz"), Split(np.zeros((1, 1, 1, 1), np.uint8), np.array([-1]), np.array(["u0"]),
-                                                                   tuple(f"class{c}" for c in range(classes))))
+        save_split(
+            artifacts.join(staging, "unlabeled.npz"),
+            Split(np.zeros((1, 1, 1, 1), np.uint8), np.array([-1]), np.array(["u0"]), tuple(f"class{c}" for c in range(classes))),
+        )
     return artifacts.require_complete(uri)["files"]["unlabeled.npz"]
 
 
@@ -81,7 +84,6 @@ def plain_read(uri: str, pattern: str = "shard-*.npy") -> float:
             while f.read(8 << 20):
                 pass
     return time.perf_counter() - t0
-
 
 
 def read_back(uri: str) -> float:
@@ -135,8 +137,14 @@ def main() -> None:
     if args.filter_only:
         print(json.dumps(filter_balance(*args.filter_only)))
         return
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-               "classes": args.classes, "topk": args.topk, "shard": args.shard, "repeat": args.repeat, "runs": []}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "classes": args.classes,
+        "topk": args.topk,
+        "shard": args.shard,
+        "repeat": args.repeat,
+        "runs": [],
+    }
     recompute = recompute_rate(args.classes)
     for n in args.images:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -160,15 +168,24 @@ def main() -> None:
             cold_filter_s = best(lambda: _filter_in_child(store, data, f"{tmp}/pseudo")["seconds"], from_disk=True)
             ratio = lambda read, filtered: read and filtered and round(read / filtered, 3)  # noqa: E731
             run = {
-                "images": n, "write_s": round(write_s, 1), "store_bytes": size, "dense_fp32_bytes": n * args.classes * 4,
+                "images": n,
+                "write_s": round(write_s, 1),
+                "store_bytes": size,
+                "dense_fp32_bytes": n * args.classes * 4,
                 "size_ratio": round(size / (n * args.classes * 4), 4),
-                "plain_read_s": round(read_s, 2), "filter_s": round(filt["seconds"], 2),
-                "read_over_filter": ratio(read_s, filt["seconds"]), "filter_peak_rss_mib": round(filt["peak_rss_mib"]),
-                "cold_plain_read_s": cold_read_s and round(cold_read_s, 2), "cold_filter_s": cold_filter_s and round(cold_filter_s, 2),
+                "plain_read_s": round(read_s, 2),
+                "filter_s": round(filt["seconds"], 2),
+                "read_over_filter": ratio(read_s, filt["seconds"]),
+                "filter_peak_rss_mib": round(filt["peak_rss_mib"]),
+                "cold_plain_read_s": cold_read_s and round(cold_read_s, 2),
+                "cold_filter_s": cold_filter_s and round(cold_filter_s, 2),
                 "cold_read_over_filter": ratio(cold_read_s, cold_filter_s),
-                "cold_columns_read_s": cold_cols_s and round(cold_cols_s, 2), "cold_columns_read_over_filter": ratio(cold_cols_s, cold_filter_s),
-                "selected": filt["selected"], "store_read_images_per_s": round(n / decode_s),
-                "recompute_images_per_s": round(recompute), "store_over_recompute": round(n / decode_s / recompute, 1),
+                "cold_columns_read_s": cold_cols_s and round(cold_cols_s, 2),
+                "cold_columns_read_over_filter": ratio(cold_cols_s, cold_filter_s),
+                "selected": filt["selected"],
+                "store_read_images_per_s": round(n / decode_s),
+                "recompute_images_per_s": round(recompute),
+                "store_over_recompute": round(n / decode_s / recompute, 1),
             }
             print(json.dumps(run), flush=True)
             results["runs"].append(run)

@@ -10,6 +10,7 @@ It trains a random teacher checkpoint's MPL for `steps` steps on 100 labeled ima
 unlabeled (Fashion-MNIST), no finetune, and reports steps/s of the steps after the first log interval
 (mpl_log.csv's steps_per_s: the first interval holds start-up and warm-up).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     interval = args.steps // 3
-    params = parse_params({
-        "data": {"labeled_per_class": 100, "val_per_class": 10, "unlabeled": 4000, "holdout": 0, "test": 100},
-        "teacher": {"model": args.model}, "student": {"augment": "noisy_student"},
-        "generations": {"gen1": {"model": args.model, "teacher": "gen0", "method": "mpl"}},
-        "mpl": {"steps": args.steps, "checkpoint_every": interval, "finetune_epochs": 0, "uda_ramp_steps": 1},
-        "runtime": {"num_workers": args.workers, "device": args.device},
-    })
+    params = parse_params(
+        {
+            "data": {"labeled_per_class": 100, "val_per_class": 10, "unlabeled": 4000, "holdout": 0, "test": 100},
+            "teacher": {"model": args.model},
+            "student": {"augment": "noisy_student"},
+            "generations": {"gen1": {"model": args.model, "teacher": "gen0", "method": "mpl"}},
+            "mpl": {"steps": args.steps, "checkpoint_every": interval, "finetune_epochs": 0, "uda_ramp_steps": 1},
+            "runtime": {"num_workers": args.workers, "device": args.device},
+        }
+    )
     result = {"selftrain": str(Path(selftrain.__file__).parent), "workers": args.workers, "steps": args.steps}
     with tempfile.TemporaryDirectory() as work:
         data, teacher = f"{work}/data", f"{work}/teacher.safetensors"

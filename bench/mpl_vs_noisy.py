@@ -9,6 +9,7 @@ every student's test top-1 is measured on the same test split. Raw results go to
 
     python bench/mpl_vs_noisy.py --seeds 0 1 2 --out runs/mpl_vs_noisy.json   # from the project root; ~28 min a seed on 2 CPU cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
     row: dict = {"teacher": {"test_top1": _test_top1(params, str(root / "teacher" / stages.CHECKPOINT), data), "wall_s": t_teacher}}
 
     stages.filter_balance(params, logits_store=logits_uri, data=data, out=str(root / "pseudo"))
-    _, budget = _timed(stages.train_student, params, generation="gen1", data=data, teacher=gen0, out=str(root / "noisy_student"),
-                       pseudo=str(root / "pseudo"))
+    _, budget = _timed(stages.train_student, params, generation="gen1", data=data, teacher=gen0, out=str(root / "noisy_student"), pseudo=str(root / "pseudo"))
     row["noisy_student"] = {"test_top1": _test_top1(params, str(root / "noisy_student" / stages.CHECKPOINT), data), "wall_s": budget}
 
     for method in ("mpl", "reduced_mpl"):
@@ -76,8 +76,11 @@ def run_method(method: str, seed: int, root: Path, params_path: str, budget: flo
     p = load_params(params_path, {"seed": seed, **_mpl_overrides(steps)})
     _, wall = _timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
     return {
-        "test_top1": _test_top1(p, str(root / method / stages.CHECKPOINT), data), "wall_s": wall, "steps": steps,
-        "steps_per_s": steps_per_s, "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
+        "test_top1": _test_top1(p, str(root / method / stages.CHECKPOINT), data),
+        "wall_s": wall,
+        "steps": steps,
+        "steps_per_s": steps_per_s,
+        "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
         "mpl_val_top1": _csv_column(root / method / "mpl_log.csv", "val_top1")[-1],  # before the finetune
     }
 
@@ -99,8 +102,11 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--work", default="runs/mpl_vs_noisy", help="artifacts of every run (default: %(default)s)")
     ap.add_argument("--out", default="mpl_vs_noisy.json", help="raw results, appended per seed (default: %(default)s)")
-    ap.add_argument("--rerun", choices=["mpl", "reduced_mpl"],
-                    help="run this method again on seeds already done (same data, teacher, logits and budget); the old result is kept as METHOD_previous")
+    ap.add_argument(
+        "--rerun",
+        choices=["mpl", "reduced_mpl"],
+        help="run this method again on seeds already done (same data, teacher, logits and budget); the old result is kept as METHOD_previous",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -122,8 +128,7 @@ def main() -> None:
             continue
         accs = [m["test_top1"] for m in done]
         steps = ", ".join(str(m["steps"]) for m in done) if "steps" in done[0] else ""
-        print(f"| {method} | {_stats(accs)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "
-              f"{statistics.fmean(m['wall_s'] for m in done):.0f} | {steps} |")
+        print(f"| {method} | {_stats(accs)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | {statistics.fmean(m['wall_s'] for m in done):.0f} | {steps} |")
     ratios = [r["reduced_over_full_step_time"] for r in rows]
     print(f"\nreduced MPL step time / full MPL step time: {statistics.fmean(ratios):.3f} (per seed {', '.join(f'{x:.3f}' for x in ratios)})")
 

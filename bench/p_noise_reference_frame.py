@@ -11,6 +11,7 @@ Run from the project root after `make run`:
     python bench/p_noise_reference_frame.py --sets artifacts/robustness/sets \\
         --reference artifacts/gen0/promoted.json --model artifacts/gen1/student/model.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def main() -> None:
         fp = ref if label == "reference" else flip_probabilities(checkpoint, sequences, device)
         for way in ("noisy", "clean"):
             fr = {k: fp[way][k] / ref[way][k] if ref[way][k] > 0 else float("nan") for k in PERTURBATIONS}
-            print(f"| {label} | {way} | {100 * fp[way]['gaussian_noise']:.2f} | {100 * fp[way]['shot_noise']:.2f} | "
-                  f"{100 * rm.mean(fp[way]):.2f} | {100 * rm.mean(fr):.2f} |")
+            print(
+                f"| {label} | {way} | {100 * fp[way]['gaussian_noise']:.2f} | {100 * fp[way]['shot_noise']:.2f} | "
+                f"{100 * rm.mean(fp[way]):.2f} | {100 * rm.mean(fr):.2f} |"
+            )
 
 
 if __name__ == "__main__":

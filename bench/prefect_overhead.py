@@ -9,6 +9,7 @@ server, set PREFECT_API_URL. The default overrides make a small but complete gen
 
     python bench/prefect_overhead.py [--generations 1] [--repeat 2] [--set KEY=VALUE ...] [--out bench/results_prefect.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def direct(stages: _Timed, params: Params, root: str) -> None:
             stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
         else:
             stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
-        stages.evaluate(params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference)
+        stages.evaluate(
+            params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
+        )
         rec = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
         stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
         if not rec["passed"]:
@@ -127,7 +130,8 @@ def main() -> None:
     in_flow = task_seconds(first.state_details.flow_run_id)
     t_direct, t_flow = statistics.median(direct_s), statistics.median(flow_s)
     result = {
-        "command": "python bench/prefect_overhead.py" + (f" --generations {args.generations}" if args.generations != 1 else "")
+        "command": "python bench/prefect_overhead.py"
+        + (f" --generations {args.generations}" if args.generations != 1 else "")
         + (f" --repeat {args.repeat}" if args.repeat != 2 else "")
         + "".join(f" --set {o}" for o in (args.overrides or [])),
         "overrides": overrides,

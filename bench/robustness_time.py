@@ -8,6 +8,7 @@ A clean evaluation is what `evaluate` does per model without robustness sets: to
 and test. Each timing is the median of --repeats runs in this process, so the ratios compare
 like with like on whatever machine runs it (CPU here; pass --device cuda on a GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from selftrain import models, runtime, stages
 from selftrain.data import load_split
@@ -53,9 +54,7 @@ def main() -> None:
         val, test = load_split(data, "val"), load_split(data, "test")
         clean = _median_seconds(lambda: (accuracy(net, val, bs, device), accuracy(net, test, bs, device)), args.repeats)
         build = _median_seconds(lambda: stages.make_robustness_sets(params, data=data, out=sets), args.repeats)
-        reference = _median_seconds(
-            lambda: stages.robustness_reference(params, data=data, sets=sets, reference_model=args.model, out=ref), args.repeats
-        )
+        reference = _median_seconds(lambda: stages.robustness_reference(params, data=data, sets=sets, reference_model=args.model, out=ref), args.repeats)
         corrupted, sequences = robustness.load_sets(sets)
         evaluate = _median_seconds(lambda: robustness.measure(net, corrupted, sequences, None, bs, device), args.repeats)
         n_images = len(val) + len(test)
@@ -63,9 +62,15 @@ def main() -> None:
         n_robust += len(corrupted["clean"]) + sum(sequences[k].shape[0] * sequences[k].shape[1] for k in sequences if sequences[k].ndim == 5)
     result = {
         "device": str(device),
-        "clean_eval_s": clean, "clean_images": n_images,
-        "build_sets_s": build, "reference_s": reference, "robust_eval_s": evaluate, "robust_images": n_robust,
-        "build_over_clean": build / clean, "reference_over_clean": reference / clean, "robust_eval_over_clean": evaluate / clean,
+        "clean_eval_s": clean,
+        "clean_images": n_images,
+        "build_sets_s": build,
+        "reference_s": reference,
+        "robust_eval_s": evaluate,
+        "robust_images": n_robust,
+        "build_over_clean": build / clean,
+        "reference_over_clean": reference / clean,
+        "robust_eval_over_clean": evaluate / clean,
     }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print("| step | seconds | × one clean evaluation |\n|---|---:|---:|")

@@ -9,6 +9,7 @@ forward per step), so its ratio is also the method's own extra work, not only ov
 
     python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0] [--out throughput.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,7 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
         "teacher": lambda: SupervisedStep(net(), teacher_p, labeled, ctx, 0),
         "student": lambda: PseudoLabelStep(net(), student_p, labeled, (unlabeled.images, soft), ctx, 0),
         "mpl": lambda: MplStep(net(), net(), mpl_p, student_p, labeled, unlabeled.images, ctx, 0),
-        "reduced_mpl": lambda: ReducedMplStep(net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0,
-                                              stored=stored),
+        "reduced_mpl": lambda: ReducedMplStep(net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0, stored=stored),
     }
 
 
@@ -142,8 +142,13 @@ def main() -> None:
         with artifacts.atomic_dir(data_uri) as d:
             for name, s in splits.items():
                 save_split(artifacts.join(d, f"{name}.npz"), s)
-        result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                  "model": args.model, "batch": args.batch}
+        result = {
+            "device": str(device),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "model": args.model,
+            "batch": args.batch,
+        }
         result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device)
         for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers).items():
             rate = step_rate(make, args.steps, device)

@@ -6,6 +6,7 @@ Variants (selftrain.twomoons.MoonsSetup): full MPL (MPL signal + UDA), UDA only 
 signal), the MPL signal with its sign flipped, and both signs without UDA; supervised and plain
 pseudo-labels for reference. Prints test accuracy mean ± std over seeds.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """One self-training generation as a Prefect flow: logits -> filter/balance -> student (by the generation's method)
 -> evaluate (clean + robustness) -> promote -> record-lineage -> report."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,16 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
         )
         promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
         stages.record_lineage(
-            params, generation=name, data=g.data, teacher=teacher, logits_store=g.logits, pseudo=g.pseudo, student=g.student_checkpoint,
-            metrics=g.metrics, promoted=g.promoted, out=g.lineage,
+            params,
+            generation=name,
+            data=g.data,
+            teacher=teacher,
+            logits_store=g.logits,
+            pseudo=g.pseudo,
+            student=g.student_checkpoint,
+            metrics=g.metrics,
+            promoted=g.promoted,
+            out=g.lineage,
         )
         report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))

@@ -3,6 +3,7 @@ teacher and the robustness sets), so two runs on one artifact root never write t
 the second fails at once, naming the first. The holder renews the lock every few minutes; one left by a run that
 was killed is taken over once its heartbeat is older than STALE_AFTER_S. DVC runs need none: `dvc repro` locks
 its repository itself."""
+
 from __future__ import annotations
 
 import datetime
@@ -21,7 +22,10 @@ STALE_AFTER_S = 600.0  # a killed run's generation is free again 10 minutes afte
 def writing(root: str, name: str) -> AbstractContextManager[None]:
     """Hold generation `name`'s lock under `root` for the block."""
     owner = {
-        "flow_run": str(flow_run.get_id()), "flow_run_name": flow_run.get_name(), "host": socket.gethostname(), "pid": os.getpid(),
+        "flow_run": str(flow_run.get_id()),
+        "flow_run_name": flow_run.get_name(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return artifacts.exclusive(artifacts.join(Generation(root, name).dir, ".lock"), owner, STALE_AFTER_S)

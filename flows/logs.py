@@ -1,4 +1,5 @@
 """Stage logs (progress summaries, per-epoch metrics) into the Prefect run's log as well as the console."""
+
 from __future__ import annotations
 
 import logging

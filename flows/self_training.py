@@ -7,6 +7,7 @@ temporary one) or against one set by PREFECT_API_URL:
 
     python -m flows.self_training --params params.yaml --root runs/prefect
 """
+
 from __future__ import annotations
 
 import argparse

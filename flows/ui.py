@@ -1,5 +1,6 @@
 """What a generation shows in the Prefect UI: artifacts keyed by generation, so the UI keeps each key's history
 across flow runs (the nightly run's gen1 table next to last night's)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +31,4 @@ def publish_generation(g: Generation, name: str, method: str, metrics: dict[str,
     for file in report_files:
         if file.endswith(".png"):
             stem = file.removesuffix(".png").replace("_", "-")
-            create_link_artifact(
-                _link(artifacts.join(g.report, file)), link_text=f"{name}: {file}", key=f"{name}-{stem}", description=f"{name}: plot {file}"
-            )
+            create_link_artifact(_link(artifacts.join(g.report, file)), link_text=f"{name}: {file}", key=f"{name}-{stem}", description=f"{name}: plot {file}")

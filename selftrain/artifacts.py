@@ -4,6 +4,7 @@ An artifact is a directory. It is complete exactly when its MANIFEST.json exists
 manifest lists every file with its sha256 and is written last, so readers never see a
 half-written artifact, and the manifest's own hash is the artifact's content hash.
 """
+
 from __future__ import annotations
 
 import errno
@@ -68,8 +69,10 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
 def _not_writable(uri: str, e: OSError) -> ArtifactError:
-    return ArtifactError(f"cannot write '{uri}': {e.strerror or e} ({e.filename or uri}); the artifact root must be writable: "
-                         "fix its permissions or choose another --out / --root")
+    return ArtifactError(
+        f"cannot write '{uri}': {e.strerror or e} ({e.filename or uri}); the artifact root must be writable: "
+        "fix its permissions or choose another --out / --root"
+    )
 
 
 def join(uri: str, *parts: str) -> str:
@@ -250,8 +253,10 @@ def check_locks() -> None:
         if uri in lost or (_parse_lock(_read_raw(uri)) or {}).get("token") != token:
             with _held_guard:
                 _lost.add(uri)
-            raise LockLost(f"this run no longer holds '{uri}': another run took it over (this one went "
-                           "without a heartbeat for too long, paused or cut off); it stops here rather than write beside it")
+            raise LockLost(
+                f"this run no longer holds '{uri}': another run took it over (this one went "
+                "without a heartbeat for too long, paused or cut off); it stops here rather than write beside it"
+            )
 
 
 @contextmanager
@@ -279,9 +284,11 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
         who = {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")} if held else "an unknown run"
         if raw is None or age is None or age <= (held or {}).get("stale_after_s", stale_after_s):
             beat = f" (its last heartbeat {age:.0f} s ago)" if age is not None else ""
-            raise ArtifactError(f"'{uri}' is held by {who}{beat}: another run is writing there. Wait for it to finish; a lock "
-                                f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
-                                "heartbeat never: delete that file if its run is gone") from None
+            raise ArtifactError(
+                f"'{uri}' is held by {who}{beat}: another run is writing there. Wait for it to finish; a lock "
+                f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
+                "heartbeat never: delete that file if its run is gone"
+            ) from None
         log.warning("'%s': taking over the lock of %s, whose last heartbeat was %.0f s ago (the run died)", uri, who, age)
         if not replace_if(uri, raw, mine):
             raise ArtifactError(f"'{uri}' was taken over by another run at the same moment: it is writing there") from None
@@ -298,8 +305,11 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
                 if not replace_if(uri, mine, renewed):
                     with _held_guard:
                         _lost.add(uri)
-                    log.error("'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat): "
-                              "it writes nothing more there", uri, stale_after_s)
+                    log.error(
+                        "'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat): it writes nothing more there",
+                        uri,
+                        stale_after_s,
+                    )
                     return
                 mine = renewed
             except Exception as e:  # a blip of the store: the next beat tries again
@@ -509,13 +519,20 @@ def require_complete(uri: str) -> dict[str, Any]:
     sizes, etags = manifest.get("sizes"), manifest.get("etags")
     if sizes is not None:
         found = _listing(uri)
-        wrong = sorted((set(found) ^ set(manifest["files"])) | {
-            rel for rel in set(found) & set(manifest["files"])
-            if found[rel]["size"] != sizes.get(rel) or (etags is not None and found[rel].get("ETag") != etags.get(rel))})
+        wrong = sorted(
+            (set(found) ^ set(manifest["files"]))
+            | {
+                rel
+                for rel in set(found) & set(manifest["files"])
+                if found[rel]["size"] != sizes.get(rel) or (etags is not None and found[rel].get("ETag") != etags.get(rel))
+            }
+        )
         if wrong:
-            raise ArtifactError(f"artifact '{uri}' does not match its {MANIFEST} ({', '.join(wrong[:5])}"
-                                f"{', ...' if len(wrong) > 5 else ''}: missing, extra or changed since it was written, e.g. by two "
-                                "writers at once); rerun the stage that produces it")
+            raise ArtifactError(
+                f"artifact '{uri}' does not match its {MANIFEST} ({', '.join(wrong[:5])}"
+                f"{', ...' if len(wrong) > 5 else ''}: missing, extra or changed since it was written, e.g. by two "
+                "writers at once); rerun the stage that produces it"
+            )
     return manifest
 
 
@@ -629,8 +646,7 @@ def atomic_dir(uri: str) -> Iterator[str]:
                 remove(join(uri, rel))
             # a copy of a single-part object keeps its ETag (the MD5 of its bytes): expect this writer's own, not
             # what the listing shows now (another writer's copies may have landed); a multipart one gets a new ETag
-            manifest["etags"] = {rel: staged[rel]["ETag"] if "-" not in staged[rel]["ETag"] else final[rel]["ETag"]
-                                 for rel in manifest["files"]}
+            manifest["etags"] = {rel: staged[rel]["ETag"] if "-" not in staged[rel]["ETag"] else final[rel]["ETag"] for rel in manifest["files"]}
             write_bytes(join(uri, MANIFEST), _manifest_bytes(manifest))
         finally:
             sfs, spath = _fs(staging)

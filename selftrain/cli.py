@@ -3,6 +3,7 @@
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,9 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, distributed, failures, lineage, models, plan as capacity, promote as promotion, registry
+from selftrain import artifacts, distributed, failures, lineage, models, registry
+from selftrain import plan as capacity
+from selftrain import promote as promotion
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -58,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         doc = inspect.getdoc(fn) or ""
         sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
         sp.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
-        sp.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                        help="override one param, e.g. --set student.epochs=2 (repeatable)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            type=_override,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one param, e.g. --set student.epochs=2 (repeatable)",
+        )
         sp.add_argument("--result", metavar="URI", help="also write the stage's summary (what it prints) as JSON here (optional)")
         for arg in inspect.signature(fn).parameters.values():
             if arg.kind is inspect.Parameter.KEYWORD_ONLY:
@@ -67,42 +77,74 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar = {"generation": "NAME", "part": "N"}.get(arg.name, "URI")
                 optional = arg.default is not inspect.Parameter.empty
                 sp.add_argument(
-                    flag, dest=arg.name, required=not optional, type=int if arg.name == "part" else str, default=arg.default if optional else None, metavar=metavar,
+                    flag,
+                    dest=arg.name,
+                    required=not optional,
+                    type=int if arg.name == "part" else str,
+                    default=arg.default if optional else None,
+                    metavar=metavar,
                     help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
                 )
-    sm = sub.add_parser("summary", help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
-                                         "ran to its end or a gate stopped it, 1 when a generation did not finish")
+    sm = sub.add_parser(
+        "summary",
+        help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
+        "ran to its end or a gate stopped it, 1 when a generation did not finish",
+    )
     sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     sm.add_argument("--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)")
-    ln = sub.add_parser("lineage", help="print the chain of generations that made a model, back to the labeled data: "
-                                         "each model, teacher, data, logits and pseudo-labels by content hash, its accuracy and git commit")
+    ln = sub.add_parser(
+        "lineage",
+        help="print the chain of generations that made a model, back to the labeled data: "
+        "each model, teacher, data, logits and pseudo-labels by content hash, its accuracy and git commit",
+    )
     ln.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     ln.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     ln.add_argument("--generation", metavar="GEN", help="start from this generation (default: the last one with a lineage.json)")
     ln.add_argument("--png", metavar="PATH", help="also draw the chain as a picture into this PNG file (local path or s3://)")
-    rp = sub.add_parser("reproduce", help="rebuild a past generation from its recorded commit (inputs through DVC) and compare "
-                                           "logits, pseudo-labels, model and metrics with the record; exit 0 on a match, 1 otherwise")
-    rp.add_argument("target", metavar="GEN|SHA256", help="a generation (gen1, ...) at --rev, or its model's sha256 (8+ hex digits, "
-                                                          "as `selftrain lineage` prints it): the newest commit that recorded it")
+    rp = sub.add_parser(
+        "reproduce",
+        help="rebuild a past generation from its recorded commit (inputs through DVC) and compare "
+        "logits, pseudo-labels, model and metrics with the record; exit 0 on a match, 1 otherwise",
+    )
+    rp.add_argument(
+        "target",
+        metavar="GEN|SHA256",
+        help="a generation (gen1, ...) at --rev, or its model's sha256 (8+ hex digits, as `selftrain lineage` prints it): the newest commit that recorded it",
+    )
     rp.add_argument("--rev", default="HEAD", help="the git rev to find the generation at, or to search back from (default: %(default)s)")
     rp.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
     rp.add_argument("--workdir", metavar="DIR", help="where to rebuild (default: a new temporary directory, kept for inspection)")
-    rp.add_argument("--tolerance", type=float, metavar="X", help="absolute tolerance on metrics (default: 0 on CPU, "
-                                                                 "0.01 where CUDA ran or runs, whose kernels are not bitwise deterministic)")
-    tg = sub.add_parser("tag", help="give each committed, promoted model a git tag teacher@vK.N.0 (K: its generation) whose message "
-                                     "names generation, method, model, metrics and checkpoint, so the current teacher can be fetched by name")
+    rp.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="X",
+        help="absolute tolerance on metrics (default: 0 on CPU, 0.01 where CUDA ran or runs, whose kernels are not bitwise deterministic)",
+    )
+    tg = sub.add_parser(
+        "tag",
+        help="give each committed, promoted model a git tag teacher@vK.N.0 (K: its generation) whose message "
+        "names generation, method, model, metrics and checkpoint, so the current teacher can be fetched by name",
+    )
     tg.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     tg.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
     tg.add_argument("--push", metavar="REMOTE", help="also push the new tags to this git remote")
-    tc = sub.add_parser("teacher", help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and "
-                                         "sha256, and the `dvc get` command that fetches it")
+    tc = sub.add_parser(
+        "teacher",
+        help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and sha256, and the `dvc get` command that fetches it",
+    )
     tc.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
-    pl = sub.add_parser("plan", help="size a node pool: per GPU stage of params.yaml, the image passes, GPU-hours and wall time "
-                                      "on N nodes, from measured throughputs (bench/throughput.py --out) or a quick probe here")
+    pl = sub.add_parser(
+        "plan",
+        help="size a node pool: per GPU stage of params.yaml, the image passes, GPU-hours and wall time "
+        "on N nodes, from measured throughputs (bench/throughput.py --out) or a quick probe here",
+    )
     pl.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
-    pl.add_argument("--throughput", metavar="FILE", help="throughputs per model, measured on the pool's GPU type "
-                                                          "(bench/throughput.py --out FILE); default: probe each model on this node")
+    pl.add_argument(
+        "--throughput",
+        metavar="FILE",
+        help="throughputs per model, measured on the pool's GPU type (bench/throughput.py --out FILE); default: probe each model on this node",
+    )
     pl.add_argument("--nodes", type=int, default=1, help="GPU nodes in the pool (default: %(default)s)")
     pl.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: %(default)s)")
     pl.add_argument("--classes", type=int, help="class count, for data.source: folders")
@@ -158,19 +200,26 @@ def main(argv: list[str] | None = None) -> int:
             params = load_params(args.params)
             if args.nodes < 1 or args.gpus_per_node < 1:
                 raise ValueError("--nodes and --gpus-per-node must be at least 1")
-            rates = capacity.load_throughput(args.throughput) if args.throughput else capacity.probe(
-                {params.teacher.model, *(g.model for g in params.generations.values())}, params)
+            rates = (
+                capacity.load_throughput(args.throughput)
+                if args.throughput
+                else capacity.probe({params.teacher.model, *(g.model for g in params.generations.values())}, params)
+            )
             print(capacity.table(capacity.plan(params, rates, args.nodes, args.gpus_per_node, args.classes), rates, args.nodes, args.gpus_per_node))
             return 0
         if args.command == "tag":
             made = registry.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
-            print("\n".join(f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})" for v in made)
-                  or "no new promotion to tag")
+            print(
+                "\n".join(f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})" for v in made)
+                or "no new promotion to tag"
+            )
             return 0
         if args.command == "teacher":
             v = registry.current(args.repo)
-            print(f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 {v.record.get('sha256')}\n"
-                  f"dvc get {args.repo} {v.path} --rev {v.tag}")
+            print(
+                f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 {v.record.get('sha256')}\n"
+                f"dvc get {args.repo} {v.path} --rev {v.tag}"
+            )
             return 0
         if args.command == "reproduce":
             outcome = reproduce(args.target, args.repo, args.rev, args.workdir, args.tolerance)

@@ -5,6 +5,7 @@ DDP averages the gradients, so the optimisation is the single-process one with p
 (SyncBatchNorm on CUDA). Only rank 0 writes outputs and checkpoints. Without torchrun's environment
 (WORLD_SIZE unset or 1) there is one process and nothing here does anything.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Clean accuracy of a model on a labeled split."""
+
 from __future__ import annotations
 
 import torch

@@ -7,12 +7,14 @@ HTTPClientError (ConnectionClosedError, ReadTimeoutError) and ConnectionError (E
 ConnectTimeoutError) are not OSErrors; 5xx answers reach the caller as OSError (s3fs translates them).
 Not transient: a missing file, a refused permission, a full or read-only disk, bad params or data, a failed gate.
 """
+
 from __future__ import annotations
 
 import errno
 
 import aiohttp
-from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError
 
 EXIT_BUG = 1  # an uncaught exception: Python's own exit status, with its traceback
 EXIT_BAD_INPUT = 2  # bad params or data: fix them; retrying cannot help

@@ -1,4 +1,5 @@
 """Batched clean inference: the teacher in eval mode, no augmentation."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -25,9 +26,7 @@ def batch_logits(
         yield out.float().cpu()
 
 
-def iter_logits(
-    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None
-) -> Iterator[tuple[slice, torch.Tensor]]:
+def iter_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (rows, float32 logits on CPU) batch by batch, with a progress bar when `desc` is given."""
     starts = range(0, len(images), batch_size)
     batches = (images[start : start + batch_size] for start in starts)

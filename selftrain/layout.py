@@ -1,13 +1,14 @@
 """Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root 'artifacts'.
 
-    root/data/                      prepare
-    root/gen0/teacher/              train-teacher (model.safetensors, log.csv)
-    root/gen0/promoted.json         generation 0's record: the supervised teacher
-    root/robustness/sets/           make-robustness-sets (-C, -P)
-    root/robustness/reference/      robustness-reference (-A set, the reference's -C/-P results)
-    root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, lineage.json, report/
-    root/twomoons/                  twomoons (the MPL picture; needs nothing above)
+root/data/                      prepare
+root/gen0/teacher/              train-teacher (model.safetensors, log.csv)
+root/gen0/promoted.json         generation 0's record: the supervised teacher
+root/robustness/sets/           make-robustness-sets (-C, -P)
+root/robustness/reference/      robustness-reference (-A set, the reference's -C/-P results)
+root/genK/{logits,pseudo,student}/, metrics.json, promoted.json, lineage.json, report/
+root/twomoons/                  twomoons (the MPL picture; needs nothing above)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ model can be traced back through its teachers to the labeled data and rebuilt
 (`selftrain reproduce`). It never holds credentials: no environment variables, no storage
 options, only URIs (and URIs with user:password@ are refused when the record is written).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,9 +60,7 @@ def dvc_lock_stages(lock_path: str, generation: str) -> dict[str, Any]:
         stage, _, item = name.partition("@")
         if not (stage in UPSTREAM_ONCE or (stage in UPSTREAM_PER_GENERATION and int(item.removeprefix("gen")) <= k)):
             continue
-        stages[name] = {
-            kind: {d["path"]: d.get("md5") for d in entry.get(kind, [])} for kind in ("deps", "outs")
-        }
+        stages[name] = {kind: {d["path"]: d.get("md5") for d in entry.get(kind, [])} for kind in ("deps", "outs")}
     return stages
 
 
@@ -88,8 +87,10 @@ def machine() -> dict[str, Any]:
 
 def _check_uri(uri: str) -> str:
     if urlsplit(uri).password is not None:
-        raise ValueError(f"'{urlsplit(uri)._replace(netloc=urlsplit(uri).hostname or '').geturl()}' has a password in it: "
-                         "give credentials through the AWS environment or a profile, never in a URI")
+        raise ValueError(
+            f"'{urlsplit(uri)._replace(netloc=urlsplit(uri).hostname or '').geturl()}' has a password in it: "
+            "give credentials through the AWS environment or a profile, never in a URI"
+        )
     return uri
 
 
@@ -179,12 +180,16 @@ def chain_png(records: list[dict[str, Any]]) -> bytes:
 
     plt = pyplot()
     oldest = records[::-1]
-    boxes = [f"labeled data\n{oldest[0]['inputs']['data']['sha256'][:10]}",
-             f"gen0: supervised\n{oldest[0]['teacher']['sha256'][:10]}\ntest {100 * oldest[0]['metrics']['teacher']['test_top1']:.1f} %"]
+    boxes = [
+        f"labeled data\n{oldest[0]['inputs']['data']['sha256'][:10]}",
+        f"gen0: supervised\n{oldest[0]['teacher']['sha256'][:10]}\ntest {100 * oldest[0]['metrics']['teacher']['test_top1']:.1f} %",
+    ]
     for r in oldest:
         ck = r["outputs"].get("student_checkpoint")
-        boxes.append(f"{r['generation']}: {r['method']}\n{ck['sha256'][:10] if ck else '-'}\n"
-                     f"test {100 * r['metrics']['student']['test_top1']:.1f} %\n{'promoted' if r['promoted']['passed'] else 'not promoted'}")
+        boxes.append(
+            f"{r['generation']}: {r['method']}\n{ck['sha256'][:10] if ck else '-'}\n"
+            f"test {100 * r['metrics']['student']['test_top1']:.1f} %\n{'promoted' if r['promoted']['passed'] else 'not promoted'}"
+        )
     fig, ax = plt.subplots(figsize=(2.3 * len(boxes), 1.8))
     for i, text in enumerate(boxes):
         ax.text(i, 0, text, ha="center", va="center", fontsize=8, bbox={"boxstyle": "round", "fc": "#eef3fb", "ec": "#4a6fa5"})

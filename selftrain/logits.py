@@ -12,6 +12,7 @@ probability (the confidence used for filtering) stays exact. Top-k rows are in d
 row's top is its first value). Plain .npy files: local shards are memory-mapped, with no decoding and
 no copy, and a reader pays only for the columns it opens.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -107,8 +108,10 @@ class StoredLogits:
 def open_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: str | None = None) -> dict[str, Any]:
     """The header of a complete store, refusing one that is partial, malformed or from another teacher/data set."""
     if not artifacts.exists(uri) and artifacts.exists(f"{uri.rstrip('/')}.parts"):
-        raise LogitStoreError(f"logit store '{uri}' exists only as parts ({uri.rstrip('/')}.parts): a partial set is never used; "
-                              "run infer without --part to infer what is missing and join them")
+        raise LogitStoreError(
+            f"logit store '{uri}' exists only as parts ({uri.rstrip('/')}.parts): a partial set is never used; "
+            "run infer without --part to infer what is missing and join them"
+        )
     artifacts.require_complete(uri)
     header = artifacts.read_json(artifacts.join(uri, "header.json"))
     if header.get("format") != FORMAT:
@@ -146,11 +149,18 @@ def iter_shards(uri: str, header: dict[str, Any], with_ids: bool = True) -> Iter
             artifacts.prefetch(f"{names[i + 1]}.{c}.npy")
         part = {c: artifacts.load_array(f"{name}.{c}.npy") for c in columns}
         ids, values, indices = part.get("ids"), part["values"], part.get("indices")
-        if (values.ndim != 2 or values.shape[1] != width or len(values) != shard["rows"] or (ids is not None and len(ids) != len(values))
-                or (indices is not None and indices.shape != values.shape)):
-            raise LogitStoreError(f"'{name}.values.npy' holds values of shape {values.shape}{f' for {len(ids)} ids' if ids is not None else ''}"
-                                  f"{f' and indices of shape {indices.shape}' if indices is not None else ''}; "
-                                  f"the header expects ({shard['rows']}, {width}): rerun infer")
+        if (
+            values.ndim != 2
+            or values.shape[1] != width
+            or len(values) != shard["rows"]
+            or (ids is not None and len(ids) != len(values))
+            or (indices is not None and indices.shape != values.shape)
+        ):
+            raise LogitStoreError(
+                f"'{name}.values.npy' holds values of shape {values.shape}{f' for {len(ids)} ids' if ids is not None else ''}"
+                f"{f' and indices of shape {indices.shape}' if indices is not None else ''}; "
+                f"the header expects ({shard['rows']}, {width}): rerun infer"
+            )
         bad = _non_finite(values)
         if bad.any():
             first = (ids if ids is not None else artifacts.load_array(f"{name}.ids.npy"))[np.argmax(bad)]

@@ -5,10 +5,11 @@ Each loss compares student logits with teacher logits (stored or live) on the sa
 label-free (offline distillation, Shen et al. 2021). DIST is written out here because no
 maintained library ships it; it follows the authors' reference code (Huang et al. 2022).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -8,6 +8,7 @@ params section and one `deps` line in dvc.yaml's train-student stage.
 
 This module imports neither torch nor timm: loading params reads it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,8 +21,18 @@ Consumes = Literal["pseudo_labels", "logits", "nothing"]
 # The stages that do not depend on the method, in pipeline order. `train-generation` is what dvc.yaml runs:
 # it reads the generation's method and runs that method's stage.
 PIPELINE_STAGES = (
-    "prepare", "train-teacher", "infer", "filter-balance", "train-generation", "make-robustness-sets", "robustness-reference",
-    "evaluate", "promote", "report", "record-lineage", "twomoons",
+    "prepare",
+    "train-teacher",
+    "infer",
+    "filter-balance",
+    "train-generation",
+    "make-robustness-sets",
+    "robustness-reference",
+    "evaluate",
+    "promote",
+    "report",
+    "record-lineage",
+    "twomoons",
 )
 DVC_TRAIN_STAGE = "train-student"  # dvc.yaml's name for a generation's training stage (`train-generation` behind it)
 
@@ -68,16 +79,52 @@ class Method:
         return {"pseudo_labels": ("pseudo",), "logits": ("logits_store",), "nothing": ()}[self.consumes]
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("noisy_student", "train-student", ("student",), "pseudo_labels", True, "selftrain.steps.pseudo_label:PseudoLabelStep", _epochs_work,
-           "student on filtered, balanced pseudo-labels, joint with labeled batches, noised (Xie et al. 2020)"),
-    Method("distill", "train-student", ("student",), "logits", True, "selftrain.steps.pseudo_label:PseudoLabelStep", _epochs_work,
-           "student on every unlabeled image's stored teacher logits under student.loss (kd, dist, soft_ce)", smaller_student=True),
-    Method("mpl", "train-mpl", ("student", "mpl"), "nothing", True, "selftrain.steps.mpl:MplStep", _mpl_work(2),
-           "Meta Pseudo Labels: teacher and student trained together, the teacher from the student's labeled loss (Pham et al. 2021)"),
-    Method("reduced_mpl", "train-reduced-mpl", ("student", "mpl"), "logits", True, "selftrain.steps.mpl:ReducedMplStep", _mpl_work(0),
-           "MPL whose teacher is a small MLP over the large teacher's stored logits"),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "noisy_student",
+            "train-student",
+            ("student",),
+            "pseudo_labels",
+            True,
+            "selftrain.steps.pseudo_label:PseudoLabelStep",
+            _epochs_work,
+            "student on filtered, balanced pseudo-labels, joint with labeled batches, noised (Xie et al. 2020)",
+        ),
+        Method(
+            "distill",
+            "train-student",
+            ("student",),
+            "logits",
+            True,
+            "selftrain.steps.pseudo_label:PseudoLabelStep",
+            _epochs_work,
+            "student on every unlabeled image's stored teacher logits under student.loss (kd, dist, soft_ce)",
+            smaller_student=True,
+        ),
+        Method(
+            "mpl",
+            "train-mpl",
+            ("student", "mpl"),
+            "nothing",
+            True,
+            "selftrain.steps.mpl:MplStep",
+            _mpl_work(2),
+            "Meta Pseudo Labels: teacher and student trained together, the teacher from the student's labeled loss (Pham et al. 2021)",
+        ),
+        Method(
+            "reduced_mpl",
+            "train-reduced-mpl",
+            ("student", "mpl"),
+            "logits",
+            True,
+            "selftrain.steps.mpl:ReducedMplStep",
+            _mpl_work(0),
+            "MPL whose teacher is a small MLP over the large teacher's stored logits",
+        ),
+    )
+}
 METHOD_NAMES = tuple(METHODS)
 
 

@@ -1,4 +1,5 @@
 """timm models and self-describing safetensors checkpoints (no pickle anywhere)."""
+
 from __future__ import annotations
 
 import functools
@@ -85,8 +86,7 @@ def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
     state, other = _read(uri)
     if (other.name, other.in_chans) != (spec.name, spec.in_chans):
         raise ValueError(
-            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): "
-            "the architectures must match"
+            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): the architectures must match"
         )
     same_head = other.num_classes == spec.num_classes
     if not same_head:  # e.g. a checkpoint trained on other classes: keep the body, re-initialise the head
@@ -99,7 +99,6 @@ def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
 
 
 def check_params(params: Any, source: str = "params") -> None:
@@ -123,7 +122,8 @@ def check_params(params: Any, source: str = "params") -> None:
             if _param_count(g.model) < _param_count(chain[k - 1]):
                 errors.append(
                     f"  generations.{name}.model: '{g.model}' is smaller than its teacher '{chain[k - 1]}' (Noisy Student wants an "
-                    "equal or larger student; use method: distill or set student.allow_smaller: true to distil down)")
+                    "equal or larger student; use method: distill or set student.allow_smaller: true to distil down)"
+                )
     if errors:
         raise ParamsError("\n".join([f"{source}: {len(errors)} invalid parameter(s):", *errors]))
 

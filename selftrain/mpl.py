@@ -12,6 +12,7 @@ weak view and its prediction on a strong view of the same unlabeled images.
 Reduced MPL (`reduced_mpl_step`) keeps the student side and the signal, but its teacher is a small
 MLP over a large fixed teacher's stored logits (`LogitTeacher`), so no image passes through a teacher.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,17 @@ ONE_PROCESS = Parallel()
 
 
 def mpl_step(
-    teacher: nn.Module, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
-    x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState, par: Parallel = ONE_PROCESS,
+    teacher: nn.Module,
+    student: nn.Module,
+    t_opt: torch.optim.Optimizer,
+    s_opt: torch.optim.Optimizer,
+    x_l: Tensor,
+    y_l: Tensor,
+    x_uw: Tensor,
+    x_us: Tensor,
+    cfg: MplConfig,
+    state: MplState,
+    par: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
     """Update student then teacher on one batch; advance `state`; return the step's losses and h."""
     n_l, n_u = len(x_l), len(x_uw)
@@ -81,7 +91,14 @@ def mpl_step(
 
 
 def _student_update(
-    student: nn.Module, s_opt: torch.optim.Optimizer, x_l: Tensor, y_l: Tensor, x_us: Tensor, y_hat: Tensor, cfg: MplConfig, state: MplState,
+    student: nn.Module,
+    s_opt: torch.optim.Optimizer,
+    x_l: Tensor,
+    y_l: Tensor,
+    x_us: Tensor,
+    y_hat: Tensor,
+    cfg: MplConfig,
+    state: MplState,
     par: Parallel,
 ) -> tuple[float, float, float]:
     """One student step on (x_us, y_hat); returns h (its labeled loss before minus after, averaged over the processes),
@@ -117,8 +134,17 @@ class LogitTeacher(nn.Module):
 
 
 def reduced_mpl_step(
-    teacher: nn.Module, student: nn.Module, t_opt: torch.optim.Optimizer, s_opt: torch.optim.Optimizer,
-    x_l: Tensor, y_l: Tensor, z_u: Tensor, x_us: Tensor, cfg: MplConfig, state: MplState, par: Parallel = ONE_PROCESS,
+    teacher: nn.Module,
+    student: nn.Module,
+    t_opt: torch.optim.Optimizer,
+    s_opt: torch.optim.Optimizer,
+    x_l: Tensor,
+    y_l: Tensor,
+    z_u: Tensor,
+    x_us: Tensor,
+    cfg: MplConfig,
+    state: MplState,
+    par: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
     """Reduced MPL: pseudo-labels from `teacher(z_u)` (z_u: the large teacher's stored logits of the images
     x_us shows strongly augmented); student step as in `mpl_step`; the teacher learns from the MPL signal.

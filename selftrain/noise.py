@@ -6,6 +6,7 @@ batches as one affine grid_sample on the training device: per-image PIL cropping
 than a quarter of a CPU training step at 28x28. Model noise (dropout, stochastic depth)
 is set on the timm model itself, see `models.create`.
 """
+
 from __future__ import annotations
 
 import random
@@ -51,6 +52,7 @@ def set_augmentation_state(state: dict) -> None:
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
     seed_augmentation(torch.initial_seed() % 2**32)
+
 
 MEAN, STD = 0.5, 0.5  # images are scaled to [-1, 1]; BatchNorm takes care of the rest
 

@@ -1,4 +1,5 @@
 """An ordered, bounded map on threads, for work that runs outside the GIL (numpy, file and network reads)."""
+
 from __future__ import annotations
 
 from collections import deque

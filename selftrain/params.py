@@ -3,6 +3,7 @@
 Every section is a pydantic model that forbids unknown keys, so a typo fails at load
 with an error naming the key instead of being silently ignored.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,9 +36,7 @@ class FolderSources(_Section):
 
 class DataParams(_Section):
     source: Literal["fashion_mnist", "folders"] = "fashion_mnist"
-    fashion_mnist_dir: str | None = Field(
-        None, description="directory holding the four Fashion-MNIST .gz files; default: search known places, then download"
-    )
+    fashion_mnist_dir: str | None = Field(None, description="directory holding the four Fashion-MNIST .gz files; default: search known places, then download")
     labeled_per_class: int = Field(100, gt=0)
     val_per_class: int = Field(100, gt=0)
     unlabeled: int = Field(20000, gt=0, description="size of the unlabeled pool drawn from the rest of the training set")
@@ -86,9 +85,7 @@ class StudentParams(TrainParams):
     unlabeled_ratio: int = Field(3, ge=1, description="pseudo-labeled images per labeled image in each batch")
     labeled_weight: float = Field(1.0, ge=0)
     pseudo_weight: float = Field(1.0, ge=0)
-    init: Literal["scratch", "teacher", "checkpoint"] = Field(
-        "scratch", description="start from random weights, the generation's teacher, or init_checkpoint"
-    )
+    init: Literal["scratch", "teacher", "checkpoint"] = Field("scratch", description="start from random weights, the generation's teacher, or init_checkpoint")
     init_checkpoint: str | None = Field(None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'")
     allow_smaller: bool = Field(False, description="allow a student with fewer parameters than its teacher (distillation)")
     loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
@@ -156,8 +153,12 @@ class InferParams(_Section):
     batch_size: int = Field(512, gt=0)
     topk: int | None = Field(None, gt=0, description="store only the k largest log-probabilities per image")
     shard_size: int = Field(50000, gt=0, description="images per logit-store shard")
-    parts: int = Field(1, gt=0, description="split the unlabeled set into this many parts, each inferred on its own (a pod of an "
-                                            "Indexed Job on Kubernetes); the store is the same whatever the number")
+    parts: int = Field(
+        1,
+        gt=0,
+        description="split the unlabeled set into this many parts, each inferred on its own (a pod of an "
+        "Indexed Job on Kubernetes); the store is the same whatever the number",
+    )
 
 
 class PseudoLabelParams(_Section):
@@ -225,8 +226,9 @@ class RuntimeParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for training augmentation")
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
-    checkpoint_every: int = Field(500, ge=0, description="train-teacher / train-student save their resumable state every N steps "
-                                                          "(0: never); MPL has mpl.checkpoint_every")
+    checkpoint_every: int = Field(
+        500, ge=0, description="train-teacher / train-student save their resumable state every N steps (0: never); MPL has mpl.checkpoint_every"
+    )
 
 
 class PrefectParams(_Section):
@@ -296,8 +298,12 @@ class KubernetesParams(_Section):
     env: dict[str, str] = Field(default_factory=dict, description="extra container environment, e.g. AWS_ENDPOINT_URL (never secrets: use the account)")
     pending_timeout_s: float = Field(3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up")
     image_pull_timeout_s: float = Field(300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails")
-    backoff_limit: int = Field(2, ge=0, description="the Job's backoffLimit: pods that may fail with transient I/O (exit 75) and be "
-                               "replaced; any other exit fails the Job at once, and a preempted pod is replaced without counting")
+    backoff_limit: int = Field(
+        2,
+        ge=0,
+        description="the Job's backoffLimit: pods that may fail with transient I/O (exit 75) and be "
+        "replaced; any other exit fails the Job at once, and a preempted pod is replaced without counting",
+    )
     deadline_s: int = Field(2 * 86400, gt=0, description="the Job's activeDeadlineSeconds")
     ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished: finished Jobs are deleted after this")
     shm_size: Quantity = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")

@@ -8,6 +8,7 @@ Training stages run in one pod (one GPU, or a DDP job); `infer` is sharded over 
 Noisy Student's pseudo-label set is taken as the whole unlabeled pool (the confidence threshold makes
 it smaller, balancing with upsampling can make it larger): the plan says so in its assumptions.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,7 @@ def _classes(params: Params) -> int:
 
 def _eval_images(params: Params, test: int) -> int:
     r = params.robustness
-    return (test + r.corruption_images * (1 + len(CORRUPTIONS) * SEVERITIES)
-            + r.perturbation_images * r.frames * len(PERTURBATIONS))
+    return test + r.corruption_images * (1 + len(CORRUPTIONS) * SEVERITIES) + r.perturbation_images * r.frames * len(PERTURBATIONS)
 
 
 def work(params: Params, classes: int | None = None) -> list[StageWork]:
@@ -76,7 +76,8 @@ def probe(models: set[str], params: Params, steps: int = 5, batch: int = 64) -> 
     import torch
     import torch.nn.functional as F
 
-    from selftrain import models as registry, runtime
+    from selftrain import models as registry
+    from selftrain import runtime
 
     device = runtime.pick_device(params.runtime.device)
     shape = (batch, params.data.channels, params.data.image_size, params.data.image_size)
@@ -121,25 +122,40 @@ def plan(params: Params, throughput: dict[str, Any], nodes: int, gpus_per_node: 
     rows = []
     for w in work(params, classes):
         if w.model not in rates:
-            raise ValueError(f"no throughput for model '{w.model}' (have {', '.join(sorted(rates))}): "
-                             "measure it with bench/throughput.py --model ... --out, or use --probe")
+            raise ValueError(
+                f"no throughput for model '{w.model}' (have {', '.join(sorted(rates))}): measure it with bench/throughput.py --model ... --out, or use --probe"
+            )
         seconds = w.train_images / rates[w.model]["train_img_s"] + w.infer_images / rates[w.model]["infer_img_s"]
         gpus = nodes * gpus_per_node if w.sharded else 1
-        rows.append({"stage": w.stage, "model": w.model, "images": w.train_images + w.infer_images,
-                     "gpu_hours": seconds / 3600, "wall_hours": seconds / 3600 / gpus, "gpus": gpus})
+        rows.append(
+            {
+                "stage": w.stage,
+                "model": w.model,
+                "images": w.train_images + w.infer_images,
+                "gpu_hours": seconds / 3600,
+                "wall_hours": seconds / 3600 / gpus,
+                "gpus": gpus,
+            }
+        )
     return rows
 
 
 def table(rows: list[dict[str, Any]], throughput: dict[str, Any], nodes: int, gpus_per_node: int) -> str:
-    lines = [f"capacity plan: {nodes} node(s) x {gpus_per_node} GPU(s), throughputs from {throughput.get('device', '?')}", "",
-             "| stage | model | image passes | GPU-hours | wall hours | GPUs |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"capacity plan: {nodes} node(s) x {gpus_per_node} GPU(s), throughputs from {throughput.get('device', '?')}",
+        "",
+        "| stage | model | image passes | GPU-hours | wall hours | GPUs |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(f"| {r['stage']} | {r['model']} | {r['images']:,} | {r['gpu_hours']:.2f} | {r['wall_hours']:.2f} | {r['gpus']} |")
-    lines.append(f"| **total** | | {sum(r['images'] for r in rows):,} | {sum(r['gpu_hours'] for r in rows):.2f} | "
-                 f"{sum(r['wall_hours'] for r in rows):.2f} | |")
-    lines += ["", "assumptions: stages run one after another; infer is sharded over every GPU, training uses one; "
-              "Noisy Student's pseudo-labels ~ the whole unlabeled pool; CPU-only stages (prepare, filter-balance, "
-              "robustness sets, promote, report) are not counted."]
+    lines.append(f"| **total** | | {sum(r['images'] for r in rows):,} | {sum(r['gpu_hours'] for r in rows):.2f} | {sum(r['wall_hours'] for r in rows):.2f} | |")
+    lines += [
+        "",
+        "assumptions: stages run one after another; infer is sharded over every GPU, training uses one; "
+        "Noisy Student's pseudo-labels ~ the whole unlabeled pool; CPU-only stages (prepare, filter-balance, "
+        "robustness sets, promote, report) are not counted.",
+    ]
     return "\n".join(lines)
 
 
@@ -147,5 +163,5 @@ def load_throughput(path: str) -> dict[str, Any]:
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data.get("models"), dict):
-        raise ValueError(f"'{path}' is not a throughput file: expected {{\"device\": ..., \"models\": {{model: {{train_img_s, infer_img_s}}}}}}")
+        raise ValueError(f'\'{path}\' is not a throughput file: expected {{"device": ..., "models": {{model: {{train_img_s, infer_img_s}}}}}}')
     return data

@@ -4,6 +4,7 @@ A promotion record (`promoted.json`) names one checkpoint by URI and sha256. Gen
 teacher is whatever generation k-1's record names; generation 0's record is the supervised
 teacher. Each record carries the history of the chain so far, one row per generation.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,9 +44,7 @@ def decide(metrics: dict[str, Any], p: PromoteParams) -> tuple[bool, str, list[d
     return True, f"all {len(verdicts)} rule(s) passed ({said})", verdicts
 
 
-def record(
-    generation: str, checkpoint: str, model: str, passed: bool, reason: str, history: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
+def record(generation: str, checkpoint: str, model: str, passed: bool, reason: str, history: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """A promotion record for `checkpoint`, hashed now."""
     return {
         "generation": generation,
@@ -84,7 +83,6 @@ def resolve(uri: str) -> tuple[str, dict[str, Any] | None]:
     actual = artifacts.content_hash(rec["checkpoint"])
     if actual != rec["sha256"]:
         raise artifacts.ArtifactError(
-            f"'{rec['checkpoint']}' has sha256 {actual[:12]}…, but '{uri}' promoted {rec['sha256'][:12]}…: "
-            "it changed after promotion; rerun that generation"
+            f"'{rec['checkpoint']}' has sha256 {actual[:12]}…, but '{uri}' promoted {rec['sha256'][:12]}…: it changed after promotion; rerun that generation"
         )
     return rec["checkpoint"], rec

@@ -13,6 +13,7 @@ histograms, `plan` turns them into class thresholds and copies, `Selector` picks
 The output is in row order, each row's copies together; targets are sparse (class indices and
 probabilities: the stored top k, all classes for a dense store, one for hard labels).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,6 @@ GRID = np.arange(101) / 100.0  # thresholds 0.00, 0.01, ..., 1.00 as in the refe
 
 class PseudoLabelError(ValueError):
     """The teacher's outputs leave nothing to train on, or are malformed."""
-
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def plan(tally: Tally, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]
             t_c = _threshold_from_hist(tally.hist_kept[c], n_target, p.threshold)
         # a grid threshold is a bin edge: confidence >= GRID[j] exactly when its bin >= j
         first_bin[c] = int(np.searchsorted(GRID, t_c)) if t_c in GRID else 0
-        chosen = int(tally.hist_kept[c, first_bin[c]:].sum())
+        chosen = int(tally.hist_kept[c, first_bin[c] :].sum())
         copies.append(np.ones(chosen, np.int64) if n_target is None else _copies(chosen, n_target, p.upsample, rng))
         per_class[classes[c]] = {
             "predicted": int(tally.predicted[c]),
@@ -274,7 +274,11 @@ class Selector:
 
 
 def two_passes(
-    chunks: Callable[[], Iterable[Chunk]], p: PseudoLabelParams, seed: int, classes: tuple[str, ...], workers: int = 1,
+    chunks: Callable[[], Iterable[Chunk]],
+    p: PseudoLabelParams,
+    seed: int,
+    classes: tuple[str, ...],
+    workers: int = 1,
 ) -> tuple[Plan, Iterator[Picked]]:
     """Read `chunks()` (in row order) once to plan, and again, lazily, to pick: (the plan, each chunk's pseudo-labels).
     The result is the same for any number of `workers` threads.

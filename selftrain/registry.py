@@ -8,6 +8,7 @@ newest version is the current teacher:
     dvc get <repo> <path> --rev teacher@vK.N.0      (`selftrain teacher` prints the command)
     dvc.api.open(path, repo=<repo>, rev=tag, mode="rb")
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """What a user looks at: the per-generation table (markdown) and plots (PNG, and CSV for `dvc plots`)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,13 @@ from selftrain import artifacts
 ROWS = (("val top-1", "val_top1"), ("test top-1", "test_top1"), ("test top-5", "test_top5"))
 # robustness headline figures, in percent except mT5D; lower is better except -A top-1
 ROBUSTNESS_ROWS = (
-    ("mCE (vs reference)", "mCE"), ("relative mCE", "relative_mCE"), ("mean -C error", "mean_corruption_error"),
-    ("mFR (vs reference)", "mFR"), ("mFP", "mFP"), ("mT5D", "mT5D"), ("-A top-1", "hard_top1"),
+    ("mCE (vs reference)", "mCE"),
+    ("relative mCE", "relative_mCE"),
+    ("mean -C error", "mean_corruption_error"),
+    ("mFR (vs reference)", "mFR"),
+    ("mFP", "mFP"),
+    ("mT5D", "mT5D"),
+    ("-A top-1", "hard_top1"),
 )
 UNSCALED = {"mT5D"}  # a distance in rank positions, not a fraction
 HISTORY_EXTRA = (("mCE", "mCE"), ("mFR", "mFR"), ("-A top-1", "hard_top1"))
@@ -36,8 +42,9 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
         lines += ["", f"robustness reference: {ref['name']} ({ref['checkpoint']}, sha256 {ref['sha256'][:12]}…)"]
         for role in ("teacher", "student"):
             for key, names in ((metrics[role].get("robustness") or {}).get("left_out") or {}).items():
-                lines.append(f"{role} {key} leaves out {', '.join(names)}: the reference made no "
-                             f"{'flip' if key == 'mFR' else 'error'} there, so it is undefined")
+                lines.append(
+                    f"{role} {key} leaves out {', '.join(names)}: the reference made no {'flip' if key == 'mFR' else 'error'} there, so it is undefined"
+                )
     if promoted is not None:
         lines += ["", f"promoted: **{promoted['promoted']}** ({promoted['checkpoint']}, sha256 {promoted['sha256'][:12]}…)", f"why: {promoted['reason']}"]
     return "\n".join(lines)
@@ -56,9 +63,7 @@ def balance_table(counts: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, c in counts["per_class"].items():
-        lines.append(
-            f"| {name} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |"
-        )
+        lines.append(f"| {name} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |")
     return "\n".join(lines)
 
 
@@ -105,7 +110,10 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     gens = [0] + [int(r["generation"].removeprefix("gen")) for r in history]
     acc = [
         {"generation": 0, "model": history[0]["teacher_model"], "test_top1": history[0]["teacher_test_top1"], "val_top1": history[0]["teacher_val_top1"]}
-    ] + [{"generation": g, "model": r["student_model"], "test_top1": r["student_test_top1"], "val_top1": r["student_val_top1"]} for g, r in zip(gens[1:], history)]
+    ] + [
+        {"generation": g, "model": r["student_model"], "test_top1": r["student_test_top1"], "val_top1": r["student_val_top1"]}
+        for g, r in zip(gens[1:], history)
+    ]
     files["generations.csv"] = _csv(acc)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(gens[1:], [100 * r["teacher_test_top1"] for r in history], "o--", label="teacher (test)")

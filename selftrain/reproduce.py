@@ -8,6 +8,7 @@ metrics are compared with what the commit holds. On CPU with the same seed they 
 for byte; on CUDA, kernels are not bitwise deterministic, so metrics must agree within a tolerance
 and the model's hash may differ.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,12 @@ class Outcome:
         return all(ok for *_, ok in self.rows)
 
     def table(self) -> str:
-        lines = [f"reproduce {self.generation} of commit {self.commit[:10]} in {self.workdir}", "",
-                 "| what | recorded | reproduced | match |", "|---|---|---|---|"]
+        lines = [
+            f"reproduce {self.generation} of commit {self.commit[:10]} in {self.workdir}",
+            "",
+            "| what | recorded | reproduced | match |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {w} | {a} | {b} | {'yes' if ok else 'NO'} |" for w, a, b, ok in self.rows]
         lines += ["", "MATCH: the generation was rebuilt exactly" if self.matched else "MISMATCH: see the rows marked NO"]
         return "\n".join(lines)
@@ -72,8 +77,10 @@ def find(target: str, repo: str = ".", rev: str = "HEAD") -> tuple[str, str, dic
         commit = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
         rec = _lineage_at(repo, commit, f"artifacts/{target}/lineage.json")
         if rec is None:
-            raise ReproduceError(f"{rev} ({commit[:10]}) has no artifacts/{target}/lineage.json: commit the results of a run "
-                                 "(dvc.lock and artifacts/*/lineage.json) before reproducing them")
+            raise ReproduceError(
+                f"{rev} ({commit[:10]}) has no artifacts/{target}/lineage.json: commit the results of a run "
+                "(dvc.lock and artifacts/*/lineage.json) before reproducing them"
+            )
         return commit, target, rec
     if not re.fullmatch(r"[0-9a-f]{8,64}", target):
         raise ReproduceError(f"'{target}' is neither a generation (gen1, gen2, ...) nor a model sha256 (at least 8 hex digits)")

@@ -12,6 +12,7 @@ overwrite it at the next save, throwing away days of training over a network bli
 retried, then raised (the stage exits with failures.EXIT_TRANSIENT and its runner tries again later); a file
 whose bytes arrive but do not load fails the stage, naming it, and stays where it is.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,7 +66,8 @@ def load(uri: str, fingerprint: str, what: str) -> dict[str, Any] | None:
         first_line = (str(e).strip().splitlines() or [""])[0]
         raise artifacts.ArtifactError(
             f"the {what} checkpoint '{uri}' is there but does not load ({type(e).__name__}: {first_line}); it was left as it is. "
-            "Restore it, or delete it to start this stage from step 0") from None
+            "Restore it, or delete it to start this stage from step 0"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("fingerprint") != fingerprint:
         log.warning("ignoring %s checkpoint '%s': it belongs to another run (params or inputs differ); starting from step 0", what, uri)
         return None

@@ -2,6 +2,7 @@
 
 One code path for CPU and CUDA: the CUDA-only speedups switch on by themselves when a GPU is there.
 """
+
 from __future__ import annotations
 
 import contextlib

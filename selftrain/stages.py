@@ -4,6 +4,7 @@ Each runs the same whether DVC (`selftrain <stage>` in dvc.yaml), Prefect (tasks
 Kubernetes Job called it; none reads globals or the environment for what it computes.
 URIs may be local paths or s3://...; every output is written atomically.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from selftrain import artifacts, distributed, lineage as lineages, logits, methods, models, promote as promotion, pseudo_labels, report as reporting, runtime, train
+from selftrain import artifacts, distributed, logits, methods, models, pseudo_labels, runtime, train
+from selftrain import lineage as lineages
+from selftrain import promote as promotion
+from selftrain import report as reporting
 from selftrain import twomoons as moons
 from selftrain.data import Split, has_split, load_split, read_split, save_split, split_classes, split_column
 from selftrain.data.splits import make_splits
@@ -28,9 +32,9 @@ from selftrain.evaluate import accuracy
 from selftrain.inference import batch_logits, predict_logits
 from selftrain.mpl import LogitTeacher
 from selftrain.params import GATE_METRICS, Params, StudentParams, TrainParams
-from selftrain.steps.supervised import SupervisedStep
 from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.hard_set import select_hard
+from selftrain.steps.supervised import SupervisedStep
 
 log = logging.getLogger("selftrain")
 
@@ -87,8 +91,17 @@ def _new_model(params: Params, p: TrainParams, model_name: str, labeled: Split, 
 
 
 def _train_model(
-    params: Params, p: TrainParams, model_name: str, data: str, out: str, *, inputs: dict[str, str | None],
-    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None, method: str | None = None, init: str | None = None, resume: str | None = None,
+    params: Params,
+    p: TrainParams,
+    model_name: str,
+    data: str,
+    out: str,
+    *,
+    inputs: dict[str, str | None],
+    pseudo_set: tuple[np.ndarray, np.ndarray] | None = None,
+    method: str | None = None,
+    init: str | None = None,
+    resume: str | None = None,
     desc: str,
 ) -> dict[str, Any]:
     """Train `model_name` with `p` (plus (images, target probabilities) for a student); write model.safetensors and log.csv.
@@ -100,17 +113,28 @@ def _train_model(
     net, spec = _new_model(params, p, model_name, labeled, init)
     net = runtime.place(net, ctx.device, params.runtime.compile)
     resume = resume or f"{out.rstrip('/')}.resume"
-    fingerprint = artifacts.sha256_bytes(json.dumps(
-        {"model": model_name, "train": p.model_dump(), "seed": params.seed, "init": init and artifacts.content_hash(init), **inputs},
-        sort_keys=True).encode())
+    fingerprint = artifacts.sha256_bytes(
+        json.dumps(
+            {"model": model_name, "train": p.model_dump(), "seed": params.seed, "init": init and artifacts.content_hash(init), **inputs}, sort_keys=True
+        ).encode()
+    )
     if pseudo_set is None:
         step: train.Step = SupervisedStep(net, p, labeled, ctx, params.seed)
     else:
         assert isinstance(p, StudentParams) and method is not None
         step = methods.step_class(method)(net, p, labeled, pseudo_set, ctx, params.seed)
     kept, rows, resumed_from = train.fit(
-        step, ctx, params.seed, log_every=step.steps_per_epoch, val=val, val_every=p.val_every, ema_decay=p.ema_decay, desc=desc,
-        resume=resume, fingerprint=fingerprint, checkpoint_every=params.runtime.checkpoint_every,
+        step,
+        ctx,
+        params.seed,
+        log_every=step.steps_per_epoch,
+        val=val,
+        val_every=p.val_every,
+        ema_decay=p.ema_decay,
+        desc=desc,
+        resume=resume,
+        fingerprint=fingerprint,
+        checkpoint_every=params.runtime.checkpoint_every,
     )
     checkpoint, world = artifacts.join(out, CHECKPOINT), ctx.world
     if world.main:
@@ -129,8 +153,9 @@ def train_teacher(params: Params, *, data: str, out: str, promoted: str, resume:
 
     Writes model.safetensors, log.csv and generation 0's promotion record naming it. Checkpoints every
     runtime.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when restarted."""
-    summary = _train_model(params, params.teacher, params.teacher.model, data, out, inputs={"labeled": _file_hash_in(data, "labeled.npz")},
-                           resume=resume, desc="teacher")
+    summary = _train_model(
+        params, params.teacher, params.teacher.model, data, out, inputs={"labeled": _file_hash_in(data, "labeled.npz")}, resume=resume, desc="teacher"
+    )
     if distributed.world().main:
         rec = promotion.record("gen0", summary["checkpoint"], params.teacher.model, True, "generation 0: the supervised teacher", [])
         artifacts.write_json(promoted, rec)
@@ -220,8 +245,15 @@ def filter_balance(params: Params, *, logits_store: str, data: str, out: str) ->
     with artifacts.atomic_dir(out) as staging, ThreadPoolExecutor(2) as writer:
         writes: list[Future[None]] = []
         for i, picked in enumerate(picks):
-            writes.append(writer.submit(artifacts.save_arrays, artifacts.join(staging, f"pseudo-{i:05d}.npz"), rows=picked.rows,
-                                        target_indices=picked.target_indices, target_values=picked.target_values))
+            writes.append(
+                writer.submit(
+                    artifacts.save_arrays,
+                    artifacts.join(staging, f"pseudo-{i:05d}.npz"),
+                    rows=picked.rows,
+                    target_indices=picked.target_indices,
+                    target_values=picked.target_values,
+                )
+            )
             if len(writes) > 4:
                 writes.pop(0).result()
         for w in writes:
@@ -247,7 +279,14 @@ def _student_init(params: Params, teacher: str | None) -> str | None:
 
 
 def train_student(
-    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None,
+    params: Params,
+    *,
+    generation: str,
+    data: str,
+    teacher: str,
+    out: str,
+    pseudo: str | None = None,
+    logits_store: str | None = None,
     resume: str | None = None,
 ) -> dict[str, Any]:
     """Train the generation's noised student on labeled and pseudo-labeled batches jointly.
@@ -273,15 +312,31 @@ def train_student(
     source = logits_store if method == "distill" else pseudo
     assert source is not None
     return _train_model(
-        params, params.student, params.generation(generation).model, data, out,
+        params,
+        params.student,
+        params.generation(generation).model,
+        data,
+        out,
         inputs={"method": method, "labeled": _file_hash_in(data, "labeled.npz"), "pseudo": artifacts.content_hash(source), "generation": generation},
-        pseudo_set=pseudo_set, method=method, init=_student_init(params, teacher), resume=resume, desc=f"{generation} student ({method})",
+        pseudo_set=pseudo_set,
+        method=method,
+        init=_student_init(params, teacher),
+        resume=resume,
+        desc=f"{generation} student ({method})",
     )
 
 
 def _run_mpl(
-    params: Params, method: str, generation: str, data: str, out: str, resume: str | None, teacher_net: nn.Module, teacher_hash: str,
-    init: str | None, stored: np.ndarray | None,
+    params: Params,
+    method: str,
+    generation: str,
+    data: str,
+    out: str,
+    resume: str | None,
+    teacher_net: nn.Module,
+    teacher_hash: str,
+    init: str | None,
+    stored: np.ndarray | None,
 ) -> dict[str, Any]:
     """MPL or reduced MPL steps (resumable, data-parallel under torchrun), the student's finetune on labeled data, then
     the outputs."""
@@ -291,21 +346,44 @@ def _run_mpl(
     student, spec = _new_model(params, params.student, g.model, labeled, init)
     student, teacher_net = runtime.place(student, ctx.device, params.runtime.compile), teacher_net.to(ctx.device)
     resume = resume or f"{out.rstrip('/')}.resume"
-    fingerprint = artifacts.sha256_bytes(json.dumps(
-        {"method": method, "teacher": teacher_hash, "model": g.model, "mpl": p.model_dump(), "student": params.student.model_dump(), "seed": params.seed,
-         "labeled": _file_hash_in(data, "labeled.npz"), "unlabeled": _file_hash_in(data, "unlabeled.npz")}, sort_keys=True,
-    ).encode())
+    fingerprint = artifacts.sha256_bytes(
+        json.dumps(
+            {
+                "method": method,
+                "teacher": teacher_hash,
+                "model": g.model,
+                "mpl": p.model_dump(),
+                "student": params.student.model_dump(),
+                "seed": params.seed,
+                "labeled": _file_hash_in(data, "labeled.npz"),
+                "unlabeled": _file_hash_in(data, "unlabeled.npz"),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     desc = f"{generation} {method.replace('_', ' ')}"
     stored_logits = {} if stored is None else {"stored": stored}
     step = methods.step_class(method)(student, teacher_net, p, params.student, labeled, unlabeled.images, ctx, params.seed, **stored_logits)
     student, steps, resumed_from = train.fit(
-        step, ctx, params.seed, log_every=p.checkpoint_every, val=val, ema_decay=p.ema_decay, desc=desc,
-        resume=resume, fingerprint=fingerprint, checkpoint_every=p.checkpoint_every,
+        step,
+        ctx,
+        params.seed,
+        log_every=p.checkpoint_every,
+        val=val,
+        ema_decay=p.ema_decay,
+        desc=desc,
+        resume=resume,
+        fingerprint=fingerprint,
+        checkpoint_every=p.checkpoint_every,
     )
     if p.finetune_epochs:
         finetune = TrainParams(
-            epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
-            label_smoothing=params.student.label_smoothing, augment="s1",
+            epochs=p.finetune_epochs,
+            batch_size=p.batch_size,
+            lr=p.finetune_lr,
+            weight_decay=p.weight_decay,
+            label_smoothing=params.student.label_smoothing,
+            augment="s1",
         )
         tune = SupervisedStep(student, finetune, labeled, ctx, params.seed)
         student, rows, _ = train.fit(tune, ctx, params.seed, log_every=tune.steps_per_epoch, val=val, desc=f"{desc} finetune")
@@ -324,8 +402,13 @@ def _run_mpl(
     artifacts.remove(resume)
     distributed.barrier(ctx.world)
     summary = {
-        "model": g.model, "method": method, "steps": p.steps, "resumed_from_step": resumed_from,
-        "mpl_val_top1": steps[-1]["val_top1"], "val_top1": rows[-1]["val_top1"], "checkpoint": checkpoint,
+        "model": g.model,
+        "method": method,
+        "steps": p.steps,
+        "resumed_from_step": resumed_from,
+        "mpl_val_top1": steps[-1]["val_top1"],
+        "val_top1": rows[-1]["val_top1"],
+        "checkpoint": checkpoint,
     }
     log.info("%s: %s", desc, summary)
     return summary
@@ -427,9 +510,7 @@ def robustness_reference(params: Params, *, data: str, sets: str, reference_mode
     return {k: result[k] for k in ("name", "model", "checkpoint", "hard_set")}
 
 
-def evaluate(
-    params: Params, *, teacher: str, student: str, data: str, out: str, sets: str | None = None, reference: str | None = None
-) -> dict[str, Any]:
+def evaluate(params: Params, *, teacher: str, student: str, data: str, out: str, sets: str | None = None, reference: str | None = None) -> dict[str, Any]:
     """Clean top-1 (and top-5) of teacher and student on val and test, and with --sets and --reference their
     -C/-P/-A robustness (mCE, relative mCE, mFR, mT5D, -A top-1, per corruption x severity); writes metrics.json."""
     if (sets is None) != (reference is None):
@@ -452,7 +533,10 @@ def evaluate(
         v = accuracy(net, val, params.evaluate.batch_size, device)
         t = accuracy(net, test, params.evaluate.batch_size, device)
         metrics[role] = {
-            "model": spec.name, "val_top1": v["top1"], **{f"test_{k}": x for k, x in t.items()}, "checkpoint": uri,
+            "model": spec.name,
+            "val_top1": v["top1"],
+            **{f"test_{k}": x for k, x in t.items()},
+            "checkpoint": uri,
             "checkpoint_sha256": artifacts.content_hash(uri),
         }
         if ref is not None:
@@ -460,9 +544,7 @@ def evaluate(
             summary = robustness.summarize(raw, ref["raw"])
             metrics[role].update(summary.pop("headline"))
             metrics[role]["robustness"] = summary
-    metrics["student_minus_teacher"] = {
-        k: metrics["student"][k] - metrics["teacher"][k] for k in ("test_top1", *GATE_METRICS) if k in metrics["teacher"]
-    }
+    metrics["student_minus_teacher"] = {k: metrics["student"][k] - metrics["teacher"][k] for k in ("test_top1", *GATE_METRICS) if k in metrics["teacher"]}
     if ref is not None:
         metrics["robustness_reference"] = {k: ref[k] for k in ("name", "model", "checkpoint", "sha256")}
     artifacts.write_json(out, metrics)
@@ -520,8 +602,18 @@ def report(params: Params, *, promoted: str, pseudo: str, metrics: str, out: str
 
 
 def record_lineage(
-    params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, student: str, metrics: str,
-    promoted: str, out: str, dvc_lock: str | None = None,
+    params: Params,
+    *,
+    generation: str,
+    data: str,
+    teacher: str,
+    logits_store: str,
+    pseudo: str,
+    student: str,
+    metrics: str,
+    promoted: str,
+    out: str,
+    dvc_lock: str | None = None,
 ) -> dict[str, Any]:
     """Record what made the generation's model: git commit, dvc.lock stage hashes (with --dvc-lock), params, the
     content hashes of its inputs (data, teacher checkpoint, logits, pseudo-labels) and outputs, seeds, package

@@ -6,6 +6,7 @@ resume (every process's own random state), EMA (timm's ModelEmaV3), periodic log
 tqdm, and checkpoints. Where a step runs (device, mixed precision, DataLoader workers, DDP under torchrun)
 comes from the `Context` it is built with, so a step reads the same on one CPU and on 16 GPUs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from selftrain import distributed, resume as resume_state, runtime
+from selftrain import distributed, runtime
+from selftrain import resume as resume_state
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
 from selftrain.noise import seed_augmentation
@@ -93,6 +95,7 @@ class StepBatches(torch.utils.data.Sampler):
 
 def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     """Linear warmup over `warmup` steps, then cosine decay to 0 at `total`."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -144,8 +147,13 @@ def fit(
             resume_state.set_rng_state(mine["rng"])
             seen, sums = mine["seen"], dict(mine["sums"])
         else:  # another world size: the model and schedule carry over; the random streams start anew from the step
-            logger.warning("%s: the checkpoint was saved by %d processes, this run has %d: each process's random state is "
-                           "drawn anew (the run goes on, but is not bitwise the uninterrupted one)", desc, len(ranks), w.size)
+            logger.warning(
+                "%s: the checkpoint was saved by %d processes, this run has %d: each process's random state is "
+                "drawn anew (the run goes on, but is not bitwise the uninterrupted one)",
+                desc,
+                len(ranks),
+                w.size,
+            )
             torch.manual_seed(seed + w.rank + 104729 * start)
             seed_augmentation(seed + 2 + 7919 * w.rank + 104729 * start)
             step.reseed(seed + 7919 * w.rank + 104729 * start)
@@ -171,9 +179,12 @@ def fit(
             elapsed = time.perf_counter() - t0
             epoch: float = done // step.steps_per_epoch if done % step.steps_per_epoch == 0 else round(done / step.steps_per_epoch, 3)
             row = {
-                "epoch": epoch, "step": done, "lr": step.lr(),
+                "epoch": epoch,
+                "step": done,
+                "lr": step.lr(),
                 **dict(zip(names, means.tolist())),  # plain floats: the log goes into resume files, which hold no numpy objects
-                "images_per_s": seen * w.size / elapsed, "steps_per_s": (done - since) / elapsed,
+                "images_per_s": seen * w.size / elapsed,
+                "steps_per_s": (done - since) / elapsed,
             }
             if val is not None:  # blank between checks: the curve is only for the log and its plot
                 row["val_top1"] = accuracy(kept, val, 512, ctx.device)["top1"] if (len(log) + 1) % val_every == 0 or done == total else None
@@ -185,8 +196,16 @@ def fit(
             # every process's own random state and running sums, so that each resumes its own streams (rank 0 writes)
             ranks = distributed.gather({"rng": resume_state.rng_state(), "step": step.rank_state(), "seen": seen, "sums": sums}, w)
             if w.main:
-                resume_state.save(resume, fingerprint, done, {
-                    "step_state": step.state_dict(), "ema": ema.module.state_dict() if ema else {}, "log": log, "ranks": ranks,
-                })
+                resume_state.save(
+                    resume,
+                    fingerprint,
+                    done,
+                    {
+                        "step_state": step.state_dict(),
+                        "ema": ema.module.state_dict() if ema else {},
+                        "log": log,
+                        "ranks": ranks,
+                    },
+                )
     bar.close()
     return kept, log, start

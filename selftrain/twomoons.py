@@ -9,6 +9,7 @@ All three train the same small MLP for the same number of steps from the same la
 The moons are drawn here (a few lines) rather than through scikit-learn, which the project does
 not otherwise need.
 """
+
 from __future__ import annotations
 
 import copy

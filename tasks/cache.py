@@ -7,6 +7,7 @@ up to date hits, in a new flow run or a new process. Keys are built from URIs an
 tensors. Results (the stages' small JSON summaries) persist in the result storage; a stage whose
 outputs have gone missing runs again whatever its key.
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,10 +71,7 @@ def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
         "generation": generation,
         "params": {k: _param_value(params, k.replace("${key}", str(generation))) for k in param_keys},
         "code": {f: hashlib.sha256((PROJECT / f).read_bytes()).hexdigest() for f in code},
-        "inputs": {
-            k: artifacts.content_hash(v) if v is not None else None
-            for k, v in sorted(kwargs.items()) if k not in NOT_HASHED and v not in out
-        },
+        "inputs": {k: artifacts.content_hash(v) if v is not None else None for k, v in sorted(kwargs.items()) if k not in NOT_HASHED and v not in out},
         "outputs": sorted(out),
     }
     return hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()

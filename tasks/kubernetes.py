@@ -25,6 +25,7 @@ and retries, and waits on the Job the way it waits on an in-process stage (k8s/R
   reason (a task timeout, Ctrl-C, a pending pod given up on); a failed Job is kept for `kubectl`
   until its TTL.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -108,13 +109,25 @@ def stage_argv(stage: str, params_uri: str, result_uri: str, kwargs: dict[str, A
 
 
 def job_manifest(
-    params: Params, stage: str, name: str, argv: list[str], res: StageResources, *,
-    generation: str | None = None, flow_run_id: str = "", parts: int | None = None,
+    params: Params,
+    stage: str,
+    name: str,
+    argv: list[str],
+    res: StageResources,
+    *,
+    generation: str | None = None,
+    flow_run_id: str = "",
+    parts: int | None = None,
 ) -> dict[str, Any]:
     """The Job for one stage call. With `parts`, an Indexed Job: pod i runs `argv --part i` (its completion index)."""
     k = params.kubernetes
-    labels = {**APP, "app.kubernetes.io/component": stage, "app.kubernetes.io/instance": name,
-              "selftrain.io/stage": stage, "selftrain.io/generation": generation or "all"}
+    labels = {
+        **APP,
+        "app.kubernetes.io/component": stage,
+        "app.kubernetes.io/instance": name,
+        "selftrain.io/stage": stage,
+        "selftrain.io/generation": generation or "all",
+    }
     if flow_run_id:
         labels["selftrain.io/flow-run"] = flow_run_id
     limits = {"memory": res.memory}
@@ -128,16 +141,30 @@ def job_manifest(
     env = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
     if parts:
         # the controller sets this annotation on each pod of an Indexed Job; $(JOB_COMPLETION_INDEX) in args reads it
-        env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+        env.append(
+            {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+        )
         argv = [*argv, "--part", "$(JOB_COMPLETION_INDEX)"]
     command = ["selftrain"]
     if data_parallel(res):
         # one process per GPU; several pods find each other through the headless Service of the same name
         # (`service_manifest`) and torchrun's c10d rendezvous on pod 0, which also lets a replaced pod rejoin
-        rendezvous = ["--standalone"] if res.nodes == 1 else [
-            "--nnodes", str(res.nodes), "--rdzv-backend", "c10d", "--rdzv-id", name,
-            "--rdzv-endpoint", f"{name}-0.{name}:{RENDEZVOUS_PORT}", "--max-restarts", "3"]
+        rendezvous = (
+            ["--standalone"]
+            if res.nodes == 1
+            else [
+                "--nnodes",
+                str(res.nodes),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-id",
+                name,
+                "--rdzv-endpoint",
+                f"{name}-0.{name}:{RENDEZVOUS_PORT}",
+                "--max-restarts",
+                "3",
+            ]
+        )
         command, argv = ["torchrun"], [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv]
     annotations = {}
     if stage in methods.training_stages():
@@ -146,16 +173,18 @@ def job_manifest(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": k.service_account,
-        "containers": [{
-            "name": "stage",
-            "image": k.image,
-            "imagePullPolicy": k.image_pull_policy,
-            "command": command,
-            "args": argv,
-            "env": env,
-            "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-        }],
+        "containers": [
+            {
+                "name": "stage",
+                "image": k.image,
+                "imagePullPolicy": k.image_pull_policy,
+                "command": command,
+                "args": argv,
+                "env": env,
+                "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}],
         "tolerations": tolerations,
     }
@@ -169,11 +198,13 @@ def job_manifest(
         "ttlSecondsAfterFinished": k.ttl_s,
         # checked in order: a preempted or evicted pod is replaced without counting; transient I/O counts against
         # backoffLimit (and is replaced); any other exit fails the Job at once, since another pod would fail the same way
-        "podFailurePolicy": {"rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "Count", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_TRANSIENT]}},
-            {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [EXIT_TRANSIENT]}},
-        ]},
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "Count", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_TRANSIENT]}},
+                {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [EXIT_TRANSIENT]}},
+            ]
+        },
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
     }
     if parts:
@@ -188,10 +219,15 @@ def job_manifest(
 def service_manifest(params: Params, name: str) -> dict[str, Any]:
     """The headless Service through which a multi-node Job's pods reach pod 0 (torchrun's rendezvous)."""
     return {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {"name": name, "namespace": params.kubernetes.namespace, "labels": {**APP, "app.kubernetes.io/instance": name}},
-        "spec": {"clusterIP": "None", "selector": {"job-name": name}, "publishNotReadyAddresses": True,
-                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"job-name": name},
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
     }
 
 
@@ -249,16 +285,17 @@ def explain_failure(stage: str, params: Params, job: dict[str, Any], pods: list[
     where = f"stage {stage} (Job {job['metadata']['name']} in namespace {k.namespace})"
     cond = _condition(job, "Failed") or {}
     if cond.get("reason") == "DeadlineExceeded":
-        return (f"{where} ran longer than its deadline, {k.deadline_s} s (kubernetes.deadline_s): raise it, or give the stage "
-                "faster GPUs (resources)")
+        return f"{where} ran longer than its deadline, {k.deadline_s} s (kubernetes.deadline_s): raise it, or give the stage faster GPUs (resources)"
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
         term = _terminated(pod)
         if term is None or evicted(pod):
             continue
         if term.get("reason") == "OOMKilled":
             memory = res.memory if res else "?"
-            return (f"{where} ran out of memory: the container was OOMKilled at its {memory} limit; raise "
-                    f"resources.{stage}.memory in params.yaml (or lower the batch size)")
+            return (
+                f"{where} ran out of memory: the container was OOMKilled at its {memory} limit; raise "
+                f"resources.{stage}.memory in params.yaml (or lower the batch size)"
+            )
         code, tail = term.get("exitCode"), (log_tails or {}).get(pod["metadata"]["name"])
         tail = f"; its log ends:\n{tail}" if tail else ""
         return f"{where} failed: the container exited with code {code} ({term.get('reason') or 'Error'}){tail}"
@@ -308,8 +345,14 @@ def api_clients() -> tuple[client.BatchV1Api, client.CoreV1Api]:
 
 
 def run_stage_job(
-    params: Params, stage: str, kwargs: dict[str, Any], *, root: str, flow_run_id: str,
-    cancelled: Callable[[], bool] = lambda: False, parts: int | None = None,
+    params: Params,
+    stage: str,
+    kwargs: dict[str, Any],
+    *,
+    root: str,
+    flow_run_id: str,
+    cancelled: Callable[[], bool] = lambda: False,
+    parts: int | None = None,
 ) -> dict[str, Any]:
     """Run `stage(params, **kwargs)` as a Job and return its summary (what the stage returns)."""
     res = resources_for(params, stage)
@@ -417,8 +460,7 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             why = evicted(pod)
             if why and pod_name not in reported:
                 reported.add(pod_name)
-                log.warning("%s: pod %s was disrupted (%s); the Job starts a replacement, which resumes from the last checkpoint",
-                            stage, pod_name, why)
+                log.warning("%s: pod %s was disrupted (%s); the Job starts a replacement, which resumes from the last checkpoint", stage, pod_name, why)
             waiting = unschedulable(pod) if phase == "Pending" else None
             pulling = _waiting_reason(pod) if phase == "Pending" else None
             if not (waiting or pulling):
@@ -430,13 +472,17 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
                     f"stage {stage}: pod {pod_name} was Unschedulable for {now - since:.0f} s (kubernetes.pending_timeout_s = "
                     f"{k.pending_timeout_s:.0f}): {waiting}. Check that a node pool with label {k.node_pool_label}="
                     f"{(resources_for(params, stage) or StageResources()).node_pool} has room for the request, and that the "
-                    "cluster autoscaler can add nodes to it (k8s/README.md)")
+                    "cluster autoscaler can add nodes to it (k8s/README.md)"
+                )
             if waiting and since == now:
-                log.info("%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up",
-                         stage, pod_name, waiting, k.pending_timeout_s)
+                log.info(
+                    "%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up", stage, pod_name, waiting, k.pending_timeout_s
+                )
             if pulling and now - since > k.image_pull_timeout_s:
-                raise StageJobError(f"stage {stage}: pod {pod_name} cannot pull image '{k.image}' ({pulling[0]}: {pulling[1]}); "
-                                    "check kubernetes.image, that it was pushed, and the pull secret")
+                raise StageJobError(
+                    f"stage {stage}: pod {pod_name} cannot pull image '{k.image}' ({pulling[0]}: {pulling[1]}); "
+                    "check kubernetes.image, that it was pushed, and the pull secret"
+                )
         drain()
         if _condition(job, "Complete"):
             for f in followers.values():
@@ -451,7 +497,9 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             tails = {pod: "\n".join(f.tail[-10:]) for pod, f in followers.items()}
             why = explain_failure(stage, params, job, pods, tails)
             if failed_transiently(job, pods):
-                raise JobFailedTransiently(f"{why}\n(transient I/O in each of its {k.backoff_limit + 1} pods, kubernetes.backoff_limit = "
-                                           f"{k.backoff_limit}: the flow's task retries start a new Job)")
+                raise JobFailedTransiently(
+                    f"{why}\n(transient I/O in each of its {k.backoff_limit + 1} pods, kubernetes.backoff_limit = "
+                    f"{k.backoff_limit}: the flow's task retries start a new Job)"
+                )
             raise JobFailed(why)
         time.sleep(k.poll_s)

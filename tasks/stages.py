@@ -6,6 +6,7 @@ selftrain.failures calls transient (a dropped connection, a read timeout, S3's 5
 botocore raise them), the Kubernetes API busy or out of reach, and a stage's Job that ran out of pods
 on transient I/O. Bad params, bad data, a failed gate or a stage over its own timeout fail at once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,6 +30,7 @@ from tasks import kubernetes
 from tasks.cache import StageInputs, outputs_complete, result_storage
 
 TASKS: dict[str, Task] = {name: task(fn, name=name) for name, fn in STAGES.items()}
+
 
 def is_transient(exc: BaseException) -> bool:
     """An error worth retrying: transient I/O (selftrain.failures), the Kubernetes API busy or unreachable (a retried
@@ -65,8 +67,7 @@ def flow_run_cancelled() -> bool:
     ids = {flow_run.get_id(), flow_run.get_parent_flow_run_id(), flow_run.get_root_flow_run_id()} - {None}
     try:
         with get_client(sync_client=True) as client:
-            return any(state is not None and (state.is_cancelling() or state.is_cancelled())
-                       for state in (client.read_flow_run(i).state for i in ids))
+            return any(state is not None and (state.is_cancelling() or state.is_cancelled()) for state in (client.read_flow_run(i).state for i in ids))
     except Exception as e:  # the Prefect API out of reach for a moment is not a cancel: look again at the next poll
         logging.getLogger("selftrain.kubernetes").warning("could not read the flow run's state (%s)", e)
         return False
@@ -96,13 +97,17 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
     if p.cache:
         storage = result_storage(p.result_storage or artifacts.join(root, ".prefect-results"))
         caching = {"cache_policy": StageInputs(), "persist_result": True, "result_storage": storage, "result_serializer": "json"}
-    return SimpleNamespace(**{
-        name.replace("-", "_"): _StageCall(t.with_options(
-            retries=p.retries,
-            retry_delay_seconds=exponential_backoff(p.retry_backoff_s)(p.retries) if p.retries else 0,
-            retry_condition_fn=_retry_if_transient,
-            timeout_seconds=p.timeout(name),
-            **caching,
-        ))
-        for name, t in ((n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items())
-    })
+    return SimpleNamespace(
+        **{
+            name.replace("-", "_"): _StageCall(
+                t.with_options(
+                    retries=p.retries,
+                    retry_delay_seconds=exponential_backoff(p.retry_backoff_s)(p.retries) if p.retries else 0,
+                    retry_condition_fn=_retry_if_transient,
+                    timeout_seconds=p.timeout(name),
+                    **caching,
+                )
+            )
+            for name, t in ((n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items())
+        }
+    )

@@ -22,8 +22,7 @@ TINY = {
     # three generations so "generation 2 onwards" has an onwards, one per method the pipeline picks a stage
     # for; always promote, so the chain never stops
     "generations": {
-        f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method}
-        for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
+        f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method} for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
     },
     "mpl": {"steps": 20, "batch_size": 20, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
     "twomoons": {"seeds": [0], "steps": 100},
@@ -122,8 +121,7 @@ def s3_server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
-    env = {"AWS_ACCESS_KEY_ID": "selftrain-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint}
+    env = {"AWS_ACCESS_KEY_ID": "selftrain-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import fsspec
@@ -150,7 +148,6 @@ def one_try_s3(s3_server, monkeypatch):
     instance cache to go through it."""
     import fsspec
     import s3fs
-
     from fault_proxy import ONE_TRY
 
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)

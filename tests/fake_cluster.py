@@ -19,6 +19,7 @@ So this module plays them, simply and in the open, as the Kubernetes documentati
 Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
 Unschedulable), `evict_when(stage, condition)` (a preemption).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,8 +59,11 @@ class _Emulator(kmock.KubernetesEmulator):
 
 def _pod_failure_action(policy: dict[str, Any] | None, pod: dict[str, Any]) -> tuple[str, str]:
     """(action, message) for a failed pod: the first podFailurePolicy rule that matches it, else Count."""
-    codes = [(cs["name"], cs["state"]["terminated"]["exitCode"]) for cs in (pod.get("status") or {}).get("containerStatuses") or []
-             if (cs.get("state") or {}).get("terminated")]
+    codes = [
+        (cs["name"], cs["state"]["terminated"]["exitCode"])
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []
+        if (cs.get("state") or {}).get("terminated")
+    ]
     conditions = {(c.get("type"), c.get("status")) for c in (pod.get("status") or {}).get("conditions") or []}
     for i, rule in enumerate((policy or {}).get("rules") or []):
         if "onPodConditions" in rule:
@@ -71,8 +75,14 @@ def _pod_failure_action(policy: dict[str, Any] | None, pod: dict[str, Any]) -> t
             mine = [(c, code) for c, code in codes if code != 0 and req.get("containerName") in (None, c)]
             hit = [(c, code) for c, code in mine if (code in req["values"]) == (req["operator"] == "In")]
             matched = bool(hit)
-            message = (f"Container {hit[0][0]} for pod {NAMESPACE}/{pod['metadata']['name']} failed with exit code {hit[0][1]} "
-                       f"matching {rule['action']} rule at index {i}") if hit else ""
+            message = (
+                (
+                    f"Container {hit[0][0]} for pod {NAMESPACE}/{pod['metadata']['name']} failed with exit code {hit[0][1]} "
+                    f"matching {rule['action']} rule at index {i}"
+                )
+                if hit
+                else ""
+            )
         if matched:
             return rule["action"], message
     return "Count", ""
@@ -103,12 +113,18 @@ class FakeCluster:
         if not self._ready.wait(30):
             raise RuntimeError("kmock did not start")
         self.kubeconfig = workdir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+                }
+            )
+        )
         api = config.new_client_from_config(str(self.kubeconfig))
         self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
         self._controller = threading.Thread(target=self._control, daemon=True)
@@ -248,11 +264,16 @@ class FakeCluster:
         name = f"{job['metadata']['name']}-{i}-{attempt}"
         labels = {**(meta.get("labels") or {}), "job-name": job["metadata"]["name"], "batch.kubernetes.io/job-name": job["metadata"]["name"]}
         annotations = {**(meta.get("annotations") or {}), "batch.kubernetes.io/job-completion-index": str(i)}
-        self.core.create_namespaced_pod(NAMESPACE, {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "annotations": annotations, "creationTimestamp": _now()},
-            "spec": template["spec"], "status": {"phase": "Pending"},
-        })
+        self.core.create_namespaced_pod(
+            NAMESPACE,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "annotations": annotations, "creationTimestamp": _now()},
+                "spec": template["spec"],
+                "status": {"phase": "Pending"},
+            },
+        )
         self.created_pods.append(name)
 
     def _set_status(self, name: str, status: dict[str, Any]) -> None:
@@ -263,14 +284,40 @@ class FakeCluster:
         stage = pod["metadata"]["labels"].get("selftrain.io/stage", "")
         fault = self.faults.get(stage)
         if phase == "Pending" and name not in self.procs:
-            if fault in ("Unschedulable", "ImagePullBackOff") and (pod.get("status") or {}).get("conditions" if fault == "Unschedulable" else "containerStatuses"):
+            if fault in ("Unschedulable", "ImagePullBackOff") and (pod.get("status") or {}).get(
+                "conditions" if fault == "Unschedulable" else "containerStatuses"
+            ):
                 return  # already reported
             if fault == "Unschedulable":
-                self._set_status(name, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                                        "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector"}]})
+                self._set_status(
+                    name,
+                    {
+                        "conditions": [
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector",
+                            }
+                        ]
+                    },
+                )
             elif fault == "ImagePullBackOff":
-                self._set_status(name, {"containerStatuses": [{"name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-                                                               "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]})
+                self._set_status(
+                    name,
+                    {
+                        "containerStatuses": [
+                            {
+                                "name": "stage",
+                                "ready": False,
+                                "restartCount": 0,
+                                "image": "x",
+                                "imageID": "",
+                                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+                            }
+                        ]
+                    },
+                )
             elif fault == "OOMKilled":  # the next tick sees the pod Failed, so this happens once
                 self._terminated(name, "Failed", 137, "OOMKilled")
             else:
@@ -284,8 +331,13 @@ class FakeCluster:
                 del self.evictions[k]
                 code = self._terminate(name, pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
                 self.evicted.append(name)
-                self._terminated(name, "Failed", code, "Error", [{"type": "DisruptionTarget", "status": "True",
-                                 "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}])
+                self._terminated(
+                    name,
+                    "Failed",
+                    code,
+                    "Error",
+                    [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}],
+                )
                 return
         if proc.poll() is not None:
             code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode  # killed by signal N: 128 + N, as a container runtime reports it
@@ -307,16 +359,32 @@ class FakeCluster:
         home.mkdir(exist_ok=True)
         image_env = {"PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
         with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env={**image_env, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
-        self._set_status(name, {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
-                                "containerStatuses": [{"name": "stage", "ready": True, "restartCount": 0, "image": container["image"],
-                                                       "imageID": "", "state": {"running": {"startedAt": _now()}}}]})
+            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env={**image_env, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._set_status(
+            name,
+            {
+                "phase": "Running",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "stage", "ready": True, "restartCount": 0, "image": container["image"], "imageID": "", "state": {"running": {"startedAt": _now()}}}
+                ],
+            },
+        )
 
     def _terminated(self, name: str, phase: str, code: int, reason: str, conditions: list[dict[str, Any]] | None = None) -> None:
-        status: dict[str, Any] = {"phase": phase, "containerStatuses": [{
-            "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-            "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": _now()}}}]}
+        status: dict[str, Any] = {
+            "phase": phase,
+            "containerStatuses": [
+                {
+                    "name": "stage",
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": "x",
+                    "imageID": "",
+                    "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": _now()}},
+                }
+            ],
+        }
         if conditions:
             status["conditions"] = conditions
         self._set_status(name, status)

@@ -9,6 +9,7 @@ real S3 do, so that the errors a test sees are the ones s3fs, aiobotocore and bo
 `rule(method, path, n)` picks the action for the n-th request (1-based, all requests counted; `path` with its query,
 e.g. `/bucket?list-type=2&prefix=...` for a listing), or None to forward it.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -63,8 +64,7 @@ class FaultProxy:
                 elif action is not None:
                     raise ValueError(f"unknown fault {action!r}")
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                conn.request(self.command, self.path, body=body,
-                             headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")})
+                conn.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")})
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)

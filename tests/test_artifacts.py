@@ -1,4 +1,5 @@
 """Atomic artifact directories, manifests and content hashes; the logit store's checks; checkpoints without pickle."""
+
 import json
 import os
 import socket
@@ -44,7 +45,8 @@ def test_a_killed_writers_leftovers_are_cleared_and_a_replaced_output_put_back(t
             raise RuntimeError("boom")
     assert artifacts.content_hash(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["art", f".art.tmp-{host}-{os.getpid()}-cccccccccccc", ".art.tmp-elsewhere-%d-dddddddddddd" % dead.pid])
+        ["art", f".art.tmp-{host}-{os.getpid()}-cccccccccccc", f".art.tmp-elsewhere-{dead.pid}-dddddddddddd"]
+    )
 
 
 def test_manifest_hash_follows_content(tmp_path):

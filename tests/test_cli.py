@@ -1,4 +1,5 @@
 """The `selftrain` command: help that explains, and errors that say what to fix (exit code 2, no traceback)."""
+
 import subprocess
 import sys
 
@@ -23,8 +24,24 @@ def sub_help(capsys, *args: str) -> str:
 
 def test_help_lists_every_stage_and_its_uris(capsys):
     out = cli("--help").stdout
-    stages = ("prepare", "train-teacher", "infer", "filter-balance", "train-student", "train-mpl", "train-reduced-mpl", "train-generation",
-              "evaluate", "promote", "record-lineage", "report", "lineage", "twomoons", "summary", "plan")
+    stages = (
+        "prepare",
+        "train-teacher",
+        "infer",
+        "filter-balance",
+        "train-student",
+        "train-mpl",
+        "train-reduced-mpl",
+        "train-generation",
+        "evaluate",
+        "promote",
+        "record-lineage",
+        "report",
+        "lineage",
+        "twomoons",
+        "summary",
+        "plan",
+    )
     for stage in stages:
         assert stage in out
     infer = sub_help(capsys, "infer")

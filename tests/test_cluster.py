@@ -11,6 +11,7 @@ environment here; in the pods through kubernetes.env or the service account). Ru
 
 (the pods need credentials for the bucket: IRSA / workload identity on the `selftrain` account, or a
 MinIO that lets them in)."""
+
 import json
 import os
 
@@ -32,10 +33,14 @@ pytestmark = [
 def test_one_generation_on_a_real_cluster(tmp_path):
     small = {"memory": "2Gi", "cpu": "1"}
     overrides = {
-        "kubernetes.enabled": True, "kubernetes.image": IMAGE, "kubernetes.image_pull_policy": "IfNotPresent",
-        "kubernetes.priority_class": None, "kubernetes.env": json.loads(os.environ.get("SELFTRAIN_CLUSTER_ENV", "{}")),
+        "kubernetes.enabled": True,
+        "kubernetes.image": IMAGE,
+        "kubernetes.image_pull_policy": "IfNotPresent",
+        "kubernetes.priority_class": None,
+        "kubernetes.env": json.loads(os.environ.get("SELFTRAIN_CLUSTER_ENV", "{}")),
         "resources": {"train-teacher": small, "infer": {**small, "parallelism": 2}, "train-student": small, "evaluate": small},
-        "infer.parts": 2, "prefect.cache": False,
+        "infer.parts": 2,
+        "prefect.cache": False,
     }
     result = self_training(str(write_tiny_params(tmp_path / "params.yaml")), ROOT, generations=1, overrides=overrides)
     assert "| gen1 |" in result["table"]

@@ -1,5 +1,6 @@
 """Two writers on one artifact root: exactly one gets a generation's lock (local disk and a real S3 endpoint),
 and a flow run that finds a generation locked fails at once, naming the holder, having written nothing."""
+
 import json
 import threading
 import time

@@ -1,4 +1,5 @@
 """The -C corruptions: deterministic, shape/dtype-preserving, and harder with severity for a trained model."""
+
 import numpy as np
 import pytest
 import torch
@@ -49,9 +50,14 @@ def test_bad_input_is_refused(fmnist):
 def _small_trained_model(train_x, train_y):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
     )
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     x = torch.tensor(train_x[:6000]).permute(0, 3, 1, 2).float() / 255

@@ -1,5 +1,6 @@
 """A stage killed (SIGKILL) at any point while it writes leaves the previous output as it was, and no partial
 output is ever visible where the output goes. (A pickled checkpoint is refused: test_artifacts.)"""
+
 import os
 import signal
 import socket
@@ -25,8 +26,24 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
     stages.infer(params, teacher=g.promoted, data=g.data, out=str(out))
     old = artifacts.content_hash(str(out))
     # the rewrite: another store (top-3, one row per shard file: many files to be caught writing)
-    cmd = ["selftrain", "infer", "--params", str(path), "--set", "teacher.epochs=1", "--set", "infer.topk=3", "--set", "infer.shard_size=1",
-           "--teacher", g.promoted, "--data", g.data, "--out", str(out)]
+    cmd = [
+        "selftrain",
+        "infer",
+        "--params",
+        str(path),
+        "--set",
+        "teacher.epochs=1",
+        "--set",
+        "infer.topk=3",
+        "--set",
+        "infer.shard_size=1",
+        "--teacher",
+        g.promoted,
+        "--data",
+        g.data,
+        "--out",
+        str(out),
+    ]
     caught = 0
     for delay in (0.0, 0.1, 0.3, 0.6):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -52,4 +69,3 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
     subprocess.run(cmd, cwd=ROOT, env=tool_env(), check=True, capture_output=True)
     assert logits.read_store(str(out)).header["k"] == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".logits.")] == [live.name]
-

@@ -1,4 +1,5 @@
 """Data: Fashion-MNIST splits and checksums, user image folders, and the errors for bad layouts."""
+
 import functools
 import gzip
 import http.server

@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun: each process gets a disjoint share of the very batches one process
 would take, and two CPU processes (Gloo) train the teacher about as well as one, rank 0 alone writing."""
+
 import csv
 import io
 import os
@@ -34,9 +35,30 @@ def test_torchrun_with_two_processes_trains_the_teacher_like_one(tmp_path):
     stages.prepare(params, out=str(tmp_path / "data"))
     one = stages.train_teacher(params, data=str(tmp_path / "data"), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
     proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "selftrain.cli", "train-teacher", "--params", str(path),
-         "--set", "teacher.epochs=10", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two"), "--promoted", str(tmp_path / "two.json")],
-        cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=600,
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "selftrain.cli",
+            "train-teacher",
+            "--params",
+            str(path),
+            "--set",
+            "teacher.epochs=10",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "two"),
+            "--promoted",
+            str(tmp_path / "two.json"),
+        ],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"checkpoint"') == 2  # both processes trained and finished
@@ -49,10 +71,25 @@ def test_torchrun_with_two_processes_trains_the_teacher_like_one(tmp_path):
 
 
 def _torchrun_teacher(path: Path, data: Path, out: Path, *sets: str) -> subprocess.Popen:
-    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "selftrain.cli", "train-teacher", "--params", str(path),
-           *[a for s in sets for a in ("--set", s)], "--data", str(data), "--out", str(out), "--promoted", f"{out}.json"]
-    return subprocess.Popen(cmd, cwd=out.parent, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "selftrain.cli",
+        "train-teacher",
+        "--params",
+        str(path),
+        *[a for s in sets for a in ("--set", s)],
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--promoted",
+        f"{out}.json",
+    ]
+    return subprocess.Popen(cmd, cwd=out.parent, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _checkpoint(path: Path) -> dict | None:
@@ -100,7 +137,7 @@ def _without_speed(log: Path) -> list[dict]:
 
 
 # Runs train-mpl under torchrun and writes each process's own final student and teacher, to compare the ranks.
-MPL_RANKS = '''
+MPL_RANKS = """
 import sys
 import safetensors.torch
 import torch.distributed as dist
@@ -120,7 +157,7 @@ for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
     # and the MPL baseline, a moving average of h: the same on every rank only if h is all-reduced
     safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", {"baseline": repr(steps[0].state.baseline)})
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -139,7 +176,11 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     out = tmp_path / "two"
     proc = subprocess.run(
         ["torchrun", "--standalone", "--nproc-per-node", "2", str(script), str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items())],
-        cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("student", "teacher"):

@@ -1,11 +1,12 @@
 """Faults from outside: an S3 endpoint that fails requests now and then (a real one, moto, behind tests/fault_proxy.py
 answering 503 SlowDown to chosen requests), S3 with no credentials, an artifact root that cannot be written."""
+
 import subprocess
 
 import pytest
+from fault_proxy import FaultProxy
 
 from conftest import ROOT, S3_BUCKET, run, tool_env, write_tiny_params
-from fault_proxy import FaultProxy
 from selftrain import artifacts, stages
 from selftrain.params import load_params
 
@@ -25,10 +26,15 @@ def test_transient_s3_errors_are_retried_and_the_stage_completes(s3_server, tmp_
 def test_s3_without_credentials_says_where_they_come_from(s3_server, tmp_path):
     params_path = write_tiny_params(tmp_path / "params.yaml")
     env = {k: v for k, v in tool_env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN")}
-    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
-            "AWS_EC2_METADATA_DISABLED": "true"}
-    proc = subprocess.run(["selftrain", "prepare", "--params", str(params_path), "--out", f"s3://{S3_BUCKET}/nocreds/data"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run(
+        ["selftrain", "prepare", "--params", str(params_path), "--out", f"s3://{S3_BUCKET}/nocreds/data"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no S3 credentials" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -37,8 +43,9 @@ def test_an_artifact_root_that_cannot_be_written_is_named(tmp_path):
     params_path = write_tiny_params(tmp_path / "params.yaml")
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "a-file" / "data"  # its parent is a file: no one, root included, can write there
-    done = subprocess.run(["selftrain", "prepare", "--params", str(params_path), "--out", str(out)], cwd=ROOT, env=tool_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["selftrain", "prepare", "--params", str(params_path), "--out", str(out)], cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"cannot write '{out}'" in done.stderr and "the artifact root must be writable" in done.stderr
     with pytest.raises(artifacts.ArtifactError, match="the artifact root must be writable"):

@@ -1,4 +1,5 @@
 """Stages of a generation, run in-process on tiny real data: clean inference, promotion records, student init, EMA."""
+
 import copy
 import dataclasses
 import json
@@ -49,8 +50,12 @@ def test_teacher_inference_has_no_noise(gen0, tmp_path):
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_filter_balance_over_a_sharded_top_k_store_gives_the_in_memory_selection(gen0, tmp_path, kind):
     params, g = gen0
-    params = params.model_copy(update={"infer": params.infer.model_copy(update={"topk": 3, "shard_size": 37}),
-                                       "pseudo_labels": params.pseudo_labels.model_copy(update={"kind": kind, "threshold": 0.0, "temperature": 0.5, "per_class": 40})})
+    params = params.model_copy(
+        update={
+            "infer": params.infer.model_copy(update={"topk": 3, "shard_size": 37}),
+            "pseudo_labels": params.pseudo_labels.model_copy(update={"kind": kind, "threshold": 0.0, "temperature": 0.5, "per_class": 40}),
+        }
+    )
     store, out = str(tmp_path / "logits"), str(tmp_path / "pseudo")
     stages.infer(params, teacher=g.promoted, data=g.data, out=store)
     total = stages.filter_balance(params, logits_store=store, data=g.data, out=out)

@@ -1,7 +1,7 @@
 """k8s/: every manifest, and the Job the work pool's base job template renders to, validate against the
 Kubernetes schemas (kubernetes-validate, strict: an unknown or misspelt field is an error)."""
+
 import json
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -15,8 +15,7 @@ CRDS = {"kueue.x-k8s.io/v1beta1"}  # optional add-ons: no schema ships with kube
 
 
 def manifests() -> list[tuple[str, dict]]:
-    return [(f"{p.name}#{i}", doc) for p in sorted((ROOT / "k8s/manifests").glob("*.yaml"))
-            for i, doc in enumerate(yaml.safe_load_all(p.read_text())) if doc]
+    return [(f"{p.name}#{i}", doc) for p in sorted((ROOT / "k8s/manifests").glob("*.yaml")) for i, doc in enumerate(yaml.safe_load_all(p.read_text())) if doc]
 
 
 @pytest.mark.parametrize("name,doc", manifests(), ids=[n for n, _ in manifests()])
@@ -31,8 +30,13 @@ def rendered_job(**variables) -> dict:
     """The Job a flow run becomes: the template's defaults plus what the worker fills in."""
     template = json.loads((ROOT / "k8s/base-job-template.json").read_text())
     values = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
-    values.update(name="self-training-gen1", command="prefect flow-run execute", env={"PREFECT_API_URL": "http://prefect:4200/api"},
-                  labels={"app.kubernetes.io/name": "selftrain"}, **variables)
+    values.update(
+        name="self-training-gen1",
+        command="prefect flow-run execute",
+        env={"PREFECT_API_URL": "http://prefect:4200/api"},
+        labels={"app.kubernetes.io/name": "selftrain"},
+        **variables,
+    )
     config = apply_values(template["job_configuration"], values)
     job = config["job_manifest"]
     container = job["spec"]["template"]["spec"]["containers"][0]

@@ -1,6 +1,7 @@
 """Stages as Kubernetes Jobs, against a Kubernetes API on loopback (kmock) whose controllers run the pods here
 (tests/fake_cluster.py): the Job a stage becomes, its failure reasons, cancel, eviction and resume, and
 sharded inference as an Indexed Job."""
+
 import csv
 import io
 import json
@@ -13,18 +14,18 @@ import kubernetes_validate
 import numpy as np
 import pytest
 import torch
-from prefect import flow, get_client
-from prefect.states import Cancelling
-
-from conftest import S3_BUCKET, write_tiny_params
 from fake_cluster import NAMESPACE, FakeCluster
 from fault_proxy import ONE_TRY, FaultProxy, first
+from prefect import flow, get_client
+from prefect.states import Cancelling
+from test_k8s_manifests import K8S_VERSION
+
+from conftest import S3_BUCKET, write_tiny_params
 from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 from tasks import stages as tasks
 from tasks.kubernetes import JobFailed, StageJobError, explain_failure, job_manifest, resources_for, run_stage_job, service_manifest
-from test_k8s_manifests import K8S_VERSION
 
 K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
 
@@ -60,8 +61,7 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     res = {"infer": {"gpu": 1, "node_pool": "a100", "memory": "3Gi", "cpu": "1"}}
     out = str(tmp_path / "logits")
     with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
-        summary = one_stage(str(path), {**K8S, "resources": res}, str(tmp_path), "infer",
-                            {"teacher": g.promoted, "data": g.data, "out": out})
+        summary = one_stage(str(path), {**K8S, "resources": res}, str(tmp_path), "infer", {"teacher": g.promoted, "data": g.data, "out": out})
     [job] = cluster.jobs()
     kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
@@ -72,7 +72,10 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "selftrain.io/pool"}
     assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 2 * 86400 and spec["ttlSecondsAfterFinished"] == 86400
     assert [(r["action"], r.get("onExitCodes", {}).get("operator")) for r in spec["podFailurePolicy"]["rules"]] == [
-        ("Ignore", None), ("Count", "In"), ("FailJob", "NotIn")]  # disruptions replaced, transient I/O (75) counted, the rest fails
+        ("Ignore", None),
+        ("Count", "In"),
+        ("FailJob", "NotIn"),
+    ]  # disruptions replaced, transient I/O (75) counted, the rest fails
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "selftrain" and labels["selftrain.io/stage"] == "infer"
     assert labels["selftrain.io/generation"] == "all" and labels["selftrain.io/flow-run"]
@@ -84,8 +87,13 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert summary == {"images": 400, "shards": 1, "k": None}
     assert any("infer: {'images': 400" in r.getMessage() for r in caplog.records), "the pod's log did not reach the flow's log"
     # a retry of the same call in the same flow run (Prefect retries transient API errors) waits on that Job, starts none
-    again = run_stage_job(load_params(path, {"teacher.epochs": 1, **K8S, "resources": res}), "infer",
-                          {"teacher": g.promoted, "data": g.data, "out": out}, root=str(tmp_path), flow_run_id=labels["selftrain.io/flow-run"])
+    again = run_stage_job(
+        load_params(path, {"teacher.epochs": 1, **K8S, "resources": res}),
+        "infer",
+        {"teacher": g.promoted, "data": g.data, "out": out},
+        root=str(tmp_path),
+        flow_run_id=labels["selftrain.io/flow-run"],
+    )
     assert again == summary and len(cluster.jobs()) == 1 and len(cluster.created_pods) == 1
 
 
@@ -93,8 +101,13 @@ def test_an_oomkilled_pod_fails_the_flow_with_the_reason_and_what_to_change(gen0
     path, g = gen0
     cluster.fail_pods("infer", "OOMKilled")
     with pytest.raises(StageJobError, match=r"ran out of memory: the container was OOMKilled at its 2Gi limit; raise resources\.infer\.memory"):
-        one_stage(str(path), {**K8S, "resources": {"infer": {"memory": "2Gi"}}}, str(tmp_path), "infer",
-                  {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")})
+        one_stage(
+            str(path),
+            {**K8S, "resources": {"infer": {"memory": "2Gi"}}},
+            str(tmp_path),
+            "infer",
+            {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")},
+        )
     [job] = cluster.jobs()  # kept for kubectl until its TTL
     assert not artifacts.exists(str(tmp_path / "logits"))
 
@@ -106,8 +119,13 @@ def test_cancelling_the_flow_deletes_the_job_and_its_pods(gen0, cluster, tmp_pat
 
     def run() -> None:
         try:
-            one_stage(str(path), {**K8S, "resources": {"infer": {"gpu": 1, "node_pool": "a100"}}}, str(tmp_path), "infer",
-                      {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")})
+            one_stage(
+                str(path),
+                {**K8S, "resources": {"infer": {"gpu": 1, "node_pool": "a100"}}},
+                str(tmp_path),
+                "infer",
+                {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")},
+            )
         except BaseException as e:  # noqa: BLE001 - the test inspects it
             outcome["error"] = e
 
@@ -141,16 +159,25 @@ def test_a_pod_pending_too_long_or_without_its_image_fails_in_plain_words_and_th
     assert cluster.jobs() == []
     cluster.fail_pods("infer", "ImagePullBackOff")
     with pytest.raises(StageJobError, match=r"cannot pull image 'registry.example/selftrain:nope' \(ImagePullBackOff"):
-        one_stage(str(path), {**K8S, "kubernetes.image_pull_timeout_s": 1, "kubernetes.image": "registry.example/selftrain:nope",
-                              "resources": {"infer": {}}}, str(tmp_path), "infer", kwargs)
+        one_stage(
+            str(path),
+            {**K8S, "kubernetes.image_pull_timeout_s": 1, "kubernetes.image": "registry.example/selftrain:nope", "resources": {"infer": {}}},
+            str(tmp_path),
+            "infer",
+            kwargs,
+        )
     assert cluster.jobs() == []
 
 
 def test_a_job_past_its_deadline_is_reported_as_such(gen0):
     path, _ = gen0
     params = load_params(path, {**K8S, "resources": {"train-student": {"memory": "4Gi"}}})
-    job = {"metadata": {"name": "st-train-student-gen1-0"}, "status": {"conditions": [
-        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}}
+    job = {
+        "metadata": {"name": "st-train-student-gen1-0"},
+        "status": {
+            "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]
+        },
+    }
     assert "ran longer than its deadline, 172800 s (kubernetes.deadline_s)" in explain_failure("train-mpl", params, job, [])
     # train-mpl has no entry of its own: it runs with train-student's resources, like its DVC stage
     assert resources_for(params, "train-mpl").memory == "4Gi" and resources_for(params, "infer") is None
@@ -172,8 +199,7 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     cluster.evict_when("train-mpl", lambda: (_checkpoint_step(resume) or 0) >= 10)
     kwargs = {"generation": "gen2", "data": g.data, "teacher": g.promoted}
     with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
-        one_stage(str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-mpl",
-                  {**kwargs, "out": str(out)})
+        one_stage(str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-mpl", {**kwargs, "out": str(out)})
     [job] = cluster.jobs()
     assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     assert len(cluster.evicted) == 1 and len(cluster.created_pods) == 2  # the evicted pod and exactly one replacement
@@ -225,8 +251,7 @@ def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
 def test_a_training_job_validates_with_its_priority_class(gen0):
     path, _ = gen0
     params = load_params(path, {**K8S, "resources": {"train-teacher": {"gpu": 2, "node_pool": "a100"}}})
-    job = job_manifest(params, "train-teacher", "st-train-teacher-all-0", ["train-teacher", "--out", "s3://b/x"],
-                       resources_for(params, "train-teacher"))
+    job = job_manifest(params, "train-teacher", "st-train-teacher-all-0", ["train-teacher", "--out", "s3://b/x"], resources_for(params, "train-teacher"))
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert job["metadata"]["namespace"] == NAMESPACE
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "selftrain-training"
@@ -267,8 +292,7 @@ def _pod_s3_env(s3_env: dict, endpoint: str) -> dict:
 
 
 def _exit_codes(cluster: FakeCluster, job: str) -> list[int]:
-    return [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
-            for p in sorted(cluster.pods(job), key=lambda p: p["metadata"]["name"])]
+    return [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in sorted(cluster.pods(job), key=lambda p: p["metadata"]["name"])]
 
 
 @pytest.mark.slow
@@ -277,8 +301,13 @@ def test_transient_io_in_a_pod_exits_75_and_the_job_replaces_the_pod(gen0, clust
     out = f"s3://{S3_BUCKET}/k8s-transient/data"
     # the pod's first write to S3 gets a 500 (InternalError): s3fs raises OSError(EREMOTEIO) once its tries are spent
     with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-transient/")) as proxy:
-        summary = one_stage(str(path), {**K8S, "kubernetes.backoff_limit": 1, "kubernetes.env": _pod_s3_env(s3_server, proxy.url),
-                                        "resources": {"prepare": {}}}, str(tmp_path), "prepare", {"out": out})
+        summary = one_stage(
+            str(path),
+            {**K8S, "kubernetes.backoff_limit": 1, "kubernetes.env": _pod_s3_env(s3_server, proxy.url), "resources": {"prepare": {}}},
+            str(tmp_path),
+            "prepare",
+            {"out": out},
+        )
     assert proxy.faults == [("500", "PUT", proxy.faults[0][2])]
     [job] = cluster.jobs()
     assert _exit_codes(cluster, job["metadata"]["name"]) == [75, 0]  # transient: counted against backoffLimit 1, replaced
@@ -291,8 +320,10 @@ def test_a_job_out_of_pods_on_transient_io_is_retried_by_the_flow_as_a_new_job(g
     path, _ = gen0
     out = f"s3://{S3_BUCKET}/k8s-retried/data"
     overrides = {**K8S, "prefect.retries": 1, "prefect.retry_backoff_s": 0, "kubernetes.backoff_limit": 0, "resources": {"prepare": {}}}
-    with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-retried/")) as proxy, \
-            caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
+    with (
+        FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-retried/")) as proxy,
+        caplog.at_level(logging.INFO, logger="selftrain.kubernetes"),
+    ):
         one_stage(str(path), {**overrides, "kubernetes.env": _pod_s3_env(s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out})
     jobs = {j["metadata"]["name"]: j for j in cluster.jobs()}
     [failed] = [n for n, j in jobs.items() if any(c["type"] == "Failed" for c in j["status"].get("conditions") or [])]
@@ -309,8 +340,7 @@ def test_bad_input_in_a_pod_fails_the_job_at_once_and_a_later_try_is_a_new_job(g
     path, _ = gen0
     out = f"s3://{S3_BUCKET}/k8s-bad/data"
     # the pod has its own environment: the test process's AWS credentials do not leak into it
-    overrides = {**K8S, "kubernetes.backoff_limit": 2, "kubernetes.env": {"AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"]},
-                 "resources": {"prepare": {}}}
+    overrides = {**K8S, "kubernetes.backoff_limit": 2, "kubernetes.env": {"AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"]}, "resources": {"prepare": {}}}
     params = load_params(path, overrides)
     with pytest.raises(JobFailed, match=r"(?s)exited with code 2 .*no S3 credentials for 's3://selftrain/k8s-bad/data'"):
         run_stage_job(params, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")

@@ -1,4 +1,5 @@
 """The distillation losses against hand-worked values and the properties their papers state."""
+
 import math
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The method registry is the one list of methods: every registered method has every runner (CLI, DVC, the flow,
 Kubernetes), and the places that used to keep their own lists follow the registry."""
+
 import pytest
 import yaml
 
@@ -24,10 +25,13 @@ def test_the_cli_stages_are_the_registrys():
 
 @pytest.mark.parametrize("m", METHODS, ids=[m.name for m in METHODS])
 def test_every_method_has_every_runner(m, tmp_path):
-    params = parse_params({
-        "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": m.name}},
-        "kubernetes": {"enabled": True}, "resources": {"train-student": {"gpu": 1, "memory": "4Gi"}},
-    })
+    params = parse_params(
+        {
+            "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": m.name}},
+            "kubernetes": {"enabled": True},
+            "resources": {"train-student": {"gpu": 1, "memory": "4Gi"}},
+        }
+    )
     # the CLI (what DVC and a Kubernetes pod run): its stage is a command, and the argv a Job gets parses
     kwargs = {"generation": "gen1", "data": "d", "teacher": "t.json", "out": "o", **{k: k for k in m.stage_inputs}}
     argv = kubernetes.stage_argv(m.stage, "p.yaml", "r.json", kwargs)

@@ -1,4 +1,5 @@
 """Meta Pseudo Labels: the sign of the teacher's feedback, and the TwoMoons picture on one seed."""
+
 import pytest
 import torch
 import torch.nn.functional as F

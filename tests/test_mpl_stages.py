@@ -1,5 +1,6 @@
 """The student stages refuse missing inputs: distill needs the logit store, Noisy Student the pseudo-labels.
 (MPL killed mid-training and resumed in a new process: test_k8s_runner's eviction test; resume files: test_resume.)"""
+
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from conftest import write_tiny_params
 from selftrain import stages
 from selftrain.params import load_params
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, None]:
@@ -19,8 +21,9 @@ def test_distill_needs_the_logit_store_and_noisy_student_the_pseudo_labels(setup
     root, _ = setup
     params = load_params(root / "params.yaml", {"generations.gen1.method": "distill", "student.loss": "soft_ce"})
     with pytest.raises(ValueError, match="gen1 is method distill: give --logits-store"):
-        stages.train_student(params, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"),
-                             pseudo=str(root / "pseudo"))
+        stages.train_student(
+            params, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"), pseudo=str(root / "pseudo")
+        )
     with pytest.raises(ValueError, match="gen2 is method mpl: give --pseudo"):
         stages.train_student(params, generation="gen2", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"))
     assert not (root / "d").exists()

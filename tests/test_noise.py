@@ -1,4 +1,5 @@
 """Training noise is real noise; inference has none."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """params.yaml validation: every bad key is named."""
+
 import subprocess
 import sys
 
@@ -38,9 +39,11 @@ def test_unknown_timm_model_is_refused_with_suggestions():
 
 
 def test_loading_params_imports_neither_torch_nor_timm():
-    code = ("import sys; from selftrain.params import load_params; "
-            "load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}}); "
-            "print(sorted(m for m in ('torch', 'timm', 'selftrain.stages') if m in sys.modules))")
+    code = (
+        "import sys; from selftrain.params import load_params; "
+        "load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}}); "
+        "print(sorted(m for m in ('torch', 'timm', 'selftrain.stages') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

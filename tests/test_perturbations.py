@@ -1,4 +1,5 @@
 """-P sequences and the -A hard-set filter: deterministic, shape-preserving, and as the reference code pairs frames."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """End to end on tiny real data: `dvc repro` in a temp git repo with an S3 remote (push, pull, a clone, lineage,\n`selftrain reproduce`), and the Prefect flow with no server and its artifacts on S3."""
+
 import csv
 import json
 import re
@@ -245,8 +246,23 @@ def test_flow_with_artifacts_and_results_on_s3_matches_the_dvc_run(dvc_repo, s3_
     repo, _, dvc_metrics = dvc_repo
     root = f"s3://{S3_BUCKET}/flow-run"
     params = write_pipeline_params(tmp_path / "params.yaml")  # the params the DVC run started with
-    out = run(["python", "-m", "flows.self_training", "--params", str(params), "--root", root, "--generations", "1",
-               "--set", f"prefect.result_storage=s3://{S3_BUCKET}/flow-results"], ROOT, PREFECT_HOME=str(tmp_path / "prefect"))
+    out = run(
+        [
+            "python",
+            "-m",
+            "flows.self_training",
+            "--params",
+            str(params),
+            "--root",
+            root,
+            "--generations",
+            "1",
+            "--set",
+            f"prefect.result_storage=s3://{S3_BUCKET}/flow-results",
+        ],
+        ROOT,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+    )
     assert "| gen1 |" in out.stdout
     data_hash = artifacts.content_hash(str(repo / "artifacts/data"))
     assert artifacts.content_hash(Generation(root, "gen0").data) == data_hash  # the same split, byte for byte

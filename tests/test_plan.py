@@ -1,4 +1,5 @@
 """`selftrain plan`: image passes per stage from params, GPU-hours from throughputs, wall time over a pool."""
+
 import json
 
 import pytest
@@ -11,13 +12,14 @@ PARAMS = {
     "data": {"labeled_per_class": 10, "val_per_class": 5, "unlabeled": 1000, "test": 200, "holdout": 100},
     "teacher": {"epochs": 4, "val_every": 2},
     "student": {"epochs": 2, "unlabeled_ratio": 4},
-    "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0"},
-                    "gen2": {"model": "resnet14t", "teacher": "gen1", "method": "mpl"}},
+    "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0"}, "gen2": {"model": "resnet14t", "teacher": "gen1", "method": "mpl"}},
     "mpl": {"steps": 100, "batch_size": 8, "unlabeled_ratio": 2, "finetune_epochs": 1},
     "robustness": {"corruption_images": 10, "perturbation_images": 2, "frames": 10, "hard_images": 5},
 }
-RATES = {"device": "test-gpu", "models": {"resnet10t": {"train_img_s": 1000.0, "infer_img_s": 4000.0},
-                                          "resnet14t": {"train_img_s": 500.0, "infer_img_s": 2000.0}}}
+RATES = {
+    "device": "test-gpu",
+    "models": {"resnet10t": {"train_img_s": 1000.0, "infer_img_s": 4000.0}, "resnet14t": {"train_img_s": 500.0, "infer_img_s": 2000.0}},
+}
 
 
 def test_image_passes_follow_the_params():

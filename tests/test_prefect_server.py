@@ -4,6 +4,7 @@ by a real `process` worker: what a user gets from `make server` + `make worker` 
 One tiny generation runs three times through the deployment: first for real, then with nothing changed
 (every stage Cached, in a new flow-run process), then with one evaluate param changed (only the stages DVC
 reruns for it run again)."""
+
 import json
 import socket
 import subprocess
@@ -38,9 +39,7 @@ def server(tmp_path_factory):
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}
     port = url.rsplit(":", 1)[1].split("/")[0]
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env=tool_env(**env), stdout=log, stderr=subprocess.STDOUT
-    )
+    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env=tool_env(**env), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -86,7 +85,11 @@ def test_deploy_registers_the_nightly_schedule_pools_and_typed_parameters(deploy
     assert schema["generations"]["anyOf"][0] == {"type": "integer", "exclusiveMinimum": 0}
     # the server checks a run's parameters against that schema before anything runs
     bad = subprocess.run(
-        ["prefect", "deployment", "run", "self-training/on-demand", "--param", "method=noisy"], cwd=ROOT, env=tool_env(**deployed), capture_output=True, text=True
+        ["prefect", "deployment", "run", "self-training/on-demand", "--param", "method=noisy"],
+        cwd=ROOT,
+        env=tool_env(**deployed),
+        capture_output=True,
+        text=True,
     )
     assert "Validation failed for field 'method'" in bad.stdout + bad.stderr
 
@@ -103,7 +106,9 @@ def _states(flow_run_id: UUID) -> tuple[str, dict[str, str], list[str]]:
     """The flow run's state, its stages' states ("<subflow run name>/<task>"), and its subflow run names."""
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run_id).state.name
-        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])), sort=FlowRunSort.ID_DESC)
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])), sort=FlowRunSort.ID_DESC
+        )
         names = {flow_run_id: ""} | {f.id: f"{f.name}/" for f in subflows}
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(names))), sort=TaskRunSort.EXPECTED_START_TIME_ASC)
     wrappers = {f.parent_task_run_id for f in subflows}  # a subflow call shows as a task run in its parent
@@ -124,7 +129,10 @@ def test_deployment_runs_on_a_worker_then_hits_the_cache(deployed, tmp_path):
     assert state == "Completed" and subflows == ["gen1-noisy_student"]
     assert set(stages.values()) == {"Completed"} and {"train-teacher", "gen1-noisy_student/train-student", "gen1-noisy_student/evaluate"} <= set(stages)
     with get_client(sync_client=True) as client:
-        flow_runs = [first, *(f.id for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first]))))]
+        flow_runs = [
+            first,
+            *(f.id for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first])))),
+        ]
         made = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_runs)), sort=ArtifactSort.KEY_ASC)
     by_key = {a.key: a for a in made}
     assert {"self-training-generations", "gen1-results", "gen1-balance", "gen1-accuracy", "gen1-class-counts", "gen1-confidence"} <= set(by_key)

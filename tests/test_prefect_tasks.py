@@ -3,6 +3,7 @@
 Real stages in real flows on Prefect's test server, reading the user's folders from a real S3 endpoint (moto) behind
 tests/fault_proxy.py, which drops connections and stalls answers: the errors are the ones s3fs and botocore raise.
 """
+
 import logging
 import uuid
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import s3fs
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+from fault_proxy import FaultProxy, sequence
 from kubernetes.client import ApiException
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -21,7 +23,6 @@ from prefect.testing.utilities import prefect_test_harness
 from urllib3.exceptions import ProtocolError
 
 from conftest import S3_BUCKET, write_tiny_params
-from fault_proxy import FaultProxy, sequence
 from flows.logs import stage_logs_to_prefect
 from selftrain.data import load_split
 from selftrain.params import load_params
@@ -48,18 +49,18 @@ def _run(params_path, overrides, out):
     APILogHandler().flush()  # logs reach the API in batches: send the rest before reading them
     with get_client(sync_client=True) as client:
         run_id = state.state_details.flow_run_id
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50
-        )
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), sort=LogSort.TIMESTAMP_ASC, limit=200, offset=0)
     return state, task_runs, "\n".join(log.message for log in logs)
 
 
 def _folder_overrides(root: str):
     return {
-        "data.source": "folders", "data.image_size": 16,
+        "data.source": "folders",
+        "data.image_size": 16,
         "data.folders": {s: f"{root}/{s}" for s in ("labeled", "unlabeled", "val", "test")},
-        "prefect.retries": 3, "prefect.retry_backoff_s": 0,
+        "prefect.retries": 3,
+        "prefect.retry_backoff_s": 0,
     }
 
 

@@ -1,4 +1,5 @@
 """Filter/balance arithmetic on hand-made teacher outputs."""
+
 import numpy as np
 import pytest
 
@@ -169,8 +170,13 @@ def test_a_top_k_store_gives_the_dense_result_on_the_classes_it_keeps():
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.555, 0.9])
 def test_float16_tops_from_the_tables_match_the_computed_bins_and_threshold(threshold):
     # every float16 log-probability from 0 down to -12, bin edges included, and a few random ones
-    top = np.concatenate([np.log(GRID[1:]), -np.abs(np.random.default_rng(0).normal(size=5000)) * 4,
-                          np.arange(0x8000, 0xCA00, dtype=np.uint16).view(np.float16).astype(np.float64)]).astype(np.float16)
+    top = np.concatenate(
+        [
+            np.log(GRID[1:]),
+            -np.abs(np.random.default_rng(0).normal(size=5000)) * 4,
+            np.arange(0x8000, 0xCA00, dtype=np.uint16).view(np.float16).astype(np.float64),
+        ]
+    ).astype(np.float16)
     confidence = Confidence(threshold)
     chunk = Chunk(0, top[:, None])
     bins, kept = confidence(top, chunk)

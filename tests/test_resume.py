@@ -1,6 +1,7 @@
 """Resumable training: a resume file of another run is not resumed; the augmentations' random state survives a
 round trip; train-student killed with SIGKILL mid-run and started again in a new process resumes from its last
 checkpoint (by step count) and ends bitwise where an uninterrupted run ends (CPU, same seed)."""
+
 import csv
 import io
 import json
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_proxy import FaultProxy, first
 
 from conftest import S3_BUCKET, tool_env, write_tiny_params
-from fault_proxy import FaultProxy, first
 from selftrain import artifacts, failures, noise, resume, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
@@ -90,8 +91,19 @@ def student_inputs(tmp_path_factory):
     stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
     stages.infer(params, teacher=g.promoted, data=g.data, out=g1.logits)
     stages.filter_balance(params, logits_store=g1.logits, data=g.data, out=g1.pseudo)
-    args = ["--params", str(path), *[a for k, v in STUDENT.items() for a in ("--set", f"{k}={v}")],
-            "--generation", "gen1", "--data", g.data, "--teacher", g.promoted, "--pseudo", g1.pseudo]
+    args = [
+        "--params",
+        str(path),
+        *[a for k, v in STUDENT.items() for a in ("--set", f"{k}={v}")],
+        "--generation",
+        "gen1",
+        "--data",
+        g.data,
+        "--teacher",
+        g.promoted,
+        "--pseudo",
+        g1.pseudo,
+    ]
     return tmp, params, g, g1, args
 
 
@@ -132,6 +144,7 @@ def test_train_student_killed_mid_run_resumes_in_a_new_process_to_the_uninterrup
     total = int(stderr.split("resuming from the checkpoint at step ")[1].split()[2])
     assert resumed["resumed_from_step"] == last and 10 <= last < total, (last, total)
     assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()  # the EMA kept, bitwise
+
     def cols(p):  # all but speed and val
         return [{k: v for k, v in r.items() if k not in ("images_per_s", "steps_per_s", "val_top1")} for r in csv.DictReader((p / "log.csv").open())]
 

@@ -1,4 +1,5 @@
 """-C and -P metrics on hand-made numbers: every expected value below is worked out by hand."""
+
 import math
 
 import numpy as np
@@ -68,8 +69,12 @@ def test_a_kind_the_reference_never_gets_wrong_is_named_not_silently_dropped(cap
     from selftrain.robustness.evaluation import summarize
 
     def raw(fog, snow, zoom, shot):
-        return {"clean_error": 0.1, "corruption_errors": {"fog": [fog] * 5, "snow": [snow] * 5},
-                "flip_probability": {"zoom": zoom, "shot_noise": shot}, "top5_distance": {}}
+        return {
+            "clean_error": 0.1,
+            "corruption_errors": {"fog": [fog] * 5, "snow": [snow] * 5},
+            "flip_probability": {"zoom": zoom, "shot_noise": shot},
+            "top5_distance": {},
+        }
 
     ref = raw(0.0, 0.4, 0.2, 0.0)  # no error under fog, no flip under shot noise: nothing to normalise by
     with caplog.at_level("WARNING", logger="selftrain"):

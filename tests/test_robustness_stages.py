@@ -1,4 +1,5 @@
 """The robustness stages on tiny real data: sets, the frozen reference and -A set, evaluate's figures, and the gate rules."""
+
 import json
 import shutil
 
@@ -7,11 +8,11 @@ import pytest
 
 from conftest import write_tiny_params
 from selftrain import artifacts, stages
-from selftrain.robustness import evaluation as robustness
 from selftrain.data import load_split, read_split
 from selftrain.layout import Generation
 from selftrain.params import load_params, parse_params
 from selftrain.promote import decide
+from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.corruptions import CORRUPTIONS
 from selftrain.robustness.perturbations import PERTURBATIONS
 
@@ -75,11 +76,17 @@ def test_evaluate_refuses_a_reference_measured_on_other_sets(run, tmp_path):
     other = str(tmp_path / "sets")
     stages.make_robustness_sets(params.model_copy(update={"seed": params.seed + 1}), data=g.data, out=other)
     with pytest.raises(artifacts.ArtifactError, match="other robustness sets"):
-        stages.evaluate(params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data,
-                        out=str(tmp_path / "m.json"), sets=other, reference=g.robustness_reference)
+        stages.evaluate(
+            params,
+            teacher=g.promoted,
+            student=artifacts.join(g.teacher, stages.CHECKPOINT),
+            data=g.data,
+            out=str(tmp_path / "m.json"),
+            sets=other,
+            reference=g.robustness_reference,
+        )
     with pytest.raises(ValueError, match="give both --sets"):
-        stages.evaluate(params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data,
-                        out=str(tmp_path / "m.json"), sets=other)
+        stages.evaluate(params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data, out=str(tmp_path / "m.json"), sets=other)
     assert not (tmp_path / "m.json").exists()
 
 
@@ -88,8 +95,9 @@ def test_no_holdout_means_no_a_set_but_the_rest_works(run, tmp_path):
     data = str(tmp_path / "data")
     shutil.copytree(g.data, data)
     (tmp_path / "data" / "holdout.npz").unlink()
-    (tmp_path / "data" / "MANIFEST.json").write_text(json.dumps({"files": {
-        k: v for k, v in json.loads((tmp_path / "data" / "MANIFEST.json").read_text())["files"].items() if k != "holdout.npz"}}))
+    (tmp_path / "data" / "MANIFEST.json").write_text(
+        json.dumps({"files": {k: v for k, v in json.loads((tmp_path / "data" / "MANIFEST.json").read_text())["files"].items() if k != "holdout.npz"}})
+    )
     out = str(tmp_path / "ref")
     stages.robustness_reference(params, data=data, sets=g.robustness_sets, reference_model=g.promoted, out=out)
     ref = artifacts.read_json(artifacts.join(out, "reference.json"))
@@ -101,8 +109,9 @@ def _metrics(**pairs):
 
 
 def test_gate_rules_use_each_metrics_direction_and_name_the_failure():
-    p = parse_params({"promote": {"rules": [
-        {"metric": "val_top1", "min_gain": 0.0}, {"metric": "mCE", "min_gain": 0.02}, {"metric": "mFR", "min_gain": 0.0}]}}).promote
+    p = parse_params(
+        {"promote": {"rules": [{"metric": "val_top1", "min_gain": 0.0}, {"metric": "mCE", "min_gain": 0.02}, {"metric": "mFR", "min_gain": 0.0}]}}
+    ).promote
     ok, reason, rules = decide(_metrics(val_top1=(0.80, 0.81), mCE=(1.00, 0.95), mFR=(1.0, 0.9)), p)
     assert ok and reason.startswith("all 3 rule(s) passed")
     assert [r["gain"] for r in rules] == pytest.approx([0.01, 0.05, 0.1])  # mCE and mFR: lower is better

@@ -1,4 +1,5 @@
 """Image splits: the in-memory form every stage reads and writes (uint8 NHWC images, labels, ids)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,7 @@ class Split:
 
 
 def save_split(uri: str, split: Split) -> None:
-    artifacts.save_arrays(
-        uri, images=split.images, labels=split.labels, ids=split.ids.astype(str), classes=np.array(split.classes, dtype=str)
-    )
+    artifacts.save_arrays(uri, images=split.images, labels=split.labels, ids=split.ids.astype(str), classes=np.array(split.classes, dtype=str))
 
 
 def load_split(data_uri: str, name: str) -> Split:

@@ -5,6 +5,7 @@ FashionMNIST insists on its own folder layout and checks the .gz files' md5, and
 recompresses them; we check the sha256 of the decompressed bytes instead, which is the
 same whichever way the files were compressed.
 """
+
 from __future__ import annotations
 
 import gzip

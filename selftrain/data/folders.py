@@ -3,6 +3,7 @@
 Any fsspec URI works (local path, s3://bucket/prefix). Images are decoded with Pillow,
 converted to the configured channel count and resized to the configured square size.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,7 @@ def read_class_folders(uri: str, size: int, channels: int, classes: tuple[str, .
     stray = [e["name"] for e in entries if e["type"] != "directory" and e["name"].lower().endswith(IMAGE_EXTENSIONS)]
     if stray:
         raise DataError(
-            f"'{uri}' must hold one folder per class, but image '{stray[0]}' lies at its top level; "
-            "move images into class folders (e.g. labeled/cat/001.png)"
+            f"'{uri}' must hold one folder per class, but image '{stray[0]}' lies at its top level; move images into class folders (e.g. labeled/cat/001.png)"
         )
     found = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
     if not found:

@@ -1,4 +1,5 @@
 """The four splits (labeled, unlabeled with labels withheld, val, test) and the optional holdout pool, deterministic for a seed."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -15,11 +15,12 @@ on the whole batch. Two more departures from -C, both forced: the frost layer is
 frost photographs ship with no package), and glass blur draws its pixel offsets symmetrically
 (-C's `randint(-d, d)` never moves a pixel right or down).
 """
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -62,7 +63,6 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(rng.random(shape, dtype=np.float32))
 
 
-
 def _pil_roundtrip(x: torch.Tensor, fn: Callable[[Image.Image], Image.Image]) -> torch.Tensor:
     arr = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = []
@@ -71,8 +71,6 @@ def _pil_roundtrip(x: torch.Tensor, fn: Callable[[Image.Image], Image.Image]) ->
         res = np.asarray(fn(pil), dtype=np.uint8)
         out.append(res.reshape(img.shape))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)
-
-
 
 
 # ---- noise --------------------------------------------------------------------------------------
@@ -114,7 +112,7 @@ def defocus_blur(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float
     disk = inside.mean(axis=(2, 3)).astype(np.float32)
     disk /= disk.sum()
     # then -C's anti-aliasing: a 3x3 Gaussian of sigma `alias` (cv2.GaussianBlur(ksize=3))
-    g = np.exp(-np.array([-1.0, 0.0, 1.0]) ** 2 / (2 * alias**2))
+    g = np.exp(-(np.array([-1.0, 0.0, 1.0]) ** 2) / (2 * alias**2))
     g /= g.sum()
     kernel = torch.from_numpy(disk)[None, None]
     kernel = F.conv2d(F.pad(kernel, (1, 1, 1, 1)), torch.from_numpy(np.outer(g, g).astype(np.float32))[None, None], padding=0)

@@ -4,6 +4,7 @@
 test images as one sequence per perturbation. -A: the hard set (hard_set.py), built by the
 robustness-reference stage because it depends on the reference model.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,9 +104,14 @@ def summarize(raw: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     # and the summary names it (the report and the log say so) rather than quietly averaging fewer kinds
     left_out = {key: names for key, names in (("mCE", rm.undefined(ce)), ("relative_mCE", rm.undefined(rel)), ("mFR", rm.undefined(fr))) if names}
     for key, names in left_out.items():
-        log.warning("%s leaves out %s: the robustness reference made no %s there, so it is undefined (a larger -C/-P set, "
-                    "or a reference that is not perfect there, gives a %s over every kind)", key, ", ".join(names),
-                    "flip" if key == "mFR" else "error", key)
+        log.warning(
+            "%s leaves out %s: the robustness reference made no %s there, so it is undefined (a larger -C/-P set, "
+            "or a reference that is not perfect there, gives a %s over every kind)",
+            key,
+            ", ".join(names),
+            "flip" if key == "mFR" else "error",
+            key,
+        )
     out = {
         "mCE": rm.mean(ce),
         "relative_mCE": rm.mean(rel),

@@ -4,6 +4,7 @@ ImageNet-A keeps web images that ResNet-50s misclassify; here the pool is held-o
 (never used for training, val or test) and the filter is the reference checkpoint. The set is built
 once per (pool, reference) and frozen as an artifact, so later generations face the same images.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Batched image operations shared by the -C corruptions and the -P perturbations: (N, C, H, W) float tensors."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
     radius = int(truncate * sigma + 0.5)
     if sigma <= 0 or radius == 0:
         return x
-    k = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    k = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).to(x.dtype)
     n, c, h, w = x.shape
     y = x.reshape(n * c, 1, h, w)
@@ -84,7 +85,7 @@ def plasma(n: int, size: int, decay: float, rng: np.random.Generator) -> torch.T
 def gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def raise_value(x: torch.Tensor, c: float) -> torch.Tensor:

@@ -4,9 +4,10 @@
 each model's clean error first. -P: flip probability FP over perturbation sequences; FR = FP(f) / FP(ref);
 top-5 distance T5D. The reference stands in for -C's AlexNet, which has no small-image counterpart.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -7,9 +7,10 @@ noisy frame with that clean first frame, as Hendrycks' make_cifar_p.py builds an
 Tilt is approximated by a shear: a 3-D tilt needs a perspective warp, which a 28-px image cannot show
 beyond its shear component.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

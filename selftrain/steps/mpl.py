@@ -7,6 +7,7 @@ Under torchrun the student and the teacher are both DDP-wrapped, every process t
 step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline) is averaged over
 the processes, so that every process updates its teacher with the same scalar.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,8 +27,13 @@ from selftrain.train import Context, lr_lambda
 
 def mpl_config(p: MplParams) -> MplConfig:
     return MplConfig(
-        uda_weight=p.uda_weight, uda_temperature=p.uda_temperature, uda_threshold=p.uda_threshold,
-        uda_ramp_steps=p.uda_ramp_steps, baseline_decay=p.baseline_decay, mpl_weight=p.mpl_weight, anchor_weight=p.reduced_anchor_weight,
+        uda_weight=p.uda_weight,
+        uda_temperature=p.uda_temperature,
+        uda_threshold=p.uda_threshold,
+        uda_ramp_steps=p.uda_ramp_steps,
+        baseline_decay=p.baseline_decay,
+        mpl_weight=p.mpl_weight,
+        anchor_weight=p.reduced_anchor_weight,
     )
 
 
@@ -88,8 +94,16 @@ class MplStep:
     this made to the student's labeled loss, plus its labeled CE and UDA."""
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, p: MplParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray,
-        ctx: Context, seed: int, teacher_lr: float | None = None,
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        p: MplParams,
+        sp: StudentParams,
+        labeled: Split,
+        unlabeled: np.ndarray,
+        ctx: Context,
+        seed: int,
+        teacher_lr: float | None = None,
     ) -> None:
         if p.batch_size < ctx.world.size:
             raise ValueError(f"mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
@@ -107,16 +121,23 @@ class MplStep:
 
     def batches(self, start: int) -> Iterator[Any]:
         workers = self.ctx.workers
-        return iter(torch.utils.data.DataLoader(
-            self.images, batch_sampler=_Steps(start), collate_fn=_first, num_workers=workers, persistent_workers=workers > 0,
-            generator=torch.Generator(),  # else the loader draws its workers' base seed from torch's global RNG (dropout's)
-        ))
+        return iter(
+            torch.utils.data.DataLoader(
+                self.images,
+                batch_sampler=_Steps(start),
+                collate_fn=_first,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                generator=torch.Generator(),  # else the loader draws its workers' base seed from torch's global RNG (dropout's)
+            )
+        )
 
     def views(self, b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch on the device, flipped and cropped: labeled, unlabeled weak, unlabeled strong; and the labels."""
         device, gen = self.ctx.device, torch.Generator().manual_seed(b["flip_seed"])
-        x_l, x_uw, x_us = (runtime.to_device(train_batch(b[k].to(device), policy, gen), device)
-                           for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", self.sp.augment)))
+        x_l, x_uw, x_us = (
+            runtime.to_device(train_batch(b[k].to(device), policy, gen), device) for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", self.sp.augment))
+        )
         return x_l, b["y_l"].to(device), x_uw, x_us
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -135,9 +156,12 @@ class MplStep:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "student": getattr(self.model, "_orig_mod", self.model).state_dict(), "teacher": self.teacher.state_dict(),
-            **{f"{k}_opt": o.state_dict() for k, o in self.opts.items()}, **{f"{k}_sched": s.state_dict() for k, s in self.scheds.items()},
-            "mpl_step": self.state.step, "baseline": self.state.baseline,
+            "student": getattr(self.model, "_orig_mod", self.model).state_dict(),
+            "teacher": self.teacher.state_dict(),
+            **{f"{k}_opt": o.state_dict() for k, o in self.opts.items()},
+            **{f"{k}_sched": s.state_dict() for k, s in self.scheds.items()},
+            "mpl_step": self.state.step,
+            "baseline": self.state.baseline,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,8 +187,17 @@ class ReducedMplStep(MplStep):
     unlabeled image, in the split's order); no image passes through a teacher."""
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, p: MplParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray,
-        ctx: Context, seed: int, *, stored: np.ndarray,
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        p: MplParams,
+        sp: StudentParams,
+        labeled: Split,
+        unlabeled: np.ndarray,
+        ctx: Context,
+        seed: int,
+        *,
+        stored: np.ndarray,
     ) -> None:
         super().__init__(student, teacher, p, sp, labeled, unlabeled, ctx, seed, teacher_lr=p.reduced_lr)
         self.stored = torch.from_numpy(stored).float()

@@ -5,6 +5,7 @@ each term a mean over its own part of the batch (so the two are normalised separ
 from selftrain.losses (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one pass over the
 pseudo-labeled set.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

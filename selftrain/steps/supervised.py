@@ -1,4 +1,5 @@
 """The supervised step: cross-entropy on noised labeled batches (the teacher; MPL's student finetune)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -21,7 +22,11 @@ def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batche
     ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
     # its own generator: the loader draws its workers' base seed from it, not from torch's global RNG
     return torch.utils.data.DataLoader(
-        ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+        ds,
+        batch_sampler=batches,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -69,8 +74,13 @@ class SupervisedStep:
         self.opt.step()
         self.sched.step()
         correct = (out[: len(y_l)].argmax(1) == y_l).sum()
-        return {"loss": loss.item(), "loss_labeled": loss_l.item(), "loss_pseudo": 0.0 if loss_u is None else loss_u.item(), "train_top1": correct.item() / len(y_l),
-                "images": len(x)}
+        return {
+            "loss": loss.item(),
+            "loss_labeled": loss_l.item(),
+            "loss_pseudo": 0.0 if loss_u is None else loss_u.item(),
+            "train_top1": correct.item() / len(y_l),
+            "images": len(x),
+        }
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of the batch's pseudo-labeled part (selftrain.steps.pseudo_label); a labeled batch has none."""
