@@ -1,7 +1,8 @@
 """The one training loop, for every method: `fit(step, ...)`.
 
 A method is a `Step` (selftrain.steps): it owns its models, optimisers, schedulers and data, and one call
-updates them on one batch and returns that step's logs. Everything else is written once, here: seeding,
+updates them on one batch and returns that step's logs; `finish` turns the trained model into the stage's
+outputs (MPL: a finetune, the teacher's weights). Everything else is written once, here: seeding,
 resume (every process's own random state), EMA (timm's ModelEmaV3), periodic logging and validation,
 tqdm, and checkpoints. Where a step runs (device, mixed precision, DataLoader workers, DDP under torchrun)
 comes from the `Context` it is built with, so a step reads the same on one CPU and on 16 GPUs.
@@ -57,6 +58,10 @@ class Step(Protocol):
     ctx: Context
     total: int
     steps_per_epoch: int
+    log_every: int  # steps per log row
+    val_every: int  # log rows per validation
+    ema_decay: float | None
+    checkpoint_every: int | None  # None: the stage's runtime.checkpoint_every
 
     def batches(self, start: int) -> Iterator[Any]: ...
     def __call__(self, batch: Any) -> dict[str, float]: ...
@@ -66,6 +71,25 @@ class Step(Protocol):
     def rank_state(self) -> dict[str, Any]: ...  # this process's own: its random generators
     def load_rank_state(self, state: dict[str, Any]) -> None: ...
     def reseed(self, seed: int) -> None: ...  # new random streams for this process (a resume on another world size)
+    def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished: ...  # model, logs, files, summary
+
+
+Finished = tuple[nn.Module, dict[str, list[dict[str, Any]]], dict[str, bytes], dict[str, Any]]
+
+
+@dataclass
+class StudentRun:
+    """What a method's training step is built from (`build(run)` of its class, named by selftrain.methods)."""
+
+    params: Any  # selftrain.params.Params
+    ctx: Context
+    student: nn.Module  # the model to train, on ctx.device
+    labeled: Split
+    val: Split
+    unlabeled: Split | None = None
+    teacher: str | None = None  # the teacher's checkpoint, for a method that runs it
+    pseudo: tuple[np.ndarray, np.ndarray] | None = None  # consumes pseudo_labels: (images, target probabilities)
+    stored: np.ndarray | None = None  # consumes logits: the teacher's log-probabilities of every unlabeled image
 
 
 class StepBatches(torch.utils.data.Sampler):

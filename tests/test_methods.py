@@ -41,6 +41,9 @@ def test_every_method_has_every_runner(m, tmp_path):
     stage = dvc_train_stage()
     assert stage["cmd"].split()[1] == "train-generation"
     assert set(m.sections) <= set(stage["params"])
+    # its step: a class that builds itself from a StudentRun, whose module dvc.yaml tracks
+    cls = methods.step_class(m.name)
+    assert callable(cls.build) and callable(cls.finish) and m.step.partition(":")[0].replace(".", "/") + ".py" in stage["deps"]
     # the flow: a task of the method's stage, which on Kubernetes gets train-student's pod unless it has its own
     assert hasattr(tasks.for_params(params, str(tmp_path)), m.stage.replace("-", "_"))
     res = kubernetes.resources_for(params, m.stage)

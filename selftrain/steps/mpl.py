@@ -14,15 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
-from selftrain import distributed, runtime
+from selftrain import distributed, models, runtime
 from selftrain.data import Split
-from selftrain.mpl import MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
+from selftrain.evaluate import accuracy
+from selftrain.mpl import LogitTeacher, MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
 from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, train_batch
-from selftrain.params import MplParams, StudentParams
-from selftrain.train import Context, lr_lambda
+from selftrain.params import MplParams, StudentParams, TrainParams
+from selftrain.steps.supervised import SupervisedStep
+from selftrain.train import Context, Finished, StudentRun, fit, lr_lambda
 
 
 def mpl_config(p: MplParams) -> MplConfig:
@@ -93,6 +96,8 @@ class MplStep:
     """One MPL step: the student on the teacher's hard pseudo-labels of strong views, then the teacher on the change
     this made to the student's labeled loss, plus its labeled CE and UDA."""
 
+    method = "mpl"
+
     def __init__(
         self,
         student: nn.Module,
@@ -116,8 +121,44 @@ class MplStep:
         lrs = {"student": p.student_lr, "teacher": teacher_lr or p.teacher_lr}
         self.opts = {k: torch.optim.AdamW(m.parameters(), lr=lrs[k], weight_decay=p.weight_decay) for k, m in (("student", student), ("teacher", teacher))}
         self.scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(p.steps, p.warmup_steps)) for k, o in self.opts.items()}
+        self.labeled, self.seed, self.eval_batch = labeled, seed, 512
+        self.val: Split | None = None  # the finetune's validation (build() sets it)
+        # the loop's schedule: a log row, a validation and a checkpoint every mpl.checkpoint_every steps
+        self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
         world = ctx.world
         self.par = Parallel(ctx.autocast, lambda h: distributed.mean(torch.tensor([h], dtype=torch.float64), world).item())
+
+    @classmethod
+    def build(cls, run: StudentRun) -> MplStep:
+        """The student against the generation's teacher (a copy of it, which MPL trains)."""
+        assert run.teacher is not None and run.unlabeled is not None
+        teacher, _ = models.load_checkpoint(run.teacher)
+        return cls._with(run, teacher.to(run.ctx.device))
+
+    @classmethod
+    def _with(cls, run: StudentRun, teacher: nn.Module, **kwargs: Any) -> MplStep:
+        assert run.unlabeled is not None
+        p = run.params
+        step = cls(run.student, teacher, p.mpl, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed, **kwargs)
+        step.val, step.eval_batch = run.val, p.evaluate.batch_size
+        return step
+
+    def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
+        """The student finetuned on labeled data (mpl.finetune_epochs), the teacher's weights, both logs."""
+        p = self.p
+        if p.finetune_epochs:
+            finetune = TrainParams(
+                epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
+                label_smoothing=self.sp.label_smoothing, augment="s1",
+            )  # fmt: skip
+            tune = SupervisedStep(kept, finetune, self.labeled, self.ctx, self.seed)
+            kept, tuned, _ = fit(tune, self.ctx, self.seed, log_every=tune.steps_per_epoch, val=self.val, desc=f"{desc} finetune")
+        else:
+            assert self.val is not None
+            tuned = [{"epoch": 0, "val_top1": accuracy(kept, self.val, self.eval_batch, self.ctx.device)["top1"]}]
+        teacher = {k: v.detach().cpu().contiguous() for k, v in getattr(self.teacher, "_orig_mod", self.teacher).state_dict().items()}
+        files = {"mpl_teacher.safetensors": safetensors.torch.save(teacher)}
+        return kept, {"mpl_log.csv": rows, "log.csv": tuned}, files, {"method": self.method, "steps": p.steps, "mpl_val_top1": rows[-1]["val_top1"]}
 
     def batches(self, start: int) -> Iterator[Any]:
         workers = self.ctx.workers
@@ -185,6 +226,16 @@ class MplStep:
 class ReducedMplStep(MplStep):
     """Reduced MPL: `teacher` is a LogitTeacher over `stored` (the large teacher's log-probabilities of every
     unlabeled image, in the split's order); no image passes through a teacher."""
+
+    method = "reduced_mpl"
+
+    @classmethod
+    def build(cls, run: StudentRun) -> MplStep:
+        """A fresh MLP teacher over the stored logits (its initial weights, like every other model's, from the seed)."""
+        assert run.stored is not None
+        runtime.seed_everything(run.params.seed)
+        teacher = LogitTeacher(run.stored.shape[1], run.params.mpl.reduced_hidden)
+        return cls._with(run, teacher.to(run.ctx.device), stored=run.stored)
 
     def __init__(
         self,

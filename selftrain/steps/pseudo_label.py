@@ -19,7 +19,7 @@ from selftrain.data import Split
 from selftrain.losses import build_loss
 from selftrain.params import StudentParams
 from selftrain.steps.supervised import SupervisedStep, image_loader
-from selftrain.train import Context, StepBatches
+from selftrain.train import Context, StepBatches, StudentRun
 
 
 class PseudoLabelStep(SupervisedStep):
@@ -31,6 +31,15 @@ class PseudoLabelStep(SupervisedStep):
         super().__init__(model, p, labeled, ctx, seed)
         self.loss_fn = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
         self.labeled_weight, self.pseudo_weight = self.loss_fn.alpha, p.pseudo_weight
+
+    @classmethod
+    def build(cls, run: StudentRun) -> PseudoLabelStep:
+        """Noisy Student: filter-balance's pseudo-labels; distill: every unlabeled image, the stored teacher's outputs."""
+        pseudo = run.pseudo
+        if pseudo is None:
+            assert run.unlabeled is not None and run.stored is not None
+            pseudo = (run.unlabeled.images, np.exp(run.stored))
+        return cls(run.student, run.params.student, run.labeled, pseudo, run.ctx, run.params.seed)
 
     def _steps_per_epoch(self) -> int:
         return self.pseudo_batches.per_pass

@@ -14,7 +14,7 @@ from selftrain import runtime
 from selftrain.data import Split
 from selftrain.noise import ImageDataset, pil_policy, seed_worker, train_batch
 from selftrain.params import TrainParams
-from selftrain.train import Context, StepBatches, lr_lambda
+from selftrain.train import Context, Finished, StepBatches, lr_lambda
 
 
 def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int) -> torch.utils.data.DataLoader:
@@ -48,6 +48,9 @@ class SupervisedStep:
         # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total, int(p.warmup_epochs * self.steps_per_epoch)))
         self.labeled_weight, self.pseudo_weight = 1.0, 0.0
+        # the loop's schedule: a log row (and every val_every-th a validation) per epoch; checkpoints at runtime's interval
+        self.log_every, self.val_every, self.ema_decay = self.steps_per_epoch, p.val_every, p.ema_decay
+        self.checkpoint_every: int | None = None
 
     def _steps_per_epoch(self) -> int:
         return self.labeled_batches.per_pass
@@ -81,6 +84,10 @@ class SupervisedStep:
             "train_top1": correct.item() / len(y_l),
             "images": len(x),
         }
+
+    def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
+        """The model to save, its logs and files, and what the stage's summary adds: here the epoch log."""
+        return kept, {"log.csv": rows}, {}, {"epochs": self.p.epochs}
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of the batch's pseudo-labeled part (selftrain.steps.pseudo_label); a labeled batch has none."""
