@@ -4,7 +4,7 @@ Calls only the stages' public API, so the same script measures any commit: point
 of the commit to compare (e.g. a `git worktree` of the commit before the one-loop change) and run it
 with that checkout's code:
 
-    python bench/mpl_steps.py [--workers 2] [--steps 60] [--model resnet10t] [--device auto]
+    python bench/mpl_steps.py [--workers 2] [--steps 60] [--batch 32] [--model resnet10t] [--device auto]
 
 It trains a random teacher checkpoint's MPL for `steps` steps on 100 labeled images per class and 4000
 unlabeled (Fashion-MNIST), no finetune, and reports steps/s of the steps after the first log interval
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=32, help="labeled images per step (mpl.batch_size; unlabeled: 3x)")
     ap.add_argument("--model", default="resnet10t")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -41,11 +42,11 @@ def main() -> None:
             "teacher": {"model": args.model},
             "student": {"augment": "noisy_student"},
             "generations": {"gen1": {"model": args.model, "teacher": "gen0", "method": "mpl"}},
-            "mpl": {"steps": args.steps, "checkpoint_every": interval, "finetune_epochs": 0, "uda_ramp_steps": 1},
+            "mpl": {"steps": args.steps, "batch_size": args.batch, "checkpoint_every": interval, "finetune_epochs": 0, "uda_ramp_steps": 1},
             "runtime": {"num_workers": args.workers, "device": args.device},
         }
     )
-    result = {"selftrain": str(Path(selftrain.__file__).parent), "workers": args.workers, "steps": args.steps}
+    result = {"selftrain": str(Path(selftrain.__file__).parent), "workers": args.workers, "steps": args.steps, "batch": args.batch}
     with tempfile.TemporaryDirectory() as work:
         data, teacher = f"{work}/data", f"{work}/teacher.safetensors"
         stages.prepare(params, out=data)

@@ -21,6 +21,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, TaskRunSor
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import ROOT, run, tool_env, write_tiny_params
+from selftrain.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def test_deploy_registers_the_nightly_schedule_pools_and_typed_parameters(deploy
     assert on_demand.schedules == [] and k8s.job_variables == {"image": "selftrain:latest"}
     assert pool.base_job_template == json.loads((ROOT / "k8s/base-job-template.json").read_text())
     schema = on_demand.parameter_openapi_schema["properties"]
-    assert schema["method"]["anyOf"][0]["enum"] == ["noisy_student", "mpl", "reduced_mpl", "distill"]
+    assert schema["method"]["anyOf"][0]["enum"] == list(METHODS)  # the registry's methods
     assert schema["generations"]["anyOf"][0] == {"type": "integer", "exclusiveMinimum": 0}
     # the server checks a run's parameters against that schema before anything runs
     bad = subprocess.run(
