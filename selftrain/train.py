@@ -218,6 +218,7 @@ def fit(
             t0, since, seen, sums = time.perf_counter(), done, 0.0, {}
         if resume and checkpoint_every and done % checkpoint_every == 0 and done < total:
             # every process's own random state and running sums, so that each resumes its own streams (rank 0 writes)
+            saving = time.perf_counter()
             ranks = distributed.gather({"rng": resume_state.rng_state(), "step": step.rank_state(), "seen": seen, "sums": sums}, w)
             if w.main:
                 resume_state.save(
@@ -231,5 +232,8 @@ def fit(
                         "ranks": ranks,
                     },
                 )
+            spent = time.perf_counter() - saving
+            t0 += spent  # the rows' throughput is training's; the log says what a checkpoint costs
+            logger.info("%s: checkpoint at step %d saved in %.1f s", desc, done, spent)
     bar.close()
     return kept, log, start
