@@ -150,11 +150,6 @@ def stage_names() -> tuple[str, ...]:
     return PIPELINE_STAGES + tuple(s for s in method_stages() if s not in PIPELINE_STAGES)
 
 
-def method_of_stage(stage: str) -> Method | None:
-    """The method whose training stage `stage` is (the first registered, for a stage several methods share)."""
-    return next((m for m in METHODS.values() if m.stage == stage), None)
-
-
 def training_stages() -> tuple[str, ...]:
     """The stages that train a model (their pods get /dev/shm and GPUs)."""
     return ("train-teacher", "train-generation", *method_stages())
