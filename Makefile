@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test flow server worker bench
+.PHONY: setup run test flow server worker bench image
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ test: setup
 	ruff format --check .
 	mypy
 	pytest
+
+# The project's image (Dockerfile): VARIANT=cpu (default) or cuda, TAG (default selftrain:VARIANT). docker when a
+# daemon answers, else buildah, whose base image is pulled or made here from Debian's packages (k8s/README.md).
+image:
+	VARIANT=$(VARIANT) TAG=$(TAG) scripts/image.sh
 
 bench: setup
 	python bench/throughput.py

@@ -309,6 +309,7 @@ class KubernetesParams(_Section):
     shm_size: Quantity = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")
     poll_s: float = Field(5.0, gt=0, description="how often the flow reads the Job's state")
     priority_class: str | None = Field("selftrain-training", description="k8s/manifests/priorityclass.yaml's class (null: none)")
+    run_as_user: int = Field(10001, ge=1, description="the image's non-root uid (the Dockerfile's user); pods run as it, under Pod Security 'restricted'")
 
 
 class Params(_Section):

@@ -108,6 +108,17 @@ def stage_argv(stage: str, params_uri: str, result_uri: str, kwargs: dict[str, A
     return argv
 
 
+# Pod Security Standard "restricted" (k8s/manifests/namespace.yaml enforces it): non-root as the image's uid,
+# no privilege escalation, no capabilities, the runtime's default seccomp profile. The root filesystem is
+# read-only too; the image writes only under /tmp (an emptyDir) and /dev/shm.
+CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
+
+
+def pod_security(uid: int) -> dict[str, Any]:
+    """The pod-level securityContext every selftrain pod runs with."""
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def job_manifest(
     params: Params,
     stage: str,
@@ -182,10 +193,12 @@ def job_manifest(
                 "args": argv,
                 "env": env,
                 "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                "securityContext": CONTAINER_SECURITY,
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
             }
         ],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}],
+        "securityContext": pod_security(k.run_as_user),
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}, {"name": "tmp", "emptyDir": {}}],
         "tolerations": tolerations,
     }
     if res.node_pool:

@@ -16,7 +16,8 @@ So this module plays them, simply and in the open, as the Kubernetes documentati
   image's PATH, HOME and PYTHONUNBUFFERED): nothing of the test process's, AWS credentials included. It serves
   its log (`follow` too) and writes the pod's status. An evicted pod gets SIGTERM, then SIGKILL after its
   terminationGracePeriodSeconds (30 by default), and the DisruptionTarget condition.
-Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
+With `image=`, the kubelet runs each container in the project's built image instead (`ImageRuntime`), with
+the pod's security context applied. Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
 Unschedulable), `evict_when(stage, condition)` (a preemption).
 """
 
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -37,6 +40,7 @@ from typing import Any
 import kmock
 import yaml
 from kubernetes import client, config
+from kubernetes.utils import parse_quantity
 
 from conftest import BIN
 
@@ -96,9 +100,96 @@ def _cond(obj: dict[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or [])
 
 
+class ImageRuntime:
+    """The kubelet's container runtime for an image built with buildah (`make image`): each container runs in
+    the image's root filesystem with the pod's volumes and security context, as a CRI runtime would set them
+    up, from util-linux on the host: a private mount namespace, the image's root bind-mounted (read-only with
+    readOnlyRootFilesystem), emptyDirs on their mount paths (tmpfs for medium Memory, sized by sizeLimit),
+    /proc, /sys, /dev and the host's /etc/hosts and resolv.conf; then chroot, and setpriv to the pod's uid and
+    gid with no_new_privs (allowPrivilegeEscalation: false) and no capabilities (drop ALL).
+
+    Why not a real runtime: crun and runc refuse these machines' hybrid cgroup layout, and `buildah run` has no
+    read-only root or user-namespace-free uid switch. What this still does not do: a network namespace (pods
+    share the host's, so they reach a moto endpoint on loopback), a PID namespace (the stage is not PID 1),
+    cgroup limits (memory, CPU), and the seccomp RuntimeDefault profile (nothing here loads one)."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        config_ = image_config(image)
+        self.env = dict(e.split("=", 1) for e in config_.get("Env") or [])
+        self.workdir = config_.get("WorkingDir") or "/"
+        self.user = config_.get("User") or "0"
+        self.container = _buildah("from", "--pull-never", "--quiet", image).strip()
+        self.rootfs = _buildah("mount", self.container).strip()
+
+    def command(self, spec: dict[str, Any], container: dict[str, Any], argv: list[str], env: dict[str, str], poddir: Path) -> list[str]:
+        """The host command that runs `argv` as `container` of the pod with `spec`, in the image."""
+        psc, sc = spec.get("securityContext") or {}, container.get("securityContext") or {}
+        uid = sc.get("runAsUser", psc.get("runAsUser", int(self.user.split(":")[0])))
+        gid = sc.get("runAsGroup", psc.get("runAsGroup", 0))
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) and uid == 0:
+            raise ValueError("container has runAsNonRoot and image will run as root")  # the kubelet's CreateContainerConfigError
+        root = shlex.quote(self.rootfs)
+        lines = [
+            "set -e",
+            f"mount --bind {root} {root}",
+            f"mount --rbind /proc {root}/proc",
+            f"mount --rbind /sys {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+        ]
+        for f in ("/etc/hosts", "/etc/resolv.conf"):
+            lines += [f"[ -e {root}{f} ] || touch {root}{f}", f"mount --bind {f} {root}{f}"]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        for m in container.get("volumeMounts") or []:
+            volume = volumes[m["name"]]
+            target = shlex.quote(self.rootfs + m["mountPath"])
+            lines.append(f"mkdir -p {target}")
+            empty = volume.get("emptyDir")
+            if "hostPath" in volume:  # a test's own folder (no pod of the runner has one: 'restricted' forbids it)
+                lines.append(f"mount --bind {shlex.quote(volume['hostPath']['path'])} {target}")
+                if m.get("readOnly"):
+                    lines.append(f"mount -o remount,bind,ro {target}")
+            elif empty.get("medium") == "Memory":
+                size = int(parse_quantity(empty.get("sizeLimit", "64Mi")))
+                lines.append(f"mount -t tmpfs -o size={size},mode=1777 tmpfs {target}")
+            else:
+                host = poddir / m["name"]
+                host.mkdir(parents=True, exist_ok=True)
+                host.chmod(0o777)  # as the kubelet makes an emptyDir
+                if "fsGroup" in psc:
+                    os.chown(host, -1, psc["fsGroup"])
+                lines.append(f"mount --bind {shlex.quote(str(host))} {target}")
+        if sc.get("readOnlyRootFilesystem"):
+            lines.append(f"mount -o remount,bind,ro {root}")
+        priv = ["setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
+        if sc.get("allowPrivilegeEscalation") is False:
+            priv.append("--no-new-privs")
+        if "ALL" in (sc.get("capabilities") or {}).get("drop", []):
+            priv += ["--inh-caps=-all", "--bounding-set=-all"]
+        inner = [*priv, "env", "-i", "-C", container.get("workingDir", self.workdir), *(f"{k}={v}" for k, v in {**self.env, **env}.items()), *argv]
+        lines.append(f"exec chroot {root} {shlex.join(inner)}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)]
+
+    def close(self) -> None:
+        _buildah("rm", self.container)
+
+
+def image_config(image: str) -> dict[str, Any]:
+    """The image's OCI config: Env, WorkingDir, User, Entrypoint, ..."""
+    return json.loads(_buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
+
+
+def _buildah(*args: str) -> str:
+    proc = subprocess.run(["buildah", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"buildah {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 class FakeCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, image: str | None = None) -> None:
         self.workdir = workdir
+        self.runtime = ImageRuntime(image) if image else None
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.faults: dict[str, str] = {}  # stage -> OOMKilled | ImagePullBackOff | Unschedulable
@@ -194,6 +285,8 @@ class FakeCluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if self.runtime:
+            self.runtime.close()
 
     def _dict(self, obj: Any) -> dict[str, Any]:
         return self.batch.api_client.sanitize_for_serialization(obj)
@@ -355,11 +448,14 @@ class FakeCluster:
                 env[e["name"]] = annotations[key]
         argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
         name = pod["metadata"]["name"]
-        home = self.workdir / "home"
-        home.mkdir(exist_ok=True)
-        image_env = {"PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        if self.runtime:
+            argv, env = self.runtime.command(pod["spec"], container, argv, env, self.workdir / "pods" / name), {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        else:
+            home = self.workdir / "home"
+            home.mkdir(exist_ok=True)
+            env = {"PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
         with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env={**image_env, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._set_status(
             name,
             {

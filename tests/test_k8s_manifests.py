@@ -1,14 +1,19 @@
 """k8s/: every manifest, and the Job the work pool's base job template renders to, validate against the
-Kubernetes schemas (kubernetes-validate, strict: an unknown or misspelt field is an error)."""
+Kubernetes schemas (kubernetes-validate, strict: an unknown or misspelt field is an error); every pod the
+runner or the template makes meets the Pod Security Standard "restricted" the namespace enforces."""
 
+import copy
 import json
 
 import kubernetes_validate
 import pytest
 import yaml
+from pod_security import violations
 from prefect.utilities.templating import apply_values
 
 from conftest import ROOT
+from selftrain.params import load_params
+from tasks.kubernetes import job_manifest, resources_for
 
 K8S_VERSION = "1.31.0"  # the oldest minor the manifests must work on (podFailurePolicy is GA from 1.31)
 CRDS = {"kueue.x-k8s.io/v1beta1"}  # optional add-ons: no schema ships with kubernetes-validate
@@ -65,3 +70,67 @@ def test_a_misspelt_field_is_caught():
     job["spec"]["template"]["spec"]["nodeSelecter"] = job["spec"]["template"]["spec"].pop("nodeSelector")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def runner_jobs() -> dict[str, dict]:
+    """One Job of each shape the runner makes: a GPU stage, an Indexed infer, a multi-node torchrun student."""
+    params = load_params(
+        ROOT / "params.yaml",
+        {
+            "kubernetes.enabled": True,
+            "infer.parts": 4,
+            "resources": {
+                "train-teacher": {"gpu": 1, "node_pool": "gpu"},
+                "infer": {"gpu": 1, "parallelism": 2},
+                "train-student": {"gpu": 8, "nodes": 2, "node_pool": "a100"},
+                "evaluate": {"cpu": "2"},
+            },
+        },
+    )
+    shapes = {"train-teacher": {}, "infer": {"parts": 4}, "train-student": {}, "evaluate": {}}
+    return {
+        stage: job_manifest(params, stage, f"st-{stage}-gen1-0", [stage, "--out", "s3://b/x"], resources_for(params, stage), generation="gen1", **kw)
+        for stage, kw in shapes.items()
+    }
+
+
+def test_every_pod_the_runner_and_the_template_make_meets_pod_security_restricted():
+    jobs = {**runner_jobs(), "prefect flow run (base job template)": rendered_job()}
+    for name, job in jobs.items():
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        template = job["spec"]["template"]
+        assert violations(template["spec"], (template.get("metadata") or {}).get("annotations")) == [], name
+        pod, container = template["spec"], template["spec"]["containers"][0]
+        # the image's uid, and a read-only root with writable /tmp and /dev/shm (the image writes nowhere else)
+        assert pod["securityContext"]["runAsUser"] == 10001 and container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
+
+
+@pytest.mark.parametrize(
+    "change,rule",
+    [
+        (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"), "Privilege Escalation"),
+        (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "Capabilities"),
+        (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "Capabilities"),
+        (lambda p: p["securityContext"].pop("runAsNonRoot"), "Running as Non-root"),
+        (lambda p: p["securityContext"].update(runAsUser=0), "Running as Non-root user"),
+        (lambda p: p["securityContext"].pop("seccompProfile"), "Seccomp"),
+        (lambda p: p["containers"][0]["securityContext"].update(seccompProfile={"type": "Unconfined"}), "Seccomp"),
+        (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/data"}}), "HostPath Volumes"),
+        (lambda p: p.update(hostNetwork=True), "Host Namespaces"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "Privileged Containers"),
+        (lambda p: p["containers"][0].update(ports=[{"containerPort": 29500, "hostPort": 29500}]), "Host Ports"),
+    ],
+)
+def test_the_pod_security_check_refuses_what_restricted_refuses(change, rule):
+    pod = copy.deepcopy(runner_jobs()["train-teacher"]["spec"]["template"]["spec"])
+    change(pod)
+    assert any(v.startswith(rule + ":") for v in violations(pod)), (rule, violations(pod))
+
+
+def test_the_namespace_enforces_pod_security_restricted():
+    ns = yaml.safe_load((ROOT / "k8s/manifests/namespace.yaml").read_text())
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert ns["metadata"]["name"] == load_params(ROOT / "params.yaml").kubernetes.namespace
