@@ -3,22 +3,25 @@ across flow runs (the nightly run's gen1 table next to last night's)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import base64
 from typing import Any
 
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from selftrain import artifacts
 from selftrain.layout import Generation
 from selftrain.report import balance_table, generation_table
 
 
-def _link(uri: str) -> str:
-    return Path(uri).resolve().as_uri() if artifacts.is_local(uri) else uri
+def inline_png(uri: str, alt: str) -> str:
+    """Markdown that shows the PNG at `uri` in place: the image itself as a data URI, which the UI renders
+    wherever the file lives (a `file://` link does nothing in a browser, and the worker's disk or a private
+    bucket is not the browser's)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(artifacts.read_bytes(uri)).decode()})"
 
 
 def publish_generation(g: Generation, name: str, method: str, metrics: dict[str, Any], promoted: dict[str, Any], report_files: list[str]) -> None:
-    """Markdown tables (teacher vs student with the gate's verdict; pseudo-labels per class) and a link per PNG plot."""
+    """Markdown tables (teacher vs student with the gate's verdict; pseudo-labels per class) and each PNG plot, in place."""
     create_markdown_artifact(
         f"# {name} ({method}): teacher vs student\n\n{generation_table(metrics, promoted)}",
         key=f"{name}-results",
@@ -30,5 +33,6 @@ def publish_generation(g: Generation, name: str, method: str, metrics: dict[str,
     )
     for file in report_files:
         if file.endswith(".png"):
+            uri = artifacts.join(g.report, file)
             stem = file.removesuffix(".png").replace("_", "-")
-            create_link_artifact(_link(artifacts.join(g.report, file)), link_text=f"{name}: {file}", key=f"{name}-{stem}", description=f"{name}: plot {file}")
+            create_markdown_artifact(f"{inline_png(uri, f'{name}: {file}')}\n\n`{uri}`", key=f"{name}-{stem}", description=f"{name}: plot {file}")

@@ -1,4 +1,4 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `check-data`, `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -16,6 +16,7 @@ from typing import Any
 from selftrain import artifacts, distributed, failures, lineage, models, registry
 from selftrain import plan as capacity
 from selftrain import promote as promotion
+from selftrain.data.splits import check_data
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -85,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar=metavar,
                     help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
                 )
+    cd = sub.add_parser(
+        "check-data",
+        help="check the whole input tree (data.folders) and list every bad file and folder with the reason; exit 2 if any, 0 if none",
+        description="Reads every image of data.folders as prepare would, writes nothing, and lists every problem at once: "
+        "unreadable, truncated, zero-byte or non-image files, images outside class folders, empty class folders, "
+        "val/test classes the labeled set lacks, missing folders, unusable splits. prepare runs the same check "
+        "before it writes anything; data.skip_bad: true makes it leave the bad files out instead.",
+    )
+    cd.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    cd.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
     sm = sub.add_parser(
         "summary",
         help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
@@ -229,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
             table, finished = summary(load_params(args.params), args.root, args.until)
             print(table)
             return 0 if finished else 1
+        if args.command == "check-data":
+            params = load_params(args.params, dict(args.overrides))
+            problems = check_data(params.data, params.seed)
+            for p in problems:
+                print(p)
+            source = params.data.folders.model_dump() if params.data.folders else params.data.source
+            print(f"{len(problems)} problem(s) in {source}" if problems else f"no problems in {source}", file=sys.stderr)
+            return failures.EXIT_BAD_INPUT if problems else 0
         params = load_params(args.params, dict(args.overrides))
         models.check_params(params, args.params)
         fn = STAGES[args.command]

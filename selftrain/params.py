@@ -45,6 +45,9 @@ class DataParams(_Section):
     folders: FolderSources | None = None
     image_size: int = Field(28, ge=8)
     channels: Literal[1, 3] = 1
+    skip_bad: bool = Field(
+        False, description="folders: leave out bad files (unreadable, truncated, not an image, empty) with a warning listing each, instead of stopping"
+    )
 
     @model_validator(mode="after")
     def _folders_given(self) -> DataParams:

@@ -155,3 +155,16 @@ def one_try_s3(s3_server, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     yield s3_server
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's temporary server while pytest's captured stderr is still open.
+
+    Prefect stops it in an atexit hook that logs "Stopping temporary server" through its console handler,
+    whose stream is pytest's capture file by then closed: a "Logging error ... I/O operation on closed
+    file" traceback after every run. Prefect keeps its servers in a private registry; nothing public
+    lists them."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()

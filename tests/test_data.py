@@ -3,18 +3,23 @@
 import functools
 import gzip
 import http.server
+import json
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from conftest import write_image
+from conftest import BIN, ROOT, write_image
+from selftrain import stages
 from selftrain.data import DataError, fashion_mnist
-from selftrain.data.splits import make_splits
-from selftrain.params import DataParams, FolderSources
+from selftrain.data.folders import BadInput
+from selftrain.data.splits import check_data, make_splits
+from selftrain.params import DataParams, FolderSources, load_params
 
 
 def fm_params(**kw) -> DataParams:
@@ -114,36 +119,36 @@ def test_folders_are_read_resized_and_labeled(image_tree):
 def test_corrupt_image_is_named(image_tree):
     bad = image_tree / "val" / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(DataError, match="cannot read image '.*val/dog/broken.png'"):
+    with pytest.raises(DataError, match="val/dog/broken.png: truncated image"):
         make_splits(folder_params(image_tree), seed=0)
     # a real image cut short (an interrupted copy): the header reads, the pixels do not
     bad.unlink()
     good = image_tree / "val" / "dog" / "cut.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, quality=95)
     good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(DataError, match="cannot read image '.*val/dog/cut.jpg': image file is truncated"):
+    with pytest.raises(DataError, match="val/dog/cut.jpg: truncated image .*image file is truncated"):
         make_splits(folder_params(image_tree), seed=0)
 
 
 def test_image_outside_class_folders_is_named(image_tree):
     write_image(image_tree / "labeled" / "stray.png", 5)
-    with pytest.raises(DataError, match="stray.png' lies at its top level"):
+    with pytest.raises(DataError, match="labeled/stray.png: image outside the class folders"):
         make_splits(folder_params(image_tree), seed=0)
 
 
 def test_empty_class_folder_and_missing_folder(image_tree):
     (image_tree / "labeled" / "bird").mkdir()
-    with pytest.raises(DataError, match="class folder '.*labeled/bird' has no images"):
+    with pytest.raises(DataError, match="labeled/bird: empty class folder"):
         make_splits(folder_params(image_tree), seed=0)
     shutil.rmtree(image_tree / "labeled" / "bird")
     shutil.rmtree(image_tree / "test")
-    with pytest.raises(DataError, match="folder '.*test' not found"):
+    with pytest.raises(DataError, match="test: folder not found"):
         make_splits(folder_params(image_tree), seed=0)
 
 
 def test_unknown_class_in_val_and_one_class_labeled_set(image_tree):
     write_image(image_tree / "val" / "fox" / "0.png", 9)
-    with pytest.raises(DataError, match=r"class folder\(s\) \['fox'\] not among the labeled classes"):
+    with pytest.raises(DataError, match=r"val/fox: class folder not among the labeled classes \['cat', 'dog'\]"):
         make_splits(folder_params(image_tree), seed=0)
     shutil.rmtree(image_tree / "val" / "fox")
     shutil.rmtree(image_tree / "labeled" / "dog")
@@ -156,5 +161,63 @@ def test_unknown_class_in_val_and_one_class_labeled_set(image_tree):
 def test_empty_unlabeled_folder(image_tree):
     shutil.rmtree(image_tree / "unlabeled")
     (image_tree / "unlabeled").mkdir()
-    with pytest.raises(DataError, match="unlabeled folder .* holds no images"):
+    with pytest.raises(DataError, match="unlabeled: unlabeled folder holds no images"):
         make_splits(folder_params(image_tree), seed=0)
+
+
+def _seed_every_problem(tree: Path) -> dict[str, str]:
+    """Every kind of bad file and folder a user tree can hold; path (relative) -> the reason's first words."""
+    (tree / "labeled" / "cat" / "empty.png").write_bytes(b"")
+    (tree / "labeled" / "dog" / "notes.jpg").write_bytes(b"these are my notes, not a photo")
+    (tree / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cut = tree / "test" / "cat" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    write_image(tree / "val" / "stray.png", 5)
+    write_image(tree / "test" / "fox" / "0.png", 9)
+    (tree / "val" / "cat" / "sub").mkdir()
+    shutil.rmtree(tree / "val" / "cat")
+    (tree / "val" / "cat").mkdir()
+    write_image(tree / "unlabeled" / "sub" / "ok.png", 3)
+    (tree / "unlabeled" / "sub" / "zero.gif").write_bytes(b"")
+    return {
+        "labeled/cat/empty.png": "empty file (zero bytes)",
+        "labeled/dog/notes.jpg": "not an image",
+        "val/dog/broken.png": "truncated image",
+        "test/cat/cut.jpg": "truncated image",
+        "val/stray.png": "image outside the class folders",
+        "test/fox": "class folder not among the labeled classes",
+        "val/cat": "empty class folder",
+        "unlabeled/sub/zero.gif": "empty file (zero bytes)",
+    }
+
+
+def test_check_data_lists_every_problem_of_the_tree_in_one_run(image_tree, tmp_path):
+    expected = _seed_every_problem(image_tree)
+    params = load_params(ROOT / "params.yaml", {"data": folder_params(image_tree).model_dump()})
+    problems = check_data(params.data, seed=0)
+    found = {str(Path(p.path).relative_to(image_tree)): p.reason for p in problems}
+    assert found.keys() == expected.keys()
+    assert all(found[k].startswith(v) for k, v in expected.items()), found
+    assert "BytesIO" not in "".join(found.values())  # words, not Pillow's object reprs
+    # the CLI: every problem on its own line, exit status 2, nothing written
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    proc = subprocess.run([str(BIN / "selftrain"), "check-data", "--params", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stdout.splitlines()) == len(expected) and "8 problem(s)" in proc.stderr
+    proc = subprocess.run([str(BIN / "selftrain"), "prepare", "--params", str(path), "--out", str(tmp_path / "data")], capture_output=True, text=True)
+    assert proc.returncode == 2 and all(k in proc.stderr for k in expected) and not (tmp_path / "data").exists()
+
+
+def test_skip_bad_leaves_the_bad_files_out_and_records_them(image_tree, tmp_path):
+    expected = _seed_every_problem(image_tree)
+    params = load_params(ROOT / "params.yaml", {"data": {**folder_params(image_tree).model_dump(), "skip_bad": True}})
+    summary = stages.prepare(params, out=str(tmp_path / "data"))
+    assert {str(Path(s["path"]).relative_to(image_tree)) for s in summary["skipped"]} == expected.keys()
+    assert summary["sizes"] == {"labeled": 6, "unlabeled": 5, "val": 2, "test": 4}  # the good images only
+    assert json.loads((tmp_path / "data" / "summary.json").read_text())["skipped"] == summary["skipped"]
+    # what skipping cannot mend still stops it: a labeled class with no readable image
+    for f in (image_tree / "labeled" / "dog").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(BadInput, match=r"labeled/dog: no readable image in this labeled class(?s:.*)data.skip_bad cannot leave out"):
+        stages.prepare(params, out=str(tmp_path / "again"))

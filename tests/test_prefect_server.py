@@ -5,12 +5,13 @@ One tiny generation runs three times through the deployment: first for real, the
 (every stage Cached, in a new flow-run process), then with one evaluate param changed (only the stages DVC
 reruns for it run again)."""
 
+import base64
 import json
+import re
 import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -142,8 +143,10 @@ def test_deployment_runs_on_a_worker_then_hits_the_cache(deployed, tmp_path):
     assert f"{100 * metrics['student']['test_top1']:.2f} %" in results and "promoted: **" in results and "mCE" in results
     counts = json.loads((tmp_path / "run/gen1/pseudo/counts.json").read_text())
     assert all(f"| {name} | {c['predicted']} |" in by_key["gen1-balance"].data for name, c in counts["per_class"].items())
-    link = by_key["gen1-class-counts"].data
-    assert link.startswith("[") and Path(link.split("](")[1].rstrip(")").removeprefix("file://")).read_bytes()[:4] == b"\x89PNG"
+    # each plot is in the artifact itself (a data URI the UI shows in place), byte for byte the report's PNG
+    for key, png in (("gen1-class-counts", "class_counts.png"), ("gen1-accuracy", "accuracy.png")):
+        inline = re.search(r"!\[[^]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", by_key[key].data)
+        assert inline and base64.b64decode(inline.group(1)) == (tmp_path / "run/gen1/report" / png).read_bytes(), key
 
     again = _run_deployment(deployed, params)
     state, cached, _ = _states(again)

@@ -2,28 +2,61 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from selftrain.data import UNLABELED, DataError, Split, fashion_mnist, folders
 from selftrain.params import DataParams
 
+log = logging.getLogger("selftrain")
+
 
 def make_splits(p: DataParams, seed: int) -> dict[str, Split]:
+    """The splits; refuses input with any problem unless `data.skip_bad` leaves the bad files out."""
+    return read_splits(p, seed)[0]
+
+
+def read_splits(p: DataParams, seed: int) -> tuple[dict[str, Split], list[folders.Problem]]:
+    """The splits and the problems left out of them (only with `data.skip_bad`; otherwise any problem raises
+    BadInput naming every one of them)."""
     if p.source == "fashion_mnist":
         splits = _fashion_mnist(p, seed)
-    else:
-        assert p.folders is not None  # enforced by DataParams
-        labeled = folders.read_class_folders(p.folders.labeled, p.image_size, p.channels)
-        splits = {
-            "labeled": labeled,
-            "unlabeled": folders.read_image_folder(p.folders.unlabeled, p.image_size, p.channels, labeled.classes),
-            "val": folders.read_class_folders(p.folders.val, p.image_size, p.channels, labeled.classes),
-            "test": folders.read_class_folders(p.folders.test, p.image_size, p.channels, labeled.classes),
-        }
-        if p.folders.holdout:
-            splits["holdout"] = folders.read_class_folders(p.folders.holdout, p.image_size, p.channels, labeled.classes)
+        check_splits(splits)
+        return splits, []
+    assert p.folders is not None  # enforced by DataParams
+    problems: list[folders.Problem] = []
+    size, channels = p.image_size, p.channels
+    labeled = folders.read_class_folders(p.folders.labeled, size, channels, problems, labeled=True)
+    classes = labeled.classes if labeled is not None else None
+    # every folder is read even when an earlier one is unusable, so one run names every problem
+    read = {
+        "labeled": labeled,
+        "unlabeled": folders.read_image_folder(p.folders.unlabeled, size, channels, classes or (), problems),
+        "val": folders.read_class_folders(p.folders.val, size, channels, problems, classes),
+        "test": folders.read_class_folders(p.folders.test, size, channels, problems, classes),
+    }
+    if p.folders.holdout:
+        read["holdout"] = folders.read_class_folders(p.folders.holdout, size, channels, problems, classes)
+    if problems and not (p.skip_bad and all(q.skippable for q in problems)):
+        raise folders.BadInput(problems)
+    if problems:
+        log.warning("data.skip_bad: left out %d bad file(s) or folder(s):\n%s", len(problems), "\n".join(f"  {q}" for q in problems))
+    splits = {name: s for name, s in read.items() if s is not None}
     check_splits(splits)
-    return splits
+    return splits, problems
+
+
+def check_data(p: DataParams, seed: int) -> list[folders.Problem]:
+    """Every problem of the input data at once (nothing is written): bad files and folders, then what makes
+    the splits unusable (an empty split, a class missing from the labeled set)."""
+    try:
+        read_splits(p.model_copy(update={"skip_bad": False}), seed)
+    except folders.BadInput as e:
+        return e.problems
+    except DataError as e:
+        return [folders.Problem("(splits)", str(e), skippable=False)]
+    return []
 
 
 def check_splits(splits: dict[str, Split]) -> None:
