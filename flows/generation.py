@@ -52,7 +52,16 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
             promoted=g.promoted,
             out=g.lineage,
         )
-        report = stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
+        report = stages.report(
+            params,
+            promoted=g.promoted,
+            pseudo=g.pseudo,
+            metrics=g.metrics,
+            out=g.report,
+            data=g.data,
+            logits_store=g.logits,
+            previous_logits=Generation(root, params.generations[name].teacher).logits,
+        )
     get_run_logger().info("%s:\n%s", name, generation_table(metrics, promoted))
     publish_generation(g, name, method.name, metrics, promoted, report["files"])
     return promoted

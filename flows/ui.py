@@ -33,6 +33,11 @@ def publish_generation(g: Generation, name: str, method: str, metrics: dict[str,
     )
     for file in report_files:
         if file.endswith(".png"):
-            uri = artifacts.join(g.report, file)
-            stem = file.removesuffix(".png").replace("_", "-")
-            create_markdown_artifact(f"{inline_png(uri, f'{name}: {file}')}\n\n`{uri}`", key=f"{name}-{stem}", description=f"{name}: plot {file}")
+            publish_plot(artifacts.join(g.report, file), name)
+
+
+def publish_plot(uri: str, generation: str) -> str:
+    """One PNG plot of a generation's report as a markdown artifact keyed `<generation>-<plot>`; its id."""
+    file = uri.rsplit("/", 1)[-1]
+    key = f"{generation}-{file.removesuffix('.png').replace('_', '-')}"
+    return str(create_markdown_artifact(f"{inline_png(uri, f'{generation}: {file}')}\n\n`{uri}`", key=key, description=f"{generation}: plot {file}"))

@@ -1,4 +1,4 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `check-data`, `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `check-data`, `gallery`, `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -22,6 +22,7 @@ from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from selftrain.reproduce import ReproduceError, reproduce
 from selftrain.stages import STAGES
+from selftrain.stages.reporting import pseudo_label_gallery
 
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
@@ -38,6 +39,7 @@ ARG_HELP = {
     "resume": "where the MPL loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage finishes)",
     "part": "infer only, with params infer.parts > 1: infer this part (0..parts-1) only, not the whole store; "
     "on Kubernetes each pod of an Indexed Job runs one part",
+    "previous_logits": "report only: the previous generation's logit store, to show which pseudo-labels changed (skipped when absent)",
     "dvc_lock": "dvc.lock, whose stage hashes the lineage record copies (what dvc.yaml passes; a flow has none)",
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
@@ -86,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar=metavar,
                     help=ARG_HELP[arg.name] + (" (optional)" if optional else ""),
                 )
+    ga = sub.add_parser(
+        "gallery",
+        help="render the pseudo-label gallery of a generation under a root (what report writes as gallery.png): "
+        "unlabeled images per class by the teacher's confidence, kept / dropped / duplicated, changed labels, confident mistakes",
+    )
+    ga.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    ga.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
+    ga.add_argument("--generation", required=True, metavar="GEN", help="gen1, gen2, ...")
+    ga.add_argument("--out", default="gallery.png", help="the PNG to write (default: %(default)s)")
     cd = sub.add_parser(
         "check-data",
         help="check the whole input tree (data.folders) and list every bad file and folder with the reason; exit 2 if any, 0 if none",
@@ -240,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             table, finished = summary(load_params(args.params), args.root, args.until)
             print(table)
             return 0 if finished else 1
+        if args.command == "gallery":
+            params = load_params(args.params)
+            g = Generation(args.root, args.generation)
+            previous = Generation(args.root, params.generations[args.generation].teacher).logits if args.generation in params.generations else None
+            png, counted = pseudo_label_gallery(params, args.generation, g.data, g.logits, g.pseudo, previous)
+            artifacts.write_bytes(args.out, png)
+            print(json.dumps(counted, indent=1))
+            return 0
         if args.command == "check-data":
             params = load_params(args.params, dict(args.overrides))
             problems = check_data(params.data, params.seed)

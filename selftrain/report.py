@@ -100,8 +100,9 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into `out`."""
+def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metrics: dict[str, Any], gallery: dict[str, bytes] | None = None) -> list[str]:
+    """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into `out`,
+    and the pseudo-label gallery's files when given (gallery.png, gallery.json)."""
     plt = pyplot()
 
     history = record["history"]
@@ -147,12 +148,14 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     files["class_counts.png"] = png_bytes(fig)
     plt.close("all")
     files.update(robustness_files(metrics))
+    files.update(gallery or {})
 
     files["report.md"] = (
         f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n## This generation\n\n{generation_table(metrics)}\n\n"
         f"## Pseudo-labels per class\n\n{balance_table(counts)}\n\n"
         "![accuracy](accuracy.png)\n![confidence](confidence.png)\n![per-class counts](class_counts.png)\n"
         + ("![error vs severity](corruption_error.png)\n" if "corruption_error.png" in files else "")
+        + ("\n## Pseudo-label gallery\n\n![pseudo-label gallery](gallery.png)\n" if "gallery.png" in files else "")
     ).encode()
     for name, data in files.items():
         artifacts.write_bytes(artifacts.join(out, name), data)

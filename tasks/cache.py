@@ -25,7 +25,8 @@ from selftrain.params import Params
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUTPUTS = {"train-teacher": ("out", "promoted")}  # every other stage writes `out` only
-NOT_HASHED = ("params", "generation", "resume", "dvc_lock")  # a params object, a name, a scratch path, DVC's own record
+# a params object, a name, a scratch path, DVC's own record, a display-only input (not a dvc.yaml dep either)
+NOT_HASHED = ("params", "generation", "resume", "dvc_lock", "previous_logits")
 
 
 @functools.cache

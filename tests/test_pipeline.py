@@ -87,6 +87,16 @@ def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
     assert not (repo / "artifacts/gen2/student.resume").exists()  # the resume checkpoint goes once the stage is done
     moons = json.loads((repo / "artifacts/twomoons/results.json").read_text())
     assert moons["seeds"] == [0] and 0.5 <= moons["mpl"]["mean"] <= 1
+    # each generation's pseudo-label gallery: a picture, and per-class counts that are filter-balance's own
+    for g in GENS:
+        assert (repo / f"artifacts/{g}/report/gallery.png").read_bytes()[:4] == b"\x89PNG"
+        shown = json.loads((repo / f"artifacts/{g}/report/gallery.json").read_text())
+        counts = json.loads((repo / f"artifacts/{g}/pseudo/counts.json").read_text())
+        for name, c in counts["per_class"].items():
+            assert (shown["per_class"][name]["predicted"], shown["per_class"][name]["after_balance"]) == (c["predicted"], c["after_balance"]), (g, name)
+        assert 0 <= shown["kept_correct"] <= 1  # the embedded data set's withheld labels: the confident mistakes panel
+    assert "changed_since_previous" not in json.loads((repo / "artifacts/gen1/report/gallery.json").read_text())  # gen0 has no store
+    assert json.loads((repo / "artifacts/gen2/report/gallery.json").read_text())["changed_since_previous"] >= 0
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     severity = next(v for k, v in plots.items() if k.startswith("gen1 top-1 error"))
     fields = {row["field"] for row in severity[0]["content"]["data"]["values"]}

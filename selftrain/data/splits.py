@@ -114,3 +114,12 @@ def _fashion_mnist(p: DataParams, seed: int) -> dict[str, Split]:
         "test": take(test_x, test_y, test_rows, "t10k"),
         **({"holdout": take(train_x, train_y, holdout, "train")} if len(holdout) else {}),
     }
+
+
+def withheld_labels(p: DataParams, ids: np.ndarray) -> np.ndarray | None:
+    """The true labels of unlabeled images, where the source has them (the embedded Fashion-MNIST: its
+    unlabeled split only withholds them); None for a user's folders."""
+    if p.source != "fashion_mnist":
+        return None
+    _, train_y, _, _ = fashion_mnist.load(p.fashion_mnist_dir)
+    return train_y[np.array([int(str(i).split("-", 1)[1]) for i in ids], dtype=np.int64)].astype(np.int64)

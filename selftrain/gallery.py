@@ -1,0 +1,139 @@
+"""The pseudo-label gallery: which unlabeled images the teacher called what, how sure it was, and what
+filtering and balancing did with each (kept, dropped, duplicated); the images whose pseudo-label changed
+since the previous generation; and, where the true labels are known, the teacher's confident mistakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from selftrain import artifacts, logits
+from selftrain.data import load_split
+from selftrain.report import png_bytes, pyplot
+
+KEPT, DROPPED, DUPLICATED = "#2e7d32", "#c62828", "#1565c0"  # frame colours: green, red, blue
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The teacher's call on every unlabeled row: its class and confidence (probability of that class)."""
+
+    label: np.ndarray  # int64 (N,)
+    confidence: np.ndarray  # float64 (N,)
+
+    @classmethod
+    def from_store(cls, uri: str) -> Teacher:
+        store = logits.read_store(uri)
+        if store.indices is not None:  # top-k rows are in descending order
+            return cls(store.indices[:, 0].astype(np.int64), np.exp(store.values[:, 0].astype(np.float64)))
+        log_probs = store.values.astype(np.float64)
+        return cls(log_probs.argmax(1), np.exp(log_probs.max(1)))
+
+
+def copies_per_row(pseudo: str, rows: int) -> np.ndarray:
+    """How many times filter-balance put each unlabeled row in the student's set (0: dropped)."""
+    picked = artifacts.load_shards(pseudo, "pseudo")["rows"]
+    return np.bincount(picked.astype(np.int64), minlength=rows)
+
+
+def counts(teacher: Teacher, copies: np.ndarray, classes: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Per class (the teacher's call): predicted, kept (once or more), dropped, duplicated (more than once),
+    after_balance (with copies) — the same per-class figures as filter-balance's counts.json."""
+    out = {}
+    for c, name in enumerate(classes):
+        mine = copies[teacher.label == c]
+        out[name] = {
+            "predicted": int(len(mine)),
+            "kept": int((mine > 0).sum()),
+            "dropped": int((mine == 0).sum()),
+            "duplicated": int((mine > 1).sum()),
+            "after_balance": int(mine.sum()),
+        }
+    return out
+
+
+def _spread(order: np.ndarray, n: int) -> np.ndarray:
+    """`n` items of `order` evenly spaced from its first to its last (all when there are fewer)."""
+    if len(order) <= n:
+        return order
+    return order[np.linspace(0, len(order) - 1, n).round().astype(int)]
+
+
+def render(
+    images: np.ndarray,
+    classes: tuple[str, ...],
+    teacher: Teacher,
+    copies: np.ndarray,
+    title: str,
+    previous: Teacher | None = None,
+    truth: np.ndarray | None = None,
+    per_class: int = 10,
+) -> bytes:
+    """The gallery as PNG bytes: one row per class, the teacher's confidence falling left to right (spread over
+    the whole range, so the kept and the dropped both show), a frame for what balancing did; then the rows
+    that changed class since the previous teacher, and the confident mistakes where the truth is known."""
+    plt = pyplot()
+    extra = [("pseudo-label changed since the previous generation", previous is not None), ("confident mistakes (truth known)", truth is not None)]
+    panels = [name for name, shown in extra if shown]
+    nrows = len(classes) + len(panels)
+    fig, axes = plt.subplots(nrows, per_class, figsize=(per_class * 1.05, nrows * 1.25), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def tile(ax: Any, row: Any, caption: str) -> None:
+        img = images[row]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        n = copies[row]
+        colour = DROPPED if n == 0 else DUPLICATED if n > 1 else KEPT
+        ax.add_patch(plt.Rectangle((-0.5, -0.5), img.shape[1], img.shape[0], fill=False, edgecolor=colour, linewidth=3))
+        ax.set_title(caption, fontsize=6, color=colour)
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for c, name in enumerate(classes):
+        mine = np.flatnonzero(teacher.label == c)
+        order = mine[np.argsort(-teacher.confidence[mine], kind="stable")]
+        axes[c, 0].text(-0.15, 0.5, name, transform=axes[c, 0].transAxes, ha="right", va="center", fontsize=8)
+        for j, row in enumerate(_spread(order, per_class)):
+            mark = "dropped" if copies[row] == 0 else f"x{copies[row]}" if copies[row] > 1 else "kept"
+            tile(axes[c, j], row, f"{teacher.confidence[row]:.2f} {mark}")
+    r = len(classes)
+    if previous is not None:
+        changed = np.flatnonzero(previous.label != teacher.label)
+        changed = changed[np.argsort(-teacher.confidence[changed], kind="stable")][:per_class]
+        axes[r, 0].text(-0.15, 0.5, "changed", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        for j, row in enumerate(changed):
+            tile(axes[r, j], row, f"{classes[previous.label[row]][:8]}>{classes[teacher.label[row]][:8]}")
+        r += 1
+    if truth is not None:
+        wrong = np.flatnonzero((truth != teacher.label) & (copies > 0))
+        wrong = wrong[np.argsort(-teacher.confidence[wrong], kind="stable")][:per_class]
+        axes[r, 0].text(-0.15, 0.5, "mistakes", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        for j, row in enumerate(wrong):
+            tile(axes[r, j], row, f"{classes[teacher.label[row]][:8]} (is {classes[truth[row]][:8]})")
+    legend = "frame: green kept, blue duplicated by balancing (xN copies), red dropped; caption: teacher confidence"
+    fig.suptitle(f"{title}\n{legend}", fontsize=8)
+    data = png_bytes(fig)
+    plt.close(fig)
+    return data
+
+
+def gallery(
+    data: str, logits_store: str, pseudo: str, title: str, previous_logits: str | None = None, truth: np.ndarray | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """The gallery PNG of one generation and its per-class counts."""
+    unlabeled = load_split(data, "unlabeled")
+    teacher = Teacher.from_store(logits_store)
+    copies = copies_per_row(pseudo, len(unlabeled))
+    previous = Teacher.from_store(previous_logits) if previous_logits and artifacts.exists(previous_logits) else None
+    png = render(unlabeled.images, unlabeled.classes, teacher, copies, title, previous, truth)
+    summary: dict[str, Any] = {"per_class": counts(teacher, copies, unlabeled.classes)}
+    if previous is not None:
+        summary["changed_since_previous"] = int((previous.label != teacher.label).sum())
+    if truth is not None:
+        kept = copies > 0
+        summary["kept_correct"] = float((truth[kept] == teacher.label[kept]).mean()) if kept.any() else None
+    return png, summary
