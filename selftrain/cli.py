@@ -46,6 +46,10 @@ ARG_HELP = {
 }
 
 
+def _params_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+
+
 def _override(text: str) -> tuple[str, Any]:
     try:
         return parse_override(text)
@@ -63,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in STAGES.items():
         doc = inspect.getdoc(fn) or ""
         sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
-        sp.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+        _params_option(sp)
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="render the pseudo-label gallery of a generation under a root (what report writes as gallery.png): "
         "unlabeled images per class by the teacher's confidence, kept / dropped / duplicated, changed labels, confident mistakes",
     )
-    ga.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(ga)
     ga.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     ga.add_argument("--generation", required=True, metavar="GEN", help="gen1, gen2, ...")
     ga.add_argument("--out", default="gallery.png", help="the PNG to write (default: %(default)s)")
@@ -105,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         "val/test classes the labeled set lacks, missing folders, unusable splits. prepare runs the same check "
         "before it writes anything; data.skip_bad: true makes it leave the bad files out instead.",
     )
-    cd.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(cd)
     cd.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
     sm = sub.add_parser(
         "summary",
         help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
         "ran to its end or a gate stopped it, 1 when a generation did not finish",
     )
-    sm.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(sm)
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     sm.add_argument("--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)")
     ln = sub.add_parser(
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the chain of generations that made a model, back to the labeled data: "
         "each model, teacher, data, logits and pseudo-labels by content hash, its accuracy and git commit",
     )
-    ln.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(ln)
     ln.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
     ln.add_argument("--generation", metavar="GEN", help="start from this generation (default: the last one with a lineage.json)")
     ln.add_argument("--png", metavar="PATH", help="also draw the chain as a picture into this PNG file (local path or s3://)")
@@ -148,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give each committed, promoted model a git tag teacher@vK.N.0 (K: its generation) whose message "
         "names generation, method, model, metrics and checkpoint, so the current teacher can be fetched by name",
     )
-    tg.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(tg)
     tg.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
     tg.add_argument("--push", metavar="REMOTE", help="also push the new tags to this git remote")
     tc = sub.add_parser(
@@ -161,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="size a node pool: per GPU stage of params.yaml, the image passes, GPU-hours and wall time "
         "on N nodes, from measured throughputs (bench/throughput.py --out) or a quick probe here",
     )
-    pl.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    _params_option(pl)
     pl.add_argument(
         "--throughput",
         metavar="FILE",
