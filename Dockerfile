@@ -51,7 +51,7 @@ RUN pip install -q --no-deps -e . && selftrain --help >/dev/null && python -c "i
 # SELFTRAIN_GIT_COMMIT is recorded in every lineage.json written in the image (there is no .git in it).
 # Declared last: a new commit only changes this layer.
 ARG GIT_COMMIT=unknown
-ENV SELFTRAIN_GIT_COMMIT=${GIT_COMMIT} SELFTRAIN_IMAGE_VARIANT=${VARIANT}
+ENV SELFTRAIN_GIT_COMMIT=${GIT_COMMIT}
 # Fashion-MNIST is not in the image: point data.source at your folders (s3://...) or mount the Debian files.
 # HOME too is under /tmp, the one writable place (with the pods' read-only root filesystem).
 ENV HOME=/tmp
