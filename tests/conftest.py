@@ -161,10 +161,12 @@ def pytest_sessionfinish(session, exitstatus):
     """Stop Prefect's temporary server while pytest's captured stderr is still open.
 
     Prefect stops it in an atexit hook that logs "Stopping temporary server" through its console handler,
-    whose stream is pytest's capture file by then closed: a "Logging error ... I/O operation on closed
-    file" traceback after every run. Prefect keeps its servers in a private registry; nothing public
-    lists them."""
+    whose stream is pytest's capture file by then closed (a "Logging error ... I/O operation on closed
+    file" traceback after every run); and its log worker would then send the last lines to a stopped server
+    ("Error logging to API"). Prefect keeps its servers in a private registry; nothing public lists them."""
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    APILogWorker.drain_all(timeout=5)  # the runs' last log lines, while their server still answers
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
