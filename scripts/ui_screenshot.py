@@ -1,15 +1,22 @@
 """A generation's plot as the Prefect UI shows it, screenshotted with headless Chromium (Debian's `chromium`).
 
+Against a running server (`make server`), the newest artifact with a key, e.g. a deployment run's:
+
+    python scripts/ui_screenshot.py --api http://127.0.0.1:4200/api --key gen1-accuracy --out ui-accuracy.png
+
+It prints the flow run and the deployment the artifact came from. Without --api: starts a Prefect server
+with its UI on loopback (a fresh PREFECT_HOME, as `make server` with nothing in it), publishes a report's
+plot in a flow run exactly as the self-training flow does (`flows.ui.publish_plot`) and screenshots that:
+
     python scripts/ui_screenshot.py --report artifacts/gen1/report --plot accuracy.png --out ui-accuracy.png
 
-Starts a Prefect server with its UI on loopback (a fresh PREFECT_HOME, as `make server` with nothing in it),
-publishes the plot in a flow run exactly as the self-training flow does (`flows.ui.publish_plot`), opens the
-artifact's page in Chromium and saves what it renders. Exits 1 if the page shows no picture (the artifact's
-area is one flat colour)."""
+Either way it opens the artifact's page in Chromium and saves what it renders, and exits 1 if the page
+shows no picture (few colours: text and flat panels only)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -18,6 +25,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +51,27 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--report", default="artifacts/gen1/report", help="a generation's report folder (default: %(default)s)")
-    ap.add_argument("--plot", default="accuracy.png", help="which plot of it (default: %(default)s)")
-    ap.add_argument("--out", default="ui-screenshot.png", help="the screenshot (default: %(default)s)")
-    args = ap.parse_args()
-    chromium = shutil.which("chromium") or sys.exit("no chromium: apt-get install chromium")
-    plot = Path(args.report) / args.plot
-    if not plot.exists():
-        sys.exit(f"{plot} not found: run `make run` (or point --report at a generation's report folder)")
+def _api(api: str, path: str, body: dict | None = None) -> dict | list:
+    req = urllib.request.Request(f"{api}/{path}", data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def newest_artifact(api: str, key: str) -> str:
+    """The id of the newest artifact with this key; prints the flow run and deployment it came from."""
+    found = _api(api, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    if not found:
+        sys.exit(f"no artifact with key {key!r} on {api}: run a deployment first (README: 'A deployment run in the UI')")
+    art = found[0]  # type: ignore[index]
+    run = _api(api, f"flow_runs/{art['flow_run_id']}")
+    dep = _api(api, f"deployments/{run['deployment_id']}")["name"] if run["deployment_id"] else "none: not a deployment run"  # type: ignore[index]
+    print(f"artifact {key} of flow run {run['name']!r} ({run['state_name']}), deployment: {dep}")  # type: ignore[index]
+    return str(art["id"])
+
+
+@contextmanager
+def fresh_server() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Prefect server on a free loopback port with an empty PREFECT_HOME: (api url, the environment that reaches it)."""
     home = Path(tempfile.mkdtemp(prefix="selftrain-ui-"))
     port = _port()
     api = f"http://127.0.0.1:{port}/api"
@@ -71,19 +91,30 @@ def main() -> int:
                 time.sleep(1)
         else:
             sys.exit("the Prefect server did not start in 3 minutes")
-        publish = (
-            "from prefect import flow\nfrom flows.ui import publish_plot\n"
-            f"print(flow(name='ui-screenshot')(lambda: publish_plot({str(plot)!r}, {plot.parent.parent.name!r}))())"
-        )
-        artifact_id = subprocess.run([sys.executable, "-c", publish], env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
-        url = f"http://127.0.0.1:{port}/artifacts/artifact/{artifact_id}"
-        profile = home / "chromium"
+        yield api, env
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def publish(plot: Path, env: dict[str, str]) -> str:
+    """Publish the plot from a flow run as the self-training flow does; the artifact's id."""
+    code = (
+        "from prefect import flow\nfrom flows.ui import publish_plot\n"
+        f"print(flow(name='ui-screenshot')(lambda: publish_plot({str(plot)!r}, {plot.parent.parent.name!r}))())"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
+
+
+def screenshot(chromium: str, url: str, out: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="selftrain-chromium-") as profile:
         subprocess.run(
             [
                 chromium,
                 *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
-                f"--screenshot={Path(args.out).resolve()}",
+                f"--screenshot={out.resolve()}",
                 "--window-size=1500,1100",
                 "--virtual-time-budget=20000",
                 url,
@@ -92,14 +123,30 @@ def main() -> int:
             capture_output=True,
             timeout=180,
         )
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(home, ignore_errors=True)
-    shot = np.asarray(Image.open(args.out).convert("RGB"))
+    shot = np.asarray(Image.open(out).convert("RGB"))
     colours = len(np.unique(shot.reshape(-1, 3), axis=0))
-    print(f"{url} -> {args.out} ({shot.shape[1]}x{shot.shape[0]}, {colours} colours)")
+    print(f"{url} -> {out} ({shot.shape[1]}x{shot.shape[0]}, {colours} colours)")
     return 0 if colours > 200 else 1  # a page of text and flat panels has few; a matplotlib plot, anti-aliased, many
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--api", help="a running server's API, e.g. http://127.0.0.1:4200/api (`make server`); with --key")
+    ap.add_argument("--key", default="gen1-accuracy", help="with --api: the artifact key to show, newest first (default: %(default)s)")
+    ap.add_argument("--report", default="artifacts/gen1/report", help="without --api: a generation's report folder (default: %(default)s)")
+    ap.add_argument("--plot", default="accuracy.png", help="without --api: which plot of it (default: %(default)s)")
+    ap.add_argument("--out", default="ui-screenshot.png", help="the screenshot (default: %(default)s)")
+    args = ap.parse_args()
+    chromium = shutil.which("chromium") or sys.exit("no chromium: apt-get install chromium")
+    out = Path(args.out)
+    if args.api:
+        api = args.api.rstrip("/")
+        return screenshot(chromium, f"{api.removesuffix('/api')}/artifacts/artifact/{newest_artifact(api, args.key)}", out)
+    plot = Path(args.report) / args.plot
+    if not plot.exists():
+        sys.exit(f"{plot} not found: run `make run` (or point --report at a generation's report folder)")
+    with fresh_server() as (api, env):
+        return screenshot(chromium, f"{api.removesuffix('/api')}/artifacts/artifact/{publish(plot, env)}", out)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
         out.rows.append((f"{role} (sha256)", was[:16], now[:16], was == now))
     was, now = recorded["outputs"]["student_checkpoint"]["sha256"], artifacts.content_hash(str(g / "student" / "model.safetensors"))
     out.rows.append(("model (sha256)", was[:16], now[:16], was == now or on_gpu))
-    metrics_then = json.loads(_git(repo, "show", f"{commit}:artifacts/{gen}/metrics.json"))
+    metrics_then = _metrics_at(repo, commit, gen)
     metrics_now = json.loads((g / "metrics.json").read_text())
     for role in ("teacher", "student"):
         for key in ("val_top1", "test_top1", "mCE", "mFR", "hard_top1"):
@@ -156,6 +156,21 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
             m["student"].pop("checkpoint_sha256", None)
     out.rows.append((f"metrics.json, every figure{f' (within {tol})' if tol else ''}", "", "", _close(metrics_then, metrics_now, tol)))
     return out
+
+
+def _metrics_at(repo: str, commit: str, gen: str) -> dict[str, Any]:
+    """The generation's metrics.json as `commit` recorded it. It is a DVC-cached output (so that `dvc exp show`
+    reads each experiment's figures), not in git: DVC reads it by the hash in that commit's dvc.lock, from
+    this repository's cache or its remote."""
+    import dvc.api  # a second of imports, only here
+
+    path = f"artifacts/{gen}/metrics.json"
+    try:
+        return json.loads(dvc.api.read(path, repo=repo, rev=commit))
+    except Exception as e:  # DVC's errors share no base class worth naming: file not in the lock, not in cache or remote
+        raise ReproduceError(
+            f"cannot read {path} as commit {commit[:10]} recorded it ({type(e).__name__}: {e}); `dvc pull` it, or push it from where it ran"
+        ) from e
 
 
 def _cuda_here() -> bool:
