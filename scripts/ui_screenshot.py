@@ -64,8 +64,13 @@ def newest_artifact(api: str, key: str) -> str:
         sys.exit(f"no artifact with key {key!r} on {api}: run a deployment first (README: 'A deployment run in the UI')")
     art = found[0]  # type: ignore[index]
     run = _api(api, f"flow_runs/{art['flow_run_id']}")
+    names = [run["name"]]  # type: ignore[index]
+    while not run["deployment_id"] and run["parent_task_run_id"]:  # type: ignore[index]  # a generation's subflow: up to the flow run
+        parent = _api(api, f"task_runs/{run['parent_task_run_id']}")  # type: ignore[index]
+        run = _api(api, f"flow_runs/{parent['flow_run_id']}")  # type: ignore[index]
+        names.append(run["name"])  # type: ignore[index]
     dep = _api(api, f"deployments/{run['deployment_id']}")["name"] if run["deployment_id"] else "none: not a deployment run"  # type: ignore[index]
-    print(f"artifact {key} of flow run {run['name']!r} ({run['state_name']}), deployment: {dep}")  # type: ignore[index]
+    print(f"artifact {key} of flow run {' < '.join(map(repr, names))} ({run['state_name']}), deployment: {dep}")  # type: ignore[index]
     return str(art["id"])
 
 
