@@ -69,6 +69,15 @@ def gather(obj: Any, w: World) -> list[Any] | None:
     return out
 
 
+def all_gather(obj: Any, w: World) -> list[Any]:
+    """Every process's `obj` (picklable; tensors on the CPU), in rank order, on every process. [obj] in one process."""
+    if w.size == 1:
+        return [obj]
+    out: list[Any] = [None] * w.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(w: World) -> None:
     if w.size > 1:
         dist.barrier()

@@ -59,6 +59,13 @@ def _mpl_work(teacher_views: int) -> Work:
     return work
 
 
+def _fixmatch_work(params: Any, labeled: int, unlabeled: int) -> tuple[int, int]:
+    """Per step a labeled batch and mu times as many unlabeled images, each seen twice (weak and strong view);
+    validated every checkpoint_every steps."""
+    f = params.fixmatch
+    return f.steps * f.batch_size * (1 + 2 * f.unlabeled_ratio), f.steps // f.checkpoint_every
+
+
 @dataclass(frozen=True)
 class Method:
     """One self-training method."""
@@ -122,6 +129,17 @@ METHODS: dict[str, Method] = {
             "selftrain.steps.mpl:ReducedMplStep",
             _mpl_work(0),
             "MPL whose teacher is a small MLP over the large teacher's stored logits",
+        ),
+        Method(
+            "fixmatch",
+            "train-student",
+            ("student", "fixmatch"),
+            "nothing",
+            True,
+            "selftrain.steps.fixmatch:FixMatchStep",
+            _fixmatch_work,
+            "consistency training: CE on strong views against the model's own confident weak-view labels (Sohn et al. 2020); "
+            "fixmatch.threshold: fixed, flexmatch or freematch",
         ),
     )
 }

@@ -116,6 +116,21 @@ def train_batch(x: torch.Tensor, policy: str, generator: torch.Generator) -> tor
     return normalize(x)
 
 
+def cutout(x: torch.Tensor, frac: float, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) as FixMatch's strong view ends: per image, a square of side U(0, frac) of the
+    image, centred anywhere (clipped at the border), set to 0, the mid-grey of the normalised range. Written here
+    because timm's RandomErasing and torchvision's draw from process-global generators, and a step's noise must
+    come from its own (a resumed run replays it)."""
+    n, _, h, w = x.shape
+    side = torch.rand(n, generator=generator) * frac * min(h, w)
+    cy, cx = torch.rand(n, generator=generator) * h, torch.rand(n, generator=generator) * w
+    ys, xs = torch.arange(h) + 0.5, torch.arange(w) + 0.5
+    inside_y = (ys[None, :] - cy[:, None]).abs() < side[:, None] / 2
+    inside_x = (xs[None, :] - cx[:, None]).abs() < side[:, None] / 2
+    hole = (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(x.device)
+    return x.masked_fill(hole, 0.0)
+
+
 def pil_policy(p: TrainParams, image_size: int, channels: int) -> Callable[[Image.Image], Image.Image] | None:
     """The per-image PIL part of `p.augment` (AutoAugment or RandAugment), or None."""
     kind = POLICIES[p.augment].pil

@@ -147,6 +147,29 @@ class MplParams(_Section):
     checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")
 
 
+class FixMatchParams(_Section):
+    """FixMatch and its adaptive thresholds (method: fixmatch). The student's model is the generation's; its noise
+    (the strong view's RandAugment, dropout, stochastic depth), init and label smoothing come from `student`."""
+
+    steps: int = Field(2000, gt=0, description="training steps (one labeled batch and unlabeled_ratio times as many unlabeled images each)")
+    batch_size: int = Field(64, gt=0, description="labeled images per step")
+    unlabeled_ratio: int = Field(3, ge=1, description="mu: unlabeled images per labeled image in a step (each seen as a weak and a strong view)")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup of the learning rate, then cosine decay")
+    unlabeled_weight: float = Field(1.0, ge=0, description="lambda: weight of the unlabeled (consistency) loss")
+    threshold: Literal["fixed", "flexmatch", "freematch"] = Field(
+        "fixed", description="fixed: max p >= tau (FixMatch); flexmatch: class-wise curriculum from tau; freematch: self-adaptive (tau unused)"
+    )
+    tau: float = Field(0.95, gt=0, le=1, description="the confidence threshold (fixed), or its upper end (flexmatch)")
+    ema_p: float = Field(0.999, ge=0, lt=1, description="freematch and distribution alignment: momentum of their running means")
+    fairness_weight: float = Field(0.01, ge=0, description="freematch: weight of its self-adaptive fairness term")
+    dist_align: bool = Field(False, description="scale the weak view's prediction by the labeled class prior over its running mean (ReMixMatch)")
+    cutout: float = Field(0.5, ge=0, le=1, description="the strong view ends with Cutout of a square up to this fraction of the side (0: none)")
+    ema_decay: float | None = Field(0.999, gt=0, lt=1, description="evaluate and keep an EMA of the weights (timm ModelEmaV3)")
+    checkpoint_every: int = Field(200, gt=0, description="a log row, a validation and a resumable checkpoint every N steps")
+
+
 class TwoMoonsParams(_Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="one draw of the moons each")
     steps: int = Field(2000, gt=0, description="training steps of every method")
@@ -327,6 +350,7 @@ class Params(_Section):
         description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
     )
     mpl: MplParams = MplParams()
+    fixmatch: FixMatchParams = FixMatchParams()
     evaluate: EvaluateParams = EvaluateParams()
     twomoons: TwoMoonsParams = TwoMoonsParams()
     robustness: RobustnessParams = RobustnessParams()

@@ -79,7 +79,7 @@ def test_generation_chain_is_checked():
     smaller = {"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}
     distill = {**smaller, "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "distill"}}}
     check_params(parse_params(distill))  # distilling down is what distill is for
-    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'distill', 'mpl' or 'reduced_mpl'"):
+    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'distill', 'mpl', 'reduced_mpl' or 'fixmatch'"):
         parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "mlp"}}})
 
 

@@ -142,8 +142,10 @@ def train_student(
 
     Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
     unlabeled image with the teacher's stored outputs of --logits-store as targets, under student.loss
-    (kd, dist, soft_ce). Writes model.safetensors and log.csv. Checkpoints every runtime.checkpoint_every steps
-    to --resume (default: OUT.resume) and resumes from there when restarted."""
+    (kd, dist, soft_ce); method fixmatch: every unlabeled image, labelled by the student's own confident
+    predictions on weak views (fixmatch params; --teacher only for student.init: teacher). Writes
+    model.safetensors and log.csv. Checkpoints every runtime.checkpoint_every steps (fixmatch:
+    fixmatch.checkpoint_every) to --resume (default: OUT.resume) and resumes from there when restarted."""
     method = methods.get(params.generation(generation).method)
     if method.stage != "train-student":
         raise ValueError(f"{generation} is method {method.name}: its stage is {method.stage}, not train-student")

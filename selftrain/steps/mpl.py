@@ -1,10 +1,9 @@
 """The Meta Pseudo Labels steps (the math: selftrain.mpl): full MPL, whose teacher is a network over images, and
 reduced MPL, whose teacher is a small MLP over a large teacher's stored logits.
 
-Step t's data (which images, their augmentations) is drawn from (seed, t) alone, in DataLoader workers, so any
-step can be replayed without the ones before it: a resumed run takes exactly the steps an uninterrupted one takes.
-Under torchrun the student and the teacher are both DDP-wrapped, every process takes a disjoint share of each
-step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline) is averaged over
+Step t's data comes from selftrain.steps.views (drawn from (seed, t) alone: a resumed run takes exactly the steps
+an uninterrupted one takes). Under torchrun the student and the teacher are both DDP-wrapped, every process takes
+a disjoint share of each step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline) is averaged over
 the processes, so that every process updates its teacher with the same scalar.
 """
 
@@ -22,9 +21,9 @@ from selftrain import distributed, models, runtime
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
 from selftrain.mpl import LogitTeacher, MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
-from selftrain.noise import ImageDataset, pil_policy, seed_augmentation, train_batch
 from selftrain.params import MplParams, StudentParams, TrainParams
 from selftrain.steps.supervised import SupervisedStep
+from selftrain.steps.views import StepImages, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, fit, lr_lambda
 
 
@@ -38,58 +37,6 @@ def mpl_config(p: MplParams) -> MplConfig:
         mpl_weight=p.mpl_weight,
         anchor_weight=p.reduced_anchor_weight,
     )
-
-
-class StepImages(torch.utils.data.Dataset):
-    """Item t: this process's share of step t's batch, its per-image (PIL) noise applied; the batch-level flip/crop
-    is left to the training device, with the generator seed that comes with the item."""
-
-    def __init__(self, labeled: Split, unlabeled: np.ndarray, p: MplParams, sp: StudentParams, seed: int, world: distributed.World) -> None:
-        self.labeled, self.unlabeled, self.p, self.seed, self.world = labeled, unlabeled, p, seed, world
-        self.strong = pil_policy(sp, unlabeled.shape[1], unlabeled.shape[3])
-
-    def __len__(self) -> int:
-        return 2**62  # one item per step, however many: the sampler says which
-
-    def __getitem__(self, step: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, step])
-        rows_l = rng.choice(len(self.labeled), min(self.p.batch_size, len(self.labeled)), replace=False)
-        rows_u = rng.choice(len(self.unlabeled), min(self.p.batch_size * self.p.unlabeled_ratio, len(self.unlabeled)), replace=False)
-        augment_seed, flip_seed = int(rng.integers(2**32)), int(rng.integers(2**63))
-        rank, size = self.world.rank, self.world.size
-        rows_l, rows_u = rows_l[rank::size], rows_u[rank::size]
-        seed_augmentation(augment_seed + 7919 * rank)
-        images_u = self.unlabeled[rows_u]
-        return {
-            "x_l": _stack(self.labeled.images[rows_l], None),  # labeled, weak view (flip + crop)
-            "y_l": torch.from_numpy(self.labeled.labels[rows_l]).long(),
-            "x_uw": _stack(images_u, None),  # unlabeled, weak view (UDA's target)
-            "x_us": _stack(images_u, self.strong),  # the same images, strong view: the student's noise (RandAugment + flip + crop)
-            "rows_u": rows_u,
-            "flip_seed": (flip_seed + rank) % 2**63,
-        }
-
-
-def _stack(images: np.ndarray, pil: Any) -> torch.Tensor:
-    ds = ImageDataset(images, np.zeros(len(images)), pil)
-    return torch.stack([ds[i][0] for i in range(len(ds))])
-
-
-class _Steps(torch.utils.data.Sampler):
-    """[start], [start + 1], ...: one item (a whole step's batch) per loader batch."""
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        t = self.start
-        while True:
-            yield [t]
-            t += 1
-
-
-def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return items[0]
 
 
 class MplStep:
@@ -114,7 +61,7 @@ class MplStep:
             raise ValueError(f"mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
         self.model, self.teacher, self.p, self.sp, self.ctx = student, teacher, p, sp, ctx
         self.cfg, self.state = mpl_config(p), MplState()
-        self.images = StepImages(labeled, unlabeled, p, sp, seed, ctx.world)
+        self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
         self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
         self.nets = {"student": ctx.wrap(student), "teacher": ctx.wrap(teacher)}
@@ -161,28 +108,10 @@ class MplStep:
         return kept, {"mpl_log.csv": rows, "log.csv": tuned}, files, {"method": self.method, "steps": p.steps, "mpl_val_top1": rows[-1]["val_top1"]}
 
     def batches(self, start: int) -> Iterator[Any]:
-        workers = self.ctx.workers
-        return iter(
-            torch.utils.data.DataLoader(
-                self.images,
-                batch_sampler=_Steps(start),
-                collate_fn=_first,
-                num_workers=workers,
-                persistent_workers=workers > 0,
-                generator=torch.Generator(),  # else the loader draws its workers' base seed from torch's global RNG (dropout's)
-            )
-        )
-
-    def views(self, b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch on the device, flipped and cropped: labeled, unlabeled weak, unlabeled strong; and the labels."""
-        device, gen = self.ctx.device, torch.Generator().manual_seed(b["flip_seed"])
-        x_l, x_uw, x_us = (
-            runtime.to_device(train_batch(b[k].to(device), policy, gen), device) for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", self.sp.augment))
-        )
-        return x_l, b["y_l"].to(device), x_uw, x_us
+        return step_loader(self.images, start, self.ctx.workers)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
-        x_l, y_l, x_uw, x_us = self.views(batch)
+        x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
         n = self.nets
         out = mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, x_uw, x_us, self.cfg, self.state, self.par)
         return self._advance(out, len(x_l) + len(x_uw))
@@ -254,7 +183,7 @@ class ReducedMplStep(MplStep):
         self.stored = torch.from_numpy(stored).float()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
-        x_l, y_l, x_uw, x_us = self.views(batch)
+        x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
         z_u, n = self.stored[batch["rows_u"]].to(self.ctx.device), self.nets
         out = reduced_mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, z_u, x_us, self.cfg, self.state, self.par)
         return self._advance(out, len(x_l) + len(x_us))

@@ -1,0 +1,132 @@
+"""The FixMatch step (Sohn et al. 2020), with FlexMatch's and FreeMatch's thresholds and distribution alignment as
+options (selftrain.consistency). Per step: a labeled batch and `unlabeled_ratio` times as many unlabeled images,
+each as a weak view (flip + crop) and a strong one (the student's RandAugment + flip + crop, then Cutout), all
+three in one forward pass (BatchNorm sees them together, as in FixMatch). The loss is
+
+    CE(y, f(weak(x)))  +  lambda * mean(mask * CE(argmax q, f(strong(u))))  [+ FreeMatch's fairness term]
+
+with q = softmax(f(weak(u))) detached (aligned, if asked), and the mask from the threshold rule. The model kept and
+evaluated is the EMA of the weights. Under torchrun the threshold rule and the alignment update from the whole
+step's unlabeled batch (every process's share), so that every process keeps the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selftrain import consistency, distributed
+from selftrain.consistency import DistributionAlignment, FreeMatchThreshold
+from selftrain.data import Split
+from selftrain.params import FixMatchParams, StudentParams
+from selftrain.steps.views import StepImages, on_device, step_loader
+from selftrain.train import Context, Finished, StudentRun, lr_lambda
+
+
+def world_targets(
+    logits_uw: torch.Tensor, rows: torch.Tensor, rule: consistency.Threshold, align: DistributionAlignment | None, w: distributed.World
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels, mask and probabilities of this process's weak views. Under torchrun they are computed on the
+    whole step's batch (every process's share, gathered), so the threshold rule and the alignment update exactly
+    as in one process and stay the same in every process; each keeps its own share."""
+    if w.size == 1:
+        return consistency.pseudo_targets(logits_uw, rows, rule, align)
+    shares = distributed.all_gather((logits_uw.detach().cpu(), rows.cpu()), w)
+    out = consistency.pseudo_targets(torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), rule, align)
+    start = sum(len(s[0]) for s in shares[: w.rank])
+    targets, mask, probs = (x[start : start + len(rows)].to(logits_uw.device) for x in out)
+    return targets, mask, probs
+
+
+class FixMatchStep:
+    method = "fixmatch"
+
+    def __init__(self, model: nn.Module, p: FixMatchParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray, ctx: Context, seed: int) -> None:
+        if p.batch_size < ctx.world.size:
+            raise ValueError(f"fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+        self.model, self.p, self.sp, self.ctx = model, p, sp, ctx
+        self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
+        self.total = p.steps
+        self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
+        self.net = ctx.wrap(model)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(p.steps, p.warmup_steps))
+        classes = len(labeled.classes)
+        self.rule = consistency.build_threshold(p.threshold, p.tau, len(unlabeled), classes, p.ema_p)
+        prior = torch.bincount(torch.from_numpy(labeled.labels).long(), minlength=classes).float()
+        self.align = DistributionAlignment(prior, p.ema_p) if p.dist_align else None
+        self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
+
+    @classmethod
+    def build(cls, run: StudentRun) -> FixMatchStep:
+        assert run.unlabeled is not None
+        p = run.params
+        return cls(run.student, p.fixmatch, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed)
+
+    def batches(self, start: int) -> Iterator[Any]:
+        return step_loader(self.images, start, self.ctx.workers)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+        x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device, self.p.cutout)
+        with self.ctx.autocast():
+            out = self.net(torch.cat([x_l, x_uw, x_us])).float()
+        n_l, n_u = len(x_l), len(x_uw)
+        logits_l, logits_uw, logits_us = out[:n_l], out[n_l : n_l + n_u], out[n_l + n_u :]
+        targets, mask, probs = world_targets(logits_uw, batch["rows_u"], self.rule, self.align, self.ctx.world)
+        loss_l = F.cross_entropy(logits_l, y_l, label_smoothing=self.sp.label_smoothing)
+        loss_u = consistency.masked_ce(logits_us, targets, mask)
+        loss = loss_l + self.p.unlabeled_weight * loss_u
+        fair = consistency.fairness_loss(logits_us, mask, self.rule) if isinstance(self.rule, FreeMatchThreshold) and self.p.fairness_weight else None
+        if fair is not None:
+            loss = loss + self.p.fairness_weight * fair
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return {
+            "loss": loss.item(),
+            "loss_labeled": loss_l.item(),
+            "loss_unlabeled": loss_u.item(),
+            "loss_fairness": 0.0 if fair is None else fair.item(),
+            "mask_rate": mask.mean().item(),  # the share of unlabeled images that counted
+            "confidence": probs.max(1).values.mean().item(),  # of the weak views (aligned)
+            "train_top1": (logits_l.argmax(1) == y_l).float().mean().item(),
+            "images": n_l + 2 * n_u,
+        }
+
+    def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
+        return kept, {"log.csv": rows}, {}, {"method": self.method, "steps": self.p.steps, "threshold": self.p.threshold}
+
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "threshold": self.rule.state_dict(),
+            "align": None if self.align is None else self.align.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.rule.load_state_dict(state["threshold"])
+        if self.align is not None:
+            self.align.load_state_dict(state["align"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {}  # every step's data and noise come from (seed, step): no stream to carry
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def reseed(self, seed: int) -> None:
+        pass
