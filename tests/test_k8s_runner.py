@@ -215,6 +215,22 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     assert not resume.exists()  # removed once the stage finished
 
 
+def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen0, cluster, tmp_path):
+    """A method added through the registry runs like the others: the flow's task for its stage, a Job in the cluster."""
+    path, g = gen0
+    fm = {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch", "fixmatch.dist_align": True}
+    kwargs = {"generation": "gen1", "data": g.data, "teacher": g.promoted}
+    out = tmp_path / "student"
+    summary = one_stage(
+        str(path), {**K8S, **fm, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-student", {**kwargs, "out": str(out)}
+    )
+    [job] = cluster.jobs()
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student" and summary["method"] == "fixmatch"
+    here = stages.train_student(load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here"))
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "here/model.safetensors").read_bytes()  # bitwise on CPU
+    assert summary["val_top1"] == here["val_top1"]
+
+
 def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(gen0, cluster, tmp_path):
     path, g = gen0
     parts = {"infer.parts": 3, "infer.shard_size": 150, "infer.batch_size": 64}
