@@ -92,7 +92,7 @@ METHODS: dict[str, Method] = {
         Method(
             "noisy_student",
             "train-student",
-            ("student",),
+            ("student", "fixmatch"),  # fixmatch: its consistency term, with student.consistency
             "pseudo_labels",
             True,
             "selftrain.steps.pseudo_label:PseudoLabelStep",
@@ -102,7 +102,7 @@ METHODS: dict[str, Method] = {
         Method(
             "distill",
             "train-student",
-            ("student",),
+            ("student", "fixmatch"),  # fixmatch: its consistency term, with student.consistency
             "logits",
             True,
             "selftrain.steps.pseudo_label:PseudoLabelStep",

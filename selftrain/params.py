@@ -97,6 +97,12 @@ class StudentParams(TrainParams):
     loss_tau: float = Field(1.0, gt=0, description="temperature of kd and dist (both sides) and of soft_ce's teacher targets; ce takes the targets as given")
     dist_beta: float = Field(1.0, ge=0, description="dist: weight of the inter-class (per image) relation")
     dist_gamma: float = Field(1.0, ge=0, description="dist: weight of the intra-class (per class, across the batch) relation")
+    consistency: Literal["none", "dropped", "all"] = Field(
+        "none",
+        description="noisy_student / distill: add FixMatch's consistency term on the unlabeled images filter-balance did not keep "
+        "(dropped) or on all of them; its threshold rule, tau, views and images per labeled image come from `fixmatch`",
+    )
+    consistency_weight: float = Field(1.0, ge=0, description="weight of that consistency term")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentParams:

@@ -89,6 +89,7 @@ class StudentRun:
     unlabeled: Split | None = None
     teacher: str | None = None  # the teacher's checkpoint, for a method that runs it
     pseudo: tuple[np.ndarray, np.ndarray] | None = None  # consumes pseudo_labels: (images, target probabilities)
+    pseudo_rows: np.ndarray | None = None  # consumes pseudo_labels: their rows in the unlabeled split (with copies)
     stored: np.ndarray | None = None  # consumes logits: the teacher's log-probabilities of every unlabeled image
 
 

@@ -1,6 +1,7 @@
 """Stages of a generation, run in-process on tiny real data: clean inference, promotion records, student init, EMA."""
 
 import copy
+import csv
 import dataclasses
 import json
 
@@ -159,3 +160,33 @@ def test_the_students_loss_decides_whether_labels_are_used(gen0, loss, labels_ma
         weights.append(kept.state_dict())
     same = all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))
     assert same != labels_matter
+
+
+def test_noisy_student_with_consistency_trains_it_on_exactly_the_images_filter_balance_dropped(gen0, tmp_path, monkeypatch):
+    params, g = gen0
+    store, pseudo = str(tmp_path / "logits"), str(tmp_path / "pseudo")
+    p = params.model_copy(update={"pseudo_labels": params.pseudo_labels.model_copy(update={"threshold": 0.12, "per_class": None})})
+    stages.infer(p, teacher=g.promoted, data=g.data, out=store)
+    stages.filter_balance(p, logits_store=store, data=g.data, out=pseudo)
+    rows, _ = stages.labeling.load_pseudo(pseudo, 10)
+    unlabeled = load_split(g.data, "unlabeled")
+    dropped = np.setdiff1d(np.arange(len(unlabeled)), rows)
+    assert 0 < len(dropped) < len(unlabeled)
+    built, real_build = [], PseudoLabelStep.build.__func__
+    monkeypatch.setattr(PseudoLabelStep, "build", classmethod(lambda cls, run: built.append(real_build(cls, run)) or built[-1]))
+    low_tau = p.fixmatch.model_copy(update={"tau": 0.1})  # a two-epoch teacher's student is nowhere near 0.95
+    with_c = p.model_copy(update={"student": p.student.model_copy(update={"consistency": "dropped", "epochs": 1}), "fixmatch": low_tau})
+    summary = stages.train_student(with_c, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "c"))
+    step = built[-1]
+    assert np.array_equal(step.views.unlabeled, unlabeled.images[dropped])  # the images it did not keep, each once
+    log = list(csv.DictReader((tmp_path / "c/log.csv").open()))
+    assert float(log[-1]["loss_consistency"]) > 0 and 0 < float(log[-1]["mask_rate"]) <= 1 and summary["val_top1"] >= 0
+    plain = p.model_copy(update={"student": p.student.model_copy(update={"epochs": 1})})
+    stages.train_student(plain, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "plain"))
+    assert "loss_consistency" not in (tmp_path / "plain/log.csv").read_text().splitlines()[0]
+    assert (tmp_path / "plain/model.safetensors").read_bytes() != (tmp_path / "c/model.safetensors").read_bytes()
+    # distillation keeps every unlabeled image: 'dropped' has nothing to work on and says so
+    distill = with_c.model_copy(update={"student": with_c.student.model_copy(update={"loss": "soft_ce"})})
+    distill.generations["gen1"] = distill.generations["gen1"].model_copy(update={"method": "distill"})
+    with pytest.raises(ValueError, match="every unlabeled image was kept.*use 'all'"):
+        stages.train_student(distill, generation="gen1", data=g.data, teacher=g.promoted, logits_store=store, out=str(tmp_path / "d"))

@@ -117,7 +117,7 @@ def _train_student(
         if pseudo is None:
             raise ValueError(f"{generation} is method {method.name}: give --pseudo (filter-balance's output)")
         rows, targets = load_pseudo(pseudo, len(unlabeled.classes))
-        consumed["pseudo"], inputs["pseudo"] = (unlabeled.images[rows], targets), artifacts.content_hash(pseudo)
+        consumed["pseudo"], consumed["pseudo_rows"], inputs["pseudo"] = (unlabeled.images[rows], targets), rows, artifacts.content_hash(pseudo)
         if targets.shape[1] != len(unlabeled.classes):
             raise ValueError(f"the pseudo-labels have {targets.shape[1]} classes, the data has {len(unlabeled.classes)}")
     elif method.consumes == "logits":

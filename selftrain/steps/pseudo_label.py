@@ -4,6 +4,11 @@ times larger go through the noised student in one forward pass, and the loss is
 each term a mean over its own part of the batch (so the two are normalised separately), L the student's `loss`
 from selftrain.losses (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one pass over the
 pseudo-labeled set.
+
+With student.consistency (dropped or all), each step also takes `fixmatch.unlabeled_ratio` times as many unlabeled
+images as labeled ones, from those filter-balance did not keep (or all), as a weak and a strong view, and adds
+FixMatch's term (selftrain.consistency, by `fixmatch`'s threshold rule) weighted by student.consistency_weight: the
+generations of Noisy Student compose with consistency training.
 """
 
 from __future__ import annotations
@@ -15,31 +20,53 @@ import numpy as np
 import torch
 from torch import nn
 
+from selftrain import consistency
 from selftrain.data import Split
 from selftrain.losses import build_loss
-from selftrain.params import StudentParams
+from selftrain.params import FixMatchParams, StudentParams
+from selftrain.steps.fixmatch import world_targets
 from selftrain.steps.supervised import SupervisedStep, image_loader
+from selftrain.steps.views import StepImages, on_device, step_loader
 from selftrain.train import Context, StepBatches, StudentRun
 
 
 class PseudoLabelStep(SupervisedStep):
     """`pseudo` is (images, target probabilities): filter-balance's pseudo-labels or the stored teacher's outputs."""
 
-    def __init__(self, model: nn.Module, p: StudentParams, labeled: Split, pseudo: tuple[np.ndarray, np.ndarray], ctx: Context, seed: int) -> None:
-        self.pseudo = pseudo
+    def __init__(
+        self, model: nn.Module, p: StudentParams, labeled: Split, pseudo: tuple[np.ndarray, np.ndarray], ctx: Context, seed: int,
+        pool: np.ndarray | None = None, fm: FixMatchParams | None = None,
+    ) -> None:  # fmt: skip
+        self.pseudo, self.sp = pseudo, p
         self.pseudo_batches = StepBatches(len(pseudo[0]), p.batch_size * p.unlabeled_ratio, seed, 1, world=ctx.world)
         super().__init__(model, p, labeled, ctx, seed)
         self.loss_fn = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
         self.labeled_weight, self.pseudo_weight = self.loss_fn.alpha, p.pseudo_weight
+        self.views: StepImages | None = None  # the consistency term's images (student.consistency), `pool` of them
+        if pool is not None and fm is not None:
+            self.fm, self.views = fm, StepImages(labeled, pool, p.batch_size, fm.unlabeled_ratio, p, seed + 5, ctx.world)
+            classes = len(labeled.classes)
+            self.rule = consistency.build_threshold(fm.threshold, fm.tau, len(pool), classes, fm.ema_p)
+            prior = torch.bincount(torch.from_numpy(labeled.labels).long(), minlength=classes).float()
+            self.align = consistency.DistributionAlignment(prior, fm.ema_p) if fm.dist_align else None
 
     @classmethod
     def build(cls, run: StudentRun) -> PseudoLabelStep:
         """Noisy Student: filter-balance's pseudo-labels; distill: every unlabeled image, the stored teacher's outputs."""
-        pseudo = run.pseudo
+        pseudo, p, unlabeled = run.pseudo, run.params, run.unlabeled
+        assert unlabeled is not None
         if pseudo is None:
-            assert run.unlabeled is not None and run.stored is not None
-            pseudo = (run.unlabeled.images, np.exp(run.stored))
-        return cls(run.student, run.params.student, run.labeled, pseudo, run.ctx, run.params.seed)
+            assert run.stored is not None
+            pseudo = (unlabeled.images, np.exp(run.stored))
+        pool = None
+        if p.student.consistency == "all":
+            pool = unlabeled.images
+        elif p.student.consistency == "dropped":
+            kept = run.pseudo_rows if run.pseudo_rows is not None else np.arange(len(unlabeled))  # distill keeps every image
+            pool = unlabeled.images[np.setdiff1d(np.arange(len(unlabeled)), kept)]
+            if len(pool) == 0:
+                raise ValueError("student.consistency is 'dropped' but every unlabeled image was kept: nothing is left for it; use 'all'")
+        return cls(run.student, p.student, run.labeled, pseudo, run.ctx, p.seed, pool, p.fixmatch)
 
     def _steps_per_epoch(self) -> int:
         return self.pseudo_batches.per_pass
@@ -47,11 +74,38 @@ class PseudoLabelStep(SupervisedStep):
     def batches(self, start: int) -> Iterator[Any]:
         labeled = super().batches(start)
         self.pseudo_batches.start = start
-        return zip(labeled, image_loader(*self.pseudo, self.p, self.pseudo_batches, self.seed + 4, self.ctx.workers), strict=False)
+        pseudo = image_loader(*self.pseudo, self.p, self.pseudo_batches, self.seed + 4, self.ctx.workers)
+        if self.views is None:
+            return zip(labeled, pseudo, strict=False)
+        return zip(labeled, pseudo, step_loader(self.views, start, self.ctx.workers), strict=False)
 
     def __call__(self, batch: Any) -> dict[str, float]:
-        (x_l, y_l), (x_u, q_u) = batch
-        return super().__call__((x_l, y_l, x_u, q_u))
+        (x_l, y_l), (x_u, q_u), *more = batch
+        return super().__call__((x_l, y_l, x_u, q_u, *more))
+
+    def consistency_views(self, batch: Any) -> torch.Tensor:
+        _, _, x_w, x_s = on_device(batch, self.p, self.ctx.device, self.fm.cutout)
+        return torch.cat([x_w, x_s])
+
+    def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        weak, strong = out.chunk(2)
+        targets, mask, _ = world_targets(weak, batch["rows_u"], self.rule, self.align, self.ctx.world)
+        loss = consistency.masked_ce(strong, targets, mask)
+        return self.sp.consistency_weight * loss, {"loss_consistency": loss.item(), "mask_rate": mask.mean().item()}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.views is not None:
+            state["threshold"] = self.rule.state_dict()
+            state["align"] = None if self.align is None else self.align.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.views is not None:
+            self.rule.load_state_dict(state["threshold"])
+            if self.align is not None:
+                self.align.load_state_dict(state["align"])
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # the losses take teacher logits: log q is one (softmax(log q) = q); the floor keeps hard labels finite

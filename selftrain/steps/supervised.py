@@ -60,18 +60,24 @@ class SupervisedStep:
         return iter(image_loader(self.labeled.images, self.labeled.labels, self.p, self.labeled_batches, self.seed + 3, self.ctx.workers))
 
     def __call__(self, batch: Any) -> dict[str, float]:
-        x_l, y_l, *extra = batch
+        x_l, y_l, *extra = batch  # extra: pseudo-labeled images, their targets[, a consistency batch]
         x = torch.cat([x_l, extra[0]]) if extra else x_l
         device = self.ctx.device
         x = runtime.to_device(train_batch(x.to(device), self.p.augment, self.noise_gen), device)
         y_l = y_l.to(device)
+        more = self.consistency_views(extra[2]) if len(extra) > 2 else None
         with self.ctx.autocast():
-            out = self.net(x).float()
+            out = self.net(x if more is None else torch.cat([x, more])).float()  # one pass: BatchNorm sees every view together
+        out, tail = out[: len(x)], out[len(x) :]
         loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=self.p.label_smoothing)
         loss = self.labeled_weight * loss_l
-        loss_u = self.pseudo_loss(out[len(y_l) :], extra[1]) if extra else None  # extra: pseudo-labeled images, targets
+        loss_u = self.pseudo_loss(out[len(y_l) :], extra[1]) if extra else None
         if loss_u is not None:
             loss = loss + self.pseudo_weight * loss_u
+        consistency: dict[str, float] = {}
+        if more is not None:
+            loss_c, consistency = self.consistency_loss(tail, extra[2])
+            loss = loss + loss_c
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -82,7 +88,8 @@ class SupervisedStep:
             "loss_labeled": loss_l.item(),
             "loss_pseudo": 0.0 if loss_u is None else loss_u.item(),
             "train_top1": correct.item() / len(y_l),
-            "images": len(x),
+            **consistency,
+            "images": len(x) + (0 if more is None else len(more)),
         }
 
     def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
@@ -91,6 +98,14 @@ class SupervisedStep:
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of the batch's pseudo-labeled part (selftrain.steps.pseudo_label); a labeled batch has none."""
+        raise NotImplementedError
+
+    def consistency_views(self, batch: Any) -> torch.Tensor:
+        """A consistency batch's weak and strong views on the device, concatenated (selftrain.steps.pseudo_label)."""
+        raise NotImplementedError
+
+    def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted consistency term on those views' outputs, and its logs."""
         raise NotImplementedError
 
     def lr(self) -> float:

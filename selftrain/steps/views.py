@@ -16,7 +16,7 @@ import torch
 from selftrain import distributed, runtime
 from selftrain.data import Split
 from selftrain.noise import ImageDataset, cutout, pil_policy, seed_augmentation, train_batch
-from selftrain.params import StudentParams
+from selftrain.params import TrainParams
 
 
 class StepImages(torch.utils.data.Dataset):
@@ -24,7 +24,7 @@ class StepImages(torch.utils.data.Dataset):
     per-image (PIL) noise applied; the batch-level flip/crop is left to the training device, with the generator
     seed that comes with the item."""
 
-    def __init__(self, labeled: Split, unlabeled: np.ndarray, batch_size: int, ratio: int, sp: StudentParams, seed: int, world: distributed.World) -> None:
+    def __init__(self, labeled: Split, unlabeled: np.ndarray, batch_size: int, ratio: int, sp: TrainParams, seed: int, world: distributed.World) -> None:
         self.labeled, self.unlabeled, self.batch_size, self.ratio, self.seed, self.world = labeled, unlabeled, batch_size, ratio, seed, world
         self.strong = pil_policy(sp, unlabeled.shape[1], unlabeled.shape[3])
 
@@ -87,7 +87,7 @@ def step_loader(images: StepImages, start: int, workers: int) -> Iterator[dict[s
 
 
 def on_device(
-    b: dict[str, Any], sp: StudentParams, device: torch.device, cutout_frac: float = 0.0
+    b: dict[str, Any], sp: TrainParams, device: torch.device, cutout_frac: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch on the device, flipped and cropped (the strong view by the student's policy, then Cutout of up to
     `cutout_frac` of the side): labeled, its labels, unlabeled weak, unlabeled strong."""
