@@ -5,7 +5,14 @@ images. The teacher learns from the change this caused in the student's loss on 
     h = CE(y_l, S_old(x_l)) - CE(y_l, S_new(x_l)) - baseline,
 minimising h * CE(y_hat, T(x_us)): a pseudo-label that lowered the student's labeled loss (h > 0)
 is made more likely, one that raised it less likely (the sign of the paper's Appendix A; some public
-reimplementations flip it). The baseline is a moving average of h. The teacher also minimises CE on
+reimplementations flip it). The baseline is a moving average of h. How h is measured (`signal`):
+  train: both losses from train-mode passes (the "before" from the update's own pass over labeled and
+         strong images, the "after" from a pass over the labeled batch alone): other dropout masks and
+         batch statistics, so h carries their noise;
+  eval:  both losses from eval-mode passes of the labeled batch (no dropout, running BatchNorm statistics),
+         just before and after the weights' update: only the update moves h;
+  dot:   the first-order form, h = -grad L_l(theta_new) . (theta_new - theta_old) with the gradient in eval
+         mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad). The teacher also minimises CE on
 the labeled batch and, ramped up, UDA: CE between its sharpened, confidence-masked prediction on a
 weak view and its prediction on a strong view of the same unlabeled images.
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,7 @@ class MplConfig:
     baseline_decay: float = 0.99  # moving average of h
     mpl_weight: float = 1.0  # 0 turns the teacher's MPL signal off (then: UDA + supervised teacher, fixed-label student)
     anchor_weight: float = 1.0  # reduced MPL: soft CE of the MLP teacher to the large teacher's own distribution
+    signal: Literal["train", "eval", "dot"] = "train"  # how h is measured (the module docstring)
 
 
 @dataclass
@@ -106,16 +114,39 @@ def _student_update(
     n_l = len(x_l)
     with par.autocast():
         s_logits = student(torch.cat([x_l, x_us])).float()
-    s_loss_l_old = F.cross_entropy(s_logits[:n_l].detach(), y_l)
+    net = getattr(student, "module", student)  # eval passes and the dot form's gradient run outside DDP: no collectives
+    if cfg.signal == "eval":  # after the train-mode pass has moved the BatchNorm running statistics: only the step differs
+        before = _eval_loss(net, x_l, y_l, par)
     s_loss = F.cross_entropy(s_logits[n_l:], y_hat)
     s_opt.zero_grad(set_to_none=True)
     s_loss.backward()
+    params = [q for q in net.parameters() if q.requires_grad]
+    old = [q.detach().clone() for q in params] if cfg.signal == "dot" else []
     s_opt.step()
-    with torch.no_grad(), par.autocast():
-        s_loss_l_new = F.cross_entropy(student(x_l).float(), y_l)
-    h = par.mean((s_loss_l_old - s_loss_l_new).item())
+    if cfg.signal == "train":
+        with torch.no_grad(), par.autocast():
+            h_local = (F.cross_entropy(s_logits[:n_l].detach(), y_l) - F.cross_entropy(student(x_l).float(), y_l)).item()
+    elif cfg.signal == "eval":
+        h_local = before - _eval_loss(net, x_l, y_l, par)
+    else:
+        net.eval()
+        with par.autocast():
+            loss_l = F.cross_entropy(net(x_l).float(), y_l)
+        grads = torch.autograd.grad(loss_l, params, allow_unused=True)
+        net.train()
+        h_local = -sum(float((g * (q.detach() - q0)).sum()) for g, q, q0 in zip(grads, params, old) if g is not None)
+    h = par.mean(h_local)
     state.baseline = cfg.baseline_decay * state.baseline + (1 - cfg.baseline_decay) * h
     return h, s_loss.item(), h - state.baseline
+
+
+def _eval_loss(student: nn.Module, x_l: Tensor, y_l: Tensor, par: Parallel) -> float:
+    """The labeled loss in eval mode (no dropout or stochastic depth, running BatchNorm statistics), then back to train mode."""
+    student.eval()
+    with torch.no_grad(), par.autocast():
+        loss = F.cross_entropy(student(x_l).float(), y_l).item()
+    student.train()
+    return loss
 
 
 class LogitTeacher(nn.Module):

@@ -32,6 +32,28 @@ def test_a_pseudo_label_that_helped_the_student_is_reinforced_and_one_that_hurt_
     assert h < 0 and hurt < _teacher_logprob_after_step(0.0, wrong_labels=True)[0]
 
 
+def _h(signal: str, lr: float, seed: int) -> float:
+    """h of one student step of a net with dropout and BatchNorm, on fixed data; torch's generator seeded with `seed`."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    student = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    teacher = nn.Linear(4, 3)
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.0), torch.optim.SGD(student.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    return mpl_step(teacher, student, t_opt, s_opt, x[:8], y[:8], x[8:], x[8:], MplConfig(uda_weight=0.0, signal=signal), MplState())["h"]
+
+
+def test_h_measured_in_train_mode_is_noisy_where_eval_mode_and_the_dot_form_are_exact():
+    # no update (lr 0): the true change in the labeled loss is 0. Train-mode passes with other dropout masks and
+    # batch statistics still report one; eval mode and the first-order form report exactly none
+    assert all(abs(_h("train", 0.0, seed)) > 1e-3 for seed in range(3))
+    assert all(_h(signal, 0.0, seed) == 0.0 for signal in ("eval", "dot") for seed in range(3))
+    # a real step: the dot form is the first-order estimate of eval mode's exact change (small step: close)
+    for seed in range(3):
+        exact, first_order = _h("eval", 0.05, seed), _h("dot", 0.05, seed)
+        assert exact != 0 and first_order == pytest.approx(exact, rel=0.2, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_twomoons_mpl_beats_supervised_and_pseudo_labels_on_one_seed():
     acc = twomoons.run(0, twomoons.MoonsSetup(steps=1000)).accuracy

@@ -36,6 +36,7 @@ def mpl_config(p: MplParams) -> MplConfig:
         baseline_decay=p.baseline_decay,
         mpl_weight=p.mpl_weight,
         anchor_weight=p.reduced_anchor_weight,
+        signal=p.signal,
     )
 
 

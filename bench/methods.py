@@ -1,0 +1,209 @@
+"""Every method side by side at equal wall clock, per seed, on the same split and teacher (issue 27).
+
+Per seed: prepare, the supervised teacher, the robustness sets and reference (all from params.yaml and its
+--set overrides), then
+  1. noisy_student: three generations (infer, filter-balance, train-student; each student the next teacher, no
+     gate) as params.yaml has them, with student.epochs x --budget-factor; the wall time of the default three
+     (factor 1) is the budget B of this seed, and every other method gets factor x B;
+  2. the step-based methods (fixmatch and its thresholds, mpl, reduced_mpl): a short calibration run gives each
+     one's steps/s, then its steps are set to fill the budget;
+  3. noisy_student_consistency: three generations with student.consistency=dropped, student.epochs set from a
+     one-epoch calibration of its first generation so that the three fill the budget;
+  4. noisy_student_growing (--growing): three generations growing resnet10t -> resnet18 -> resnet26, from scratch,
+     at the default epochs: its cost is measured, not fitted to the budget.
+Each final model is evaluated like a generation (test top-1, mCE, -A top-1, against the seed's teacher). Raw
+results go to --out (appended per seed and method, so a killed run picks up where it stopped), the table to
+stdout, with the wall time each method took.
+
+    python bench/methods.py --seeds 0 1 2 --out runs/methods.json                       # today's budget
+    python bench/methods.py --seeds 0 1 2 --budget-factor 2 --out runs/methods-2x.json  # twice it
+    python bench/methods.py --seeds 0 --set data.unlabeled=4000 --out runs/pilot.json   # a smaller pilot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selftrain import stages
+from selftrain.params import Params, load_params
+
+CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
+STEP_METHODS = {
+    "fixmatch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "fixed"},
+    "flexmatch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "flexmatch"},
+    "freematch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch"},
+    "freematch_da": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch", "fixmatch.dist_align": True},
+    "mpl": {"generations.gen1.method": "mpl"},
+    "reduced_mpl": {"generations.gen1.method": "reduced_mpl"},
+}
+ORDER = ["teacher", "noisy_student", *STEP_METHODS, "noisy_student_consistency", "noisy_student_growing"]
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+class Seed:
+    """One seed's shared inputs (data, teacher, robustness sets and reference) and how its methods are run."""
+
+    def __init__(self, seed: int, work: Path, params_path: str, overrides: dict[str, Any]) -> None:
+        self.root, self.params_path, self.overrides = work / f"seed{seed}", params_path, {**overrides, "seed": seed}
+        self.data, self.gen0 = str(self.root / "data"), str(self.root / "gen0.json")
+        self.sets, self.reference = str(self.root / "sets"), str(self.root / "reference")
+
+    def params(self, **extra: Any) -> Params:
+        return load_params(self.params_path, {**self.overrides, **extra})
+
+    def prepare(self) -> dict[str, Any]:
+        p = self.params()
+        if not (self.root / "reference").exists():
+            stages.prepare(p, out=self.data)
+            stages.train_teacher(p, data=self.data, out=str(self.root / "teacher"), promoted=self.gen0)
+            stages.make_robustness_sets(p, data=self.data, out=self.sets)
+            stages.robustness_reference(p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference)
+        return self.evaluate(str(self.root / "teacher" / stages.CHECKPOINT), "teacher", role="teacher")
+
+    def evaluate(self, checkpoint: str, name: str, role: str = "student") -> dict[str, Any]:
+        out = str(self.root / f"{name}-metrics.json")
+        m = stages.evaluate(self.params(), teacher=self.gen0, student=checkpoint, data=self.data, out=out, sets=self.sets, reference=self.reference)
+        return {k: m[role].get(k) for k in ("test_top1", "mCE", "hard_top1")}
+
+    def chain(self, name: str, generations: int = 3, models: list[str] | None = None, **extra: Any) -> tuple[str, float, list[float]]:
+        """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall s)."""
+        teacher, total, each = self.gen0, 0.0, []
+        for k in range(1, generations + 1):
+            g = self.root / name / f"gen{k}"
+            model = {"generations.gen1.model": models[k - 1]} if models else {}
+            p = self.params(**extra, **model)
+            t0 = time.perf_counter()
+            stages.infer(p, teacher=teacher, data=self.data, out=str(g / "logits"))
+            stages.filter_balance(p, logits_store=str(g / "logits"), data=self.data, out=str(g / "pseudo"))
+            _, t_student = _timed(stages.train_student, p, generation="gen1", data=self.data, teacher=teacher, pseudo=str(g / "pseudo"), out=str(g / "student"))
+            total, teacher = total + time.perf_counter() - t0, str(g / "student" / stages.CHECKPOINT)
+            each.append(t_student)
+        return teacher, total, each
+
+    def step_method(self, name: str, budget: float) -> dict[str, Any]:
+        """A step-based method with as many steps as fill `budget` seconds (calibrated on a short run)."""
+        overrides = STEP_METHODS[name]
+        method = overrides["generations.gen1.method"]
+        section = "fixmatch" if method == "fixmatch" else "mpl"
+        calib = self.params(**overrides, **_steps(section, CALIBRATION_STEPS))
+        _, t_calib = _timed(self._train, method, calib, self.root / f"{name}-calibration")
+        log = "log.csv" if method == "fixmatch" else "mpl_log.csv"
+        steps_per_s = _csv_column(self.root / f"{name}-calibration" / log, "steps_per_s")[-1]
+        steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
+        _, wall = _timed(self._train, method, self.params(**overrides, **_steps(section, steps)), self.root / name)
+        return {**self.evaluate(str(self.root / name / stages.CHECKPOINT), name), "wall_s": wall, "steps": steps, "steps_per_s": steps_per_s}
+
+    def _train(self, method: str, p: Params, out: Path) -> dict[str, Any]:
+        common = {"generation": "gen1", "data": self.data, "teacher": self.gen0, "out": str(out)}
+        if method == "mpl":
+            return stages.train_mpl(p, **common)
+        if method == "reduced_mpl":
+            logits = self.root / "gen0-logits"
+            if not logits.exists():
+                stages.infer(p, teacher=self.gen0, data=self.data, out=str(logits))
+            return stages.train_reduced_mpl(p, **common, logits_store=str(logits))
+        return stages.train_student(p, **common)
+
+
+def _steps(section: str, steps: int) -> dict[str, Any]:
+    # one log row (and validation), at the end; MPL's UDA ramp a quarter of the run (its default, 500, is for longer runs)
+    extra = {"mpl.uda_ramp_steps": max(1, steps // 4)} if section == "mpl" else {}
+    return {f"{section}.steps": steps, f"{section}.checkpoint_every": steps, **extra}
+
+
+def run_seed(s: Seed, row: dict[str, Any], factor: float, methods: list[str], save: Any) -> None:
+    row.setdefault("teacher", s.prepare())
+    epochs = s.params().student.epochs
+    if "budget_s" not in row:  # the default three generations: this seed's budget
+        model, row["budget_s"], _ = s.chain("noisy_student-default")
+        if factor == 1:
+            row["noisy_student"] = {**s.evaluate(model, "noisy_student"), "wall_s": row["budget_s"], "epochs": epochs}
+        save()
+    budget = factor * row["budget_s"]
+    if "noisy_student" in methods and "noisy_student" not in row:
+        model, wall, _ = s.chain("noisy_student", **{"student.epochs": round(factor * epochs)})
+        row["noisy_student"] = {**s.evaluate(model, "noisy_student"), "wall_s": wall, "epochs": round(factor * epochs)}
+        save()
+    for name in STEP_METHODS:
+        if name in methods and name not in row:
+            row[name] = s.step_method(name, budget)
+            save()
+    if "noisy_student_consistency" in methods and "noisy_student_consistency" not in row:
+        c = {"student.consistency": "dropped"}
+        _, t_infer, (t_epoch,) = s.chain("noisy_student_consistency-calibration", 1, **c, **{"student.epochs": 1})
+        fitted = max(1, int((budget / 3 - (t_infer - t_epoch)) / t_epoch))
+        model, wall, _ = s.chain("noisy_student_consistency", **c, **{"student.epochs": fitted})
+        row["noisy_student_consistency"] = {**s.evaluate(model, "noisy_student_consistency"), "wall_s": wall, "epochs": fitted}
+        save()
+    if "noisy_student_growing" in methods and "noisy_student_growing" not in row:
+        model, wall, each = s.chain("noisy_student_growing", models=["resnet10t", "resnet18", "resnet26"], **{"student.init": "scratch"})
+        row["noisy_student_growing"] = {**s.evaluate(model, "noisy_student_growing"), "wall_s": wall, "student_wall_s": each}
+        save()
+
+
+def _csv_column(path: Path, name: str) -> list[float]:
+    header, *rows = path.read_text().splitlines()
+    i = header.split(",").index(name)
+    return [float(r.split(",")[i]) for r in rows if r.split(",")[i]]
+
+
+def _stats(values: list[float], scale: float = 100) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.fmean(values):.2f} ± {scale * sd:.2f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = list(results.values())
+    lines = ["| method | test top-1 % | mCE | -A top-1 % | wall s (mean) | seeds | per seed test top-1 |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name in ORDER:
+        done = [r[name] for r in rows if name in r]
+        if not done:
+            continue
+        top1 = [m["test_top1"] for m in done]
+        mce = [m["mCE"] for m in done if m["mCE"] is not None]
+        hard = [m["hard_top1"] for m in done if m["hard_top1"] is not None]
+        wall = statistics.fmean(m["wall_s"] for m in done) if "wall_s" in done[0] else 0.0
+        lines.append(
+            f"| {name} | {_stats(top1)} | {_stats(mce, 1) if mce else '-'} | {_stats(hard) if hard else '-'} | {wall:.0f} | {len(done)} | "
+            f"{', '.join(f'{100 * a:.2f}' for a in top1)} |"
+        )
+    budgets = [r["budget_s"] for r in rows if "budget_s" in r]
+    return "\n".join(lines) + (f"\n\nbudget (noisy_student x3 at the default epochs): {statistics.fmean(budgets):.0f} s a seed" if budgets else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every run (YAML value), repeatable")
+    ap.add_argument("--budget-factor", type=float, default=1.0, help="every method gets this times the default three generations' wall time")
+    ap.add_argument("--methods", nargs="+", default=[m for m in ORDER if m != "teacher"], choices=ORDER[1:])
+    ap.add_argument("--growing", action="store_true", help="also noisy_student_growing (resnet10t -> resnet18 -> resnet26)")
+    ap.add_argument("--work", default="runs/methods", help="artifacts of every run (default: %(default)s)")
+    ap.add_argument("--out", default="methods.json", help="raw results (default: %(default)s)")
+    args = ap.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    methods = [m for m in args.methods if m != "noisy_student_growing" or args.growing]
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for seed in args.seeds:
+        row = results.setdefault(str(seed), {})
+        run_seed(Seed(seed, Path(args.work), args.params, overrides), row, args.budget_factor, methods, lambda: out.write_text(json.dumps(results, indent=1)))
+        out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
