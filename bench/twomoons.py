@@ -20,6 +20,10 @@ VARIANTS = {
     "MPL sign flipped + UDA": {"mpl_weight": -1.0},
     "MPL without UDA": {"uda_weight": 0.0},
     "MPL sign flipped, no UDA": {"mpl_weight": -1.0, "uda_weight": 0.0},
+    # how h is measured (issue 27): this MLP has no dropout or BatchNorm, so eval-mode h is train-mode h exactly;
+    # the first-order form is the one that differs
+    "MPL + UDA, h first-order (signal dot)": {"signal": "dot"},
+    "MPL without UDA, h first-order (signal dot)": {"uda_weight": 0.0, "signal": "dot"},
 }
 
 

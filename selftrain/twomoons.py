@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ class MoonsSetup:
     finetune_steps: int = 200
     mpl_weight: float = 1.0  # the teacher's MPL signal (0: UDA + labeled CE only; -1: the flipped sign)
     uda_weight: float = 1.0
+    signal: Literal["train", "eval", "dot"] = "train"  # how h is measured (selftrain.mpl); this MLP has no dropout or BatchNorm, so train = eval here
 
 
 def _mlp(hidden: int) -> nn.Module:
@@ -99,7 +100,7 @@ def run(seed: int, setup: MoonsSetup = MoonsSetup()) -> MoonsResult:
 
     teacher, student = copy.deepcopy(supervised), copy.deepcopy(init)
     t_opt, s_opt = torch.optim.Adam(teacher.parameters(), lr=setup.lr), torch.optim.Adam(student.parameters(), lr=setup.lr)
-    cfg, state = MplConfig(uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight), MplState()
+    cfg, state = MplConfig(uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight, signal=setup.signal), MplState()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(setup.steps):
         batch = x_u[torch.randint(0, len(x_u), (64,), generator=gen)]
