@@ -65,8 +65,9 @@ def _folder_overrides(root: str):
 
 
 @pytest.fixture
-def s3_tree(image_tree, one_try_s3):
-    """image_tree uploaded to the S3 endpoint under a prefix of its own: (s3 root, prefix)."""
+def s3_tree(image_tree, s3_server):
+    """image_tree uploaded to the S3 endpoint under a prefix of its own: (s3 root, prefix). Uploaded with s3fs's usual
+    tries and timeouts: the one-try client a test then asks for (one_try_s3) timed the upload out on a busy machine."""
     prefix = f"tree-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem().put(str(image_tree), f"{S3_BUCKET}/{prefix}", recursive=True)
     return f"s3://{S3_BUCKET}/{prefix}", prefix
