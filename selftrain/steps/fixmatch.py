@@ -24,7 +24,7 @@ from selftrain import consistency, distributed
 from selftrain.consistency import DistributionAlignment, FreeMatchThreshold
 from selftrain.data import Split
 from selftrain.params import FixMatchParams, StudentParams
-from selftrain.steps.views import StepImages, on_device, step_loader
+from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, lr_lambda
 
 
@@ -43,7 +43,7 @@ def world_targets(
     return targets, mask, probs
 
 
-class FixMatchStep:
+class FixMatchStep(StepSeeded):
     method = "fixmatch"
 
     def __init__(self, model: nn.Module, p: FixMatchParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray, ctx: Context, seed: int) -> None:
@@ -121,12 +121,3 @@ class FixMatchStep:
         self.rule.load_state_dict(state["threshold"])
         if self.align is not None:
             self.align.load_state_dict(state["align"])
-
-    def rank_state(self) -> dict[str, Any]:
-        return {}  # every step's data and noise come from (seed, step): no stream to carry
-
-    def load_rank_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def reseed(self, seed: int) -> None:
-        pass

@@ -23,7 +23,7 @@ from selftrain.evaluate import accuracy
 from selftrain.mpl import LogitTeacher, MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
 from selftrain.params import MplParams, StudentParams, TrainParams
 from selftrain.steps.supervised import SupervisedStep
-from selftrain.steps.views import StepImages, on_device, step_loader
+from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, fit, lr_lambda
 
 
@@ -40,7 +40,7 @@ def mpl_config(p: MplParams) -> MplConfig:
     )
 
 
-class MplStep:
+class MplStep(StepSeeded):
     """One MPL step: the student on the teacher's hard pseudo-labels of strong views, then the teacher on the change
     this made to the student's labeled loss, plus its labeled CE and UDA."""
 
@@ -142,15 +142,6 @@ class MplStep:
             self.opts[k].load_state_dict(state[f"{k}_opt"])
             self.scheds[k].load_state_dict(state[f"{k}_sched"])
         self.state.step, self.state.baseline = state["mpl_step"], state["baseline"]
-
-    def rank_state(self) -> dict[str, Any]:
-        return {}  # every step's data and noise come from (seed, step): no stream to carry
-
-    def load_rank_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def reseed(self, seed: int) -> None:
-        pass
 
 
 class ReducedMplStep(MplStep):
