@@ -139,7 +139,7 @@ class MplParams(_Section):
     mpl_weight: float = Field(1.0, description="weight of the teacher's MPL term (0: off; < 0: the flipped sign, for ablations)")
     baseline_decay: float = Field(0.99, ge=0, lt=1, description="moving average of h subtracted from it")
     signal: Literal["train", "eval", "dot"] = Field(
-        "train", description="how h is measured: train-mode passes (noisy), eval-mode passes, or the first-order dot product (selftrain.mpl)"
+        "eval", description="how h is measured: train-mode passes (noisy), eval-mode passes, or the first-order dot product (selftrain.mpl)"
     )
     uda_weight: float = Field(1.0, ge=0, description="teacher's UDA consistency loss weight (mpl only)")
     uda_temperature: float = Field(0.7, gt=0, description="sharpening of the weak-view target")
