@@ -22,8 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from selftrain import distributed
+from selftrain.params import FixMatchParams
 
 ThresholdRule = Literal["fixed", "flexmatch", "freematch"]
 
@@ -173,6 +177,45 @@ def pseudo_targets(
             probs = align(probs)
         mask = threshold.mask(probs, rows)
         return probs.argmax(1), mask, probs
+
+
+class PseudoLabeller:
+    """The threshold rule and the optional alignment with their running state: what turns a batch of weak views
+    into pseudo-labels and a mask (FixMatch's step and Noisy Student's consistency term). Under torchrun the rule
+    and the alignment update from the whole step's batch (every process's share, gathered), so every process
+    keeps the same state; each process keeps its own share of the result."""
+
+    def __init__(self, rule: Threshold, align: DistributionAlignment | None) -> None:
+        self.rule, self.align = rule, align
+
+    @classmethod
+    def build(cls, p: FixMatchParams, labels: np.ndarray, classes: int, n_unlabeled: int) -> PseudoLabeller:
+        """`p`'s rule over `n_unlabeled` images; alignment (if asked) to the prior of the labeled `labels`."""
+        prior = torch.bincount(torch.from_numpy(labels).long(), minlength=classes).float()
+        align = DistributionAlignment(prior, p.ema_p) if p.dist_align else None
+        return cls(build_threshold(p.threshold, p.tau, n_unlabeled, classes, p.ema_p), align)
+
+    def __call__(self, logits_weak: torch.Tensor, rows: torch.Tensor, w: distributed.World) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pseudo-labels, mask and (aligned) probabilities of this process's weak views."""
+        if w.size == 1:
+            return pseudo_targets(logits_weak, rows, self.rule, self.align)
+        shares = distributed.all_gather((logits_weak.detach().cpu(), rows.cpu()), w)
+        out = pseudo_targets(torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), self.rule, self.align)
+        start = sum(len(s[0]) for s in shares[: w.rank])
+        targets, mask, probs = (x[start : start + len(rows)].to(logits_weak.device) for x in out)
+        return targets, mask, probs
+
+    def fairness(self, logits_strong: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """FreeMatch's fairness term (None under another rule)."""
+        return fairness_loss(logits_strong, mask, self.rule) if isinstance(self.rule, FreeMatchThreshold) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threshold": self.rule.state_dict(), "align": None if self.align is None else self.align.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state["threshold"])
+        if self.align is not None:
+            self.align.load_state_dict(state["align"])
 
 
 def masked_ce(logits_strong: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import write_tiny_params
-from selftrain import noise, stages
+from selftrain import distributed, noise, stages
 from selftrain.data import load_split
 from selftrain.params import load_params
-from selftrain.steps import fixmatch, views
+from selftrain.steps import views
 from selftrain.steps.fixmatch import FixMatchStep
 
 
@@ -44,7 +44,7 @@ def test_cutout_blanks_one_square_per_image_from_its_generator():
 def test_the_weak_view_is_only_flipped_and_cropped_and_the_strong_view_is_more(tiny):
     p = params(tiny)
     labeled, unlabeled = load_split(str(tiny / "data"), "labeled"), load_split(str(tiny / "data"), "unlabeled")
-    images = views.StepImages(labeled, unlabeled.images, 20, 2, p.student, seed=0, world=fixmatch.distributed.World())
+    images = views.StepImages(labeled, unlabeled.images, 20, 2, p.student, seed=0, world=distributed.World())
     item = images[3]
     rows = item["rows_u"].numpy()
     assert len(rows) == 40 and np.array_equal(item["x_uw"].permute(0, 2, 3, 1).numpy(), unlabeled.images[rows])  # no per-image noise
@@ -91,25 +91,25 @@ def test_the_threshold_state_is_what_a_resume_restores(tiny):
 
     net = create(ModelSpec("resnet10t", 10, 1, 28, labeled.classes), 0.0, 0.0)
     step = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
-    step.rule.selected[:3] = torch.tensor([4, 4, 1])
-    step.align.p_model = torch.full((10,), 0.1)
+    step.labeller.rule.selected[:3] = torch.tensor([4, 4, 1])
+    step.labeller.align.p_model = torch.full((10,), 0.1)
     state = json.loads(json.dumps({k: v.tolist() for k, v in step.state_dict()["threshold"].items()}))
     assert state["selected"][:4] == [4, 4, 1, -1]
     fresh = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     fresh.load_state_dict(step.state_dict())
-    assert torch.equal(fresh.rule.selected, step.rule.selected) and torch.equal(fresh.align.p_model, step.align.p_model)
+    assert torch.equal(fresh.labeller.rule.selected, step.labeller.rule.selected) and torch.equal(fresh.labeller.align.p_model, step.labeller.align.p_model)
 
 
 def _two_process_targets(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from selftrain.consistency import DistributionAlignment, FreeMatchThreshold
+    from selftrain.consistency import DistributionAlignment, FreeMatchThreshold, PseudoLabeller
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     logits, rows = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)), torch.arange(10)
     share = slice(rank, None, 2)  # StepImages' split of a step's batch: every world.size-th image
     rule, align = FreeMatchThreshold(3, momentum=0.5), DistributionAlignment(torch.ones(3), momentum=0.5)
-    mine = fixmatch.world_targets(logits[share], rows[share], rule, align, fixmatch.distributed.World(rank, 2))
+    mine = PseudoLabeller(rule, align)(logits[share], rows[share], distributed.World(rank, 2))
     torch.save({"mine": mine, "tau": rule.tau_t, "p_model": align.p_model}, f"{out}.{rank}")
     dist.destroy_process_group()
 

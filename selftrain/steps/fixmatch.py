@@ -20,27 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selftrain import consistency, distributed
-from selftrain.consistency import DistributionAlignment, FreeMatchThreshold
+from selftrain import consistency
 from selftrain.data import Split
 from selftrain.params import FixMatchParams, StudentParams
 from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, lr_lambda
-
-
-def world_targets(
-    logits_uw: torch.Tensor, rows: torch.Tensor, rule: consistency.Threshold, align: DistributionAlignment | None, w: distributed.World
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pseudo-labels, mask and probabilities of this process's weak views. Under torchrun they are computed on the
-    whole step's batch (every process's share, gathered), so the threshold rule and the alignment update exactly
-    as in one process and stay the same in every process; each keeps its own share."""
-    if w.size == 1:
-        return consistency.pseudo_targets(logits_uw, rows, rule, align)
-    shares = distributed.all_gather((logits_uw.detach().cpu(), rows.cpu()), w)
-    out = consistency.pseudo_targets(torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), rule, align)
-    start = sum(len(s[0]) for s in shares[: w.rank])
-    targets, mask, probs = (x[start : start + len(rows)].to(logits_uw.device) for x in out)
-    return targets, mask, probs
 
 
 class FixMatchStep(StepSeeded):
@@ -56,10 +40,7 @@ class FixMatchStep(StepSeeded):
         self.net = ctx.wrap(model)
         self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(p.steps, p.warmup_steps))
-        classes = len(labeled.classes)
-        self.rule = consistency.build_threshold(p.threshold, p.tau, len(unlabeled), classes, p.ema_p)
-        prior = torch.bincount(torch.from_numpy(labeled.labels).long(), minlength=classes).float()
-        self.align = DistributionAlignment(prior, p.ema_p) if p.dist_align else None
+        self.labeller = consistency.PseudoLabeller.build(p, labeled.labels, len(labeled.classes), len(unlabeled))
         self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
 
     @classmethod
@@ -77,11 +58,11 @@ class FixMatchStep(StepSeeded):
             out = self.net(torch.cat([x_l, x_uw, x_us])).float()
         n_l, n_u = len(x_l), len(x_uw)
         logits_l, logits_uw, logits_us = out[:n_l], out[n_l : n_l + n_u], out[n_l + n_u :]
-        targets, mask, probs = world_targets(logits_uw, batch["rows_u"], self.rule, self.align, self.ctx.world)
+        targets, mask, probs = self.labeller(logits_uw, batch["rows_u"], self.ctx.world)
         loss_l = F.cross_entropy(logits_l, y_l, label_smoothing=self.sp.label_smoothing)
         loss_u = consistency.masked_ce(logits_us, targets, mask)
         loss = loss_l + self.p.unlabeled_weight * loss_u
-        fair = consistency.fairness_loss(logits_us, mask, self.rule) if isinstance(self.rule, FreeMatchThreshold) and self.p.fairness_weight else None
+        fair = self.labeller.fairness(logits_us, mask) if self.p.fairness_weight else None
         if fair is not None:
             loss = loss + self.p.fairness_weight * fair
         self.opt.zero_grad(set_to_none=True)
@@ -110,14 +91,11 @@ class FixMatchStep(StepSeeded):
             "model": getattr(self.model, "_orig_mod", self.model).state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
-            "threshold": self.rule.state_dict(),
-            "align": None if self.align is None else self.align.state_dict(),
+            **self.labeller.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
-        self.rule.load_state_dict(state["threshold"])
-        if self.align is not None:
-            self.align.load_state_dict(state["align"])
+        self.labeller.load_state_dict(state)

@@ -24,7 +24,6 @@ from selftrain import consistency
 from selftrain.data import Split
 from selftrain.losses import build_loss
 from selftrain.params import FixMatchParams, StudentParams
-from selftrain.steps.fixmatch import world_targets
 from selftrain.steps.supervised import SupervisedStep, image_loader
 from selftrain.steps.views import StepImages, on_device, step_loader
 from selftrain.train import Context, StepBatches, StudentRun
@@ -45,10 +44,7 @@ class PseudoLabelStep(SupervisedStep):
         self.views: StepImages | None = None  # the consistency term's images (student.consistency), `pool` of them
         if pool is not None and fm is not None:
             self.fm, self.views = fm, StepImages(labeled, pool, p.batch_size, fm.unlabeled_ratio, p, seed + 5, ctx.world)
-            classes = len(labeled.classes)
-            self.rule = consistency.build_threshold(fm.threshold, fm.tau, len(pool), classes, fm.ema_p)
-            prior = torch.bincount(torch.from_numpy(labeled.labels).long(), minlength=classes).float()
-            self.align = consistency.DistributionAlignment(prior, fm.ema_p) if fm.dist_align else None
+            self.labeller = consistency.PseudoLabeller.build(fm, labeled.labels, len(labeled.classes), len(pool))
 
     @classmethod
     def build(cls, run: StudentRun) -> PseudoLabelStep:
@@ -89,23 +85,20 @@ class PseudoLabelStep(SupervisedStep):
 
     def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         weak, strong = out.chunk(2)
-        targets, mask, _ = world_targets(weak, batch["rows_u"], self.rule, self.align, self.ctx.world)
+        targets, mask, _ = self.labeller(weak, batch["rows_u"], self.ctx.world)
         loss = consistency.masked_ce(strong, targets, mask)
         return self.sp.consistency_weight * loss, {"loss_consistency": loss.item(), "mask_rate": mask.mean().item()}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.views is not None:
-            state["threshold"] = self.rule.state_dict()
-            state["align"] = None if self.align is None else self.align.state_dict()
+            state.update(self.labeller.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if self.views is not None:
-            self.rule.load_state_dict(state["threshold"])
-            if self.align is not None:
-                self.align.load_state_dict(state["align"])
+            self.labeller.load_state_dict(state)
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # the losses take teacher logits: log q is one (softmax(log q) = q); the floor keeps hard labels finite
