@@ -39,12 +39,14 @@ worker: setup
 	$(PREFECT_LOCAL) prefect --no-prompt deploy --all
 	$(PREFECT_LOCAL) prefect worker start --pool process
 
-# lint first (seconds), then the suite: ruff (pyflakes, import order, pyupgrade to the Python floor, format) and mypy on selftrain/
+# lint first (seconds), then the suite: ruff (pyflakes, import order, pyupgrade to the Python floor, format) and mypy on selftrain/;
+# the suite on one pytest-xdist worker per core, each test module on one worker (its module fixtures built once),
+# modules handed out slowest first (tests/conftest.py SLOWEST_FIRST; xdist would otherwise order them by test count)
 test: setup
 	ruff check .
 	ruff format --check .
 	mypy
-	pytest
+	pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # The project's image (Dockerfile): VARIANT=cpu (default) or cuda, TAG (default selftrain:VARIANT). docker when a
 # daemon answers, else buildah, whose base image is pulled or made here from Debian's packages (k8s/README.md).

@@ -6,6 +6,7 @@ One code path for CPU and CUDA: the CUDA-only speedups switch on by themselves w
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from typing import cast
 
@@ -19,6 +20,8 @@ def pick_device(name: str = "auto") -> torch.device:
         raise RuntimeError("runtime.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    # the thread count is worth seeing: more threads than the cores a process really gets makes torch crawl
+    logging.getLogger("selftrain").info("device %s, torch threads %d", name, torch.get_num_threads())
     return torch.device(name)
 
 

@@ -150,6 +150,12 @@ def job_manifest(
     if res.node_pool:
         tolerations.append({"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"})
     env = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
+    if "OMP_NUM_THREADS" not in k.env and not data_parallel(res):
+        # torch sizes its thread pool by the node's cores, not the pod's share: on a busy 64-core node a pod that
+        # requested 8 would run 64 threads on 8 cores' worth of time (measured here: a torch process of 2 threads on
+        # 2 cores beside one busy process ran 3-4x slower than alone; BENCHMARKS.md "Threads"). The downward API
+        # gives the request, rounded up to whole cores. torchrun sets 1 per process itself.
+        env.append({"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}}})
     if parts:
         # the controller sets this annotation on each pod of an Indexed Job; $(JOB_COMPLETION_INDEX) in args reads it
         env.append(

@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,28 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+# One torch thread in the test process and everything it starts (stages, flows, torchrun; the fake cluster's pods
+# get theirs from their CPU request). The suite runs servers, stages and pods side by side, and on 2 cores a torch
+# process of two threads beside one busy process ran a training step 3-4x slower than alone, one thread not at all
+# (BENCHMARKS.md, "Threads");
+# the bitwise comparisons between runners also need one thread count. Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
+if "torch" in sys.modules:  # a plugin imported it first
+    sys.modules["torch"].set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest-xdist worker per core
+    # Each worker's temporary Prefect server gets a database of its own: two servers on one SQLite file lock it.
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+
+# The modules that take longest, first: `--dist loadfile --no-loadscope-reorder` hands out whole modules in this
+# order, so the workers finish together rather than one starting the slowest module when the other is nearly done.
+SLOWEST_FIRST = ("test_pipeline.py", "test_k8s_runner.py", "test_prefect_server.py", "test_distributed.py", "test_mpl.py", "test_generation_stages.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order within a module kept
+
 
 # Small enough for a 2-core CI machine, large enough that every stage does real work.
 TINY = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import os
 import re
 import shlex
@@ -443,6 +444,8 @@ class FakeCluster:
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
+            elif "resourceFieldRef" in e["valueFrom"]:
+                env[e["name"]] = _resource_field(container, e["valueFrom"]["resourceFieldRef"])
             else:  # only the fieldRef to an annotation that Indexed Jobs use
                 key = re.search(r"annotations\['([^']+)'\]", e["valueFrom"]["fieldRef"]["fieldPath"]).group(1)
                 env[e["name"]] = annotations[key]
@@ -502,3 +505,12 @@ class FakeCluster:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _resource_field(container: dict[str, Any], ref: dict[str, Any]) -> str:
+    """The downward API's value of a container's resource (requests.cpu, limits.memory, ...), as the kubelet
+    computes it: the quantity divided by `divisor` (default 1) and rounded up to a whole number (Kubernetes'
+    ExtractContainerResourceValue). Only set quantities: an unset limit would be the node's allocatable."""
+    kind, resource = ref["resource"].split(".", 1)
+    quantity = parse_quantity(container["resources"][kind][resource])
+    return str(math.ceil(quantity / parse_quantity(ref.get("divisor", "1"))))

@@ -86,6 +86,11 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
     assert summary == {"images": 400, "shards": 1, "k": None}
     assert any("infer: {'images': 400" in r.getMessage() for r in caplog.records), "the pod's log did not reach the flow's log"
+    # torch in the pod runs as many threads as the pod requested cores (the downward API), not the node's core count
+    assert {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}}} in container[
+        "env"
+    ]
+    assert "device cpu, torch threads 1" in (cluster.workdir / "logs" / f"{cluster.created_pods[0]}.log").read_text()
     # a retry of the same call in the same flow run (Prefect retries transient API errors) waits on that Job, starts none
     again = run_stage_job(
         load_params(path, {"teacher.epochs": 1, **K8S, "resources": res}),
@@ -199,7 +204,9 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     cluster.evict_when("train-mpl", lambda: (_checkpoint_step(resume) or 0) >= 10)
     kwargs = {"generation": "gen2", "data": g.data, "teacher": g.promoted}
     with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
-        one_stage(str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-mpl", {**kwargs, "out": str(out)})
+        one_stage(
+            str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}}, str(tmp_path), "train-mpl", {**kwargs, "out": str(out)}
+        )
     [job] = cluster.jobs()
     assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     assert len(cluster.evicted) == 1 and len(cluster.created_pods) == 2  # the evicted pod and exactly one replacement
@@ -222,7 +229,7 @@ def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen
     kwargs = {"generation": "gen1", "data": g.data, "teacher": g.promoted}
     out = tmp_path / "student"
     summary = one_stage(
-        str(path), {**K8S, **fm, "resources": {"train-student": {"memory": "4Gi"}}}, str(tmp_path), "train-student", {**kwargs, "out": str(out)}
+        str(path), {**K8S, **fm, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}}, str(tmp_path), "train-student", {**kwargs, "out": str(out)}
     )
     [job] = cluster.jobs()
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student" and summary["method"] == "fixmatch"
@@ -236,7 +243,7 @@ def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(
     parts = {"infer.parts": 3, "infer.shard_size": 150, "infer.batch_size": 64}
     out = str(tmp_path / "logits")
     kwargs = {"teacher": g.promoted, "data": g.data, "out": out}
-    summary = one_stage(str(path), {**K8S, **parts, "resources": {"infer": {"parallelism": 2}}}, str(tmp_path), "infer", kwargs)
+    summary = one_stage(str(path), {**K8S, **parts, "resources": {"infer": {"parallelism": 2, "cpu": "1"}}}, str(tmp_path), "infer", kwargs)
     [job] = cluster.jobs()
     kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
     assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 3, 2)
