@@ -150,11 +150,13 @@ def job_manifest(
     if res.node_pool:
         tolerations.append({"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"})
     env = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
-    if "OMP_NUM_THREADS" not in k.env and not data_parallel(res):
+    if "OMP_NUM_THREADS" not in k.env and res.gpu <= 1:
         # torch sizes its thread pool by the node's cores, not the pod's share: on a busy 64-core node a pod that
         # requested 8 would run 64 threads on 8 cores' worth of time (measured here: a torch process of 2 threads on
         # 2 cores beside one busy process ran 3-4x slower than alone; BENCHMARKS.md "Threads"). The downward API
-        # gives the request, rounded up to whole cores. torchrun sets 1 per process itself.
+        # gives the request, rounded up to whole cores. A pod of several processes (one per GPU) is left to
+        # torchrun, which sets 1 per process, but only when it starts more than one (so a one-GPU pod of a
+        # multi-node run gets the request too).
         env.append({"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}}})
     if parts:
         # the controller sets this annotation on each pod of an Indexed Job; $(JOB_COMPLETION_INDEX) in args reads it

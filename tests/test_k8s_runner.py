@@ -298,6 +298,13 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     args = container["args"]
     assert args[args.index("--nnodes") + 1] == "4" and args[args.index("--nproc-per-node") + 1] == "8"
     assert args[args.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
+    assert "OMP_NUM_THREADS" not in {e["name"] for e in container["env"]}  # eight processes a pod: torchrun gives each one thread
+    one_gpu = {"resources": {"train-student": {"gpu": 1, "nodes": 2, "cpu": "6"}}}
+    job = job_manifest(
+        load_params(path, {**K8S, **one_gpu}), "train-student", name, ["train-student"], resources_for(load_params(path, {**K8S, **one_gpu}), "train-student")
+    )
+    [omp] = [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "OMP_NUM_THREADS"]
+    assert omp["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"  # one process a pod: torchrun sets nothing
     assert args[args.index("-m") + 1 :] == ["selftrain.cli", "train-student", "--out", "s3://b/gen2/student"]
     # MPL, which takes train-student's entry, is data-parallel too; an MPL entry of one GPU runs without torchrun
     mpl = resources_for(params, "train-mpl")
