@@ -13,17 +13,17 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, distributed, failures, lineage, models, registry
-from selftrain import plan as capacity
+from selftrain import artifacts, failures, registry
 from selftrain import promote as promotion
 from selftrain.data.splits import check_data
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
 from selftrain.report import history_table
 from selftrain.reproduce import ReproduceError, reproduce
-from selftrain.stages import STAGES
-from selftrain.stages.reporting import pseudo_label_gallery
+from selftrain.stages import MODEL_FREE, STAGES
 
+# Stages, models (timm), plans and lineage import torch and timm, several seconds here: each is imported where a
+# command needs it, so `selftrain promote`, `summary` and `--help` start in a second or two.
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
     "data": "prepare's output: the labeled, unlabeled, val and test splits",
@@ -57,14 +57,20 @@ def _override(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; given the `command` about to run, the stages' commands other than it are left bare, so that no
+    other stage's module is imported (they take seconds: torch, timm)."""
     parser = argparse.ArgumentParser(
         prog="selftrain",
         description="Iterative self-training of image classifiers, one stage at a time. "
         "Stages read params.yaml and artifact URIs (local paths or s3://) and write their outputs atomically.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
-    for name, fn in STAGES.items():
+    for name in STAGES:
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
+        fn = STAGES[name]
         doc = inspect.getdoc(fn) or ""
         sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
         _params_option(sp)
@@ -184,6 +190,8 @@ def show_lineage(params: Params, root: str, generation: str | None = None, png: 
         if not found:
             raise artifacts.ArtifactError(f"no generation under '{root}' has a lineage.json: run the pipeline (dvc repro) first")
         generation = found[-1]
+    from selftrain import lineage
+
     records = lineage.chain(root, generation)
     if png:
         artifacts.write_bytes(png, lineage.chain_png(records))
@@ -216,13 +224,16 @@ def summary(params: Params, root: str, until: str | None = None) -> tuple[str, b
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "lineage":
             print(show_lineage(load_params(args.params), args.root, args.generation, args.png))
             return 0
         if args.command == "plan":
+            from selftrain import plan as capacity
+
             params = load_params(args.params)
             if args.nodes < 1 or args.gpus_per_node < 1:
                 raise ValueError("--nodes and --gpus-per-node must be at least 1")
@@ -256,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table)
             return 0 if finished else 1
         if args.command == "gallery":
+            from selftrain.stages.reporting import pseudo_label_gallery
+
             params = load_params(args.params)
             g = Generation(args.root, args.generation)
             previous = Generation(args.root, params.generations[args.generation].teacher).logits if args.generation in params.generations else None
@@ -272,13 +285,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(problems)} problem(s) in {source}" if problems else f"no problems in {source}", file=sys.stderr)
             return failures.EXIT_BAD_INPUT if problems else 0
         params = load_params(args.params, dict(args.overrides))
-        models.check_params(params, args.params)
+        if args.command not in MODEL_FREE:
+            from selftrain import models
+
+            models.check_params(params, args.params)
         fn = STAGES[args.command]
         kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
         try:
             result = fn(params, **kwargs)
         finally:
-            distributed.close()
+            if "selftrain.distributed" in sys.modules:  # a stage that never imported it joined no process group
+                sys.modules["selftrain.distributed"].close()
         if args.result:
             artifacts.write_json(args.result, result)
     except promotion.GateError as e:

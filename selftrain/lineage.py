@@ -16,7 +16,6 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
-import torch
 import yaml
 
 from selftrain import artifacts, methods
@@ -75,6 +74,8 @@ def packages() -> dict[str, str | None]:
 
 
 def machine() -> dict[str, Any]:
+    import torch  # here, not at the top: `selftrain lineage` and `reproduce` read records without torch
+
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),

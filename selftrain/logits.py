@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from selftrain import artifacts
 from selftrain.parallel import ordered_map
+
+if TYPE_CHECKING:  # the writer takes the model's tensors; readers give numpy, so filter-balance runs without torch
+    import torch
 
 FORMAT = "selftrain-logits/2"
 
@@ -55,10 +57,10 @@ class LogitWriter:
         self._pending_rows = 0
 
     def add(self, ids: np.ndarray, logits: torch.Tensor) -> None:
-        bad = ~torch.isfinite(logits).all(dim=1)
+        bad = ~logits.isfinite().all(dim=1)
         if bad.any():
             raise LogitStoreError(f"the model produced non-finite logits for {int(bad.sum())} image(s), first '{ids[int(bad.nonzero()[0])]}'")
-        lp = torch.log_softmax(logits.float(), dim=1)
+        lp = logits.float().log_softmax(dim=1)
         batch = {"ids": np.asarray(ids).astype(str)}
         if self.topk is None:
             batch["values"] = lp.half().numpy()

@@ -104,7 +104,8 @@ def num_params(model: nn.Module) -> int:
 def check_params(params: Any, source: str = "params") -> None:
     """The checks of a params file that need timm: every model name is a timm model, and no student is smaller than its
     teacher unless its method distils down or student.allow_smaller is set. Raises ParamsError naming each bad key.
-    (Loading params does not import timm or torch; the CLI and the flow run this before any stage.)"""
+    (Loading params does not import timm or torch; the flow runs this before any stage, the CLI before each stage that
+    builds a model.)"""
     from selftrain.methods import METHODS
     from selftrain.params import ParamsError
 

@@ -48,12 +48,15 @@ def test_loading_params_imports_neither_torch_nor_timm():
     assert out.strip() == "[]"
 
 
-def test_the_cli_checks_models_before_any_stage(tmp_path, capsys):
+def test_the_cli_checks_models_before_a_stage_that_builds_one(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump({"teacher": {"model": "resnet9000"}}))
-    assert main(["prepare", "--params", str(bad), "--out", str(tmp_path / "data")]) == EXIT_BAD_INPUT
+    assert main(["prepare", "--params", str(bad), "--out", str(tmp_path / "data")]) == 0  # splits data: no model in it
+    out = tmp_path / "teacher"
+    args = ["--params", str(bad), "--data", str(tmp_path / "data"), "--out", str(out), "--promoted", str(tmp_path / "promoted.json")]
+    assert main(["train-teacher", *args]) == EXIT_BAD_INPUT
     assert "teacher.model: unknown timm model 'resnet9000'" in capsys.readouterr().err
-    assert not (tmp_path / "data").exists()
+    assert not out.exists()
 
 
 def gens(*models: str) -> dict:
@@ -147,3 +150,14 @@ def test_kubernetes_resources_name_real_stages_and_quantities():
         parse_params({"resources": {"infer": {"gpu": -1}}})
     with pytest.raises(ParamsError, match=r"infer\.parts"):
         parse_params({"infer": {"parts": 0}})
+
+
+def test_stages_that_build_no_model_start_without_timm():
+    """The CLI skips the model check for MODEL_FREE stages; it may only because their modules never import timm."""
+    code = (
+        "import sys; from selftrain.stages import MODEL_FREE, STAGES; from selftrain.cli import build_parser; "
+        "[STAGES[s] for s in MODEL_FREE]; [build_parser(s) for s in [*MODEL_FREE, 'summary']]; "
+        "print(sorted(m for m in ('timm', 'torchvision', 'selftrain.models') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

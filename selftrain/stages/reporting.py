@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from selftrain import artifacts
-from selftrain import twomoons as moons
 from selftrain.data import load_split
 from selftrain.data.splits import withheld_labels
 from selftrain.gallery import gallery
@@ -54,5 +53,7 @@ def twomoons(params: Params, *, out: str) -> dict[str, Any]:
 
     One draw of the moons per params twomoons.seeds; writes twomoons.png (the first seed's decision
     boundaries and accuracies) and results.json (accuracy per seed, mean, std)."""
+    from selftrain import twomoons as moons  # torch: here, so that `selftrain report` starts without it
+
     result = moons.write(out, params.twomoons.seeds, moons.MoonsSetup(steps=params.twomoons.steps))
     return {name: {k: result[name][k] for k in ("mean", "std")} for name in moons.METHODS}

@@ -20,6 +20,7 @@ from selftrain import artifacts, distributed, methods, models, runtime, train
 from selftrain.data import Split, load_split
 from selftrain.params import Params, TrainParams
 from selftrain.promote import resolve
+from selftrain.stages import STAGES
 from selftrain.stages.files import CHECKPOINT, file_hash_in, write_log_csv
 from selftrain.stages.inference import stored_log_probs
 from selftrain.stages.labeling import load_pseudo
@@ -176,8 +177,6 @@ def train_reduced_mpl(
 def train_generation(params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str) -> dict[str, Any]:
     """Train the generation's student by the method params.generations gives it (what dvc.yaml runs): the method's
     stage (selftrain.methods), e.g. train-student for noisy_student and distill, train-mpl for mpl."""
-    from selftrain.stages import STAGES  # the package's table of stages, which holds this one
-
     method = methods.get(params.generation(generation).method)
     available = {"pseudo": pseudo, "logits_store": logits_store}
     inputs = {k: available[k] for k in method.stage_inputs}
