@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from selftrain import artifacts, models, runtime, stages, train
 from selftrain.data import save_split
 from selftrain.data.splits import make_splits
+from selftrain.inputs import clean_batch
 from selftrain.mpl import LogitTeacher
-from selftrain.noise import clean_batch
 from selftrain.params import DataParams, MplParams, Params, StudentParams, TrainParams
 from selftrain.steps.mpl import MplStep, ReducedMplStep
 from selftrain.steps.pseudo_label import PseudoLabelStep

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from selftrain import runtime
-from selftrain.noise import clean_batch
+from selftrain.inputs import clean_batch
 
 
 @torch.no_grad()

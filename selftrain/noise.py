@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 
+from selftrain.inputs import normalize
 from selftrain.params import TrainParams
 
 # timm's AutoAugment and RandAugment draw from the module-global `random`, which other threads in the same
@@ -52,19 +53,6 @@ def set_augmentation_state(state: dict) -> None:
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
     seed_augmentation(torch.initial_seed() % 2**32)
-
-
-MEAN, STD = 0.5, 0.5  # images are scaled to [-1, 1]; BatchNorm takes care of the rest
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float 0..255) (N, C, H, W) -> float in [-1, 1]."""
-    return x.float().div_(255).sub_(MEAN).div_(STD)
-
-
-def clean_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float (N, C, H, W); no augmentation at all."""
-    return normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
 @dataclass(frozen=True)

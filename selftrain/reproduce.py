@@ -135,8 +135,7 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
     except ReproduceError:
         _dvc(work, "pull", "--with-deps", evaluate)  # not all in this cache: the remote has it
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, *filter(None, [os.environ.get("PYTHONPATH")])]))  # that commit's code
-    for stage in STAGES:
-        _dvc(work, "repro", "--force", "--single-item", f"{stage}@{gen}", env=env)
+    _dvc(work, "repro", "--force", "--single-item", *(f"{stage}@{gen}" for stage in STAGES), env=env)  # in this order
     g = Path(work, "artifacts", gen)
     out = Outcome(commit, gen, work)
     for role, uri in (("logits", g / "logits"), ("pseudo", g / "pseudo")):

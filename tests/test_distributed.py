@@ -28,46 +28,8 @@ def test_each_process_takes_a_disjoint_share_of_the_single_process_batch():
         assert [len(p) for p in parts] == [7, 7, 6]
 
 
-@pytest.mark.slow
-def test_torchrun_with_two_processes_trains_the_teacher_like_one(tmp_path):
-    path = write_tiny_params(tmp_path / "params.yaml")
-    params = load_params(path, {"teacher.epochs": 10})
-    stages.prepare(params, out=str(tmp_path / "data"))
-    one = stages.train_teacher(params, data=str(tmp_path / "data"), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
-    proc = subprocess.run(
-        [
-            "torchrun",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "selftrain.cli",
-            "train-teacher",
-            "--params",
-            str(path),
-            "--set",
-            "teacher.epochs=10",
-            "--data",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "two"),
-            "--promoted",
-            str(tmp_path / "two.json"),
-        ],
-        cwd=tmp_path,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"checkpoint"') == 2  # both processes trained and finished
-    two = artifacts.read_json(str(tmp_path / "two.json"))
-    assert two["sha256"] == artifacts.content_hash(str(tmp_path / "two" / "model.safetensors"))
-    rows = (tmp_path / "two" / "log.csv").read_text().splitlines()
-    assert len(rows) == 11 and not Path(f"{tmp_path / 'two'}.resume").exists()
-    val_two = float(list(csv.DictReader(rows))[-1]["val_top1"])
-    assert val_two > 0.4 and abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
+# 5 steps an epoch on the tiny data: 40 steps, a checkpoint every epoch
+TEACHER_SETS = ("teacher.epochs=8", "runtime.checkpoint_every=5")
 
 
 def _torchrun_teacher(path: Path, data: Path, out: Path, *sets: str) -> subprocess.Popen:
@@ -92,6 +54,32 @@ def _torchrun_teacher(path: Path, data: Path, out: Path, *sets: str) -> subproce
     return subprocess.Popen(cmd, cwd=out.parent, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.fixture(scope="module")
+def two_process_teacher(tmp_path_factory) -> tuple[Path, Path, Path, str]:
+    """An uninterrupted two-process teacher (params, data, output, its stdout), shared by the tests below."""
+    root = tmp_path_factory.mktemp("torchrun")
+    path = write_tiny_params(root / "params.yaml")
+    stages.prepare(load_params(path), out=str(root / "data"))
+    whole = _torchrun_teacher(path, root / "data", root / "whole", *TEACHER_SETS)
+    stdout, stderr = whole.communicate(timeout=600)
+    assert whole.returncode == 0, stderr[-3000:]
+    return path, root / "data", root / "whole", stdout
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_trains_the_teacher_like_one(two_process_teacher, tmp_path):
+    path, data, two, stdout = two_process_teacher
+    params = load_params(path, dict(s.split("=") for s in TEACHER_SETS))
+    one = stages.train_teacher(params, data=str(data), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
+    assert stdout.count('"checkpoint"') == 2  # both processes trained and finished
+    record = artifacts.read_json(f"{two}.json")
+    assert record["sha256"] == artifacts.content_hash(str(two / "model.safetensors"))
+    rows = (two / "log.csv").read_text().splitlines()
+    assert len(rows) == 9 and not Path(f"{two}.resume").exists()
+    val_two = float(list(csv.DictReader(rows))[-1]["val_top1"])
+    assert val_two > 0.4 and abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
+
+
 def _checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
@@ -100,17 +88,11 @@ def _checkpoint(path: Path) -> dict | None:
 
 
 @pytest.mark.slow
-def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_uninterrupted_result(tmp_path):
-    path = write_tiny_params(tmp_path / "params.yaml")
-    sets = ("teacher.epochs=8", "runtime.checkpoint_every=5")  # 5 steps an epoch: 40 steps, a checkpoint every epoch
-    data = tmp_path / "data"
-    stages.prepare(load_params(path), out=str(data))
-    whole = _torchrun_teacher(path, data, tmp_path / "whole", *sets)
-    assert whole.wait(600) == 0, whole.stderr.read()[-3000:]
-
+def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_uninterrupted_result(two_process_teacher, tmp_path):
+    path, data, whole, _ = two_process_teacher
     out = tmp_path / "killed"
     state = Path(f"{out}.resume")
-    proc = _torchrun_teacher(path, data, out, *sets)
+    proc = _torchrun_teacher(path, data, out, *TEACHER_SETS)
     while proc.poll() is None and ((_checkpoint(state) or {}).get("step") or 0) < 15:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -124,12 +106,12 @@ def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_u
     # rank 0 wrote both processes' random states (flips and crops, dropout, augmentation) and running sums
     assert len(saved["ranks"]) == 2 and not torch.equal(saved["ranks"][0]["step"]["noise_gen"], saved["ranks"][1]["step"]["noise_gen"])
 
-    again = _torchrun_teacher(path, data, out, *sets)
+    again = _torchrun_teacher(path, data, out, *TEACHER_SETS)
     assert again.wait(600) == 0, again.stderr.read()[-3000:]
     log = again.stderr.read()
     assert f"resuming from the checkpoint at step {saved['step']} of 40" in log, log[-3000:]
-    assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
-    assert _without_speed(out / "log.csv") == _without_speed(tmp_path / "whole" / "log.csv")  # the epochs' sums carried over
+    assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    assert _without_speed(out / "log.csv") == _without_speed(whole / "log.csv")  # the epochs' sums carried over
 
 
 def _without_speed(log: Path) -> list[dict]:

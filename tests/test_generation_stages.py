@@ -12,8 +12,8 @@ import torch
 from conftest import write_tiny_params
 from selftrain import artifacts, logits, models, runtime, stages, train
 from selftrain.data import load_split
+from selftrain.inputs import clean_batch
 from selftrain.layout import Generation
-from selftrain.noise import clean_batch
 from selftrain.params import load_params
 from selftrain.promote import GateError, resolve
 from selftrain.pseudo_labels import dense, select

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selftrain.noise import ImageDataset, clean_batch, flip_crop, normalize, pil_policy, train_batch
+from selftrain.inputs import clean_batch, normalize
+from selftrain.noise import ImageDataset, flip_crop, pil_policy, train_batch
 from selftrain.params import TrainParams
 
 

@@ -37,7 +37,7 @@ _WHERE: dict[str, tuple[str, str]] = {
 
 # Stages that build no timm model: the CLI skips the check of params' model names for them (tests/test_params.py
 # checks that their modules do not import timm), so they start without importing it.
-MODEL_FREE = frozenset({"prepare", "filter-balance", "promote", "record-lineage", "report", "twomoons"})
+MODEL_FREE = frozenset({"prepare", "make-robustness-sets", "filter-balance", "promote", "record-lineage", "report", "twomoons"})
 
 
 class StageTable(Mapping[str, Stage]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from selftrain import artifacts, models, runtime
+from selftrain import artifacts, runtime
 from selftrain.data import Split, has_split, load_split, save_split
 from selftrain.inference import predict_logits
 from selftrain.params import Params
@@ -44,6 +44,8 @@ def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, An
 def robustness_reference(params: Params, *, data: str, sets: str, reference_model: str, out: str) -> dict[str, Any]:
     """Freeze the reference model's part: the -A set (holdout images it gets wrong) and its own -C/-P results,
     which normalise every later CE and FR. The reference is --reference-model unless params robustness.reference names one."""
+    from selftrain import models  # timm: here, so that make-robustness-sets, which builds no model, starts without it
+
     uri = params.robustness.reference or reference_model
     checkpoint, rec = resolve(uri)
     net, spec = models.load_checkpoint(checkpoint)
