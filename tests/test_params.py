@@ -38,14 +38,16 @@ def test_unknown_timm_model_is_refused_with_suggestions():
         check_params(parse_params({"generations": {"gen1": {"model": "resnet9000", "teacher": "gen0"}}}))
 
 
+def _imported(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported once it has run `code`."""
+    probe = f"{code}; import sys; print(','.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return [m for m in out.strip().split(",") if m]
+
+
 def test_loading_params_imports_neither_torch_nor_timm():
-    code = (
-        "import sys; from selftrain.params import load_params; "
-        "load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}}); "
-        "print(sorted(m for m in ('torch', 'timm', 'selftrain.stages') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    code = "from selftrain.params import load_params; load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}})"
+    assert _imported(code, ("torch", "timm", "selftrain.stages")) == []
 
 
 def test_the_cli_checks_models_before_a_stage_that_builds_one(tmp_path, capsys):
@@ -155,9 +157,7 @@ def test_kubernetes_resources_name_real_stages_and_quantities():
 def test_stages_that_build_no_model_start_without_timm():
     """The CLI skips the model check for MODEL_FREE stages; it may only because their modules never import timm."""
     code = (
-        "import sys; from selftrain.stages import MODEL_FREE, STAGES; from selftrain.cli import build_parser; "
-        "[STAGES[s] for s in MODEL_FREE]; [build_parser(s) for s in [*MODEL_FREE, 'summary']]; "
-        "print(sorted(m for m in ('timm', 'torchvision', 'selftrain.models') if m in sys.modules))"
+        "from selftrain.stages import MODEL_FREE, STAGES; from selftrain.cli import build_parser; "
+        "[STAGES[s] for s in MODEL_FREE]; [build_parser(s) for s in [*MODEL_FREE, 'summary']]"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert _imported(code, ("timm", "torchvision", "selftrain.models")) == []
