@@ -11,7 +11,7 @@ import numpy as np
 
 from selftrain import artifacts, logits
 from selftrain.data import load_split
-from selftrain.report import png_bytes, pyplot
+from selftrain.report import png_bytes, pyplot, tile_sheet
 
 KEPT, DROPPED, DUPLICATED = "#2e7d32", "#c62828", "#1565c0"  # frame colours: green, red, blue
 
@@ -75,45 +75,37 @@ def render(
     the whole range, so the kept and the dropped both show), a frame for what balancing did; then the rows
     that changed class since the previous teacher, and the confident mistakes where the truth is known."""
     plt = pyplot()
-    extra = [("pseudo-label changed since the previous generation", previous is not None), ("confident mistakes (truth known)", truth is not None)]
-    panels = [name for name, shown in extra if shown]
-    nrows = len(classes) + len(panels)
-    fig, axes = plt.subplots(nrows, per_class, figsize=(per_class * 1.05, nrows * 1.25), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-
-    def tile(ax: Any, row: Any, caption: str) -> None:
-        img = images[row]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
-        n = copies[row]
-        colour = DROPPED if n == 0 else DUPLICATED if n > 1 else KEPT
-        ax.add_patch(plt.Rectangle((-0.5, -0.5), img.shape[1], img.shape[0], fill=False, edgecolor=colour, linewidth=3))
-        ax.set_title(caption, fontsize=6, color=colour)
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-
+    rows: list[tuple[str, list[tuple[Any, str]]]] = []  # (row label, [(image row, caption)])
     for c, name in enumerate(classes):
         mine = np.flatnonzero(teacher.label == c)
         order = mine[np.argsort(-teacher.confidence[mine], kind="stable")]
-        axes[c, 0].text(-0.15, 0.5, name, transform=axes[c, 0].transAxes, ha="right", va="center", fontsize=8)
-        for j, row in enumerate(_spread(order, per_class)):
-            mark = "dropped" if copies[row] == 0 else f"x{copies[row]}" if copies[row] > 1 else "kept"
-            tile(axes[c, j], row, f"{teacher.confidence[row]:.2f} {mark}")
-    r = len(classes)
+        marks = {0: "dropped", 1: "kept"}
+        rows.append((name, [(i, f"{teacher.confidence[i]:.2f} {marks.get(copies[i], f'x{copies[i]}')}") for i in _spread(order, per_class)]))
     if previous is not None:
         changed = np.flatnonzero(previous.label != teacher.label)
         changed = changed[np.argsort(-teacher.confidence[changed], kind="stable")][:per_class]
-        axes[r, 0].text(-0.15, 0.5, "changed", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-        for j, row in enumerate(changed):
-            tile(axes[r, j], row, f"{classes[previous.label[row]][:8]}>{classes[teacher.label[row]][:8]}")
-        r += 1
+        rows.append(("changed", [(i, f"{classes[previous.label[i]][:8]}>{classes[teacher.label[i]][:8]}") for i in changed]))
     if truth is not None:
         wrong = np.flatnonzero((truth != teacher.label) & (copies > 0))
         wrong = wrong[np.argsort(-teacher.confidence[wrong], kind="stable")][:per_class]
-        axes[r, 0].text(-0.15, 0.5, "mistakes", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-        for j, row in enumerate(wrong):
-            tile(axes[r, j], row, f"{classes[teacher.label[row]][:8]} (is {classes[truth[row]][:8]})")
+        rows.append(("mistakes", [(i, f"{classes[teacher.label[i]][:8]} (is {classes[truth[i]][:8]})") for i in wrong]))
+
+    def colour(i: Any) -> str:
+        return DROPPED if copies[i] == 0 else DUPLICATED if copies[i] > 1 else KEPT
+
+    h, w = images.shape[1:3]
+    border, gap = max(1, h // 14), (max(4, h * 3 // 10), max(2, w // 7))  # room above each tile for its caption
+    sheet = tile_sheet([[images[i] for i, _ in tiles] or [None] for _, tiles in rows], [[colour(i) for i, _ in tiles] for _, tiles in rows], border, gap)
+    cell_h, cell_w = h + 2 * border + gap[0], w + 2 * border + gap[1]
+    fig = plt.figure(figsize=(per_class * 1.05, len(rows) * 1.25))
+    ax = fig.add_axes((0, 0, 1, 0.95))
+    ax.imshow(sheet, interpolation="nearest")
+    ax.set_axis_off()
+    for r, (label, tiles) in enumerate(rows):
+        top = r * cell_h + gap[0]
+        ax.text(-1, top + border + h / 2, label, ha="right", va="center", fontsize=8)
+        for c, (i, caption) in enumerate(tiles):
+            ax.text(c * cell_w + gap[1] + border + w / 2, top - 0.5, caption, ha="center", va="bottom", fontsize=6, color=colour(i))
     legend = "frame: green kept, blue duplicated by balancing (xN copies), red dropped; caption: teacher confidence"
     fig.suptitle(f"{title}\n{legend}", fontsize=8)
     data = png_bytes(fig)

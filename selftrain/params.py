@@ -301,15 +301,23 @@ def _check_quantity(v: str) -> str:
     return v
 
 
+def _check_positive_quantity(v: str) -> str:
+    # a pod's OMP_NUM_THREADS is its CPU request rounded up (tasks/kubernetes.py): "0" would give it 0 threads
+    if float(re.match(r"[0-9.]+", _check_quantity(v)).group()) <= 0:  # type: ignore[union-attr]
+        raise ValueError(f"'{v}' requests nothing; a stage's pod needs more than 0 (e.g. '2', '500m')")
+    return v
+
+
 Quantity = Annotated[str, AfterValidator(_check_quantity)]
+PositiveQuantity = Annotated[str, AfterValidator(_check_positive_quantity)]
 
 
 class StageResources(_Section):
     """What one stage's pod asks for, and where it runs."""
 
     gpu: int = Field(0, ge=0, description="nvidia.com/gpu limit")
-    cpu: Quantity = Field("2", description="CPU request, a Kubernetes quantity ('2', '500m')")
-    memory: Quantity = Field("8Gi", description="memory request and limit; a pod over it is OOMKilled")
+    cpu: PositiveQuantity = Field("2", description="CPU request, a Kubernetes quantity ('2', '500m')")
+    memory: PositiveQuantity = Field("8Gi", description="memory request and limit; a pod over it is OOMKilled")
     node_pool: str | None = Field(None, description="value of kubernetes.node_pool_label the node must carry (null: any node)")
     parallelism: int = Field(1, gt=0, description="infer only: part pods running at once (the parts are infer.parts)")
     nodes: int = Field(1, gt=0, description="train-teacher / train-student: data-parallel over this many pods of `gpu` GPUs each (torchrun)")

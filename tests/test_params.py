@@ -148,6 +148,10 @@ def test_kubernetes_resources_name_real_stages_and_quantities():
         parse_params({"resources": {"train_student": {"gpu": 1}}})
     with pytest.raises(ParamsError, match=r"resources\.infer\.memory: '16 GB' is not a Kubernetes quantity"):
         parse_params({"resources": {"infer": {"memory": "16 GB"}}})
+    for zero in ("0", "0m", "0.0"):  # the pod's OMP_NUM_THREADS is its CPU request rounded up: 0 threads
+        with pytest.raises(ParamsError, match=rf"resources\.infer\.cpu: '{zero}' requests nothing"):
+            parse_params({"resources": {"infer": {"cpu": zero}}})
+    assert parse_params({"resources": {"infer": {"cpu": "1m"}}}).resources["infer"].cpu == "1m"
     with pytest.raises(ParamsError, match=r"resources\.infer\.gpu"):
         parse_params({"resources": {"infer": {"gpu": -1}}})
     with pytest.raises(ParamsError, match=r"infer\.parts"):
