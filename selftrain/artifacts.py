@@ -150,7 +150,28 @@ def create_exclusive(uri: str, data: bytes) -> None:
         with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "wb") as f:
             f.write(data)
     else:
-        fs.pipe_file(path, data, mode="create")
+        _retry_conflicts(lambda: fs.pipe_file(path, data, mode="create"))
+
+
+def _conditional_conflict(e: OSError) -> bool:
+    """S3's 409 ConditionalRequestConflict: another write of the key was in flight when this conditional one came.
+    S3 documents it beside 412 for racing conditional writes and asks the caller to retry."""
+    response = getattr(e.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "ConditionalRequestConflict"
+
+
+def _retry_conflicts(write: Any, patience_s: float = 30.0) -> Any:
+    """write(), again after a short wait while S3 answers it 409 ConditionalRequestConflict (neither s3fs nor botocore
+    retries that code); any other error, or a conflict past `patience_s`, is raised."""
+    deadline, wait = time.monotonic() + patience_s, 0.05
+    while True:
+        try:
+            return write()
+        except OSError as e:
+            if not _conditional_conflict(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(2 * wait, 1.0)
 
 
 def _read_raw(uri: str) -> bytes | None:
@@ -175,27 +196,7 @@ def replace_if(uri: str, expected: bytes, data: bytes | None) -> bool:
     read); on disk the read, check and atomic replace happen under an O_EXCL mutex file beside it."""
     fs, path = _fs(uri)
     if not isinstance(fs, LocalFileSystem):
-        try:
-            with fs.open(path, "rb") as f:  # s3fs reads with If-Match on the ETag it opened: content and ETag agree
-                etag, current = f.details["ETag"], f.read()
-        except (FileNotFoundError, FileExpired):  # gone, or replaced while it was read
-            return False
-        if current != expected:
-            return False
-        bucket, key, _ = fs.split_path(path)
-        try:
-            if data is None:
-                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-            else:
-                fs.pipe_file(path, data, IfMatch=etag)
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            if e.errno == errno.EINVAL:  # 412 PreconditionFailed: another writer changed it since it was read
-                return False
-            raise
-        fs.invalidate_cache(path)
-        return True
+        return _retry_conflicts(lambda: _replace_if_s3(fs, path, expected, data))
     with _local_mutex(f"{path}.mutex"):
         try:
             with open(path, "rb") as f:
@@ -208,6 +209,30 @@ def replace_if(uri: str, expected: bytes, data: bytes | None) -> bool:
             os.remove(path)
         else:
             _write_bytes(uri, data)  # temp + rename: the lock file is never absent, so no creator slips in
+    return True
+
+
+def _replace_if_s3(fs: Any, path: str, expected: bytes, data: bytes | None) -> bool:
+    try:
+        with fs.open(path, "rb") as f:  # s3fs reads with If-Match on the ETag it opened: content and ETag agree
+            etag, current = f.details["ETag"], f.read()
+    except (FileNotFoundError, FileExpired):  # gone, or replaced while it was read
+        return False
+    if current != expected:
+        return False
+    bucket, key, _ = fs.split_path(path)
+    try:
+        if data is None:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+        else:
+            fs.pipe_file(path, data, IfMatch=etag)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # 412 PreconditionFailed: another writer changed it since it was read
+            return False
+        raise
+    fs.invalidate_cache(path)
     return True
 
 

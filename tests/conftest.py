@@ -126,7 +126,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A real S3-compatible endpoint on loopback (moto_server), a bucket in it, and the AWS environment that reaches
+    """A real S3-compatible endpoint on loopback (moto's server, its writes committed as S3's: tests/moto_s3.py), a bucket in it, and the AWS environment that reaches
     it; yields that environment (a dict) after setting it in os.environ for this process too."""
     import time
     import urllib.request
@@ -134,7 +134,7 @@ def s3_server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "moto_s3.py"), str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:

@@ -124,6 +124,41 @@ def test_of_racing_takers_of_a_stale_lock_exactly_one_wins_on_disk_and_on_s3(tmp
             assert not artifacts.exists(uri)  # released by the winner
 
 
+def test_a_conditional_write_meeting_one_in_flight_is_retried_and_then_sees_the_winner(s3_server):
+    """S3 answers a conditional write 409 ConditionalRequestConflict while another write of the key is in flight,
+    and asks for a retry (tests/moto_s3.py does the same): create_exclusive retries, then finds the key taken."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    uri, key = f"s3://{S3_BUCKET}/inflight/.lock", f"/{S3_BUCKET}/inflight/.lock"
+    first = b'{"flow_run": "first"}' + b" " * 100_000
+    endpoint = urlsplit(s3_server["AWS_ENDPOINT_URL"])
+    slow = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+    slow.putrequest("PUT", key)
+    slow.putheader("Content-Length", str(len(first)))
+    slow.endheaders()
+    slow.send(first[:10])  # the server is now inside this write, waiting for the rest of its body
+    time.sleep(0.5)
+    outcome: list[BaseException | None] = []
+    second = threading.Thread(target=lambda: outcome.append(_error_of(lambda: artifacts.create_exclusive(uri, b"second"))))
+    second.start()
+    time.sleep(1.5)  # the second write meets the first in flight: 409, retried
+    assert second.is_alive()
+    slow.send(first[10:])
+    assert slow.getresponse().status == 200
+    second.join(30)
+    assert isinstance(outcome[0], FileExistsError), outcome
+    assert artifacts.read_bytes(uri) == first
+
+
+def _error_of(call: Callable[[], object]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as e:  # noqa: BLE001 - the test asserts which
+        return e
+    return None
+
+
 def test_a_run_whose_lock_was_taken_over_stops_writing_and_leaves_the_new_holders_lock(tmp_path, caplog):
     uri, out = str(tmp_path / "gen5" / ".lock"), str(tmp_path / "gen5" / "student")
     with artifacts.atomic_dir(out) as staging:
