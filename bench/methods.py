@@ -7,8 +7,8 @@ Per seed: prepare, the supervised teacher, the robustness sets and reference (al
      (factor 1) is the budget B of this seed, and every other method gets factor x B;
   2. the step-based methods (fixmatch and its thresholds, mpl, reduced_mpl): a short calibration run gives each
      one's steps/s, then its steps are set to fill the budget;
-  3. noisy_student_consistency: three generations with student.consistency=dropped, student.epochs set from a
-     one-epoch calibration of its first generation so that the three fill the budget;
+  3. noisy_student_consistency (_all): three generations with student.consistency=dropped (all), student.epochs set
+     from a one-epoch calibration of its first generation so that the three fill the budget;
   4. noisy_student_growing (--growing): three generations growing resnet10t -> resnet18 -> resnet26, from scratch,
      at the default epochs: its cost is measured, not fitted to the budget.
 Each final model is evaluated like a generation (test top-1, mCE, -A top-1, against the seed's teacher). Raw
@@ -43,7 +43,8 @@ STEP_METHODS = {
     "mpl": {"generations.gen1.method": "mpl"},
     "reduced_mpl": {"generations.gen1.method": "reduced_mpl"},
 }
-ORDER = ["teacher", "noisy_student", *STEP_METHODS, "noisy_student_consistency", "noisy_student_growing"]
+CONSISTENCY = {"noisy_student_consistency": "dropped", "noisy_student_consistency_all": "all"}  # student.consistency
+ORDER = ["teacher", "noisy_student", *STEP_METHODS, *CONSISTENCY, "noisy_student_growing"]
 
 
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -140,13 +141,14 @@ def run_seed(s: Seed, row: dict[str, Any], factor: float, methods: list[str], sa
         if name in methods and name not in row:
             row[name] = s.step_method(name, budget)
             save()
-    if "noisy_student_consistency" in methods and "noisy_student_consistency" not in row:
-        c = {"student.consistency": "dropped"}
-        _, t_infer, (t_epoch,) = s.chain("noisy_student_consistency-calibration", 1, **c, **{"student.epochs": 1})
-        fitted = max(1, int((budget / 3 - (t_infer - t_epoch)) / t_epoch))
-        model, wall, _ = s.chain("noisy_student_consistency", **c, **{"student.epochs": fitted})
-        row["noisy_student_consistency"] = {**s.evaluate(model, "noisy_student_consistency"), "wall_s": wall, "epochs": fitted}
-        save()
+    for name, mode in CONSISTENCY.items():
+        if name in methods and name not in row:
+            c = {"student.consistency": mode}
+            _, t_infer, (t_epoch,) = s.chain(f"{name}-calibration", 1, **c, **{"student.epochs": 1})
+            fitted = max(1, int((budget / 3 - (t_infer - t_epoch)) / t_epoch))
+            model, wall, _ = s.chain(name, **c, **{"student.epochs": fitted})
+            row[name] = {**s.evaluate(model, name), "wall_s": wall, "epochs": fitted}
+            save()
     if "noisy_student_growing" in methods and "noisy_student_growing" not in row:
         model, wall, each = s.chain("noisy_student_growing", models=["resnet10t", "resnet18", "resnet26"], **{"student.init": "scratch"})
         row["noisy_student_growing"] = {**s.evaluate(model, "noisy_student_growing"), "wall_s": wall, "student_wall_s": each}
