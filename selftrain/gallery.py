@@ -76,10 +76,10 @@ def render(
     that changed class since the previous teacher, and the confident mistakes where the truth is known."""
     plt = pyplot()
     rows: list[tuple[str, list[tuple[Any, str]]]] = []  # (row label, [(image row, caption)])
+    marks = {0: "dropped", 1: "kept"}  # else xN copies
     for c, name in enumerate(classes):
         mine = np.flatnonzero(teacher.label == c)
         order = mine[np.argsort(-teacher.confidence[mine], kind="stable")]
-        marks = {0: "dropped", 1: "kept"}
         rows.append((name, [(i, f"{teacher.confidence[i]:.2f} {marks.get(copies[i], f'x{copies[i]}')}") for i in _spread(order, per_class)]))
     if previous is not None:
         changed = np.flatnonzero(previous.label != teacher.label)

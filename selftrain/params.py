@@ -303,7 +303,7 @@ def _check_quantity(v: str) -> str:
 
 def _check_positive_quantity(v: str) -> str:
     # a pod's OMP_NUM_THREADS is its CPU request rounded up (tasks/kubernetes.py): "0" would give it 0 threads
-    if float(re.match(r"[0-9.]+", _check_quantity(v)).group()) <= 0:  # type: ignore[union-attr]
+    if float(re.sub(r"[^0-9.]", "", _check_quantity(v))) <= 0:  # the number without its suffix
         raise ValueError(f"'{v}' requests nothing; a stage's pod needs more than 0 (e.g. '2', '500m')")
     return v
 

@@ -126,8 +126,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A real S3-compatible endpoint on loopback (moto's server, its writes committed as S3's: tests/moto_s3.py), a bucket in it, and the AWS environment that reaches
-    it; yields that environment (a dict) after setting it in os.environ for this process too."""
+    """A real S3-compatible endpoint on loopback (moto's server, its writes committed as S3 commits them:
+    tests/moto_s3.py), a bucket in it, and the AWS environment that reaches it; yields that environment (a dict) after setting it in os.environ for this process too."""
     import time
     import urllib.request
 
