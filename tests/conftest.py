@@ -27,7 +27,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest-xdist w
 
 # The modules that take longest, first: `--dist loadfile --no-loadscope-reorder` hands out whole modules in this
 # order, so the workers finish together rather than one starting the slowest module when the other is nearly done.
-SLOWEST_FIRST = ("test_pipeline.py", "test_k8s_runner.py", "test_prefect_server.py", "test_distributed.py", "test_mpl.py", "test_generation_stages.py")
+SLOWEST_FIRST = ("test_pipeline.py", "test_k8s_runner.py", "test_distributed.py", "test_mpl.py", "test_generation_stages.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -47,7 +47,7 @@ TINY = {
     "generations": {
         f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method} for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
     },
-    "mpl": {"steps": 20, "batch_size": 20, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
+    "mpl": {"steps": 20, "batch_size": 10, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
     "fixmatch": {"steps": 10, "batch_size": 20, "unlabeled_ratio": 2, "checkpoint_every": 5},
     "twomoons": {"seeds": [0], "steps": 100},
     "robustness": {"corruption_images": 40, "perturbation_images": 8, "hard_images": 30},
@@ -163,6 +163,51 @@ def s3_server(tmp_path_factory):
     s3fs.S3FileSystem.clear_instance_cache()
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A `prefect server start` of its own on loopback (own PREFECT_HOME, so its own SQLite database), as `make
+    server` runs it; yields the environment of its CLI (PREFECT_HOME, PREFECT_API_URL), also set for this process."""
+    import time
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=tool_env(**env), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """The README's set-up on that server: both work pools, then `prefect deploy --all` from the project root."""
+    run(["prefect", "work-pool", "create", "process", "--type", "process"], ROOT, **prefect_server)
+    run(["prefect", "work-pool", "create", "kubernetes", "--type", "kubernetes", "--base-job-template", "k8s/base-job-template.json"], ROOT, **prefect_server)
+    run(["prefect", "--no-prompt", "deploy", "--all"], ROOT, **prefect_server)
+    return prefect_server
 
 
 @pytest.fixture

@@ -198,7 +198,7 @@ def _checkpoint_step(path: Path) -> int | None:
 @pytest.mark.slow
 def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninterrupted_result(gen0, cluster, tmp_path, caplog):
     path, g = gen0
-    mpl = {"mpl.steps": 30, "mpl.checkpoint_every": 10}
+    mpl = {"mpl.steps": 20, "mpl.checkpoint_every": 10}
     out = tmp_path / "student"
     resume = Path(f"{out}.resume")
     cluster.evict_when("train-mpl", lambda: (_checkpoint_step(resume) or 0) >= 10)
@@ -212,13 +212,14 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     assert len(cluster.evicted) == 1 and len(cluster.created_pods) == 2  # the evicted pod and exactly one replacement
     replacement = (cluster.workdir / "logs" / f"{cluster.created_pods[1]}.log").read_text()
     step = int(replacement.split("resuming from the checkpoint at step ")[1].split()[0])
-    assert 10 <= step < 30
+    assert 10 <= step < 20
     assert any("was disrupted (PreemptionByScheduler" in r.getMessage() for r in caplog.records)
     whole = tmp_path / "whole"
+    cluster.close()  # its controller threads, polling the API in this process, would slow the training below twofold (GIL)
     stages.train_mpl(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
     for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
-    assert [r["step"] for r in csv.DictReader((out / "mpl_log.csv").read_text().splitlines())] == ["10", "20", "30"]
+    assert [r["step"] for r in csv.DictReader((out / "mpl_log.csv").read_text().splitlines())] == ["10", "20"]
     assert not resume.exists()  # removed once the stage finished
 
 
@@ -233,6 +234,7 @@ def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen
     )
     [job] = cluster.jobs()
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student" and summary["method"] == "fixmatch"
+    cluster.close()  # its controller threads would share this process's GIL with the training below
     here = stages.train_student(load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here"))
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "here/model.safetensors").read_bytes()  # bitwise on CPU
     assert summary["val_top1"] == here["val_top1"]

@@ -1,20 +1,30 @@
-"""End to end on tiny real data: `dvc repro` in a temp git repo with an S3 remote (push, pull, a clone, lineage,\n`selftrain reproduce`), and the Prefect flow with no server and its artifacts on S3."""
+"""End to end on tiny real data: `dvc repro` in a temp git repo with an S3 remote (push, pull, a clone, lineage,
+`selftrain reproduce`); then the deployments of prefect.yaml on a real `prefect server` on loopback (SQLite in a
+temp dir), run by a real `process` worker (what a user gets from `make server` + `make worker` and the UI's "Run"
+button), with the artifacts on S3 and compared byte for byte with the DVC run. One module, so that the flow's
+generation is checked against this module's DVC run rather than against a third run of the same stages."""
 
+import base64
 import csv
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, TaskRunSort
 from safetensors import safe_open
 
 from conftest import ROOT, S3_BUCKET, S3_SECRET, copy_project, run, tool_env, write_tiny_params
 from selftrain import artifacts
 from selftrain.cli import main
 from selftrain.layout import Generation
+from selftrain.methods import METHODS
 
 pytestmark = pytest.mark.slow
 GENS = ["gen1", "gen2"]
@@ -248,50 +258,121 @@ def test_a_failed_gate_stops_the_chain_and_says_why(dvc_repo):
     assert "gen1 gate **failed: the chain stops here**" in run(["selftrain", "summary"], repo).stdout  # exit 0
 
 
-def test_flow_with_artifacts_and_results_on_s3_matches_the_dvc_run(dvc_repo, s3_server, tmp_path):
-    """The Prefect flow (no server) with its artifact root and task results on the S3 endpoint: generation 1 as DVC
-    made it, lineage on S3, and the secret key nowhere in the logs, the objects or Prefect's home."""
+def test_deploy_registers_the_nightly_schedule_pools_and_typed_parameters(deployed):
+    spec = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("self-training/nightly")
+        on_demand = client.read_deployment_by_name("self-training/on-demand")
+        k8s = client.read_deployment_by_name("self-training/kubernetes")
+        pool = client.read_work_pool("kubernetes")
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == [("0 2 * * *", "UTC", True)]
+    assert nightly.parameters == spec["nightly"]["parameters"] == {"params_path": "params.yaml", "root": "runs/nightly"}
+    assert (nightly.work_pool_name, on_demand.work_pool_name, k8s.work_pool_name) == ("process", "process", "kubernetes")
+    assert on_demand.schedules == [] and k8s.job_variables == {"image": "selftrain:latest"}
+    assert pool.base_job_template == json.loads((ROOT / "k8s/base-job-template.json").read_text())
+    schema = on_demand.parameter_openapi_schema["properties"]
+    assert schema["method"]["anyOf"][0]["enum"] == list(METHODS)  # the registry's methods
+    assert schema["generations"]["anyOf"][0] == {"type": "integer", "exclusiveMinimum": 0}
+    # the server checks a run's parameters against that schema before anything runs
+    bad = subprocess.run(
+        ["prefect", "deployment", "run", "self-training/on-demand", "--param", "method=noisy"],
+        cwd=ROOT,
+        env=tool_env(**deployed),
+        capture_output=True,
+        text=True,
+    )
+    assert "Validation failed for field 'method'" in bad.stdout + bad.stderr
+
+
+def _run_deployment(env: dict[str, str], params: dict) -> tuple[UUID, str]:
+    """`prefect deployment run`, then a `process` worker that takes that run and exits: the flow run's id, and what
+    both commands printed (the worker's output holds the flow run's)."""
+    out = run(["prefect", "deployment", "run", "self-training/on-demand", "--params", json.dumps(params)], ROOT, **env)
+    flow_run_id = UUID(next(line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line))
+    worker = run(["prefect", "worker", "start", "--pool", "process", "--run-once"], ROOT, **env)
+    return flow_run_id, out.stdout + out.stderr + worker.stdout + worker.stderr
+
+
+def _states(flow_run_id: UUID) -> tuple[str, dict[str, str], list[str]]:
+    """The flow run's state, its stages' states ("<subflow run name>/<task>"), and its subflow run names."""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state.name
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])), sort=FlowRunSort.ID_DESC
+        )
+        names = {flow_run_id: ""} | {f.id: f"{f.name}/" for f in subflows}
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(names))), sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    wrappers = {f.parent_task_run_id for f in subflows}  # a subflow call shows as a task run in its parent
+    stages = {f"{names[r.flow_run_id]}{r.name.rsplit('-', 1)[0]}": r.state.name for r in runs if r.id not in wrappers}  # "<task>-<suffix>"
+    return state, stages, sorted(f.name for f in subflows)
+
+
+def _dvc_stages_reading(section: str) -> set[str]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name for name, s in stages.items() if any(p.split(".")[0] == section for p in s.get("do", s).get("params", []))}
+
+
+def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(dvc_repo, deployed, s3_server, tmp_path):
+    """The `on-demand` deployment, run by a `process` worker, with its artifact root and task results on the S3
+    endpoint (the `kubernetes` deployment's layout): generation 1 byte for byte as DVC made it, the UI's artifacts,
+    and the secret key nowhere in the output, the objects or the server's home. Then the same run again (every stage
+    Cached, in a new flow-run process) and with one evaluate param changed (only what DVC reruns for it runs)."""
     import s3fs
 
     repo, _, dvc_metrics = dvc_repo
     root = f"s3://{S3_BUCKET}/flow-run"
-    params = write_pipeline_params(tmp_path / "params.yaml")  # the params the DVC run started with
-    out = run(
-        [
-            "python",
-            "-m",
-            "flows.self_training",
-            "--params",
-            str(params),
-            "--root",
-            root,
-            "--generations",
-            "1",
-            "--set",
-            f"prefect.result_storage=s3://{S3_BUCKET}/flow-results",
-        ],
-        ROOT,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-    )
-    assert "| gen1 |" in out.stdout
+    overrides = {"prefect.result_storage": f"s3://{S3_BUCKET}/flow-results"}
+    params = {"params_path": str(write_pipeline_params(tmp_path / "params.yaml")), "root": root, "generations": 1, "overrides": overrides}
+
+    first, printed = _run_deployment(deployed, params)
+    state, stages, subflows = _states(first)
+    assert state == "Completed" and subflows == ["gen1-noisy_student"]
+    assert set(stages.values()) == {"Completed"} and {"train-teacher", "gen1-noisy_student/train-student", "gen1-noisy_student/evaluate"} <= set(stages)
     data_hash = artifacts.content_hash(str(repo / "artifacts/data"))
     assert artifacts.content_hash(Generation(root, "gen0").data) == data_hash  # the same split, byte for byte
     # same seed, same bytes, whichever runner: the flow's checkpoints are the CLI's, and so are the metrics
-    flow_metrics = artifacts.read_json(Generation(root, "gen1").metrics)
+    metrics = artifacts.read_json(Generation(root, "gen1").metrics)
     for role in ("teacher", "student"):
-        assert flow_metrics[role].keys() == dvc_metrics["gen1"][role].keys(), role
-        assert flow_metrics[role]["checkpoint_sha256"] == dvc_metrics["gen1"][role]["checkpoint_sha256"], role
+        assert metrics[role].keys() == dvc_metrics["gen1"][role].keys(), role
+        assert metrics[role]["checkpoint_sha256"] == dvc_metrics["gen1"][role]["checkpoint_sha256"], role
         for key in ("val_top1", "test_top1", "test_top5", "mean_corruption_error", "mCE", "mFR", "hard_top1"):
-            assert flow_metrics[role][key] == dvc_metrics["gen1"][role][key], (role, key)
+            assert metrics[role][key] == dvc_metrics["gen1"][role][key], (role, key)
     lineage = artifacts.read_json(Generation(root, "gen1").lineage)
     assert lineage["inputs"]["data"]["sha256"] == data_hash and lineage["dvc_lock"] is None
     assert lineage["outputs"]["student_checkpoint"]["uri"] == f"{root}/gen1/student/model.safetensors"
+    # what the UI shows: the flow run's artifacts, each plot in the artifact itself (a data URI), the report's PNG
+    with get_client(sync_client=True) as client:
+        flow_runs = [
+            first,
+            *(f.id for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first])))),
+        ]
+        made = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_runs)), sort=ArtifactSort.KEY_ASC)
+    by_key = {a.key: a for a in made}
+    assert {"self-training-generations", "gen1-results", "gen1-balance", "gen1-accuracy", "gen1-class-counts", "gen1-confidence"} <= set(by_key)
+    results = by_key["gen1-results"].data
+    assert f"{100 * metrics['student']['test_top1']:.2f} %" in results and "promoted: **" in results and "mCE" in results
+    counts = artifacts.read_json(f"{root}/gen1/pseudo/counts.json")
+    assert all(f"| {name} | {c['predicted']} |" in by_key["gen1-balance"].data for name, c in counts["per_class"].items())
+    for key, png in (("gen1-class-counts", "class_counts.png"), ("gen1-accuracy", "accuracy.png")):
+        inline = re.search(r"!\[[^]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", by_key[key].data)
+        assert inline and base64.b64decode(inline.group(1)) == artifacts.read_bytes(f"{root}/gen1/report/{png}"), key
     fs = s3fs.S3FileSystem()
     assert fs.find(f"{S3_BUCKET}/flow-results")  # the task results went to S3 too
     secret = S3_SECRET.encode()
-    assert secret not in (out.stdout + out.stderr).encode()
-    assert not [k for k in fs.find(S3_BUCKET) if secret in fs.cat(k)]
-    assert not [p for p in (tmp_path / "prefect").rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert secret not in printed.encode()
+    assert not [k for k in fs.find(f"{S3_BUCKET}/flow-run") + fs.find(f"{S3_BUCKET}/flow-results") if secret in fs.cat(k)]
+    assert not [p for p in Path(deployed["PREFECT_HOME"]).rglob("*") if p.is_file() and secret in p.read_bytes()]
+
+    again, _ = _run_deployment(deployed, params)
+    state, cached, _ = _states(again)
+    assert state == "Completed" and cached.keys() == stages.keys() and set(cached.values()) == {"Cached"}
+
+    changed, _ = _run_deployment(deployed, {**params, "overrides": {**overrides, "evaluate.batch_size": 64}})
+    state, rerun, _ = _states(changed)
+    # evaluate, and record-lineage, which records the evaluate params: what DVC reruns for the same change
+    assert state == "Completed" and {s for s, v in rerun.items() if v != "Cached"} == {"gen1-noisy_student/evaluate", "gen1-noisy_student/record-lineage"}
+    assert _dvc_stages_reading("evaluate") == {"evaluate", "record-lineage"}
+    assert artifacts.read_json(Generation(root, "gen1").metrics)["student"]["test_top1"] == metrics["student"]["test_top1"]
 
 
 def test_dvc_yaml_paths_are_the_layout_paths():
