@@ -215,7 +215,7 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     assert 10 <= step < 20
     assert any("was disrupted (PreemptionByScheduler" in r.getMessage() for r in caplog.records)
     whole = tmp_path / "whole"
-    cluster.close()  # its controller threads, polling the API in this process, would slow the training below twofold (GIL)
+    cluster.close()  # its controller threads poll the API in this process: the training below ran 1.5x slower beside them (GIL)
     stages.train_mpl(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
     for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
