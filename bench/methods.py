@@ -18,6 +18,7 @@ stdout, with the wall time each method took.
     python bench/methods.py --seeds 0 1 2 --out runs/methods.json                       # today's budget
     python bench/methods.py --seeds 0 1 2 --budget-factor 2 --out runs/methods-2x.json  # twice it
     python bench/methods.py --seeds 0 --set data.unlabeled=4000 --out runs/pilot.json   # a smaller pilot
+    python bench/methods.py --show runs/seed0.json runs/seed1.json                      # one table of separate runs
 """
 
 from __future__ import annotations
@@ -168,17 +169,21 @@ def _stats(values: list[float], scale: float = 100) -> str:
 
 def table(results: dict[str, Any]) -> str:
     rows = list(results.values())
-    lines = ["| method | test top-1 % | mCE | -A top-1 % | wall s (mean) | seeds | per seed test top-1 |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| method | test top-1 % | paired gain over noisy_student | mCE | -A top-1 % | wall s (mean) | seeds | per seed test top-1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name in ORDER:
         done = [r[name] for r in rows if name in r]
         if not done:
             continue
         top1 = [m["test_top1"] for m in done]
+        gain = [r[name]["test_top1"] - r["noisy_student"]["test_top1"] for r in rows if name in r and "noisy_student" in r]
         mce = [m["mCE"] for m in done if m["mCE"] is not None]
         hard = [m["hard_top1"] for m in done if m["hard_top1"] is not None]
         wall = statistics.fmean(m["wall_s"] for m in done) if "wall_s" in done[0] else 0.0
         lines.append(
-            f"| {name} | {_stats(top1)} | {_stats(mce, 1) if mce else '-'} | {_stats(hard) if hard else '-'} | {wall:.0f} | {len(done)} | "
+            f"| {name} | {_stats(top1)} | {_stats(gain) if gain else '-'} | {_stats(mce, 1) if mce else '-'} | {_stats(hard) if hard else '-'} | {wall:.0f} | {len(done)} | "
             f"{', '.join(f'{100 * a:.2f}' for a in top1)} |"
         )
     budgets = [r["budget_s"] for r in rows if "budget_s" in r]
@@ -195,7 +200,11 @@ def main() -> None:
     ap.add_argument("--growing", action="store_true", help="also noisy_student_growing (resnet10t -> resnet18 -> resnet26)")
     ap.add_argument("--work", default="runs/methods", help="artifacts of every run (default: %(default)s)")
     ap.add_argument("--out", default="methods.json", help="raw results (default: %(default)s)")
+    ap.add_argument("--show", nargs="+", metavar="JSON", help="run nothing: print the table of these raw results (seeds merged)")
     args = ap.parse_args()
+    if args.show:
+        print(table({seed: row for path in args.show for seed, row in json.loads(Path(path).read_text()).items()}))
+        return
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     methods = [m for m in args.methods if m != "noisy_student_growing" or args.growing]
     out = Path(args.out)
