@@ -1,0 +1,68 @@
+"""Noisy Student at several `data.unlabeled` sizes: what more unlabeled images buy, and what they cost (issue 27, point 4).
+
+Per size (same seed, so the same labeled, val and test splits and the same teacher): prepare, the teacher, the
+robustness sets and reference, then `--generations` Noisy Student generations (infer, filter-balance,
+train-student at the params' epochs, each student the next teacher), evaluated like `bench/methods.py`'s rows.
+Each generation's wall time (infer + filter-balance + student) is recorded, so a size's gain can be read against
+its cost. Only the holdout pool shrinks when the unlabeled set takes what it held (so -A top-1 is not comparable
+across sizes; test top-1 and mCE are: they come from the test split).
+
+    python bench/unlabeled.py --sizes 4000 20000 44000 --generations 1 --out unlabeled.json
+    python bench/unlabeled.py --show unlabeled.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from methods import Seed  # bench/methods.py: the same per-seed runs and evaluation
+
+
+def run_size(seed: Seed, generations: int) -> dict[str, Any]:
+    teacher = seed.prepare()
+    model, wall, students = seed.chain("noisy_student", generations)
+    return {"teacher": teacher, **seed.evaluate(model, "noisy_student"), "wall_s": wall, "student_wall_s": students}
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| data.unlabeled | teacher test top-1 % | student test top-1 % | gain | mCE | wall s (generations) | of which students |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, r in sorted(results.items(), key=lambda kv: int(kv[0])):
+        t, s = 100 * r["teacher"]["test_top1"], 100 * r["test_top1"]
+        lines.append(f"| {size} | {t:.2f} | {s:.2f} | {s - t:+.2f} | {r['mCE']:.3f} | {r['wall_s']:.0f} | {sum(r['student_wall_s']):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000, 44000], help="data.unlabeled values")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generations", type=int, default=1)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every run (YAML value), repeatable")
+    ap.add_argument("--work", default="runs/unlabeled", help="artifacts of every run (default: %(default)s)")
+    ap.add_argument("--out", default="unlabeled.json", help="raw results, one entry per size (default: %(default)s)")
+    ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
+    args = ap.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for size in args.sizes:
+        if str(size) not in results:  # a killed run picks up at the next size
+            seed = Seed(args.seed, Path(args.work) / f"unlabeled{size}", args.params, {**overrides, "data.unlabeled": size})
+            results[str(size)] = run_size(seed, args.generations)
+            out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
