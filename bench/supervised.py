@@ -1,0 +1,82 @@
+"""The supervised teacher alone, trained longer or with stronger augmentation: the baseline a self-training method
+has to beat when it is given the same wall clock (issue 27).
+
+Per seed: prepare the split (shared by every variant of that seed under --work), train the teacher with params.yaml
+plus this variant's --set overrides, and score it on the test split. Records the teacher's training wall time,
+its last val top-1 and its test top-1 under --tag in --out (appended, so variants and seeds accumulate).
+
+    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --out supervised.json
+    python bench/supervised.py --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out supervised.json
+    python bench/supervised.py --show supervised.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from selftrain import models, stages
+from selftrain.data import load_split
+from selftrain.evaluate import accuracy
+from selftrain.params import load_params
+
+
+def run(seed: int, tag: str, work: Path, params_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    p = load_params(params_path, {**overrides, "seed": seed})
+    data, out = work / f"seed{seed}" / "data", work / f"seed{seed}" / tag
+    if not (data / "test.npz").exists():
+        stages.prepare(p, out=str(data))
+    t0 = time.perf_counter()
+    summary = stages.train_teacher(p, data=str(data), out=str(out / "teacher"), promoted=str(out / "gen0.json"))
+    wall = time.perf_counter() - t0
+    net, _ = models.load_checkpoint(str(out / "teacher" / stages.CHECKPOINT))
+    test = accuracy(net.eval(), load_split(str(data), "test"), p.evaluate.batch_size, torch.device("cpu"))["top1"]
+    return {"overrides": overrides, "wall_s": wall, "val_top1": summary.get("val_top1"), "test_top1": test}
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| variant | seeds | test top-1 % (mean ± std) | per seed | wall s (mean) |", "|---|---|---:|---|---:|"]
+    for tag, seeds in results.items():
+        acc = [100 * r["test_top1"] for r in seeds.values()]
+        spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
+        per = " / ".join(f"{a:.2f}" for a in acc)
+        lines.append(
+            f"| {tag} | {', '.join(seeds)} | {statistics.mean(acc):.2f}{spread} | {per} | {statistics.mean(r['wall_s'] for r in seeds.values()):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tag", help="this variant's name in --out")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (YAML value), repeatable")
+    ap.add_argument("--work", default="runs/supervised", help="artifacts (default: %(default)s)")
+    ap.add_argument("--out", default="supervised.json", help="raw results (default: %(default)s)")
+    ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
+    args = ap.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return
+    if not args.tag:
+        ap.error("--tag is required to run")
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for seed in args.seeds:
+        if str(seed) not in results.get(args.tag, {}):  # a killed run picks up at the next seed
+            results.setdefault(args.tag, {})[str(seed)] = run(seed, args.tag, Path(args.work), args.params, overrides)
+            out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
