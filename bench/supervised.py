@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import run_args  # bench/run_args.py
 import torch
-import yaml
 
 from selftrain import models, stages
 from selftrain.data import load_split
@@ -57,24 +57,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tag", help="this variant's name in --out")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (YAML value), repeatable")
-    ap.add_argument("--work", default="runs/supervised", help="artifacts (default: %(default)s)")
-    ap.add_argument("--out", default="supervised.json", help="raw results (default: %(default)s)")
-    ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
+    run_args.add(ap, work="runs/supervised", out="supervised.json")
     args = ap.parse_args()
     if args.show:
         print(table(json.loads(Path(args.show).read_text())))
         return
     if not args.tag:
         ap.error("--tag is required to run")
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
+    results = run_args.results(args)
     for seed in args.seeds:
         if str(seed) not in results.get(args.tag, {}):  # a killed run picks up at the next seed
-            results.setdefault(args.tag, {})[str(seed)] = run(seed, args.tag, Path(args.work), args.params, overrides)
-            out.write_text(json.dumps(results, indent=1))
+            results.setdefault(args.tag, {})[str(seed)] = run(seed, args.tag, Path(args.work), args.params, run_args.overrides(args))
+            run_args.save(args, results)
     print(table(results))
 
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
+import run_args  # bench/run_args.py
 from methods import Seed  # bench/methods.py: the same per-seed runs and evaluation
 
 
@@ -44,23 +44,17 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000, 44000], help="data.unlabeled values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=1)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every run (YAML value), repeatable")
-    ap.add_argument("--work", default="runs/unlabeled", help="artifacts of every run (default: %(default)s)")
-    ap.add_argument("--out", default="unlabeled.json", help="raw results, one entry per size (default: %(default)s)")
-    ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
+    run_args.add(ap, work="runs/unlabeled", out="unlabeled.json")
     args = ap.parse_args()
     if args.show:
         print(table(json.loads(Path(args.show).read_text())))
         return
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
+    overrides, results = run_args.overrides(args), run_args.results(args)
     for size in args.sizes:
         if str(size) not in results:  # a killed run picks up at the next size
             seed = Seed(args.seed, Path(args.work) / f"unlabeled{size}", args.params, {**overrides, "data.unlabeled": size})
             results[str(size)] = run_size(seed, args.generations)
-            out.write_text(json.dumps(results, indent=1))
+            run_args.save(args, results)
     print(table(results))
 
 
