@@ -5,7 +5,8 @@ Per seed: prepare the split (shared by every variant of that seed under --work),
 plus this variant's --set overrides, and score it on the test split. Records the teacher's training wall time,
 its last val top-1 and its test top-1 under --tag in --out (appended, so variants and seeds accumulate).
 
-    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --out supervised.json
+    python bench/supervised.py --tag default --seeds 0 1 2 --out supervised.json
+    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --set teacher.epochs=60 --set teacher.augment=s1 --out supervised.json
     python bench/supervised.py --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out supervised.json
     python bench/supervised.py --show supervised.json
 """
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import run_args  # bench/run_args.py
-import torch
 
-from selftrain import models, stages
+from selftrain import models, runtime, stages
 from selftrain.data import load_split
 from selftrain.evaluate import accuracy
 from selftrain.params import load_params
@@ -36,8 +36,9 @@ def run(seed: int, tag: str, work: Path, params_path: str, overrides: dict[str, 
     t0 = time.perf_counter()
     summary = stages.train_teacher(p, data=str(data), out=str(out / "teacher"), promoted=str(out / "gen0.json"))
     wall = time.perf_counter() - t0
+    device = runtime.pick_device(p.runtime.device)
     net, _ = models.load_checkpoint(str(out / "teacher" / stages.CHECKPOINT))
-    test = accuracy(net.eval(), load_split(str(data), "test"), p.evaluate.batch_size, torch.device("cpu"))["top1"]
+    test = accuracy(runtime.place(net.eval(), device), load_split(str(data), "test"), p.evaluate.batch_size, device)["top1"]
     return {"overrides": overrides, "wall_s": wall, "val_top1": summary.get("val_top1"), "test_top1": test}
 
 
