@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import yaml
 from selftrain import stages
 from selftrain.params import Params, load_params
 
+PREPARED_FROM = ("seed", "data", "teacher", "robustness")  # the params sections Seed.prepare's artifacts depend on
 CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
 STEP_METHODS = {
     "fixmatch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "fixed"},
@@ -66,12 +68,22 @@ class Seed:
         return load_params(self.params_path, {**self.overrides, **extra})
 
     def prepare(self) -> dict[str, Any]:
+        """The split, teacher, robustness sets and reference, made once per --work; a later run reuses them only if
+        they were made with the same params (a silent reuse once scored a 120-epoch teacher as a 240-epoch one)."""
         p = self.params()
-        if not (self.root / "reference").exists():
+        used = {k: v for k, v in p.model_dump(mode="json").items() if k in PREPARED_FROM}
+        stamp = self.root / "prepared-with.json"
+        if (self.root / "reference").exists():
+            before = json.loads(stamp.read_text()) if stamp.exists() else {}
+            if before != used:
+                changed = ", ".join(_changed_keys(before, used)) if before else "not recorded"
+                raise SystemExit(f"{self.root} holds a teacher and robustness sets made with other params ({changed}): pass another --work, or delete it")
+        else:
             stages.prepare(p, out=self.data)
             stages.train_teacher(p, data=self.data, out=str(self.root / "teacher"), promoted=self.gen0)
             stages.make_robustness_sets(p, data=self.data, out=self.sets)
             stages.robustness_reference(p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference)
+            stamp.write_text(json.dumps(used, indent=1))
         return self.evaluate(str(self.root / "teacher" / stages.CHECKPOINT), "teacher", role="teacher")
 
     def evaluate(self, checkpoint: str, name: str, role: str = "student") -> dict[str, Any]:
@@ -79,8 +91,12 @@ class Seed:
         m = stages.evaluate(self.params(), teacher=self.gen0, student=checkpoint, data=self.data, out=out, sets=self.sets, reference=self.reference)
         return {k: m[role].get(k) for k in ("test_top1", "mCE", "hard_top1")}
 
-    def chain(self, name: str, generations: int = 3, models: list[str] | None = None, **extra: Any) -> tuple[str, float, list[float]]:
-        """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall s)."""
+    def chain(
+        self, name: str, generations: int = 3, models: list[str] | None = None, after: Callable[[int, str], None] | None = None, **extra: Any
+    ) -> tuple[str, float, list[float]]:
+        """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall s).
+
+        `after(k, checkpoint)` runs after generation k, outside the timed part (e.g. to score every generation)."""
         teacher, total, each = self.gen0, 0.0, []
         for k in range(1, generations + 1):
             g = self.root / name / f"gen{k}"
@@ -92,6 +108,8 @@ class Seed:
             _, t_student = _timed(stages.train_student, p, generation="gen1", data=self.data, teacher=teacher, pseudo=str(g / "pseudo"), out=str(g / "student"))
             total, teacher = total + time.perf_counter() - t0, str(g / "student" / stages.CHECKPOINT)
             each.append(t_student)
+            if after:
+                after(k, teacher)
         return teacher, total, each
 
     def step_method(self, name: str, budget: float) -> dict[str, Any]:
@@ -117,6 +135,17 @@ class Seed:
                 stages.infer(p, teacher=self.gen0, data=self.data, out=str(logits))
             return stages.train_reduced_mpl(p, **common, logits_store=str(logits))
         return stages.train_student(p, **common)
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _changed_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _steps(section: str, steps: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,29 @@ import run_args  # bench/run_args.py
 from methods import Seed  # bench/methods.py: the same per-seed runs and evaluation
 
 
-def run_size(seed: Seed, generations: int) -> dict[str, Any]:
-    teacher = seed.prepare()
-    model, wall, students = seed.chain("noisy_student", generations)
-    return {"teacher": teacher, **seed.evaluate(model, "noisy_student"), "wall_s": wall, "student_wall_s": students}
+def run_size(seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+    """The teacher and `generations` students; with `every`, each generation is scored too and `every` gets the list so far."""
+    teacher, scored = seed.prepare(), []
+
+    def score(k: int, checkpoint: str) -> None:
+        scored.append({"generation": k, **seed.evaluate(checkpoint, f"noisy_student-gen{k}")})
+        if every:
+            every(scored)
+
+    model, wall, students = seed.chain("noisy_student", generations, after=score if every else None)
+    each = {"generations": scored} if every else {}
+    return {"teacher": teacher, **seed.evaluate(model, "noisy_student"), "wall_s": wall, "student_wall_s": students, **each}
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| data.unlabeled | teacher test top-1 % | student test top-1 % | gain | mCE | wall s (generations) | of which students |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| data.unlabeled | teacher test top-1 % | student test top-1 % | gain | mCE | wall s (generations) | of which students | each generation % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for size, r in sorted(results.items(), key=lambda kv: int(kv[0])):
+    for size, r in sorted(((k, v) for k, v in results.items() if k.isdigit()), key=lambda kv: int(kv[0])):
         t, s = 100 * r["teacher"]["test_top1"], 100 * r["test_top1"]
-        lines.append(f"| {size} | {t:.2f} | {s:.2f} | {s - t:+.2f} | {r['mCE']:.3f} | {r['wall_s']:.0f} | {sum(r['student_wall_s']):.0f} |")
+        each = ", ".join(f"{100 * g['test_top1']:.2f}" for g in r.get("generations", []))
+        lines.append(f"| {size} | {t:.2f} | {s:.2f} | {s - t:+.2f} | {r['mCE']:.3f} | {r['wall_s']:.0f} | {sum(r['student_wall_s']):.0f} | {each} |")
     return "\n".join(lines)
 
 
@@ -44,6 +54,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000, 44000], help="data.unlabeled values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=1)
+    ap.add_argument("--every-generation", action="store_true", help="also score every generation's student, saved as each one ends")
     run_args.add(ap, work="runs/unlabeled", out="unlabeled.json")
     args = ap.parse_args()
     if args.show:
@@ -53,7 +64,13 @@ def main() -> None:
     for size in args.sizes:
         if str(size) not in results:  # a killed run picks up at the next size
             seed = Seed(args.seed, Path(args.work) / f"unlabeled{size}", args.params, {**overrides, "data.unlabeled": size})
-            results[str(size)] = run_size(seed, args.generations)
+            # a size's generations so far, saved beside the finished sizes (a killed run keeps them; the resume reruns the size)
+            every = (
+                (lambda so_far, size=size: run_args.save(args, {**results, "partial": {"size": size, "generations": so_far}}))
+                if args.every_generation
+                else None
+            )
+            results[str(size)] = run_size(seed, args.generations, every)
             run_args.save(args, results)
     print(table(results))
 
