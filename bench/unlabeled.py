@@ -33,8 +33,10 @@ def run_size(seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]
             every(scored)
 
     model, wall, students = seed.chain("noisy_student", generations, after=score if every else None)
-    each = {"generations": scored} if every else {}
-    return {"teacher": teacher, **seed.evaluate(model, "noisy_student"), "wall_s": wall, "student_wall_s": students, **each}
+    if every:  # the last generation is already scored
+        last = {k: v for k, v in scored[-1].items() if k != "generation"}
+        return {"teacher": teacher, **last, "wall_s": wall, "student_wall_s": students, "generations": scored}
+    return {"teacher": teacher, **seed.evaluate(model, "noisy_student"), "wall_s": wall, "student_wall_s": students}
 
 
 def table(results: dict[str, Any]) -> str:
