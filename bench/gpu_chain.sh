@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The H200 runs of BENCHMARKS.md ("On one H200: the chain past the 2-core budget"), as one script for a GPU machine:
+# three seeds of the Noisy Student chain side by side (4 DataLoader workers each), every generation scored, and
+# beside them seed 0's methods at equal wall clock. Results and logs go to OUT (at most 8 files).
+#   WHEELS=dir  install these wheels first into /tmp/site (a machine without the project's pydantic/s3fs/timm)
+#   FMNIST=dir  the four Fashion-MNIST .gz files, where no known place has them
+#   PYTHON=path the interpreter with torch (default python3)
+#   T=seconds   stop every run after this long (what a run finished is saved as it ends)
+#   RUN=chain (default: --sizes 44000 20000, 3 generations) | long (44000, 6) | t240 (44000, 3, 240-epoch teacher)
+set -u
+OUT=${OUT:-runs/gpu} T=${T:-490} RUN=${RUN:-chain} PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if [ -n "${WHEELS:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD TQDM_DISABLE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+$PY -c "import torch, selftrain.stages; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))" || exit 1
+SETS=(--set robustness.corruption_images=200 --set robustness.perturbation_images=50 --set robustness.hard_images=300)
+[ -n "${FMNIST:-}" ] && SETS+=(--set "data.fashion_mnist_dir=$FMNIST")
+case $RUN in
+  chain) CHAIN=(--sizes 44000 20000 --generations 3) ;;
+  long) CHAIN=(--sizes 44000 --generations 6) ;;
+  t240) CHAIN=(--sizes 44000 --generations 3 --set teacher.epochs=240) ;;
+  *) echo "RUN must be chain, long or t240" >&2; exit 2 ;;
+esac
+WORK=$(mktemp -d)  # fresh folders: bench/methods.py's Seed refuses ones prepared with other params
+pids=()
+for s in 0 1 2; do
+  timeout "$T" $PY bench/unlabeled.py --seed $s "${CHAIN[@]}" --every-generation "${SETS[@]}" --set runtime.num_workers=4 \
+    --work "$WORK/chain$s" --out "$OUT/$RUN$s.json" > "$OUT/$RUN$s.log" 2>&1 &
+  pids+=($!)
+done
+METHODS=(--set data.unlabeled=4000 --methods noisy_student fixmatch freematch_da mpl reduced_mpl noisy_student_consistency)
+[ "$RUN" = chain ] || METHODS=(--methods noisy_student freematch_da reduced_mpl)  # the default scale
+timeout "$T" $PY bench/methods.py --seeds 0 "${SETS[@]}" "${METHODS[@]}" --work "$WORK/methods" --out "$OUT/methods-$RUN.json" > "$OUT/methods-$RUN.log" 2>&1 &
+pids+=($!)
+wait "${pids[@]}"
+for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\||Error" "$f" | tail -10; done
