@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+import run_args  # bench/run_args.py
 
 from selftrain import stages
 from selftrain.params import Params, load_params
@@ -234,7 +234,7 @@ def main() -> None:
     if args.show:
         print(table({seed: row for path in args.show for seed, row in json.loads(Path(path).read_text()).items()}))
         return
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = run_args.overrides(args)
     methods = [m for m in args.methods if m != "noisy_student_growing" or args.growing]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
