@@ -11,7 +11,9 @@ from typing import Any
 
 import safetensors.torch
 import timm
+import timm.models.resnet
 import torch
+from timm.models import register_model
 from torch import nn
 
 from selftrain import artifacts
@@ -29,6 +31,32 @@ class ModelSpec:
 
 
 FORMAT = "selftrain-checkpoint/2"
+
+
+def _without_stem_pool(model: nn.Module) -> nn.Module:
+    # timm's ResNets shrink an image 4x in the stem (a stride-2 convolution, then a max-pool), made for 224-pixel
+    # ImageNet: a 28-pixel image enters the body at 7x7 and leaves it at 1x1. Without the max-pool it enters at 14x14
+    # and leaves at 2x2, for 2.4x the compute a step (BENCHMARKS.md). timm has no switch for this, hence the variants.
+    model.maxpool = nn.Identity()
+    return model
+
+
+@register_model
+def resnet10t_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """resnet10t for small images (28-64 pixels): no max-pool in the stem."""
+    return _without_stem_pool(timm.models.resnet.resnet10t(pretrained, **kwargs))
+
+
+@register_model
+def resnet18_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """resnet18 for small images (28-64 pixels): no max-pool in the stem."""
+    return _without_stem_pool(timm.models.resnet.resnet18(pretrained, **kwargs))
+
+
+@register_model
+def resnet26_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """resnet26 for small images (28-64 pixels): no max-pool in the stem."""
+    return _without_stem_pool(timm.models.resnet.resnet26(pretrained, **kwargs))
 
 
 def create(spec: ModelSpec, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:

@@ -137,6 +137,23 @@ def test_checkpoint_round_trip_and_pickle_refused(tmp_path):
         models.load_checkpoint(str(tmp_path / "pickled.pt"))
 
 
+def test_small_image_variants_keep_twice_the_resolution_and_round_trip(tmp_path):
+    """resnet10t_small is timm's resnet10t without the stem max-pool: same weights, a 2x finer feature map; its
+    checkpoint rebuilds it (the name is registered with timm), and the parameter-count rule sees it like any timm model."""
+    spec = models.ModelSpec("resnet10t_small", 10, 1, 28, ())
+    small, plain = models.create(spec).eval(), models.create(models.ModelSpec("resnet10t", 10, 1, 28, ())).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert small.forward_features(x).shape[-2:] == (2, 2) and plain.forward_features(x).shape[-2:] == (1, 1)
+    assert small.state_dict().keys() == plain.state_dict().keys()
+    models.save_checkpoint(str(tmp_path / "m.safetensors"), small, spec)
+    loaded, spec2 = models.load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert spec2 == spec
+    torch.testing.assert_close(loaded.eval()(x), small(x))
+    plain.load_state_dict(small.state_dict())  # the same weights, another forward
+    assert not torch.allclose(plain(x), small(x))
+    assert models._param_count("resnet18_small") > models._param_count("resnet10t_small") == models._param_count("resnet10t")
+
+
 def _save_shards(uri: str, rows: int, **arrays: np.ndarray) -> None:
     for i, start in enumerate(range(0, max(len(next(iter(arrays.values()))), 1), rows)):
         artifacts.save_arrays(artifacts.join(uri, f"pseudo-{i:05d}.npz"), **{k: a[start : start + rows] for k, a in arrays.items()})
