@@ -7,6 +7,7 @@
 #   PYTHON=path the interpreter with torch (default python3)
 #   T=seconds   stop every run after this long (what a run finished is saved as it ends)
 #   RUN=chain (default: --sizes 44000 20000, 3 generations) | long (44000, 6) | t240 (44000, 3, 240-epoch teacher)
+#       | small (44000, 3, every model resnet10t_small: no stem max-pool; the methods too)
 set -u
 OUT=${OUT:-runs/gpu} T=${T:-490} RUN=${RUN:-chain} PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -22,7 +23,9 @@ case $RUN in
   chain) CHAIN=(--sizes 44000 20000 --generations 3) ;;
   long) CHAIN=(--sizes 44000 --generations 6) ;;
   t240) CHAIN=(--sizes 44000 --generations 3 --set teacher.epochs=240) ;;
-  *) echo "RUN must be chain, long or t240" >&2; exit 2 ;;
+  small) CHAIN=(--sizes 44000 --generations 3)  # and the methods below at the default scale, with the same models
+    for m in teacher generations.gen1 generations.gen2 generations.gen3; do SETS+=(--set "$m.model=resnet10t_small"); done ;;
+  *) echo "RUN must be chain, long, t240 or small" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d)  # fresh folders: bench/methods.py's Seed refuses ones prepared with other params
 pids=()
