@@ -107,22 +107,33 @@ def load_checkpoint(uri: str) -> tuple[nn.Module, ModelSpec]:
 
 
 def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
-    """Load a checkpoint's weights into `model` (same architecture); a head for other classes is left as initialised.
+    """Load a checkpoint's weights into `model`, whose weights they must fit (the same model, or a variant with the same
+    weights such as resnet10t -> resnet10t_small); a head for other classes is left as initialised.
 
     Returns the number of tensors loaded.
     """
     state, other = _read(uri)
-    if (other.name, other.in_chans) != (spec.name, spec.in_chans):
-        raise ValueError(
-            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): the architectures must match"
-        )
     same_head = other.num_classes == spec.num_classes
     if not same_head:  # e.g. a checkpoint trained on other classes: keep the body, re-initialise the head
         cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
         head = cfg.get("classifier", "")
         state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if same_head or k in state}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if other.in_chans != spec.in_chans or want != have:
+        raise ValueError(
+            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): "
+            f"its weights do not fit ({_first_misfit(want, have)})"
+        )
     model.load_state_dict(state, strict=same_head)
     return len(state)
+
+
+def _first_misfit(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]) -> str:
+    for k in sorted(want.keys() | have.keys()):
+        if want.get(k) != have.get(k):
+            return f"{k}: {want.get(k, 'absent')} in the model, {have.get(k, 'absent')} in the checkpoint"
+    return "other input channels"
 
 
 def num_params(model: nn.Module) -> int:
@@ -146,6 +157,12 @@ def check_params(params: Any, source: str = "params") -> None:
     if not errors:
         chain = [params.teacher.model] + [g.model for g in params.generations.values()]
         for k, (name, g) in enumerate(params.generations.items(), start=1):
+            if params.student.init == "teacher" and _shapes(g.model) != _shapes(chain[k - 1]):
+                errors.append(
+                    f"  generations.{name}.model: '{g.model}' cannot start from its teacher '{chain[k - 1]}' (student.init: teacher needs "
+                    "the teacher's weights to fit it: the same model, or a variant such as resnet10t -> resnet10t_small); use such a "
+                    "model or set student.init: scratch"
+                )
             if params.student.allow_smaller or METHODS[g.method].smaller_student:
                 continue
             if _param_count(g.model) < _param_count(chain[k - 1]):
@@ -158,6 +175,12 @@ def check_params(params: Any, source: str = "params") -> None:
 
 
 @functools.cache
-def _param_count(name: str) -> int:
+def _shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):  # shapes only: no memory, no init cost
+        return tuple((k, tuple(v.shape)) for k, v in timm.create_model(name, num_classes=10).state_dict().items())
+
+
+@functools.cache
+def _param_count(name: str) -> int:
+    with torch.device("meta"):
         return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())

@@ -396,17 +396,11 @@ class Params(_Section):
         names = list(self.generations)
         if names != [f"gen{k}" for k in range(1, len(names) + 1)]:
             raise ValueError(f"generations: keys must be gen1, gen2, ... in order, got {', '.join(names)}")
-        models = [self.teacher.model] + [g.model for g in self.generations.values()]
         for k, (name, g) in enumerate(self.generations.items(), start=1):
             if g.teacher != f"gen{k - 1}":
                 raise ValueError(
                     f"generations.{name}.teacher: must be 'gen{k - 1}', got '{g.teacher}' (a generation's teacher is the "
                     "previous generation's promoted model; it is spelled out because dvc.yaml builds paths from it)"
-                )
-            if self.student.init == "teacher" and g.model != models[k - 1]:
-                raise ValueError(
-                    f"generations.{name}.model: '{g.model}' cannot start from its teacher '{models[k - 1]}' (student.init: teacher "
-                    "needs the same architecture); use the same model or set student.init: scratch"
                 )
         return self
 

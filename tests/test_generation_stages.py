@@ -102,8 +102,15 @@ def test_student_initialised_from_the_teacher_starts_from_its_weights(gen0):
         assert torch.equal(student.state_dict()[k], v), k
     # a checkpoint of another architecture is refused; for another class count only the body is loaded
     bigger = dataclasses.replace(spec, name="resnet14t")
-    with pytest.raises(ValueError, match="architectures must match"):
+    with pytest.raises(
+        ValueError, match=r"a resnet10t \(1 channels\): its weights do not fit \(fc.weight: \(10, 2048\) in the model, \(10, 512\) in the checkpoint\)"
+    ):
         models.init_from(models.create(bigger), bigger, resolve(g.promoted)[0])
+    # a variant with the same weights (no stem max-pool) starts from them
+    small = dataclasses.replace(spec, name="resnet10t_small")
+    grown = models.create(small)
+    assert models.init_from(grown, small, resolve(g.promoted)[0]) == len(teacher.state_dict())
+    assert torch.equal(grown.conv1[0].weight, teacher.conv1[0].weight)
     three = dataclasses.replace(spec, num_classes=3, classes=("a", "b", "c"))
     other = models.create(three)
     head = other.fc.weight.clone()

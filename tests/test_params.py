@@ -69,7 +69,8 @@ def test_generation_chain_is_checked():
     growing = {"generations": gens("resnet10t", "resnet14t", "resnet18"), "student": {"init": "scratch"}}
     assert list(parse_params(growing).generations) == ["gen1", "gen2", "gen3"]
     with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet14t' cannot start from its teacher 'resnet10t'"):
-        parse_params({**growing, "student": {"init": "teacher"}})
+        check_params(parse_params({**growing, "student": {"init": "teacher"}}))
+    check_params(parse_params({"generations": gens("resnet10t", "resnet10t_small"), "student": {"init": "teacher"}}))  # the weights fit
     with pytest.raises(ParamsError, match="keys must be gen1, gen2, ... in order, got gen1, gen3"):
         parse_params({"generations": {"gen1": gens("resnet10t")["gen1"], "gen3": {"model": "resnet10t", "teacher": "gen2"}}})
     with pytest.raises(ParamsError, match="generations.gen2.teacher: must be 'gen1', got 'gen0'"):
