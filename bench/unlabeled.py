@@ -23,7 +23,9 @@ import run_args  # bench/run_args.py
 from methods import Seed  # bench/methods.py: the same per-seed runs and evaluation
 
 
-def run_size(seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+def run_size(
+    seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]], None] | None = None, student_models: list[str] | None = None
+) -> dict[str, Any]:
     """The teacher and `generations` students; with `every`, each generation is scored too and `every` gets the list so far."""
     teacher, scored = seed.prepare(), []
 
@@ -32,7 +34,7 @@ def run_size(seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]
         if every:
             every(scored)
 
-    model, wall, students = seed.chain("noisy_student", generations, after=score if every else None)
+    model, wall, students = seed.chain("noisy_student", generations, models=student_models, after=score if every else None)
     if every:  # the last generation is already scored
         last = {k: v for k, v in scored[-1].items() if k != "generation"}
         return {"teacher": teacher, **last, "wall_s": wall, "student_wall_s": students, "generations": scored}
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000, 44000], help="data.unlabeled values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=1)
+    ap.add_argument("--student-models", nargs="+", metavar="MODEL", help="each generation's student model (default: generations.gen1.model)")
     ap.add_argument("--every-generation", action="store_true", help="also score every generation's student, saved as each one ends")
     run_args.add(ap, work="runs/unlabeled", out="unlabeled.json")
     args = ap.parse_args()
@@ -72,7 +75,7 @@ def main() -> None:
                 if args.every_generation
                 else None
             )
-            results[str(size)] = run_size(seed, args.generations, every)
+            results[str(size)] = run_size(seed, args.generations, every, args.student_models)
             run_args.save(args, results)
     print(table(results))
 
