@@ -1,0 +1,86 @@
+"""One step-based method run far past the budget, validated along the way: does it keep climbing? (issue 27)
+
+`bench/methods.py` gives each step-based method the wall time of Noisy Student's three generations (about 1,500
+FixMatch steps at the default scale on one core). USB trains FixMatch and FreeMatch for 2^20 steps. This runs one
+method from `bench/methods.py`'s table for each `--steps` given, with a validation (and a log row) every
+`--val-every` steps, on the seed's split and teacher in `--work` (made by `bench/methods.py`, or made here the same
+way), then scores the final model like every other row: test top-1, mCE and -A top-1 against the seed's teacher.
+The learning rate decays to 0 at the run's last step, so the validations on the way are points of this schedule,
+not of shorter runs.
+
+    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --work runs/methods --out long.json
+    python bench/long_steps.py --show long.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import run_args  # bench/run_args.py
+from methods import STEP_METHODS, Seed  # bench/methods.py: the same per-seed runs and evaluation
+
+from selftrain import stages
+
+
+def validations(log: Path) -> tuple[list[int], list[float]]:
+    """(step, val top-1) of each log row that has a validation."""
+    rows = [r for r in csv.DictReader(log.open()) if r["val_top1"]]
+    return [int(r["step"]) for r in rows], [float(r["val_top1"]) for r in rows]
+
+
+def table(results: dict[str, dict[str, dict]]) -> str:
+    lines = [
+        "| seed | method | steps | test top-1 % | mCE | -A top-1 % | wall s | val top-1 % along the run (step: %) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for seed, runs in sorted(results.items()):
+        for key, r in runs.items():
+            curve = ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(r["val_steps"], r["val_top1"]))
+            lines.append(
+                f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | {100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {curve} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", default="freematch_da", choices=[m for m in STEP_METHODS if m not in ("mpl", "reduced_mpl")])
+    ap.add_argument("--steps", type=int, nargs="+", default=[6000], help="one run per value (fixmatch.steps)")
+    ap.add_argument("--val-every", type=int, default=500, help="fixmatch.checkpoint_every: a validation every N steps")
+    run_args.add(ap, work="runs/methods", out="long_steps.json")
+    args = ap.parse_args()
+    results = run_args.results(args)
+    if args.show:
+        print(table(results))
+        return
+    seed = Seed(args.seed, Path(args.work), args.params, run_args.overrides(args))
+    seed.prepare()
+    runs = results.setdefault(str(args.seed), {})
+    for steps in args.steps:
+        key = f"{args.method}-{steps}"
+        if key in runs:
+            continue
+        out = seed.root / key
+        p = seed.params(**STEP_METHODS[args.method], **{"fixmatch.steps": steps, "fixmatch.checkpoint_every": args.val_every})
+        t0 = time.perf_counter()
+        stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
+        wall = time.perf_counter() - t0
+        steps_done, val = validations(out / "log.csv")
+        runs[key] = {
+            "method": args.method,
+            "steps": steps,
+            **seed.evaluate(str(out / stages.CHECKPOINT), key),
+            "wall_s": wall,
+            "val_steps": steps_done,
+            "val_top1": val,
+        }
+        run_args.save(args, results)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
