@@ -8,6 +8,7 @@
 #   T=seconds   stop every run after this long (what a run finished is saved as it ends)
 #   RUN=chain (default: --sizes 44000 20000, 3 generations) | long (44000, 6) | t240 (44000, 3, 240-epoch teacher)
 #       | small (44000, 3, every model resnet10t_small: no stem max-pool; the methods too)
+#       | fmlong (FreeMatch + DA for STEPS steps, default 6000, per seed at 44000 images, validated every 500; no methods run)
 set -u
 OUT=${OUT:-runs/gpu} T=${T:-490} RUN=${RUN:-chain} PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -25,10 +26,21 @@ case $RUN in
   t240) CHAIN=(--sizes 44000 --generations 3 --set teacher.epochs=240) ;;
   small) CHAIN=(--sizes 44000 --generations 3)  # and the methods below at the default scale, with the same models
     for m in teacher generations.gen1 generations.gen2 generations.gen3; do SETS+=(--set "$m.model=resnet10t_small"); done ;;
-  *) echo "RUN must be chain, long, t240 or small" >&2; exit 2 ;;
+  fmlong) ;;
+  *) echo "RUN must be chain, long, t240, small or fmlong" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d)  # fresh folders: bench/methods.py's Seed refuses ones prepared with other params
 pids=()
+if [ "$RUN" = fmlong ]; then
+  for s in 0 1 2; do
+    timeout "$T" $PY bench/long_steps.py --seed $s --method freematch_da --steps "${STEPS:-6000}" --val-every 500 "${SETS[@]}" \
+      --set data.unlabeled=44000 --set runtime.num_workers=4 --work "$WORK/fm$s" --out "$OUT/fmlong$s.json" > "$OUT/fmlong$s.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\||Error" "$f" | tail -4; done
+  exit 0
+fi
 for s in 0 1 2; do
   timeout "$T" $PY bench/unlabeled.py --seed $s "${CHAIN[@]}" --every-generation "${SETS[@]}" --set runtime.num_workers=4 \
     --work "$WORK/chain$s" --out "$OUT/$RUN$s.json" > "$OUT/$RUN$s.log" 2>&1 &
