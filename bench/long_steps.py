@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -53,10 +54,10 @@ def main() -> None:
     ap.add_argument("--val-every", type=int, default=500, help="fixmatch.checkpoint_every: a validation every N steps")
     run_args.add(ap, work="runs/methods", out="long_steps.json")
     args = ap.parse_args()
-    results = run_args.results(args)
     if args.show:
-        print(table(results))
+        print(table(json.loads(Path(args.show).read_text())))
         return
+    results = run_args.results(args)
     seed = Seed(args.seed, Path(args.work), args.params, run_args.overrides(args))
     seed.prepare()
     runs = results.setdefault(str(args.seed), {})
