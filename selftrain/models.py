@@ -175,12 +175,14 @@ def check_params(params: Any, source: str = "params") -> None:
 
 
 @functools.cache
-def _shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _meta_model(name: str) -> nn.Module:
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        return tuple((k, tuple(v.shape)) for k, v in timm.create_model(name, num_classes=10).state_dict().items())
+        return timm.create_model(name, num_classes=10)
 
 
-@functools.cache
+def _shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple((k, tuple(v.shape)) for k, v in _meta_model(name).state_dict().items())
+
+
 def _param_count(name: str) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+    return sum(p.numel() for p in _meta_model(name).parameters())
