@@ -6,9 +6,12 @@ method from `bench/methods.py`'s table for each `--steps` given, with a validati
 `--val-every` steps, on the seed's split and teacher in `--work` (made by `bench/methods.py`, or made here the same
 way), then scores the final model like every other row: test top-1, mCE and -A top-1 against the seed's teacher.
 The learning rate decays to 0 at the run's last step, so the validations on the way are points of this schedule,
-not of shorter runs.
+not of shorter runs. With `--then-noisy-student K`, K Noisy Student generations follow from the run's final model
+(params.yaml's student recipe, each student the next teacher), each scored and timed: the `generations` recipe
+`gen1: fixmatch`, then `gen2.. : noisy_student`.
 
     python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --work runs/methods --out long.json
+    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --then-noisy-student 2 --work runs/methods --out long.json
     python bench/long_steps.py --show long.json
 """
 
@@ -18,6 +21,7 @@ import argparse
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import run_args  # bench/run_args.py
@@ -43,6 +47,10 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             lines.append(
                 f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | {100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {curve} |"
             )
+            for g in r.get("then_noisy_student", []):
+                lines.append(
+                    f"| {seed} | then Noisy Student gen {g['generation']} | | {100 * g['test_top1']:.2f} | {g['mCE']:.3f} | {100 * g['hard_top1']:.1f} | {g['wall_s']:.0f} | |"
+                )
     return "\n".join(lines)
 
 
@@ -52,6 +60,7 @@ def main() -> None:
     ap.add_argument("--method", default="freematch_da", choices=[m for m in STEP_METHODS if m not in ("mpl", "reduced_mpl")])
     ap.add_argument("--steps", type=int, nargs="+", default=[6000], help="one run per value (fixmatch.steps)")
     ap.add_argument("--val-every", type=int, default=500, help="fixmatch.checkpoint_every: a validation every N steps")
+    ap.add_argument("--then-noisy-student", type=int, default=0, metavar="K", help="K Noisy Student generations from the run's model, each scored")
     run_args.add(ap, work="runs/methods", out="long_steps.json")
     args = ap.parse_args()
     if args.show:
@@ -63,24 +72,51 @@ def main() -> None:
     runs = results.setdefault(str(args.seed), {})
     for steps in args.steps:
         key = f"{args.method}-{steps}"
-        if key in runs:
-            continue
-        out = seed.root / key
-        p = seed.params(**STEP_METHODS[args.method], **{"fixmatch.steps": steps, "fixmatch.checkpoint_every": args.val_every})
-        t0 = time.perf_counter()
-        stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
-        wall = time.perf_counter() - t0
-        steps_done, val = validations(out / "log.csv")
-        runs[key] = {
-            "method": args.method,
-            "steps": steps,
-            **seed.evaluate(str(out / stages.CHECKPOINT), key),
-            "wall_s": wall,
-            "val_steps": steps_done,
-            "val_top1": val,
-        }
-        run_args.save(args, results)
+        if key not in runs:
+            runs[key] = run(seed, args.method, steps, args.val_every)
+            run_args.save(args, results)
+        if len(runs[key].get("then_noisy_student", [])) < args.then_noisy_student:
+
+            def save_so_far(scored: list[dict], key: str = key) -> None:
+                runs[key]["then_noisy_student"] = scored
+                run_args.save(args, results)
+
+            noisy_student_after(seed, key, args.then_noisy_student, save_so_far)
     print(table(results))
+
+
+def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
+    """The step-based run for `steps`, scored, with its validations along the way."""
+    key = f"{method}-{steps}"
+    out = seed.root / key
+    p = seed.params(**STEP_METHODS[method], **{"fixmatch.steps": steps, "fixmatch.checkpoint_every": val_every})
+    t0 = time.perf_counter()
+    stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
+    wall = time.perf_counter() - t0
+    steps_done, val = validations(out / "log.csv")
+    return {
+        "method": method,
+        "steps": steps,
+        **seed.evaluate(str(out / stages.CHECKPOINT), key),
+        "wall_s": wall,
+        "val_steps": steps_done,
+        "val_top1": val,
+    }
+
+
+def noisy_student_after(seed: Seed, key: str, generations: int, save: Callable[[list[dict]], None]) -> None:
+    """`generations` Noisy Student generations from run `key`'s model; each is scored and timed, and `save` gets the
+    list after each (a killed run reruns them all)."""
+    scored: list[dict] = []
+    last = [time.perf_counter()]
+
+    def score(k: int, checkpoint: str) -> None:
+        wall = time.perf_counter() - last[0]
+        scored.append({"generation": k, **seed.evaluate(checkpoint, f"{key}-then-ns-gen{k}"), "wall_s": wall})
+        save(scored)
+        last[0] = time.perf_counter()
+
+    seed.chain(f"{key}-then-noisy-student", generations, after=score, start=str(seed.root / key / stages.CHECKPOINT))
 
 
 if __name__ == "__main__":

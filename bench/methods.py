@@ -92,12 +92,19 @@ class Seed:
         return {k: m[role].get(k) for k in ("test_top1", "mCE", "hard_top1")}
 
     def chain(
-        self, name: str, generations: int = 3, models: list[str] | None = None, after: Callable[[int, str], None] | None = None, **extra: Any
+        self,
+        name: str,
+        generations: int = 3,
+        models: list[str] | None = None,
+        after: Callable[[int, str], None] | None = None,
+        start: str | None = None,
+        **extra: Any,
     ) -> tuple[str, float, list[float]]:
         """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall s).
 
-        `after(k, checkpoint)` runs after generation k, outside the timed part (e.g. to score every generation)."""
-        teacher, total, each = self.gen0, 0.0, []
+        The first teacher is the seed's supervised one, or the checkpoint `start`. `after(k, checkpoint)` runs after
+        generation k, outside the timed part (e.g. to score every generation)."""
+        teacher, total, each = start or self.gen0, 0.0, []
         for k in range(1, generations + 1):
             g = self.root / name / f"gen{k}"
             model = {"generations.gen1.model": models[k - 1]} if models else {}
