@@ -8,7 +8,7 @@
 #   T=seconds   stop every run after this long (what a run finished is saved as it ends)
 #   RUN=chain (default: --sizes 44000 20000, 3 generations) | long (44000, 6) | t240 (44000, 3, 240-epoch teacher)
 #       | small (44000, 3, every model resnet10t_small: no stem max-pool; the methods too)
-#       | fmlong (FreeMatch + DA for STEPS steps, default 6000, per seed at 44000 images, validated every 500; no methods run)
+#       | fmlong (FreeMatch + DA for STEPS steps, default 6000, per seed at 44000 images, validated every 500, then one Noisy Student generation; no methods run)
 set -u
 OUT=${OUT:-runs/gpu} T=${T:-490} RUN=${RUN:-chain} PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -33,7 +33,7 @@ WORK=$(mktemp -d)  # fresh folders: bench/methods.py's Seed refuses ones prepare
 pids=()
 if [ "$RUN" = fmlong ]; then
   for s in 0 1 2; do
-    timeout "$T" $PY bench/long_steps.py --seed $s --method freematch_da --steps "${STEPS:-6000}" --val-every 500 "${SETS[@]}" \
+    timeout "$T" $PY bench/long_steps.py --seed $s --method freematch_da --steps "${STEPS:-6000}" --val-every 500 --then-noisy-student 1 "${SETS[@]}" \
       --set data.unlabeled=44000 --set runtime.num_workers=4 --work "$WORK/fm$s" --out "$OUT/fmlong$s.json" > "$OUT/fmlong$s.log" 2>&1 &
     pids+=($!)
   done
