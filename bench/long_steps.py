@@ -76,12 +76,7 @@ def main() -> None:
             runs[key] = run(seed, args.method, steps, args.val_every)
             run_args.save(args, results)
         if len(runs[key].get("then_noisy_student", [])) < args.then_noisy_student:
-
-            def save_so_far(scored: list[dict], key: str = key) -> None:
-                runs[key]["then_noisy_student"] = scored
-                run_args.save(args, results)
-
-            noisy_student_after(seed, key, args.then_noisy_student, save_so_far)
+            noisy_student_after(seed, key, args.then_noisy_student, runs[key], lambda: run_args.save(args, results))
     print(table(results))
 
 
@@ -104,17 +99,18 @@ def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
     }
 
 
-def noisy_student_after(seed: Seed, key: str, generations: int, save: Callable[[list[dict]], None]) -> None:
-    """`generations` Noisy Student generations from run `key`'s model; each is scored and timed, and `save` gets the
-    list after each (a killed run reruns them all)."""
-    scored: list[dict] = []
-    last = [time.perf_counter()]
+def noisy_student_after(seed: Seed, key: str, generations: int, row: dict, save: Callable[[], None]) -> None:
+    """`generations` Noisy Student generations from run `key`'s model, each scored and timed into
+    row["then_noisy_student"], with `save()` after each (a killed run reruns them all)."""
+    row["then_noisy_student"] = []
+    t0 = time.perf_counter()
 
     def score(k: int, checkpoint: str) -> None:
-        wall = time.perf_counter() - last[0]
-        scored.append({"generation": k, **seed.evaluate(checkpoint, f"{key}-then-ns-gen{k}"), "wall_s": wall})
-        save(scored)
-        last[0] = time.perf_counter()
+        nonlocal t0
+        wall = time.perf_counter() - t0
+        row["then_noisy_student"].append({"generation": k, **seed.evaluate(checkpoint, f"{key}-then-ns-gen{k}"), "wall_s": wall})
+        save()
+        t0 = time.perf_counter()
 
     seed.chain(f"{key}-then-noisy-student", generations, after=score, start=str(seed.root / key / stages.CHECKPOINT))
 
