@@ -74,10 +74,16 @@ def test_torchrun_with_two_processes_trains_the_teacher_like_one(two_process_tea
     assert stdout.count('"checkpoint"') == 2  # both processes trained and finished
     record = artifacts.read_json(f"{two}.json")
     assert record["sha256"] == artifacts.content_hash(str(two / "model.safetensors"))
-    rows = (two / "log.csv").read_text().splitlines()
-    assert len(rows) == 9 and not Path(f"{two}.resume").exists()
-    val_two = float(list(csv.DictReader(rows))[-1]["val_top1"])
-    assert val_two > 0.4 and abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
+    rows = list(csv.DictReader(io.StringIO((two / "log.csv").read_text())))
+    assert len(rows) == 8 and not Path(f"{two}.resume").exists()
+    # The same batches, split: the loss curves track each other. One end-point on 100 val images moves by 0.1-0.15
+    # with the CPU's kernels (an AVX2-only EPYC gave 0.40 against one process's 0.53, the losses within 0.1 an epoch
+    # on average), so the val check asks for learning (chance is 0.1) and closeness, not a fixed level.
+    loss_two = [float(r["loss"]) for r in rows[4:]]
+    loss_one = [float(r["loss"]) for r in csv.DictReader(io.StringIO((tmp_path / "one" / "log.csv").read_text()))][4:]
+    assert abs(sum(loss_two) / 4 - sum(loss_one) / 4) <= 0.15 and max(loss_two) < 2.0, (loss_two, loss_one)
+    val_two = float(rows[-1]["val_top1"])
+    assert val_two >= 0.3 and abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
 
 
 def _checkpoint(path: Path) -> dict | None:
