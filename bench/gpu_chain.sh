@@ -6,6 +6,8 @@
 #   FMNIST=dir  the four Fashion-MNIST .gz files, where no known place has them
 #   PYTHON=path the interpreter with torch (default python3)
 #   T=seconds   stop every run after this long (what a run finished is saved as it ends)
+#   WORK=dir    keep the runs' folders here (default: a fresh temporary one): a second call with the same WORK, on a
+#               machine that kept it, continues each FreeMatch run from its last `.resume` checkpoint (fmlong)
 #   RUN=chain (default: --sizes 44000 20000, 3 generations) | long (44000, 6) | t240 (44000, 3, 240-epoch teacher)
 #       | small (44000, 3, every model resnet10t_small: no stem max-pool; the methods too)
 #       | fmlong (FreeMatch + DA for STEPS steps, default 6000, per seed at 44000 images, validated every 500, then one Noisy Student generation; no methods run)
@@ -29,7 +31,7 @@ case $RUN in
   fmlong) ;;
   *) echo "RUN must be chain, long, t240, small or fmlong" >&2; exit 2 ;;
 esac
-WORK=$(mktemp -d)  # fresh folders: bench/methods.py's Seed refuses ones prepared with other params
+WORK=${WORK:-$(mktemp -d)}  # fresh by default: bench/methods.py's Seed refuses folders prepared with other params
 pids=()
 if [ "$RUN" = fmlong ]; then
   for s in 0 1 2; do
