@@ -40,7 +40,7 @@ if [ "$RUN" = fmlong ]; then
     pids+=($!)
   done
   wait "${pids[@]}"
-  for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\||Error" "$f" | tail -4; done
+  for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\||Error|resuming|step [0-9]+/" "$f" | tail -6; done
   exit 0
 fi
 for s in 0 1 2; do

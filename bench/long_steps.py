@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,9 @@ def main() -> None:
     if args.show:
         print(table(json.loads(Path(args.show).read_text())))
         return
+    # The stages log their steps, validations and any resume through the `selftrain` logger: with tqdm off (a GPU
+    # run's log file), that is all the progress a call stopped by a time limit leaves behind.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     results = run_args.results(args)
     seed = Seed(args.seed, Path(args.work), args.params, run_args.overrides(args))
     seed.prepare()
