@@ -37,20 +37,33 @@ def validations(log: Path) -> tuple[list[int], list[float]]:
     return [int(r["step"]) for r in rows], [float(r["val_top1"]) for r in rows]
 
 
+def steps_time(log: Path) -> float:
+    """Seconds the run's steps took, summed over its log rows (each row's steps over its steps/s): unlike the wall
+    time of the process that finished it, this counts the steps of every process a resumed run went through."""
+    total, last = 0.0, 0
+    for r in csv.DictReader(log.open()):
+        total += (int(r["step"]) - last) / float(r["steps_per_s"])
+        last = int(r["step"])
+    return total
+
+
 def table(results: dict[str, dict[str, dict]]) -> str:
     lines = [
-        "| seed | method | steps | test top-1 % | mCE | -A top-1 % | wall s | val top-1 % along the run (step: %) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| seed | method | steps | test top-1 % | mCE | -A top-1 % | wall s | steps' s (resumed at) | val top-1 % along the run (step: %) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for seed, runs in sorted(results.items()):
         for key, r in runs.items():
             curve = ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(r["val_steps"], r["val_top1"]))
+            steps_s = f"{r['steps_s']:.0f}" if "steps_s" in r else ""  # results from before the field have none
+            if r.get("resumed_from_step"):
+                steps_s += f" ({r['resumed_from_step']})"
             lines.append(
-                f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | {100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {curve} |"
+                f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | {100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {steps_s} | {curve} |"
             )
             for g in r.get("then_noisy_student", []):
                 lines.append(
-                    f"| {seed} | then Noisy Student gen {g['generation']} | | {100 * g['test_top1']:.2f} | {g['mCE']:.3f} | {100 * g['hard_top1']:.1f} | {g['wall_s']:.0f} | |"
+                    f"| {seed} | then Noisy Student gen {g['generation']} | | {100 * g['test_top1']:.2f} | {g['mCE']:.3f} | {100 * g['hard_top1']:.1f} | {g['wall_s']:.0f} | | |"
                 )
     return "\n".join(lines)
 
@@ -90,14 +103,16 @@ def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
     out = seed.root / key
     p = seed.params(**STEP_METHODS[method], **{"fixmatch.steps": steps, "fixmatch.checkpoint_every": val_every})
     t0 = time.perf_counter()
-    stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
+    summary = stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
     wall = time.perf_counter() - t0
     steps_done, val = validations(out / "log.csv")
     return {
         "method": method,
         "steps": steps,
         **seed.evaluate(str(out / stages.CHECKPOINT), key),
-        "wall_s": wall,
+        "wall_s": wall,  # of this process only: a resumed run's earlier steps are in steps_s
+        "steps_s": steps_time(out / "log.csv"),
+        "resumed_from_step": summary["resumed_from_step"],
         "val_steps": steps_done,
         "val_top1": val,
     }
