@@ -5,9 +5,14 @@ shortest honest loop (tensors already in memory, no augmentation, no logging, pl
 teacher's step a ratio below 1 is what the data pipeline and bookkeeping cost. Every step kind of the
 method registry is measured the same way (images/s: the images a step trains its model on): the student
 adds RandAugment; MPL runs a teacher beside the student (1 + 2r views through it and a second student
-forward per step), so its ratio is also the method's own extra work, not only overhead.
+forward per step), FixMatch a weak view without gradient beside the strong one, so their ratios are also the
+method's own extra work, not only overhead. A method added to the registry with a step class not measured here
+stops the run with an error rather than leaving a gap in the table.
 
-    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0] [--out throughput.json]
+With --compile, every model (the bare loop's and the steps') is `torch.compile`d on any device: selftrain compiles
+only on CUDA (`runtime.compile`), and a run with and one without on the same machine say whether CPU should too.
+
+    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0] [--compile] [--out throughput.json]
 """
 
 from __future__ import annotations
@@ -20,18 +25,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 
-from selftrain import artifacts, models, runtime, stages, train
+from selftrain import artifacts, methods, models, runtime, stages, train
 from selftrain.data import save_split
 from selftrain.data.splits import make_splits
 from selftrain.inputs import clean_batch
 from selftrain.mpl import LogitTeacher
-from selftrain.params import DataParams, MplParams, Params, StudentParams, TrainParams
+from selftrain.params import DataParams, FixMatchParams, MplParams, Params, StudentParams, TrainParams
+from selftrain.steps.fixmatch import FixMatchStep
 from selftrain.steps.mpl import MplStep, ReducedMplStep
 from selftrain.steps.pseudo_label import PseudoLabelStep
 from selftrain.steps.supervised import SupervisedStep
@@ -42,9 +49,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int, device: torch.device) -> float:
+def compiled(model: torch.nn.Module, compile: bool) -> torch.nn.Module:
+    return cast(torch.nn.Module, torch.compile(model)) if compile else model
+
+
+def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int, device: torch.device, compile: bool) -> float:
     model = timm.create_model(model_name, num_classes=10, in_chans=images.shape[3]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = compiled(model, compile)
     x_all, y_all = clean_batch(images).to(device), torch.from_numpy(labels).to(device)
     idx = torch.randint(0, len(x_all), (steps + 2, batch))
     for i in range(2):  # warm-up
@@ -61,9 +73,10 @@ def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: i
     return steps * batch / (time.perf_counter() - t0)
 
 
-def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, workers: int) -> dict[str, Callable[[], train.Step]]:
+def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, workers: int, compile: bool) -> dict[str, Callable[[], train.Step]]:
     """Every step kind of the registry's methods, each a fresh model (and teacher) on the same data: teacher
-    (supervised), student (pseudo-labels: noisy_student, distill), mpl and reduced_mpl."""
+    (supervised), student (pseudo-labels: noisy_student, distill), mpl, reduced_mpl and fixmatch (`batch` images a
+    step in all: a labeled quarter, the rest unlabeled; FixMatch's unlabeled images go through twice)."""
     labeled, unlabeled = splits["labeled"], splits["unlabeled"]
     spec = models.ModelSpec(model_name, 10, labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
     ctx = train.Context(device, workers=workers)
@@ -71,18 +84,26 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
     teacher_p = TrainParams(epochs=1_000, batch_size=batch, augment="s1")
     student_p = StudentParams(epochs=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, augment="noisy_student")
     mpl_p = MplParams(steps=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, uda_ramp_steps=1)
+    fixmatch_p = FixMatchParams(steps=1_000, batch_size=batch // (1 + 2 * ratio), unlabeled_ratio=ratio, threshold="freematch", dist_align=True)
     soft = np.full((len(unlabeled), 10), 0.1, dtype=np.float32)
     stored = np.log(soft)
 
     def net() -> torch.nn.Module:
-        return runtime.place(models.create(spec), device)
+        return compiled(runtime.place(models.create(spec), device), compile)
 
     return {
         "teacher": lambda: SupervisedStep(net(), teacher_p, labeled, ctx, 0),
         "student": lambda: PseudoLabelStep(net(), student_p, labeled, (unlabeled.images, soft), ctx, 0),
         "mpl": lambda: MplStep(net(), net(), mpl_p, student_p, labeled, unlabeled.images, ctx, 0),
         "reduced_mpl": lambda: ReducedMplStep(net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0, stored=stored),
+        "fixmatch": lambda: FixMatchStep(net(), fixmatch_p, student_p, labeled, unlabeled.images, ctx, 0),
     }
+
+
+def unmeasured(kinds: dict[str, Callable[[], train.Step]]) -> set[str]:
+    """The registry's step classes that no kind here builds."""
+    measured = {f"{cls.__module__}:{cls.__name__}" for cls in (type(make()) for make in kinds.values())}
+    return {m.step for m in methods.METHODS.values()} - measured
 
 
 def step_rate(make: Callable[[], train.Step], steps: int, device: torch.device) -> dict[str, float]:
@@ -130,6 +151,7 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=20000, help="images for the inference comparison")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers per step (runtime.num_workers)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every model, on any device (the first steps, untimed, compile)")
     ap.add_argument("--out", metavar="FILE", help="add this model's stage throughputs to FILE, the format `selftrain plan --throughput` reads")
     args = ap.parse_args()
 
@@ -148,9 +170,13 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "model": args.model,
             "batch": args.batch,
+            "compile": args.compile,
         }
-        result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device)
-        for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers).items():
+        kinds = step_kinds(args.model, splits, args.batch, device, args.workers, args.compile)
+        if missing := unmeasured(kinds):
+            raise SystemExit(f"bench/throughput.py builds no step of {', '.join(sorted(missing))}: add a kind to step_kinds")
+        result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device, args.compile)
+        for kind, make in kinds.items():
             rate = step_rate(make, args.steps, device)
             result[f"{kind}_img_s"], result[f"{kind}_steps_s"] = rate["img_s"], rate["steps_s"]
             result[f"{kind}_ratio"] = rate["img_s"] / result["train_bare_img_s"]

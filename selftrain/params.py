@@ -260,7 +260,7 @@ class RuntimeParams(_Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for training augmentation")
-    compile: bool = Field(False, description="torch.compile the model (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only: slower on CPU, where it is ignored)")
     checkpoint_every: int = Field(
         500, ge=0, description="train-teacher / train-student save their resumable state every N steps (0: never); MPL has mpl.checkpoint_every"
     )
