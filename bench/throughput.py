@@ -75,8 +75,9 @@ def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: i
 
 def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, workers: int, compile: bool) -> dict[str, Callable[[], train.Step]]:
     """Every step kind of the registry's methods, each a fresh model (and teacher) on the same data: teacher
-    (supervised), student (pseudo-labels: noisy_student, distill), mpl, reduced_mpl and fixmatch (`batch` images a
-    step in all: a labeled quarter, the rest unlabeled; FixMatch's unlabeled images go through twice)."""
+    (supervised), student (pseudo-labels: noisy_student, distill), mpl, reduced_mpl and fixmatch, each about `batch`
+    images a step: the student's and MPL's a labeled quarter, FixMatch's a labeled seventh, its unlabeled images
+    seen twice (weak and strong view)."""
     labeled, unlabeled = splits["labeled"], splits["unlabeled"]
     spec = models.ModelSpec(model_name, 10, labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
     ctx = train.Context(device, workers=workers)
