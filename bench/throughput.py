@@ -101,16 +101,15 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
     }
 
 
-def unmeasured(kinds: dict[str, Callable[[], train.Step]]) -> set[str]:
-    """The registry's step classes that no kind here builds."""
-    measured = {f"{cls.__module__}:{cls.__name__}" for cls in (type(make()) for make in kinds.values())}
+def unmeasured(steps: dict[str, train.Step]) -> set[str]:
+    """The registry's step classes that none of `steps` is."""
+    measured = {f"{type(step).__module__}:{type(step).__name__}" for step in steps.values()}
     return {m.step for m in methods.METHODS.values()} - measured
 
 
-def step_rate(make: Callable[[], train.Step], steps: int, device: torch.device) -> dict[str, float]:
+def step_rate(step: train.Step, steps: int, device: torch.device) -> dict[str, float]:
     """images/s and steps/s of selftrain.train.fit running `steps` steps (after 3 warm-up steps): the step's data
     pipeline (augmentation, DataLoader), its updates and the loop's bookkeeping. Images: what the step trains on."""
-    step = make()
     step.total = 3 + 3 * max(1, steps // 3)
     _, rows, _ = train.fit(step, step.ctx, 0, log_every=3, desc="bench")  # a row every 3 steps: the first is the warm-up
     timed = rows[1:]
@@ -173,12 +172,12 @@ def main() -> None:
             "batch": args.batch,
             "compile": args.compile,
         }
-        kinds = step_kinds(args.model, splits, args.batch, device, args.workers, args.compile)
+        kinds = {kind: make() for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers, args.compile).items()}
         if missing := unmeasured(kinds):
             raise SystemExit(f"bench/throughput.py builds no step of {', '.join(sorted(missing))}: add a kind to step_kinds")
         result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device, args.compile)
-        for kind, make in kinds.items():
-            rate = step_rate(make, args.steps, device)
+        for kind, step in kinds.items():
+            rate = step_rate(step, args.steps, device)
             result[f"{kind}_img_s"], result[f"{kind}_steps_s"] = rate["img_s"], rate["steps_s"]
             result[f"{kind}_ratio"] = rate["img_s"] / result["train_bare_img_s"]
         result["train_stage_img_s"] = result["teacher_img_s"]
