@@ -10,8 +10,10 @@ weak view's class probabilities, without gradient, and the images' rows in the u
   The mask uses the counts before this batch; then the batch's confident predictions are recorded.
 - freematch (Wang et al. 2023): tau_t = EMA of the batch's mean max p, p~_t = EMA of the mean p; class c's
   threshold is tau_t * p~_t(c) / max p~_t. The EMAs take this batch first, then the mask is computed.
-  tau_0 = 1/C and p~_0 = 1/C as the paper says (USB starts both at 1, which masks everything until the EMA
-  has moved).
+  tau_0 = 1/C and p~_0 = 1/C, as the paper and USB start them.
+
+The running means (FreeMatch's, distribution alignment's) take no update from a batch with a non-finite
+probability: one NaN would stay in them for the rest of the run and mask every image from then on.
 
 These are written here rather than taken from USB (microsoft/Semi-supervised-learning, whose hooks follow the
 same rules) because USB's hooks are bound to its trainer object and its CUDA placement; the arithmetic is a few
@@ -97,6 +99,8 @@ class FreeMatchThreshold:
 
     def update(self, probs: torch.Tensor) -> None:
         p = probs.detach().float().cpu()
+        if not torch.isfinite(p).all():
+            return
         conf, pred = p.max(1)
         m = self.m
         self.tau_t = m * self.tau_t + (1 - m) * conf.mean()
@@ -138,8 +142,11 @@ def _inverse(x: torch.Tensor) -> torch.Tensor:
 
 
 class DistributionAlignment:
-    """ReMixMatch's alignment: q <- Normalize(q * p(y) / p~(y)), p(y) the labeled class prior, p~(y) an EMA of the
-    model's mean prediction on unlabeled images (started from the first batch's mean)."""
+    """ReMixMatch's alignment: q <- Normalize(q * (p(y) + eps) / (p~(y) + eps)), p(y) the labeled class prior, p~(y)
+    an EMA of the model's mean prediction on unlabeled images (started from the first batch's mean), eps = 1e-6 as in
+    USB (a class whose mean probability underflows to 0 would otherwise turn every aligned row into NaN)."""
+
+    EPS = 1e-6
 
     def __init__(self, prior: torch.Tensor, momentum: float = 0.999) -> None:
         self.prior, self.m = prior.float() / prior.sum(), momentum
@@ -147,8 +154,11 @@ class DistributionAlignment:
 
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
         mean = probs.detach().float().mean(0).cpu()
-        self.p_model = mean if self.p_model is None else self.m * self.p_model + (1 - self.m) * mean
-        q = probs * (self.prior / self.p_model).to(probs.device)
+        if torch.isfinite(mean).all():
+            self.p_model = mean if self.p_model is None else self.m * self.p_model + (1 - self.m) * mean
+        if self.p_model is None:  # no finite batch yet: nothing to align to
+            return probs
+        q = probs * ((self.prior + self.EPS) / (self.p_model + self.EPS)).to(probs.device)
         return q / q.sum(1, keepdim=True)
 
     def state_dict(self) -> dict[str, Any]:

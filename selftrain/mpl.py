@@ -13,8 +13,9 @@ reimplementations flip it). The baseline is a moving average of h. How h is meas
          just before and after the weights' update: only the update moves h;
   dot:   the first-order form, h = -grad L_l(theta_new) . (theta_new - theta_old) with the gradient in eval
          mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad). The teacher also minimises CE on
-the labeled batch and, ramped up, UDA: CE between its sharpened, confidence-masked prediction on a
-weak view and its prediction on a strong view of the same unlabeled images.
+the labeled batch and, ramped up, UDA: CE between its sharpened prediction q = softmax(z_weak / T) and its
+prediction on a strong view of the same unlabeled images, counted where max q >= threshold (the mask is taken on
+the sharpened q, as in the MPL authors' code and MPL-pytorch).
 
 Reduced MPL (`reduced_mpl_step`) keeps the student side and the signal, but its teacher is a small
 MLP over a large fixed teacher's stored logits (`LogitTeacher`), so no image passes through a teacher.
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 class MplConfig:
     uda_weight: float = 1.0  # lambda_u
     uda_temperature: float = 0.7  # sharpening of the weak-view target
-    uda_threshold: float = 0.6  # confidence mask on the weak view
+    uda_threshold: float = 0.6  # confidence mask on the sharpened weak-view target
     uda_ramp_steps: int = 1  # steps over which the UDA weight rises linearly to uda_weight
     baseline_decay: float = 0.99  # moving average of h
     mpl_weight: float = 1.0  # 0 turns the teacher's MPL signal off (then: UDA + supervised teacher, fixed-label student)
@@ -82,7 +83,7 @@ def mpl_step(
     t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l : n_l + n_u], t_logits[n_l + n_u :]
     t_loss_l = F.cross_entropy(t_l, y_l)
     target = F.softmax(t_uw.detach() / cfg.uda_temperature, 1)
-    mask = (F.softmax(t_uw.detach(), 1).amax(1) >= cfg.uda_threshold).float()
+    mask = (target.amax(1) >= cfg.uda_threshold).float()  # on the sharpened target, as the MPL authors' code
     t_loss_uda = (F.cross_entropy(t_us, target, reduction="none") * mask).mean()
     uda_weight = cfg.uda_weight * min(1.0, (state.step + 1) / cfg.uda_ramp_steps)
     y_hat = t_us.detach().argmax(1)

@@ -62,43 +62,87 @@ def test_flexmatch_without_warmup_normalises_by_the_most_claimed_class_only():
 
 
 def test_freematch_updates_its_emas_with_the_batch_then_masks_by_the_scaled_global_threshold():
-    rule = FreeMatchThreshold(classes=2, momentum=0.5)
-    assert rule.tau_t.item() == 0.5 and rule.p_model.tolist() == [0.5, 0.5]  # 1/C, as the paper starts them
-    # mean max p 0.75: tau = 0.5*0.5 + 0.5*0.75 = 0.625; p~ = [0.625, 0.375]; thresholds 0.625 * [1, 0.6]
-    assert rule.mask(t([0.9, 0.1], [0.6, 0.4]), rows(0, 1)).tolist() == [1, 0]
-    assert rule.tau_t.item() == pytest.approx(0.625)
-    assert rule.thresholds() == pytest.approx(torch.tensor([0.625, 0.375]))
-    assert rule.hist.tolist() == pytest.approx([0.75, 0.25])  # both predicted class 0
-    # tau = 0.5*0.625 + 0.5*0.75 = 0.6875; p~ = [0.5875, 0.4125]; class 1: 0.6875 * 0.4125 / 0.5875 = 0.4827
-    assert rule.mask(t([0.3, 0.7], [0.8, 0.2]), rows(2, 3)).tolist() == [1, 1]
-    assert rule.thresholds() == pytest.approx(torch.tensor([0.6875, 0.6875 * 0.4125 / 0.5875]))
-    # a second batch after the first, in a rule restored from the first's state (a resumed run):
-    # mean max p 0.67: tau = 0.5*0.625 + 0.5*0.67 = 0.6475; p~ = 0.5*[0.625, 0.375] + 0.5*[0.37, 0.63] = [0.4975, 0.5025];
-    # class 0's threshold 0.6475 * 0.4975/0.5025 = 0.641 > 0.54, class 1's 0.6475 <= 0.8
-    first = FreeMatchThreshold(classes=2, momentum=0.5)
-    first.mask(t([0.9, 0.1], [0.6, 0.4]), rows(0, 1))
-    resumed = FreeMatchThreshold(classes=2, momentum=0.5)
-    resumed.load_state_dict(first.state_dict())
-    assert resumed.mask(t([0.54, 0.46], [0.2, 0.8]), rows(2, 3)).tolist() == [0, 1]
-    assert resumed.thresholds() == pytest.approx(torch.tensor([0.6475 * 0.4975 / 0.5025, 0.6475]))
+    rule = FreeMatchThreshold(classes=3, momentum=0.5)
+    # tau_0 = p~_0 = h~_0 = 1/C, as the paper and USB start them (at C = 3, 1/C differs from 0.5 and from 1)
+    assert rule.tau_t.item() == pytest.approx(1 / 3) and rule.p_model.tolist() == pytest.approx([1 / 3] * 3)
+    batch = t([0.7, 0.2, 0.1], [0.45, 0.35, 0.2], [0.2, 0.2, 0.6])
+    # mean max p 0.5833: tau = 0.5/3 + 0.5*0.5833 = 0.4583; mean p [0.45, 0.25, 0.3]: p~ = [0.3917, 0.2917, 0.3167];
+    # thresholds tau * p~ / max p~ = [0.4583, 0.3413, 0.3706]: row 1 (0.45, class 0) misses by a hair
+    assert rule.mask(batch, rows(0, 1, 2)).tolist() == [1, 0, 1]
+    tau, p_model = 1 / 6 + 0.5 * 0.7 / 1.2, [1 / 6 + 0.225, 1 / 6 + 0.125, 1 / 6 + 0.15]
+    assert rule.tau_t.item() == pytest.approx(tau)
+    assert rule.p_model.tolist() == pytest.approx(p_model)
+    assert rule.thresholds().tolist() == pytest.approx([tau * p / max(p_model) for p in p_model])
+    assert rule.hist.tolist() == pytest.approx([1 / 6 + 1 / 3, 1 / 6, 1 / 6 + 1 / 6])  # predicted classes 0, 0, 2
+    # a second batch in a rule restored from the first's state (a resumed run) continues the same EMAs:
+    # mean max p 0.5167: tau = 0.5*0.4583 + 0.5*0.5167 = 0.4875; mean p [0.25, 0.5167, 0.2333]:
+    # p~ = [0.3208, 0.4042, 0.275]; class 1 is the largest now, its threshold 0.4875: 0.5 passes, 0.45 misses
+    resumed = FreeMatchThreshold(classes=3, momentum=0.5)
+    resumed.load_state_dict(rule.state_dict())
+    assert resumed.mask(t([0.3, 0.5, 0.2], [0.2, 0.45, 0.35], [0.25, 0.6, 0.15]), rows(3, 4, 5)).tolist() == [1, 0, 1]
+    tau2 = 0.5 * tau + 0.5 * 1.55 / 3
+    p2 = [0.5 * p + 0.5 * m for p, m in zip(p_model, [0.25, 1.55 / 3, 0.7 / 3])]
+    assert resumed.tau_t.item() == pytest.approx(tau2)
+    assert resumed.thresholds().tolist() == pytest.approx([tau2 * p / max(p2) for p in p2])
 
 
 def test_distribution_alignment_scales_by_prior_over_the_running_mean():
     align = DistributionAlignment(torch.tensor([1.0, 1.0]), momentum=0.5)
-    # first batch: p~ = its mean [0.7, 0.3]; q * [0.5/0.7, 0.5/0.3], normalised: 24/38 and 18/46
+    # first batch: p~ = its mean [0.7, 0.3]; q * [0.5/0.7, 0.5/0.3], normalised: 24/38 and 18/46 (to the 1e-6 eps)
     q = align(t([0.8, 0.2], [0.6, 0.4]))
-    assert q[:, 0].tolist() == pytest.approx([24 / 38, 18 / 46])
+    assert q[:, 0].tolist() == pytest.approx([24 / 38, 18 / 46], rel=1e-5)
     assert q.sum(1).tolist() == pytest.approx([1, 1])
     # p~ = 0.5 * [0.7, 0.3] + 0.5 * [0.5, 0.5] = [0.6, 0.4]: a uniform prediction is pushed to [0.4, 0.6]
-    assert align(t([0.5, 0.5], [0.5, 0.5]))[0].tolist() == pytest.approx([0.4, 0.6])
+    assert align(t([0.5, 0.5], [0.5, 0.5]))[0].tolist() == pytest.approx([0.4, 0.6], rel=1e-5)
 
 
 def test_fairness_loss_on_a_worked_batch_and_zero_when_nothing_passes():
-    rule = FreeMatchThreshold(classes=2)  # p~ = h~ = [0.5, 0.5]: the target is uniform
-    logits = torch.log(t([0.8, 0.2], [0.3, 0.7]))  # predicted classes 0 and 1: hbar uniform, pbar = [0.55, 0.45]
-    loss = fairness_loss(logits, torch.tensor([1.0, 1.0]), rule)
-    assert loss.item() == pytest.approx(0.5 * math.log(0.55) + 0.5 * math.log(0.45), rel=1e-5)
-    assert fairness_loss(logits, torch.tensor([0.0, 0.0]), rule).item() == 0
+    rule = FreeMatchThreshold(classes=3, momentum=0.5)
+    rule.mask(t([0.7, 0.2, 0.1], [0.45, 0.35, 0.2], [0.2, 0.2, 0.6]), rows(0, 1, 2))
+    # p~ = [0.3917, 0.2917, 0.3167], h~ = [0.5, 0.1667, 0.3333], neither uniform: target SumNorm(p~ / h~)
+    target = [p / h for p, h in zip(rule.p_model.tolist(), rule.hist.tolist())]
+    target = [x / sum(target) for x in target]
+    assert target == pytest.approx([0.2249, 0.5024, 0.2727], abs=1e-4)
+    # strong views predicting classes 0, 0, 1, 2: hbar = [0.5, 0.25, 0.25], pbar = [0.35, 0.35, 0.3];
+    # SumNorm(pbar / hbar) = [0.7, 1.4, 1.2] / 3.3
+    strong = torch.log(t([0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7]))
+    mean = [0.7 / 3.3, 1.4 / 3.3, 1.2 / 3.3]
+    loss = fairness_loss(strong, torch.ones(4), rule)
+    assert loss.item() == pytest.approx(sum(a * math.log(b) for a, b in zip(target, mean)), rel=1e-5)
+    # the mask selects the rows: only the last two count (hbar = [0, 0.5, 0.5]: class 0 drops out, as in USB)
+    loss = fairness_loss(strong, torch.tensor([0.0, 0.0, 1.0, 1.0]), rule)
+    mean = [0.0, 0.35 / 0.5, 0.5 / 0.5]
+    mean = [x / sum(mean) for x in mean]
+    assert loss.item() == pytest.approx(sum(a * math.log(b + 1e-12) for a, b in zip(target, mean)), rel=1e-5)
+    assert fairness_loss(strong, torch.zeros(4), rule).item() == 0
+
+
+def test_a_class_whose_mean_probability_underflows_leaves_alignment_finite():
+    """USB adds 1e-6 to the prior and the running mean: without it, p~(c) = 0 makes prior / p~ infinite and every
+    aligned row NaN (0 * inf)."""
+    align = DistributionAlignment(torch.tensor([1.0, 1.0, 1.0]), momentum=0.5)
+    q = align(t([0.6, 0.4, 0.0], [0.5, 0.5, 0.0]))
+    assert torch.isfinite(q).all() and q.sum(1).tolist() == pytest.approx([1, 1])
+    assert q[:, 2].tolist() == [0, 0]
+
+
+def test_a_non_finite_batch_leaves_the_running_state_as_it_was():
+    """One NaN batch would otherwise stay in the EMAs for good: FreeMatch's mask would be 0 from then on."""
+    nan = t([float("nan"), 0.5, 0.5], [0.2, 0.3, 0.5])
+    rule = FreeMatchThreshold(classes=3, momentum=0.5)
+    rule.mask(t([0.7, 0.2, 0.1], [0.2, 0.2, 0.6]), rows(0, 1))
+    before = {k: v.clone() for k, v in rule.state_dict().items()}
+    assert rule.mask(nan, rows(2, 3)).tolist() == [0, 1]  # the finite row still gets its mask
+    assert all(torch.equal(before[k], v) for k, v in rule.state_dict().items())
+    assert rule.mask(t([0.9, 0.05, 0.05]), rows(4)).tolist() == [1]  # and later batches mask as before
+    align = DistributionAlignment(torch.ones(3), momentum=0.5)
+    align(t([0.6, 0.3, 0.1]))
+    p_model = align.p_model.clone()
+    align(nan)
+    assert torch.equal(align.p_model, p_model)
+    fresh = DistributionAlignment(torch.ones(3), momentum=0.5)
+    fresh(nan)
+    assert fresh.p_model is None  # nothing finite seen yet
 
 
 def test_no_gradient_flows_through_the_weak_view_and_the_loss_is_the_batch_mean_of_masked_ce():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import write_tiny_params
-from selftrain import distributed, noise, stages
+from selftrain import consistency, distributed, noise, stages
 from selftrain.data import load_split
 from selftrain.params import load_params
 from selftrain.steps import views
@@ -98,6 +98,42 @@ def test_the_threshold_state_is_what_a_resume_restores(tiny):
     fresh = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     fresh.load_state_dict(step.state_dict())
     assert torch.equal(fresh.labeller.rule.selected, step.labeller.rule.selected) and torch.equal(fresh.labeller.align.p_model, step.labeller.align.p_model)
+
+
+def _run_steps(tiny: Path, n: int, **overrides) -> tuple[FixMatchStep, list[dict[str, float]]]:
+    """`n` FixMatch steps of a fresh resnet10t (same seed, same init) under `overrides`; the step and its logs."""
+    from selftrain.models import ModelSpec, create
+    from selftrain.train import Context
+
+    p = params(tiny, **overrides)
+    labeled, unlabeled = load_split(str(tiny / "data"), "labeled"), load_split(str(tiny / "data"), "unlabeled")
+    torch.manual_seed(0)
+    net = create(ModelSpec("resnet10t", 10, 1, 28, labeled.classes), 0.0, 0.0)
+    step = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
+    batches = step.batches(0)
+    return step, [step(next(batches)) for _ in range(n)]
+
+
+def test_each_threshold_rule_is_the_one_the_step_trains_with(tiny):
+    """`fixmatch.threshold` and `dist_align` reach the step: the rule in use, its state moving, FreeMatch's fairness
+    term in the loss (at USB's weight 0.001), and a model that differs from the fixed rule's on the same seed."""
+    assert params(tiny).fixmatch.fairness_weight == 0.001  # USB's value in all its FreeMatch configs
+    fixed, fixed_logs = _run_steps(tiny, 3)
+    assert type(fixed.labeller.rule) is consistency.FixedThreshold and fixed.labeller.align is None
+    assert all(r["loss_fairness"] == 0 for r in fixed_logs)
+
+    free, free_logs = _run_steps(tiny, 3, **{"fixmatch.threshold": "freematch", "fixmatch.ema_p": 0.5, "fixmatch.dist_align": True})
+    rule = free.labeller.rule
+    assert type(rule) is consistency.FreeMatchThreshold and free.labeller.align is not None
+    assert rule.tau_t.item() != pytest.approx(0.1) and free.labeller.align.p_model is not None  # both moved from their start
+    assert all(r["loss_fairness"] != 0 for r in free_logs)
+    # freematch's adaptive threshold (about tau_t, well under 0.95) lets far more images count than the fixed rule
+    assert sum(r["mask_rate"] for r in free_logs) > sum(r["mask_rate"] for r in fixed_logs)
+    weights = [dict(s.model.state_dict()) for s in (fixed, free)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    flex, _ = _run_steps(tiny, 3, **{"fixmatch.threshold": "flexmatch"})
+    assert type(flex.labeller.rule) is consistency.FlexMatchThreshold
 
 
 def _two_process_targets(rank: int, store: str, out: str) -> None:

@@ -1,5 +1,7 @@
 """Meta Pseudo Labels: the sign of the teacher's feedback, and the TwoMoons picture on one seed."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +100,25 @@ def test_reduced_mpl_anchor_pulls_a_drifted_mlp_teacher_back_to_the_large_teache
     for _ in range(5):
         reduced_mpl_step(teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, MplConfig(mpl_weight=0.0, anchor_weight=1.0), MplState())
     assert distance() < before - 0.1
+
+
+def test_the_uda_mask_is_taken_on_the_sharpened_weak_view_as_the_references_do():
+    """Weak and strong views both give logits [1, 0, 0]. Unsharpened, max p = e / (e + 2) = 0.576, under the
+    threshold 0.6; sharpened at T 0.7, q = softmax([1, 0, 0] / 0.7) has max 0.676, over it: the image counts, and
+    UDA is CE(q, softmax([1, 0, 0])) = -sum q log p."""
+    teacher = nn.Linear(1, 3, bias=False)
+    student = nn.Linear(1, 3)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.tensor([[1.0], [0.0], [0.0]]))
+    x = torch.ones(4, 1)
+    t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.0), torch.optim.SGD(student.parameters(), lr=0.0)
+    cfg = MplConfig(uda_weight=1.0, uda_temperature=0.7, uda_threshold=0.6, mpl_weight=0.0)
+    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, cfg, MplState())
+    e, e_sharp = math.e, math.exp(1 / 0.7)
+    assert e / (e + 2) < 0.6 < e_sharp / (e_sharp + 2)
+    q = [e_sharp / (e_sharp + 2), 1 / (e_sharp + 2), 1 / (e_sharp + 2)]
+    log_p = [1 - math.log(e + 2), -math.log(e + 2), -math.log(e + 2)]
+    assert out["teacher_uda"] == pytest.approx(-sum(a * b for a, b in zip(q, log_p)), rel=1e-5)
+    # above the sharpened confidence too: nothing counts
+    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, MplConfig(uda_threshold=0.7, uda_temperature=0.7), MplState())
+    assert out["teacher_uda"] == 0.0
