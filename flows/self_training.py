@@ -62,7 +62,8 @@ def self_training(
     logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
     with writing(root, "gen0"):
-        stages.prepare(params, out=gen0.data)
+        stages.list_data(params, out=gen0.data_listing)  # never cached: it is how prepare's cache sees new images
+        stages.prepare(params, listing=gen0.data_listing, out=gen0.data)
         stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
         stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
         stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)

@@ -27,6 +27,7 @@ from selftrain.stages import MODEL_FREE, STAGES
 ARG_HELP = {
     "out": "where the stage writes its output (local path or s3://...); written atomically",
     "data": "prepare's output: the labeled, unlabeled, val and test splits",
+    "listing": "list-data's output: the input data's fingerprint; prepare refuses data that changed since",
     "teacher": "the teacher: a promotion record (the previous generation's promoted.json) or a model.safetensors",
     "logits_store": "infer's output: the logit store (the teacher's outputs on every unlabeled image)",
     "pseudo": "filter-balance's output: pseudo-labels and per-class counts",
@@ -281,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             problems = check_data(params.data, params.seed)
             for p in problems:
                 print(p)
+            errors = [p for p in problems if not p.ignored]
             source = params.data.folders.model_dump() if params.data.folders else params.data.source
-            print(f"{len(problems)} problem(s) in {source}" if problems else f"no problems in {source}", file=sys.stderr)
-            return failures.EXIT_BAD_INPUT if problems else 0
+            print(f"{len(errors)} problem(s) in {source}" if errors else f"no problems in {source}", file=sys.stderr)
+            return failures.EXIT_BAD_INPUT if errors else 0
         params = load_params(args.params, dict(args.overrides))
         if args.command not in MODEL_FREE:
             from selftrain import models

@@ -1,5 +1,6 @@
 """Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root 'artifacts'.
 
+root/data-listing.json          list-data (the input data's fingerprint)
 root/data/                      prepare
 root/gen0/teacher/              train-teacher (model.safetensors, log.csv)
 root/gen0/promoted.json         generation 0's record: the supervised teacher
@@ -25,6 +26,10 @@ class Generation:
     @property
     def dir(self) -> str:
         return join(self.root, self.name)
+
+    @property
+    def data_listing(self) -> str:
+        return join(self.root, "data-listing.json")
 
     @property
     def data(self) -> str:

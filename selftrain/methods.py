@@ -21,6 +21,7 @@ Consumes = Literal["pseudo_labels", "logits", "nothing"]
 # The stages that do not depend on the method, in pipeline order. `train-generation` is what dvc.yaml runs:
 # it reads the generation's method and runs that method's stage.
 PIPELINE_STAGES = (
+    "list-data",
     "prepare",
     "train-teacher",
     "infer",

@@ -43,8 +43,9 @@ class DataParams(_Section):
     test: int | None = Field(None, gt=0, description="subsample the test set to this many images (default: all)")
     holdout: int = Field(10000, ge=0, description="labeled training images used by no split: the pool the -A robustness set is filtered from")
     folders: FolderSources | None = None
-    image_size: int = Field(28, ge=8)
+    image_size: int = Field(28, ge=8, le=2048, description="images are resized to this square side (ImageNet: 224)")
     channels: Literal[1, 3] = 1
+    max_file_mb: int = Field(256, gt=0, le=4096, description="folders: a file larger than this is a listed problem, never read")
     skip_bad: bool = Field(
         False, description="folders: leave out bad files (unreadable, truncated, not an image, empty) with a warning listing each, instead of stopping"
     )
@@ -356,7 +357,7 @@ class KubernetesParams(_Section):
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True, description="every random choice derives from it (numpy's legacy seeding takes at most 2**32 - 1)")
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     infer: InferParams = InferParams()

@@ -30,13 +30,22 @@ NOT_HASHED = ("params", "generation", "resume", "dvc_lock", "previous_logits")
 
 
 @functools.cache
-def dvc_stage(task_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(params keys, code files) that dvc.yaml tracks for the stage behind `task_name`."""
+def _dvc_yaml_stage(task_name: str) -> dict[str, Any]:
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
     stage = stages[methods.dvc_stage(task_name)]  # a method's task -> dvc.yaml's train-student (it runs train-generation)
-    stage = stage.get("do", stage)
+    return dict(stage.get("do", stage))
+
+
+def dvc_stage(task_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(params keys, code files) that dvc.yaml tracks for the stage behind `task_name`."""
+    stage = _dvc_yaml_stage(task_name)
     code = tuple(d for d in stage.get("deps", []) if not d.startswith("artifacts/"))
     return tuple(stage.get("params", [])), code
+
+
+def always_changed(task_name: str) -> bool:
+    """dvc.yaml runs this stage on every repro (list-data): the flow never takes it from the cache either."""
+    return bool(_dvc_yaml_stage(task_name).get("always_changed", False))
 
 
 def outputs(task_name: str, kwargs: dict[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ from selftrain import artifacts, failures
 from selftrain.params import Params
 from selftrain.stages import STAGES, join_logit_parts
 from tasks import kubernetes
-from tasks.cache import StageInputs, outputs_complete, result_storage
+from tasks.cache import StageInputs, always_changed, outputs_complete, result_storage
 
 TASKS: dict[str, Task] = {name: task(fn, name=name) for name, fn in STAGES.items()}
 
@@ -93,7 +93,8 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
     cached results go to params.prefect.result_storage, by default under the artifact root. A stage with
     params `resources` runs as a Kubernetes Job when kubernetes.enabled, every other one in this process."""
     p = params.prefect
-    caching: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+    uncached: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+    caching = uncached
     if p.cache:
         storage = result_storage(p.result_storage or artifacts.join(root, ".prefect-results"))
         caching = {"cache_policy": StageInputs(), "persist_result": True, "result_storage": storage, "result_serializer": "json"}
@@ -105,7 +106,7 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
                     retry_delay_seconds=exponential_backoff(p.retry_backoff_s)(p.retries) if p.retries else 0,
                     retry_condition_fn=_retry_if_transient,
                     timeout_seconds=p.timeout(name),
-                    **caching,
+                    **(uncached if always_changed(name) else caching),
                 )
             )
             for name, t in ((n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items())

@@ -94,10 +94,10 @@ def write_image(path: Path, value: int, size: int = 12, mode: str = "L") -> None
 def image_tree(tmp_path: Path) -> Path:
     """A valid user data layout: two classes, labeled/val/test trees and a nested unlabeled folder."""
     root = tmp_path / "images"
-    for split, n in (("labeled", 3), ("val", 2), ("test", 2)):
+    for split, n, offset in (("labeled", 3, 0), ("val", 2, 10), ("test", 2, 20)):
         for cls, value in (("cat", 30), ("dog", 200)):
             for i in range(n):
-                write_image(root / split / cls / f"{i}.png", value + i)
+                write_image(root / split / cls / f"{i}.png", value + offset + i)  # no image in two splits
     for i in range(4):
         write_image(root / "unlabeled" / ("sub" if i % 2 else "") / f"u{i}.jpg", 100 + i, size=20, mode="RGB")
     return root

@@ -59,12 +59,12 @@ def run_in_pod(runtime: ImageRuntime, tmp_path, argv: list[str], mounts: dict[st
 
 def test_the_image_runs_the_cli_the_flow_and_a_stage_as_its_user_on_a_read_only_root(runtime, tmp_path):
     folders = tmp_path / "in"
-    for split, n in (("labeled", 4), ("val", 3), ("test", 3)):
+    for s, (split, n) in enumerate((("labeled", 4), ("val", 3), ("test", 3))):
         for c, cls in enumerate(("cat", "dog")):
             for i in range(n):
-                write_image(folders / split / cls / f"{i}.png", 40 + 150 * c + i)
+                write_image(folders / split / cls / f"{i}.png", 40 + 150 * c + 10 * s + i)  # no image in two splits
     for i in range(6):
-        write_image(folders / "unlabeled" / f"u{i}.png", 30 * i)
+        write_image(folders / "unlabeled" / f"u{i}.png", 30 * i + 5)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"] = {"source": "folders", "folders": {s: f"/data/in/{s}" for s in ("labeled", "unlabeled", "val", "test")}, "image_size": 16}
     (folders / "params.yaml").write_text(yaml.safe_dump(params))

@@ -22,7 +22,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 from urllib3.exceptions import ProtocolError
 
-from conftest import S3_BUCKET, write_tiny_params
+from conftest import S3_BUCKET, write_image, write_tiny_params
 from flows.logs import stage_logs_to_prefect
 from selftrain.data import load_split
 from selftrain.params import load_params
@@ -116,6 +116,35 @@ def test_a_stage_over_its_timeout_fails_without_retries(s3_tree, one_try_s3, tmp
         state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), overrides, tmp_path / "data")
     assert state.is_failed() and task_run.state.name == "TimedOut" and task_run.run_count == 1
     assert "exceeded timeout of 2" in logs
+
+
+@flow
+def listed_prepare_flow(params_path: str, overrides: dict, root: str) -> dict:
+    params = load_params(params_path, overrides)
+    stages = tasks.for_params(params, root)
+    stages.list_data(params, out=f"{root}/data-listing.json")
+    return stages.prepare(params, listing=f"{root}/data-listing.json", out=f"{root}/data")
+
+
+def _prepare_state(params_path: Path, overrides: dict, root: Path) -> str:
+    state = listed_prepare_flow(str(params_path), overrides, str(root), return_state=True)
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), limit=10)
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}["prepare"]
+
+
+def test_prepare_runs_again_when_the_users_images_change_and_not_otherwise(image_tree, tmp_path):
+    """The cache key of prepare sees list-data's fingerprint: same images, a cache hit; 8 more images and a class, a
+    rerun whose splits hold them (a key of code and params alone would reuse the old splits)."""
+    params, overrides = write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(str(image_tree))
+    assert _prepare_state(params, overrides, tmp_path / "run") == "Completed"
+    assert _prepare_state(params, overrides, tmp_path / "run") == "Cached"
+    for i in range(8):
+        write_image(image_tree / "labeled" / ("bird" if i < 4 else "cat") / f"new{i}.png", 150 + i)
+    assert _prepare_state(params, overrides, tmp_path / "run") == "Completed"
+    labeled = load_split(str(tmp_path / "run" / "data"), "labeled")
+    assert labeled.classes == ("bird", "cat", "dog") and len(labeled) == 14
 
 
 def test_which_errors_are_transient():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -12,51 +13,92 @@ from selftrain.params import DataParams
 log = logging.getLogger("selftrain")
 
 
+TRAINING = ("labeled", "unlabeled")
+EVALUATION = ("val", "test", "holdout")  # holdout: the -A set is filtered from it
+
+
 def make_splits(p: DataParams, seed: int) -> dict[str, Split]:
     """The splits; refuses input with any problem unless `data.skip_bad` leaves the bad files out."""
     return read_splits(p, seed)[0]
 
 
 def read_splits(p: DataParams, seed: int) -> tuple[dict[str, Split], list[folders.Problem]]:
-    """The splits and the problems left out of them (only with `data.skip_bad`; otherwise any problem raises
-    BadInput naming every one of them)."""
+    """The splits and the problems left out of them: hidden folders always (listed, never an error), bad files and
+    training images that duplicate an evaluation image only with `data.skip_bad`; otherwise any problem raises
+    BadInput naming every one of them."""
     if p.source == "fashion_mnist":
         splits = _fashion_mnist(p, seed)
         check_splits(splits)
         return splits, []
     assert p.folders is not None  # enforced by DataParams
-    problems: list[folders.Problem] = []
-    size, channels = p.image_size, p.channels
-    labeled = folders.read_class_folders(p.folders.labeled, size, channels, problems, labeled=True)
-    classes = labeled.classes if labeled is not None else None
+    uris = {name: uri for name, uri in p.folders.model_dump().items() if uri is not None}
+    overlap = folders.overlapping(uris)
+    problems = list(overlap)
+    size, channels, cap = p.image_size, p.channels, p.max_file_mb * 2**20
+    labeled = folders.read_class_folders(p.folders.labeled, size, channels, cap, problems, labeled=True)
+    classes = labeled.split.classes if labeled is not None else None
     # every folder is read even when an earlier one is unusable, so one run names every problem
     read = {
         "labeled": labeled,
-        "unlabeled": folders.read_image_folder(p.folders.unlabeled, size, channels, classes or (), problems),
-        "val": folders.read_class_folders(p.folders.val, size, channels, problems, classes),
-        "test": folders.read_class_folders(p.folders.test, size, channels, problems, classes),
+        "unlabeled": folders.read_image_folder(p.folders.unlabeled, size, channels, cap, classes or (), problems),
+        "val": folders.read_class_folders(p.folders.val, size, channels, cap, problems, classes),
+        "test": folders.read_class_folders(p.folders.test, size, channels, cap, problems, classes),
     }
     if p.folders.holdout:
-        read["holdout"] = folders.read_class_folders(p.folders.holdout, size, channels, problems, classes)
-    if problems and not (p.skip_bad and all(q.skippable for q in problems)):
+        read["holdout"] = folders.read_class_folders(p.folders.holdout, size, channels, cap, problems, classes)
+    found = {name: r for name, r in read.items() if r is not None}
+    leaked = {} if overlap else _leaks(found, uris, problems)  # folders that overlap share every image: said once
+    errors = [q for q in problems if not q.ignored]
+    if errors and not (p.skip_bad and all(q.skippable for q in errors)):
         raise folders.BadInput(problems)
     if problems:
-        log.warning("data.skip_bad: left out %d bad file(s) or folder(s):\n%s", len(problems), "\n".join(f"  {q}" for q in problems))
-    splits = {name: s for name, s in read.items() if s is not None}
+        log.warning("left out %d file(s) or folder(s):\n%s", len(problems), "\n".join(f"  {q}" for q in problems))
+    splits = {name: r.split if name not in leaked else r.split.subset(leaked[name]) for name, r in found.items()}
     check_splits(splits)
     return splits, problems
 
 
+def _leaks(read: dict[str, folders.Read], uris: dict[str, str], problems: list[folders.Problem]) -> dict[str, np.ndarray]:
+    """Training images (labeled, unlabeled) byte-identical to an evaluation image (val, test, holdout): one problem
+    each, and per training split the rows to keep without them."""
+    seen = {d: f"{uris[name]}/{i}" for name in EVALUATION if name in read for d, i in zip(read[name].digests, read[name].split.ids)}
+    keep = {}
+    for name in TRAINING:
+        if name not in read:
+            continue
+        r = read[name]
+        copies = [row for row, d in enumerate(r.digests) if d in seen]
+        for row in copies:
+            copy = seen[r.digests[row]]
+            problems.append(folders.Problem(f"{uris[name]}/{r.split.ids[row]}", f"byte-identical to {copy}: an evaluation image would be trained on"))
+        if copies:
+            keep[name] = np.setdiff1d(np.arange(len(r.split)), copies)
+    return keep
+
+
+def listing(p: DataParams) -> dict[str, Any]:
+    """What `prepare` reads, as a fingerprint that changes when the input data does, read from listings alone: for
+    folders, each split folder's image count, bytes and a hash of every (path, size, mtime or ETag); for Fashion-MNIST,
+    its files' pinned sha256 (fashion_mnist.FILES). DVC's `list-data` stage writes it for `prepare` to depend on, and
+    the Prefect flow's cache keys `prepare` by it, so neither runner reuses splits of images that have changed."""
+    if p.source == "fashion_mnist":
+        return {"source": "fashion_mnist", "files": dict(fashion_mnist.FILES)}
+    assert p.folders is not None  # enforced by DataParams
+    cap = p.max_file_mb * 2**20
+    return {"source": "folders", "folders": {name: folders.fingerprint(uri, cap) for name, uri in p.folders.model_dump().items() if uri is not None}}
+
+
 def check_data(p: DataParams, seed: int) -> list[folders.Problem]:
     """Every problem of the input data at once (nothing is written): bad files and folders, then what makes
-    the splits unusable (an empty split, a class missing from the labeled set)."""
+    the splits unusable (an empty split, a class missing from the labeled set); with none, what is left out by rule
+    (hidden folders: `ignored`)."""
     try:
-        read_splits(p.model_copy(update={"skip_bad": False}), seed)
+        _, ignored = read_splits(p.model_copy(update={"skip_bad": False}), seed)
     except folders.BadInput as e:
         return e.problems
     except DataError as e:
         return [folders.Problem("(splits)", str(e), skippable=False)]
-    return []
+    return ignored
 
 
 def check_splits(splits: dict[str, Split]) -> None:

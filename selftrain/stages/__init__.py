@@ -18,6 +18,7 @@ Stage = Callable[..., dict[str, Any]]
 # stage -> (module under selftrain.stages, function). A module is imported when its stage is first looked up,
 # so `selftrain promote` does not pay the seconds that timm and torchvision take to import for stages that train.
 _WHERE: dict[str, tuple[str, str]] = {
+    "list-data": ("data", "list_data"),
     "prepare": ("data", "prepare"),
     "train-teacher": ("teacher", "train_teacher"),
     "infer": ("inference", "infer"),
@@ -37,7 +38,7 @@ _WHERE: dict[str, tuple[str, str]] = {
 
 # Stages that build no timm model: the CLI skips the check of params' model names for them (tests/test_params.py
 # checks that their modules do not import timm), so they start without importing it.
-MODEL_FREE = frozenset({"prepare", "make-robustness-sets", "filter-balance", "promote", "record-lineage", "report", "twomoons"})
+MODEL_FREE = frozenset({"list-data", "prepare", "make-robustness-sets", "filter-balance", "promote", "record-lineage", "report", "twomoons"})
 
 
 class StageTable(Mapping[str, Stage]):

@@ -1,4 +1,5 @@
-"""Data: split the embedded Fashion-MNIST or your folders into labeled, unlabeled, val, test (and holdout)."""
+"""Data: list the input data, then split the embedded Fashion-MNIST or your folders into labeled, unlabeled, val, test
+(and holdout)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,33 @@ from typing import Any
 import numpy as np
 
 from selftrain import artifacts
-from selftrain.data import save_split
+from selftrain.data import DataError, save_split
+from selftrain.data.folders import printable
+from selftrain.data.splits import listing as list_input
 from selftrain.data.splits import read_splits
 from selftrain.params import Params
 
 log = logging.getLogger("selftrain")
 
 
-def prepare(params: Params, *, out: str) -> dict[str, Any]:
+def list_data(params: Params, *, out: str) -> dict[str, Any]:
+    """Fingerprint the input data from file listings (no image is read): per folder the images' count, bytes and a
+    hash of their paths, sizes and mtimes (ETags on S3). DVC runs it on every `dvc repro` (always_changed) and
+    reruns `prepare` only when it changed; the Prefect flow keys `prepare`'s cache by it."""
+    found = list_input(params.data)
+    artifacts.write_json(out, found)
+    return found
+
+
+def prepare(params: Params, *, listing: str | None = None, out: str) -> dict[str, Any]:
     """Split the data (embedded Fashion-MNIST or your folders) into labeled, unlabeled, val and test, by seed.
 
     Your folders are checked whole before anything is written: every bad file or folder is named at once
     (`selftrain check-data` does only that); `data.skip_bad: true` leaves the bad files out instead and
-    lists them in summary.json's `skipped`."""
+    lists them in summary.json's `skipped`. With `listing` (list-data's output), the data must still be what
+    it lists: files that changed since would make the splits differ from what DVC or Prefect recorded."""
+    if listing is not None and artifacts.read_json(listing) != list_input(params.data):
+        raise DataError(f"the input data changed since list-data wrote {listing}: run list-data again (dvc repro does), then prepare")
     splits, skipped = read_splits(params.data, params.seed)
     summary = {
         "source": params.data.source,
@@ -28,7 +43,7 @@ def prepare(params: Params, *, out: str) -> dict[str, Any]:
         "image_shape": list(splits["labeled"].images.shape[1:]),
         "sizes": {name: len(s) for name, s in splits.items()},
         "labeled_per_class": np.bincount(splits["labeled"].labels, minlength=len(splits["labeled"].classes)).tolist(),
-        "skipped": [{"path": p.path, "reason": p.reason} for p in skipped],
+        "skipped": [{"path": printable(p.path), "reason": p.reason} for p in skipped],
     }
     with artifacts.atomic_dir(out) as staging:
         for name in splits:
