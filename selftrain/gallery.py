@@ -11,7 +11,7 @@ import numpy as np
 
 from selftrain import artifacts, logits
 from selftrain.data import load_split
-from selftrain.report import png_bytes, pyplot, tile_sheet
+from selftrain.report import plain, png_bytes, pyplot, tile_sheet
 
 KEPT, DROPPED, DUPLICATED = "#2e7d32", "#c62828", "#1565c0"  # frame colours: green, red, blue
 
@@ -103,11 +103,11 @@ def render(
     ax.set_axis_off()
     for r, (label, tiles) in enumerate(rows):
         top = r * cell_h + gap[0]
-        ax.text(-1, top + border + h / 2, label, ha="right", va="center", fontsize=8)
+        ax.text(-1, top + border + h / 2, plain(label), ha="right", va="center", fontsize=8)
         for c, (i, caption) in enumerate(tiles):
-            ax.text(c * cell_w + gap[1] + border + w / 2, top - 0.5, caption, ha="center", va="bottom", fontsize=6, color=colour(i))
+            ax.text(c * cell_w + gap[1] + border + w / 2, top - 0.5, plain(caption), ha="center", va="bottom", fontsize=6, color=colour(i))
     legend = "frame: green kept, blue duplicated by balancing (xN copies), red dropped; caption: teacher confidence"
-    fig.suptitle(f"{title}\n{legend}", fontsize=8)
+    fig.suptitle(plain(f"{title}\n{legend}"), fontsize=8)
     data = png_bytes(fig)
     plt.close(fig)
     return data

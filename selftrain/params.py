@@ -7,6 +7,7 @@ with an error naming the key instead of being silently ignored.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,57 @@ from selftrain import artifacts, methods
 
 class ParamsError(ValueError):
     """Raised for a params file that is missing, unparsable or invalid; the message names each bad key."""
+
+
+MAX_YAML_VALUES = 100_000  # a params file holds a few hundred; an alias bomb expands to billions
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, DVC refuses
+    the file, and the two runners must not read one file two ways. Merge keys (`<<`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_values(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` holds once every alias is expanded (an alias repeats its anchor's node object)."""
+    if id(node) not in memo:
+        memo[id(node)] = MAX_YAML_VALUES + 1  # a node that contains itself expands forever
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(_expanded_values(c, memo) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(_expanded_values(k, memo) + _expanded_values(v, memo) for k, v in node.value)
+        else:
+            n = 1
+        memo[id(node)] = n
+    return memo[id(node)]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A params file's YAML: safe tags only, no key twice, at most MAX_YAML_VALUES values with aliases expanded."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_values(node, {}) > MAX_YAML_VALUES:
+            raise ParamsError(f"{source}: its YAML aliases expand to over {MAX_YAML_VALUES:,} values (an alias bomb?); a params file needs no such thing")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{source}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
@@ -414,6 +466,10 @@ class Params(_Section):
         return self.generation(generation).model
 
 
+_SHORT = reprlib.Repr()  # an error quotes a value, never a whole file (Python 3.11's Repr takes no arguments)
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid parameter(s):"]
     for e in err.errors():
@@ -423,7 +479,7 @@ def _format(err: ValidationError, source: str) -> str:
             msg = "unknown key (check the spelling against params.yaml in the repository)"
         # a whole section's check names its keys itself: do not echo the section back
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e["input"], dict)
-        shown = "" if quiet else f" (got {e['input']!r})"
+        shown = "" if quiet else f" (got {_SHORT.repr(e['input'])})"
         lines.append(f"  {key}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -455,11 +511,7 @@ def load_params(
         if not path.is_file():
             raise ParamsError(f"params file '{path}' not found (run from the project root or pass --params)")
         text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    raw = raw or {}
+    raw = parse_yaml(text, str(path)) or {}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     if generations is not None or method is not None:

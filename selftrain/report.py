@@ -25,6 +25,17 @@ UNSCALED = {"mT5D"}  # a distance in rank positions, not a fraction
 HISTORY_EXTRA = (("mCE", "mCE"), ("mFR", "mFR"), ("-A top-1", "hard_top1"))
 
 
+def cell(text: Any) -> str:
+    """`text` as one markdown table cell: a `|` in a user's class name would otherwise split the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def plain(text: str) -> str:
+    """`text` drawn literally by matplotlib: two `$` in one label (class names like `x_{$`) would start mathtext,
+    which fails to render on anything that is not TeX."""
+    return text.replace("$", r"\$")
+
+
 def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = None) -> str:
     """A markdown table of one generation's teacher vs student, and the promotion verdict."""
     lines = ["| metric | teacher | student | student - teacher |", "|---|---:|---:|---:|"]
@@ -63,7 +74,7 @@ def balance_table(counts: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, c in counts["per_class"].items():
-        lines.append(f"| {name} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |")
+        lines.append(f"| {cell(name)} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |")
     return "\n".join(lines)
 
 
@@ -78,7 +89,7 @@ def history_table(record: dict[str, Any]) -> str:
     for r in record["history"]:
         cells = "".join(f" {100 * r[f'teacher_{key}']:.2f} | {100 * r[f'student_{key}']:.2f} |" for _, key in extra)
         lines.append(
-            f"| {r['generation']} | {r['teacher_model']} | {r['student_model']} | {100 * r['teacher_val_top1']:.2f} % | "
+            f"| {r['generation']} | {cell(r['teacher_model'])} | {cell(r['student_model'])} | {100 * r['teacher_val_top1']:.2f} % | "
             f"{100 * r['student_val_top1']:.2f} % | {100 * r['teacher_test_top1']:.2f} % | {100 * r['student_test_top1']:.2f} % |{cells} {r['promoted']} |"
         )
     verdict = "passed" if record["passed"] else "**failed: the chain stops here**"
@@ -142,7 +153,7 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     x = np.arange(len(classes))
     ax.bar(x - 0.2, [per[c]["above_threshold"] for c in classes], 0.4, label="above threshold")
     ax.bar(x + 0.2, [per[c]["after_balance"] for c in classes], 0.4, label="after balance")
-    ax.set_xticks(x, classes, rotation=45, ha="right")
+    ax.set_xticks(x, [plain(c) for c in classes], rotation=45, ha="right")
     ax.set(ylabel="images", title=f"{record['generation']}: pseudo-labels per class")
     ax.legend()
     files["class_counts.png"] = png_bytes(fig)

@@ -9,7 +9,7 @@ import yaml
 from selftrain.cli import main
 from selftrain.failures import EXIT_BAD_INPUT
 from selftrain.models import check_params
-from selftrain.params import Params, ParamsError, load_params, parse_override, parse_params
+from selftrain.params import Params, ParamsError, load_params, parse_override, parse_params, parse_yaml
 
 
 def test_repository_params_file_is_valid():
@@ -166,3 +166,31 @@ def test_stages_that_build_no_model_start_without_timm():
         "[STAGES[s] for s in MODEL_FREE]; [build_parser(s) for s in [*MODEL_FREE, 'summary']]"
     )
     assert _imported(code, ("timm", "torchvision", "selftrain.models")) == []
+
+
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
+    """PyYAML keeps the last `seed:` silently while `dvc repro` refuses the file: the CLI and the flow must refuse it too."""
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ndata:\n  image_size: 28\nseed: 1\n")
+    with pytest.raises(ParamsError, match=r"key 'seed' appears twice in one mapping \(first on line 1\)(?s:.*)line 4"):
+        load_params(path)
+    path.write_text("teacher:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ParamsError, match="key 'epochs' appears twice"):
+        load_params(path)
+    # a merge key may still be overridden: that is what it is for
+    assert parse_yaml("t: {<<: {epochs: 3, lr: 0.01}, epochs: 4}\n", "x") == {"t": {"epochs": 4, "lr": 0.01}}
+
+
+def test_an_alias_bomb_gets_a_short_error(tmp_path):
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 9)]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(levels) + "\nseed: *a8\n")  # 9**9 = 387 M strings once expanded
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert "aliases expand to over 100,000 values" in str(err.value) and len(str(err.value)) < 300
+    # a large value that does load is quoted short in the error, never whole
+    path.write_text(f"seed: [{', '.join(['1'] * 5000)}]\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert "seed: Input should be a valid integer" in str(err.value) and len(str(err.value)) < 300

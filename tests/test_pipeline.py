@@ -376,7 +376,11 @@ def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
     changed, _ = _run_deployment(deployed, {**params, "overrides": {**overrides, "evaluate.batch_size": 64}})
     state, rerun, _ = _states(changed)
     # evaluate, and record-lineage, which records the evaluate params: what DVC reruns for the same change
-    assert state == "Completed" and {s for s, v in rerun.items() if v != "Cached"} == {"list-data", "gen1-noisy_student/evaluate", "gen1-noisy_student/record-lineage"}
+    assert state == "Completed" and {s for s, v in rerun.items() if v != "Cached"} == {
+        "list-data",
+        "gen1-noisy_student/evaluate",
+        "gen1-noisy_student/record-lineage",
+    }
     assert _dvc_stages_reading("evaluate") == {"evaluate", "record-lineage"}
     assert artifacts.read_json(Generation(root, "gen1").metrics)["student"]["test_top1"] == metrics["student"]["test_top1"]
 
