@@ -27,7 +27,7 @@ def _run_name() -> str:
 def generation(params: Params, root: str, name: str) -> dict[str, Any]:
     """Generation `name`: its teacher is the previous generation's promoted model (gen0: the supervised teacher)."""
     stage_logs_to_prefect()
-    with writing(root, name):
+    with writing(root):
         g, stages = Generation(root, name), tasks.for_params(params, root)
         teacher = Generation(root, params.generations[name].teacher).promoted
         stages.infer(params, teacher=teacher, data=g.data, out=g.logits)

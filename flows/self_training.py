@@ -61,18 +61,18 @@ def self_training(
     check_params(params, params_path)
     logger, stages = get_run_logger(), tasks.for_params(params, root)
     gen0 = Generation(root, "gen0")
-    with writing(root, "gen0"):
+    record: dict[str, Any] = {}
+    with writing(root):  # the whole run: its generations read the data and gen0 that another run would rewrite
         stages.list_data(params, out=gen0.data_listing)  # never cached: it is how prepare's cache sees new images
         stages.prepare(params, listing=gen0.data_listing, out=gen0.data)
         stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
         stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
         stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
-    record: dict[str, Any] = {}
-    for name in params.generations:
-        record = generation(params, root, name)
-        if not record["passed"]:
-            logger.warning("%s did not promote its student, the chain stops here: %s", name, record["reason"])
-            break
+        for name in params.generations:
+            record = generation(params, root, name)
+            if not record["passed"]:
+                logger.warning("%s did not promote its student, the chain stops here: %s", name, record["reason"])
+                break
     table = history_table(record)
     logger.info("self-training:\n%s", table)
     create_markdown_artifact(table, key="self-training-generations", description=f"generations under {root}")

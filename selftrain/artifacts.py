@@ -111,9 +111,9 @@ def _local_sha256(path: str) -> str:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write one file atomically: a temp name beside it, then rename (S3 puts are atomic already). Refused (LockLost)
-    in a process that lost a lock it held."""
-    if _lost:
-        check_locks()
+    in a process that lost a lock it held: every write reads the locks first, as the heartbeat may not have noticed
+    yet (a run paused past stale_after_s and resumed writes at once)."""
+    check_locks()
     _write_bytes(uri, data)
 
 
@@ -270,8 +270,17 @@ _lost: set[str] = set()
 _held_guard = threading.Lock()
 
 
+def holds(uri: str) -> bool:
+    """This process holds the lock `uri` (taken with `exclusive` and not released)."""
+    with _held_guard:
+        return uri in _held
+
+
 def check_locks() -> None:
-    """Raise LockLost if a lock this process holds was taken over: read each one (not only the heartbeat's word)."""
+    """Raise LockLost if a lock this process holds was taken over: read each one (not only the heartbeat's word).
+    Free in a process that holds none (every stage process but a flow's)."""
+    if not _held:
+        return
     with _held_guard:
         held, lost = dict(_held), set(_lost)
     for uri, token in held.items():
@@ -362,11 +371,13 @@ def copy(src: str, dst: str) -> None:
     if isinstance(fs, LocalFileSystem):
         write_bytes(dst, read_bytes(src))
     else:
+        check_locks()
         fs.copy(path, _fs(dst)[1])
 
 
 def remove(uri: str) -> None:
-    """Delete a file or directory if it is there."""
+    """Delete a file or directory if it is there (not in a process that lost a lock it held: LockLost)."""
+    check_locks()
     fs, path = _fs(uri)
     if fs.exists(path):
         with suppress(FileNotFoundError):  # removed meanwhile by someone else: what was asked
@@ -617,6 +628,28 @@ def _remove_dead_staging(parent: str, name: str) -> None:
                 os.remove(full)
 
 
+STALE_STAGING_S = 24 * 3600.0  # S3 staging in which nothing was written for a day: its writer is gone
+
+
+def _remove_stale_staging_s3(fs: Any, parent: str, name: str) -> None:
+    """Clear what killed writers of `name` left on S3 (`.name.tmp-TOKEN/`). An object store keeps no writer's host
+    or pid, so age decides: staging whose newest object is older than STALE_STAGING_S is removed (a live writer
+    adds its files within minutes: training stages stage only their final outputs, infer a shard every few
+    seconds to minutes)."""
+    try:
+        entries = fs.ls(parent, detail=False, refresh=True)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not entry.rstrip("/").rsplit("/", 1)[-1].startswith(f".{name}.tmp-"):
+            continue
+        stamps = [info["LastModified"].timestamp() for info in fs.find(entry, detail=True).values() if info.get("LastModified")]
+        if stamps and time.time() - max(stamps) > STALE_STAGING_S:
+            log.info("removing '%s': staging of a writer that stopped %.0f h ago", entry, (time.time() - max(stamps)) / 3600)
+            with suppress(FileNotFoundError):
+                fs.rm(entry, recursive=True)
+
+
 @contextmanager
 def atomic_dir(uri: str) -> Iterator[str]:
     """Build an artifact directory under a temporary name; on success, write its manifest and move it into place.
@@ -656,6 +689,7 @@ def atomic_dir(uri: str) -> Iterator[str]:
         # manifest last, with the ETags the copies got: a reader (require_complete) refuses a directory whose
         # files are not those, which is what two writers copying at once would leave.
         proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        _remove_stale_staging_s3(fs, parent, name)
         staging = f"{proto}://{parent}/.{name}.tmp-{token}"
         try:
             yield staging

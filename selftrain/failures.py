@@ -5,7 +5,8 @@ Transient: I/O that may succeed next time — a dropped connection, a read timeo
 5xx / SlowDown. These are what s3fs, aiobotocore and botocore raise once their own retries are spent: botocore's
 HTTPClientError (ConnectionClosedError, ReadTimeoutError) and ConnectionError (EndpointConnectionError,
 ConnectTimeoutError) are not OSErrors; 5xx answers reach the caller as OSError (s3fs translates them).
-Not transient: a missing file, a refused permission, a full or read-only disk, bad params or data, a failed gate.
+Not transient: a missing file, a refused permission, a full or read-only disk, a name too long or a symlink loop,
+bad params or data, a failed gate.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ EXIT_GATE = 3  # a generation did not promote its student: the chain stopped, no
 EXIT_TRANSIENT = 75  # sysexits' EX_TEMPFAIL: transient I/O, worth another try (Job backoffLimit, Prefect retries)
 
 _NOT_TRANSIENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
-_NOT_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG}
+# a full, read-only or forbidden disk, a bad argument, a name too long, a symlink loop: the same path fails the same way
+_NOT_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def is_transient(exc: BaseException) -> bool:

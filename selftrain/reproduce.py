@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ def _lineage_at(repo: str, commit: str, path: str) -> dict[str, Any] | None:
 
 def find(target: str, repo: str = ".", rev: str = "HEAD") -> tuple[str, str, dict[str, Any]]:
     """(commit, generation, lineage record) that `target` names: a generation at `rev`, or a model hash prefix."""
+    if not Path(repo).is_dir():
+        raise ReproduceError(f"--repo '{repo}' is not a directory: give the git + DVC repository the generation was committed in")
+    if rev.startswith("-"):  # git would read it as an option (`--output=FILE` writes FILE)
+        raise ReproduceError(f"--rev '{rev}' is not a revision: give a commit, branch or tag (e.g. HEAD~2, main, teacher@v2.1.0)")
     if re.fullmatch(r"gen[1-9][0-9]*", target):
         commit = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
         rec = _lineage_at(repo, commit, f"artifacts/{target}/lineage.json")
@@ -93,14 +98,23 @@ def find(target: str, repo: str = ".", rev: str = "HEAD") -> tuple[str, str, dic
     raise ReproduceError(f"no commit reachable from {rev} has a lineage.json whose model's sha256 starts with {target}")
 
 
+def _dvc_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this one) with this interpreter's scripts first on PATH: dvc.yaml's commands call `selftrain`,
+    which must be this environment's even when it was started as `.venv/bin/selftrain` without the venv on PATH."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), *filter(None, [env.get("PATH")])])
+    return env
+
+
 def _dvc(cwd: str, *args: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    # DVC as a module of this interpreter, not whatever `dvc` PATH finds (or does not)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=_dvc_env(env))
     if proc.returncode != 0:
         raise ReproduceError(f"dvc {' '.join(args)} failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
 def _cache_dir(repo: str) -> str:
-    proc = subprocess.run(["dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, env=_dvc_env())
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else str(Path(repo, ".dvc", "cache").resolve())
 
 

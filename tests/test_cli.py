@@ -62,3 +62,16 @@ def test_missing_input_artifact_is_a_clear_error(tmp_path):
 def test_bad_override_names_the_key(tmp_path):
     r = cli("prepare", "--set", "data.labeled_per_class=-3", "--out", str(tmp_path / "d"))
     assert r.returncode == 2 and "data.labeled_per_class: Input should be greater than 0 (got -3)" in r.stderr
+
+
+def test_reproduce_refuses_a_rev_that_is_an_option_and_a_repo_that_is_not_there(tmp_path):
+    """`--rev=--output=FILE` reached git as an option and made it write FILE; a missing --repo was a traceback."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    proc = cli("reproduce", "deadbeef", "--rev=--output=written-by-git", "--repo", str(repo), cwd=tmp_path)
+    assert proc.returncode == 2 and "--rev '--output=written-by-git' is not a revision" in proc.stderr
+    assert not (tmp_path / "written-by-git").exists() and not (repo / "written-by-git").exists()
+    proc = cli("reproduce", "gen1", "--repo", str(tmp_path / "nonexistent"), cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -90,12 +90,15 @@ def test_a_lock_is_renewed_while_held_and_taken_over_once_its_holder_stops_renew
 
 @pytest.mark.slow
 def test_a_flow_run_on_a_root_another_run_is_writing_stops_at_once_and_writes_nothing(tmp_path):
+    """Another run (live: a fresh heartbeat) is in its generation 1 on this root; this one, with other params, would
+    rewrite the data and generation 0 under it (each generation once had a lock of its own, gen0's free)."""
     root = tmp_path / "root"
-    holder = {"flow_run": "1234", "flow_run_name": "busy-bee", "host": "elsewhere", "pid": 1}
-    artifacts.create_exclusive(str(root / "gen0" / ".lock"), json.dumps(holder).encode())
+    holder = {"flow_run": "1234", "flow_run_name": "busy-bee", "host": "elsewhere", "pid": 1, "token": "t", "heartbeat": time.time()}
+    artifacts.create_exclusive(str(root / ".lock"), json.dumps(holder).encode())
+    (root / "gen1").mkdir()
     with pytest.raises(artifacts.ArtifactError, match="busy-bee.*another run is writing there"):
-        self_training(str(write_tiny_params(tmp_path / "params.yaml")), str(root), generations=1)
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["gen0", "gen0/.lock"]
+        self_training(str(write_tiny_params(tmp_path / "params.yaml")), str(root), generations=1, overrides={"teacher.epochs": 1})
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [".lock", "gen1"]
 
 
 def _take_over_race(uri: str, takers: int = 8) -> list[str]:
@@ -173,6 +176,35 @@ def test_a_run_whose_lock_was_taken_over_stops_writing_and_leaves_the_new_holder
     assert artifacts.read_json(f"{out}/a.json") == {"by": "before"}  # nothing put in place by the run that lost the lock
     assert json.loads(artifacts.read_bytes(uri))["flow_run"] == "newer"  # and the new holder's lock is not removed
     assert "is no longer held by this run" in caplog.text
+
+
+@pytest.mark.parametrize("store", ["disk", "s3"])
+def test_a_run_that_lost_its_lock_writes_no_single_file_even_before_its_heartbeat_notices(store, tmp_path, s3_server):
+    """A run paused past stale_after_s resumes and writes at once: its heartbeat (every stale_after_s / 4) has not
+    looked yet, so each write must read the lock itself. Nothing it writes lands: metrics, promotion record, lineage,
+    resume checkpoint, a copy, a removal; the new holder's files stay as they were."""
+    root = str(tmp_path / "gen1") if store == "disk" else f"s3://{S3_BUCKET}/lost-{tmp_path.name}/gen1"
+    lock = artifacts.join(root, ".lock")
+    artifacts.write_json(artifacts.join(root, "metrics.json"), {"by": "the new holder"})
+    newer = {"flow_run": "newer", "token": "n", "heartbeat": time.time(), "stale_after_s": 600}
+    with pytest.raises(artifacts.LockLost):
+        with artifacts.exclusive(lock, {"flow_run": "paused"}, stale_after_s=600):
+            artifacts.write_json(artifacts.join(root, "promoted.json"), {"by": "the holder, before"})  # still its own: lands
+            artifacts.replace_if(lock, artifacts.read_bytes(lock), json.dumps(newer).encode())  # the takeover
+            writes = {
+                "metrics.json": lambda: artifacts.write_json(artifacts.join(root, "metrics.json"), {"by": "the paused run"}),
+                "promoted.json": lambda: artifacts.write_json(artifacts.join(root, "promoted.json"), {"by": "the paused run"}),
+                "lineage.json": lambda: artifacts.write_json(artifacts.join(root, "lineage.json"), {"by": "the paused run"}),
+                "student.resume": lambda: artifacts.write_bytes(artifacts.join(root, "student.resume"), b"checkpoint"),
+                "copy": lambda: artifacts.copy(artifacts.join(root, "metrics.json"), artifacts.join(root, "copied.json")),
+                "remove": lambda: artifacts.remove(artifacts.join(root, "metrics.json")),
+            }
+            for name, write in writes.items():
+                assert isinstance(_error_of(write), artifacts.LockLost), name
+    assert artifacts.read_json(artifacts.join(root, "metrics.json")) == {"by": "the new holder"}
+    assert artifacts.read_json(artifacts.join(root, "promoted.json")) == {"by": "the holder, before"}
+    assert not any(artifacts.exists(artifacts.join(root, n)) for n in ("lineage.json", "student.resume", "copied.json"))
+    assert json.loads(artifacts.read_bytes(lock))["flow_run"] == "newer"
 
 
 def test_an_artifact_whose_files_are_not_its_manifests_is_refused_on_s3_and_on_disk(tmp_path, s3_server):

@@ -5,11 +5,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import ROOT, tool_env, write_tiny_params
+from conftest import ROOT, S3_BUCKET, tool_env, write_tiny_params
 from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
@@ -69,3 +70,40 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
     subprocess.run(cmd, cwd=ROOT, env=tool_env(), check=True, capture_output=True)
     assert logits.read_store(str(out)).header["k"] == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".logits.")] == [live.name]
+
+
+WRITER = """
+import sys, time
+from selftrain import artifacts
+with artifacts.atomic_dir(sys.argv[1]) as staging:
+    artifacts.write_bytes(artifacts.join(staging, "part.npy"), b"half of an artifact")
+    print("staged", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_writer_killed_mid_commit_on_s3_leaves_staging_that_a_later_write_removes(s3_server, monkeypatch):
+    """S3 keeps no pid: staging in which nothing was written for STALE_STAGING_S is a dead writer's, and the next
+    write of that artifact removes it; younger staging (a live writer's, maybe) is left alone."""
+    import s3fs
+
+    out = f"s3://{S3_BUCKET}/killed/data"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, out], env=tool_env(), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "staged"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    fs = s3fs.S3FileSystem()
+    left = [p for p in fs.ls(f"{S3_BUCKET}/killed", refresh=True) if p.rsplit("/", 1)[-1].startswith(".data.tmp-")]
+    assert len(left) == 1
+    with artifacts.atomic_dir(out) as staging:  # a day has not passed: it stays
+        artifacts.write_bytes(artifacts.join(staging, "a.npy"), b"complete")
+    assert left[0] in fs.ls(f"{S3_BUCKET}/killed", refresh=True)
+    time.sleep(1.5)
+    young = f"{S3_BUCKET}/killed/.data.tmp-0123456789ab"
+    fs.pipe_file(f"{young}/x.npy", b"a writer at work")
+    monkeypatch.setattr(artifacts, "STALE_STAGING_S", 1.0)  # a day, shortened: the killed writer's staging is older
+    with artifacts.atomic_dir(out) as staging:
+        artifacts.write_bytes(artifacts.join(staging, "a.npy"), b"complete again")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{S3_BUCKET}/killed", refresh=True))
+    assert names == [".data.tmp-0123456789ab", "data"]
+    assert artifacts.read_bytes(f"{out}/a.npy") == b"complete again"

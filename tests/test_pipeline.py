@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, TaskRunSort
 from safetensors import safe_open
 
-from conftest import ROOT, S3_BUCKET, S3_SECRET, copy_project, run, tool_env, write_tiny_params
+from conftest import BIN, ROOT, S3_BUCKET, S3_SECRET, copy_project, run, tool_env, write_tiny_params
 from selftrain import artifacts
 from selftrain.cli import main
 from selftrain.layout import Generation
@@ -214,7 +214,14 @@ def test_reproduce_a_generation_from_two_commits_ago_matches_bit_for_bit(dvc_rep
     then = run(["git", "rev-parse", "HEAD~2"], repo).stdout.strip()
     model = metrics["gen2"]["student"]["checkpoint_sha256"]  # gen2's model (reduced MPL) as the results commit recorded it
     assert json.loads((repo / "artifacts/gen2/lineage.json").read_text())["outputs"]["student_checkpoint"]["sha256"] != model
-    out = run(["selftrain", "reproduce", model[:12], "--workdir", str(tmp_path / "rebuild")], repo).stdout
+    # the venv's own script, the venv not on PATH (as `.venv/bin/selftrain reproduce` is run): DVC and the stages'
+    # `selftrain` must come from that environment all the same
+    bare = {**tool_env(), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    proc = subprocess.run(
+        [str(BIN / "selftrain"), "reproduce", model[:12], "--workdir", str(tmp_path / "rebuild")], cwd=repo, env=bare, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     assert f"reproduce gen2 of commit {then[:10]}" in out and "MATCH: the generation was rebuilt exactly" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| what")]
     assert len(rows) >= 7 and all(line.endswith("| yes |") for line in rows), out

@@ -4,6 +4,7 @@ Real stages in real flows on Prefect's test server, reading the user's folders f
 tests/fault_proxy.py, which drops connections and stalls answers: the errors are the ones s3fs and botocore raise.
 """
 
+import errno
 import logging
 import uuid
 import warnings
@@ -153,6 +154,9 @@ def test_which_errors_are_transient():
     assert is_transient(ConnectionClosedError(endpoint_url="http://s3")) and is_transient(ReadTimeoutError(endpoint_url="http://s3"))
     assert is_transient(EndpointConnectionError(endpoint_url="http://s3")) and is_transient(OSError(121, "InternalError"))
     assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError(), OSError(28, "No space")))
+    # the same path fails the same way next time: a symlink loop, a name too long (as the OS raises them)
+    assert not is_transient(OSError(errno.ELOOP, "Too many levels of symbolic links"))
+    assert not is_transient(OSError(errno.ENAMETOOLONG, "File name too long"))
     # the Kubernetes API: busy, failing or unreachable is worth a retry; refusing the request is not
     assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429)) and is_transient(ProtocolError("reset"))
     assert not is_transient(ApiException(status=403)) and not is_transient(ApiException(status=422))
