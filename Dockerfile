@@ -47,7 +47,11 @@ COPY k8s k8s
 COPY selftrain selftrain
 COPY tasks tasks
 COPY flows flows
-RUN pip install -q --no-deps -e . && selftrain --help >/dev/null && python -c "import flows.self_training"
+# The smoke check runs as root with HOME, PREFECT_HOME and the caches under /tmp: it leaves them there (mode 700,
+# root's), and uid 10001 without an emptyDir over /tmp (plain `docker run`) could not create its own. Nothing of it
+# stays in the image: /tmp ends as the base left it, empty.
+RUN pip install -q --no-deps -e . && selftrain --help >/dev/null && python -c "import flows.self_training" \
+    && rm -rf /tmp/* /tmp/.[!.]* && test -z "$(ls -A /tmp)"
 # SELFTRAIN_GIT_COMMIT is recorded in every lineage.json written in the image (there is no .git in it).
 # Declared last: a new commit only changes this layer.
 ARG GIT_COMMIT=unknown

@@ -374,12 +374,23 @@ class StageResources(_Section):
     node_pool: str | None = Field(None, description="value of kubernetes.node_pool_label the node must carry (null: any node)")
     parallelism: int = Field(1, gt=0, description="infer only: part pods running at once (the parts are infer.parts)")
     nodes: int = Field(1, gt=0, description="train-teacher / train-student: data-parallel over this many pods of `gpu` GPUs each (torchrun)")
+    queue: str | None = Field(None, description="a Kueue LocalQueue (k8s/manifests/kueue.yaml): the Job waits, suspended, for its quota")
 
     @model_validator(mode="after")
     def _nodes_need_gpus(self) -> StageResources:
         if self.nodes > 1 and self.gpu < 1:
             raise ValueError(f"nodes = {self.nodes} needs gpu >= 1 per node (data-parallel training runs one process per GPU)")
         return self
+
+
+SECRET_LOOKING = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY", re.IGNORECASE)
+
+
+class SecretKey(_Section):
+    """One key of a Kubernetes Secret, handed to the stage's container as an environment variable."""
+
+    secret: str = Field(description="the Secret's name, in kubernetes.namespace")
+    key: str = Field(description="the key inside it")
 
 
 class KubernetesParams(_Section):
@@ -391,7 +402,13 @@ class KubernetesParams(_Section):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str = Field("selftrain", description="k8s/manifests/rbac.yaml's account; the bucket's access comes with it (IRSA, workload identity)")
     node_pool_label: str = Field("selftrain.io/pool", description="the node label (and taint key) that names a node pool")
-    env: dict[str, str] = Field(default_factory=dict, description="extra container environment, e.g. AWS_ENDPOINT_URL (never secrets: use the account)")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra container environment in clear text, e.g. AWS_ENDPOINT_URL (secrets: secret_env or env_from_secrets)"
+    )
+    secret_env: dict[str, SecretKey] = Field(
+        default_factory=dict, description="environment variables read from Secrets (secretKeyRef): the value never passes through the flow"
+    )
+    env_from_secrets: list[str] = Field(default_factory=list, description="Secrets whose every key becomes an environment variable (envFrom)")
     pending_timeout_s: float = Field(3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up")
     image_pull_timeout_s: float = Field(300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails")
     backoff_limit: int = Field(
@@ -406,6 +423,18 @@ class KubernetesParams(_Section):
     poll_s: float = Field(5.0, gt=0, description="how often the flow reads the Job's state")
     priority_class: str | None = Field("selftrain-training", description="k8s/manifests/priorityclass.yaml's class (null: none)")
     run_as_user: int = Field(10001, ge=1, description="the image's non-root uid (the Dockerfile's user); pods run as it, under Pod Security 'restricted'")
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        # env goes in clear text into the Job and into ROOT/.kubernetes/<job>/params.yaml on the bucket
+        bad = sorted(k for k in v if SECRET_LOOKING.search(k))
+        if bad:
+            raise ValueError(
+                f"{bad} look like secrets, and env is written in clear text into every Job and the bucket: put the value in a "
+                "Kubernetes Secret and name it under kubernetes.secret_env (NAME: {secret: ..., key: ...}) or kubernetes.env_from_secrets"
+            )
+        return v
 
 
 class Params(_Section):

@@ -149,7 +149,8 @@ def job_manifest(
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     if res.node_pool:
         tolerations.append({"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"})
-    env = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
+    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}} for key, ref in sorted(k.secret_env.items())]
     if "OMP_NUM_THREADS" not in k.env and res.gpu <= 1:
         # torch sizes its thread pool by the node's cores, not the pod's share: on a busy 64-core node a pod that
         # requested 8 would run 64 threads on 8 cores' worth of time (measured here: a torch process of 2 threads on
@@ -191,7 +192,8 @@ def job_manifest(
         annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": k.service_account,
+        "serviceAccountName": k.service_account,  # for the bucket (IRSA, workload identity), not the API:
+        "automountServiceAccountToken": False,  # the account may create and delete Jobs; a stage needs neither
         "containers": [
             {
                 "name": "stage",
@@ -200,6 +202,7 @@ def job_manifest(
                 "command": command,
                 "args": argv,
                 "env": env,
+                **({"envFrom": [{"secretRef": {"name": name}} for name in k.env_from_secrets]} if k.env_from_secrets else {}),
                 "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
                 "securityContext": CONTAINER_SECURITY,
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -234,7 +237,8 @@ def job_manifest(
         spec |= {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
         pod_spec["subdomain"] = name
         pod_spec["containers"][0]["ports"] = [{"containerPort": RENDEZVOUS_PORT, "name": "rendezvous"}]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": labels}, "spec": spec}
+    job_labels = {**labels, "kueue.x-k8s.io/queue-name": res.queue} if res.queue else labels  # Kueue admits it (suspended until then)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": job_labels}, "spec": spec}
 
 
 def service_manifest(params: Params, name: str) -> dict[str, Any]:
@@ -270,7 +274,7 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
 def _waiting_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+        if waiting and waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"):
             return waiting["reason"], waiting.get("message", "")
     return None
 
@@ -500,10 +504,12 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
                     "%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up", stage, pod_name, waiting, k.pending_timeout_s
                 )
             if pulling and now - since > k.image_pull_timeout_s:
-                raise StageJobError(
-                    f"stage {stage}: pod {pod_name} cannot pull image '{k.image}' ({pulling[0]}: {pulling[1]}); "
-                    "check kubernetes.image, that it was pushed, and the pull secret"
+                fix = (
+                    "check that the Secrets named in kubernetes.secret_env and env_from_secrets exist in namespace " + k.namespace
+                    if pulling[0] == "CreateContainerConfigError"
+                    else f"check kubernetes.image ('{k.image}'), that it was pushed, and the pull secret"
                 )
+                raise StageJobError(f"stage {stage}: pod {pod_name} cannot start ({pulling[0]}: {pulling[1]}); {fix}")
         drain()
         if _condition(job, "Complete"):
             for f in followers.values():

@@ -24,6 +24,7 @@ Unschedulable), `evict_when(stage, condition)` (a preemption).
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import math
@@ -38,12 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kmock
 import yaml
+from kmock._internal import enums as kmock_enums  # the request's action; kmock exports no public name for it
 from kubernetes import client, config
 from kubernetes.utils import parse_quantity
 
-from conftest import BIN
+from conftest import BIN, ROOT
 
 NAMESPACE = "selftrain"
 DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default
@@ -51,7 +54,23 @@ DEFAULT_GRACE_S = 30  # the Pod API's terminationGracePeriodSeconds default
 
 
 class _Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator, plus the equality label selectors of a list (the API server filters; kmock lists all)."""
+    """kmock's emulator, plus the equality label selectors of a list (the API server filters; kmock lists all), and the
+    API server's validation of a Job's podFailurePolicy, which needs restartPolicy Never (kmock stores anything)."""
+
+    async def _handle(self, request: Any) -> Any:
+        data = request.data if isinstance(getattr(request, "data", None), dict) else {}
+        if getattr(request.resource, "plural", None) == "jobs" and request.action == kmock_enums.action.CREATE:
+            policy = (data.get("spec") or {}).get("podFailurePolicy")
+            restart = ((data.get("spec") or {}).get("template") or {}).get("spec", {}).get("restartPolicy")
+            if policy is not None and restart != "Never":
+                name = (data.get("metadata") or {}).get("name")
+                message = (
+                    f'Job.batch "{name}" is invalid: spec.template.spec.restartPolicy: Invalid value: "{restart}": '
+                    'only "Never" is supported when podFailurePolicy is specified'
+                )
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "Invalid", "code": 422}
+                return aiohttp.web.json_response(status, status=422)
+        return await super()._handle(request)
 
     async def _serve_list(self, request: Any) -> Any:
         result = await super()._serve_list(request)
@@ -231,6 +250,7 @@ class FakeCluster:
         async with _Emulator() as handler, kmock.Server(handler) as server:
             handler.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"})
             handler.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status", "log"})
+            handler.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True)
             handler["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
             self.handler, self.url = handler, str(server.url).rstrip("/")
             self._ready.set()
@@ -437,28 +457,83 @@ class FakeCluster:
             code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode  # killed by signal N: 128 + N, as a container runtime reports it
             self._terminated(name, "Succeeded" if code == 0 else "Failed", code, "Completed" if code == 0 else "Error")
 
-    def _start(self, pod: dict[str, Any]) -> None:
-        container = pod["spec"]["containers"][0]
+    def create_secret(self, name: str, data: dict[str, str]) -> None:
+        """A Secret in the namespace, its values base64-encoded in `data` as the API server stores them."""
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        self.core.create_namespaced_secret(NAMESPACE, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": encoded})
+
+    def read_secret(self, name: str) -> dict[str, str] | None:
+        try:
+            found = self._dict(self.core.read_namespaced_secret(name, NAMESPACE))
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+
+    def _environment(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str] | str:
+        """The container's environment as the kubelet builds it (envFrom first, then env), or why it cannot start:
+        a Secret or key that is not there is CreateContainerConfigError, and the pod waits (Pending) for it."""
         annotations = pod["metadata"].get("annotations") or {}
         env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            secret = self.read_secret(source["secretRef"]["name"])
+            if secret is None:
+                return f'secret "{source["secretRef"]["name"]}" not found'
+            env.update(secret)
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
             elif "resourceFieldRef" in e["valueFrom"]:
                 env[e["name"]] = _resource_field(container, e["valueFrom"]["resourceFieldRef"])
+            elif "secretKeyRef" in e["valueFrom"]:
+                ref = e["valueFrom"]["secretKeyRef"]
+                secret = self.read_secret(ref["name"])
+                if secret is None or ref["key"] not in secret:
+                    return f'secret "{ref["name"]}" not found' if secret is None else f"couldn't find key {ref['key']} in Secret {NAMESPACE}/{ref['name']}"
+                env[e["name"]] = secret[ref["key"]]
             else:  # only the fieldRef to an annotation that Indexed Jobs use
                 key = re.search(r"annotations\['([^']+)'\]", e["valueFrom"]["fieldRef"]["fieldPath"]).group(1)
                 env[e["name"]] = annotations[key]
-        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
+        return env
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
         name = pod["metadata"]["name"]
+        env = self._environment(pod, container)
+        if isinstance(env, str):
+            waiting = {"reason": "CreateContainerConfigError", "message": env}
+            self._set_status(
+                name,
+                {
+                    "phase": "Pending",
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": container["image"],
+                            "imageID": "",
+                            "state": {"waiting": waiting},
+                        }
+                    ],
+                },
+            )
+            return
+        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
+        cwd = self.workdir
         if self.runtime:
             argv, env = self.runtime.command(pod["spec"], container, argv, env, self.workdir / "pods" / name), {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         else:
+            # "the image" is this checkout: its code first on the path and as the working directory (the image's
+            # WORKDIR /app holds the code), whatever tree the venv's editable install points to
             home = self.workdir / "home"
             home.mkdir(exist_ok=True)
-            env = {"PATH": f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
+            path = f"{BIN}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin"
+            env = {"PATH": path, "HOME": str(home), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env}
+            cwd = ROOT
         with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._set_status(
             name,
             {

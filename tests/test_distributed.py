@@ -148,6 +148,46 @@ dist.destroy_process_group()
 """
 
 
+TEACHER_RANKS = """
+import sys
+import safetensors.torch
+import torch.distributed as dist
+from selftrain import stages, train
+from selftrain.params import load_params
+
+steps, fit = [], train.fit
+def recording_fit(step, *args, **kwargs):
+    steps.append(step)
+    return fit(step, *args, **kwargs)
+train.fit = recording_fit
+path, data, out, *sets = sys.argv[1:]
+stages.train_teacher(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out + ".json")
+state = {k: v.detach().cpu().contiguous() for k, v in steps[-1].model.named_parameters()}
+safetensors.torch.save_file(state, f"{out}.rank{dist.get_rank()}.safetensors")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_ends_with_the_same_teacher_weights_on_both_ranks(two_process_teacher, tmp_path):
+    """All-reduced gradients from the same start: both ranks' weights are equal to the bit (a loss-curve comparison
+    within 0.15 would pass a rank that trained on its own)."""
+    path, data, _, _ = two_process_teacher
+    script = tmp_path / "teacher_ranks.py"
+    script.write_text(TEACHER_RANKS)
+    proc = subprocess.run(
+        ["torchrun", "--standalone", "--nproc-per-node", "2", str(script), str(path), str(data), str(tmp_path / "two"), "teacher.epochs=2"],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [(tmp_path / f"two.rank{r}.safetensors").read_bytes() for r in (0, 1)]
+    assert ranks[0] == ranks[1], "the two processes' teachers differ"
+
+
 @pytest.mark.slow
 def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     """Both ranks end with the same student and teacher weights (the same h, all-reduced gradients), and the result is

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import yaml
 from fake_cluster import FakeCluster, ImageRuntime, image_config
-from test_k8s_runner import _pod_s3_env
+from test_k8s_runner import _pod_s3
 
 from conftest import ROOT, S3_BUCKET, write_image, write_tiny_params
 from flows.self_training import self_training
@@ -44,12 +44,18 @@ def runtime(image):
     rt.close()
 
 
-def run_in_pod(runtime: ImageRuntime, tmp_path, argv: list[str], mounts: dict[str, tuple[str, bool]]) -> subprocess.CompletedProcess:
-    """`argv` in the container of a runner's pod (its security context and volumes), plus host folders."""
+def run_in_pod(
+    runtime: ImageRuntime, tmp_path, argv: list[str], mounts: dict[str, tuple[str, bool]], *, docker_run: bool = False
+) -> subprocess.CompletedProcess:
+    """`argv` in the container of a runner's pod (its security context and volumes), plus host folders. With
+    `docker_run`, as plain `docker run --user 10001` runs it instead: no emptyDir over /tmp, a writable root."""
     params = load_params(ROOT / "params.yaml", {"kubernetes.enabled": True, "resources": {"prepare": {}}})
     spec = job_manifest(params, "prepare", "smoke", argv[1:], resources_for(params, "prepare"))["spec"]["template"]["spec"]
     container = spec["containers"][0]
     container["command"] = argv[:1]
+    if docker_run:
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] != "/tmp"]
+        container["securityContext"] = {**container["securityContext"], "readOnlyRootFilesystem": False}
     for name, (path, read_only) in mounts.items():
         spec["volumes"].append({"name": name, "hostPath": {"path": str(path)}})
         container["volumeMounts"].append({"name": name, "mountPath": f"/data/{name}", "readOnly": read_only})
@@ -89,6 +95,17 @@ def test_the_image_runs_the_cli_the_flow_and_a_stage_as_its_user_on_a_read_only_
     assert summary["classes"] == ["cat", "dog"] and summary["sizes"]["unlabeled"] == 6
 
 
+def test_the_image_leaves_nothing_in_tmp_and_runs_as_its_user_without_an_emptydir(runtime, tmp_path):
+    """The build's smoke check ran as root with PREFECT_HOME under /tmp and left /tmp/prefect (mode 700, root's) in the
+    image: as uid 10001 with no volume over /tmp, importing the flow failed with PermissionError on profiles.toml."""
+    assert os.listdir(os.path.join(runtime.rootfs, "tmp")) == []
+    proc = run_in_pod(
+        runtime, tmp_path, ["sh", "-c", "id -u; selftrain --help >/dev/null && python -c 'import flows.self_training' && echo ok"], {}, docker_run=True
+    )
+    lines = proc.stdout.split()
+    assert proc.returncode == 0 and lines[0] == "10001" and lines[-1] == "ok", proc.stdout + proc.stderr
+
+
 def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metrics(image, tmp_path, s3_server, monkeypatch):
     cluster = FakeCluster(tmp_path / "cluster", image=image)
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
@@ -99,7 +116,7 @@ def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metr
         "kubernetes.image": image,
         "kubernetes.poll_s": 0.5,
         "kubernetes.priority_class": None,
-        "kubernetes.env": _pod_s3_env(s3_server, s3_server["AWS_ENDPOINT_URL"]),
+        **_pod_s3(cluster, s3_server, s3_server["AWS_ENDPOINT_URL"]),
         "resources": {s: small for s in ("train-teacher", "infer", "train-student", "evaluate", "record-lineage")} | {"infer": {**small, "parallelism": 2}},
         "infer.parts": 2,
         "prefect.cache": False,

@@ -12,7 +12,7 @@ from pod_security import violations
 from prefect.utilities.templating import apply_values
 
 from conftest import ROOT
-from selftrain.params import load_params
+from selftrain.params import ParamsError, load_params
 from tasks.kubernetes import job_manifest, resources_for
 
 K8S_VERSION = "1.31.0"  # the oldest minor the manifests must work on (podFailurePolicy is GA from 1.31)
@@ -134,3 +134,42 @@ def test_the_namespace_enforces_pod_security_restricted():
     ns = yaml.safe_load((ROOT / "k8s/manifests/namespace.yaml").read_text())
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert ns["metadata"]["name"] == load_params(ROOT / "params.yaml").kubernetes.namespace
+
+
+def test_stage_pods_get_no_api_token_and_secrets_come_from_secrets_never_from_params():
+    """The `selftrain` account may create and delete Jobs: a stage pod does not mount its token. A secret-looking
+    key in kubernetes.env (clear text in the Job and in the params snapshot on the bucket) is refused; Secrets are
+    named instead (secretKeyRef, envFrom), and their values never pass through the flow."""
+    for key in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "db_password", "AWS_SESSION_TOKEN"):
+        with pytest.raises(ParamsError, match=rf"kubernetes.env: \['{key}'\] look like secrets") as err:
+            load_params(ROOT / "params.yaml", {"kubernetes.env": {key: "s3cr3t", "AWS_ENDPOINT_URL": "http://minio:9000"}})
+        assert "s3cr3t" not in str(err.value)  # the error does not print the value either
+    params = load_params(
+        ROOT / "params.yaml",
+        {
+            "kubernetes.enabled": True,
+            "kubernetes.env": {"AWS_ENDPOINT_URL": "http://minio:9000"},
+            "kubernetes.secret_env": {"AWS_SECRET_ACCESS_KEY": {"secret": "minio", "key": "secret-key"}},
+            "kubernetes.env_from_secrets": ["wandb"],
+            "resources": {"train-student": {"gpu": 1, "queue": "selftrain"}, "evaluate": {"cpu": "2"}},
+        },
+    )
+    for stage in ("train-student", "evaluate"):
+        job = job_manifest(params, stage, f"st-{stage}", [stage], resources_for(params, stage))
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "selftrain"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "minio", "key": "secret-key"}}}
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000" and container["envFrom"] == [{"secretRef": {"name": "wandb"}}]
+        # Kueue: the Job (not its pods) carries the queue label; Kueue suspends it until the queue admits it
+        assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == ("selftrain" if stage == "train-student" else None)
+    # the flow pod (the worker's base job template) keeps its token: it creates the stage Jobs
+    assert rendered_job()["spec"]["template"]["spec"].get("automountServiceAccountToken", True) is not False
+
+
+def test_the_kueue_example_names_a_queue_params_accept():
+    queue = next(d for d in yaml.safe_load_all((ROOT / "k8s/manifests/kueue.yaml").read_text()) if d["kind"] == "LocalQueue")
+    params = load_params(ROOT / "params.yaml", {"resources": {"train-student": {"gpu": 1, "queue": queue["metadata"]["name"]}}})
+    assert params.resources["train-student"].queue == queue["metadata"]["name"] and queue["metadata"]["namespace"] == params.kubernetes.namespace

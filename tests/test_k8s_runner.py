@@ -16,11 +16,12 @@ import pytest
 import torch
 from fake_cluster import NAMESPACE, FakeCluster
 from fault_proxy import ONE_TRY, FaultProxy, first
+from kubernetes.client import ApiException
 from prefect import flow, get_client
 from prefect.states import Cancelling
 from test_k8s_manifests import K8S_VERSION
 
-from conftest import S3_BUCKET, write_tiny_params
+from conftest import ROOT, S3_BUCKET, write_tiny_params
 from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
@@ -163,7 +164,7 @@ def test_a_pod_pending_too_long_or_without_its_image_fails_in_plain_words_and_th
         one_stage(str(path), {**K8S, "kubernetes.pending_timeout_s": 1, "resources": {"infer": {"node_pool": "a100"}}}, str(tmp_path), "infer", kwargs)
     assert cluster.jobs() == []
     cluster.fail_pods("infer", "ImagePullBackOff")
-    with pytest.raises(StageJobError, match=r"cannot pull image 'registry.example/selftrain:nope' \(ImagePullBackOff"):
+    with pytest.raises(StageJobError, match=r"cannot start \(ImagePullBackOff.*check kubernetes.image \('registry.example/selftrain:nope'\)"):
         one_stage(
             str(path),
             {**K8S, "kubernetes.image_pull_timeout_s": 1, "kubernetes.image": "registry.example/selftrain:nope", "resources": {"infer": {}}},
@@ -172,6 +173,10 @@ def test_a_pod_pending_too_long_or_without_its_image_fails_in_plain_words_and_th
             kwargs,
         )
     assert cluster.jobs() == []
+    cluster.faults.clear()
+    missing = {"kubernetes.image_pull_timeout_s": 1, "kubernetes.secret_env": {"HF_TOKEN": {"secret": "nope", "key": "token"}}, "resources": {"infer": {}}}
+    with pytest.raises(StageJobError, match=r'cannot start \(CreateContainerConfigError: secret "nope" not found\); check that the Secrets'):
+        one_stage(str(path), {**K8S, **missing}, str(tmp_path), "infer", kwargs)
 
 
 def test_a_job_past_its_deadline_is_reported_as_such(gen0):
@@ -317,10 +322,17 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
 
 
-def _pod_s3_env(s3_env: dict, endpoint: str) -> dict:
-    """What a pod needs to reach the test's S3 (a real cluster gives the service account a role instead), with one
-    try per request in s3fs and botocore, so that a failed request reaches the stage."""
-    return {**{k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3": json.dumps(ONE_TRY)}
+def _pod_s3(cluster: FakeCluster, s3_env: dict, endpoint: str) -> dict:
+    """The params overrides that let a pod reach the test's S3 (a real cluster gives the service account a role
+    instead): the secret key in a Secret, read through secretKeyRef, the rest in kubernetes.env, with one try per
+    request in s3fs and botocore, so that a failed request reaches the stage."""
+    if cluster.read_secret("s3") is None:
+        cluster.create_secret("s3", {"secret-key": s3_env["AWS_SECRET_ACCESS_KEY"]})
+    env = {k: v for k, v in s3_env.items() if k not in ("AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY")}
+    return {
+        "kubernetes.env": {**env, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3": json.dumps(ONE_TRY)},
+        "kubernetes.secret_env": {"AWS_SECRET_ACCESS_KEY": {"secret": "s3", "key": "secret-key"}},
+    }
 
 
 def _exit_codes(cluster: FakeCluster, job: str) -> list[int]:
@@ -335,7 +347,7 @@ def test_transient_io_in_a_pod_exits_75_and_the_job_replaces_the_pod(gen0, clust
     with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-transient/")) as proxy:
         summary = one_stage(
             str(path),
-            {**K8S, "kubernetes.backoff_limit": 1, "kubernetes.env": _pod_s3_env(s3_server, proxy.url), "resources": {"prepare": {}}},
+            {**K8S, "kubernetes.backoff_limit": 1, **_pod_s3(cluster, s3_server, proxy.url), "resources": {"prepare": {}}},
             str(tmp_path),
             "prepare",
             {"out": out},
@@ -356,7 +368,7 @@ def test_a_job_out_of_pods_on_transient_io_is_retried_by_the_flow_as_a_new_job(g
         FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-retried/")) as proxy,
         caplog.at_level(logging.INFO, logger="selftrain.kubernetes"),
     ):
-        one_stage(str(path), {**overrides, "kubernetes.env": _pod_s3_env(s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out})
+        one_stage(str(path), {**overrides, **_pod_s3(cluster, s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out})
     jobs = {j["metadata"]["name"]: j for j in cluster.jobs()}
     [failed] = [n for n, j in jobs.items() if any(c["type"] == "Failed" for c in j["status"].get("conditions") or [])]
     [done] = [n for n in jobs if n != failed]
@@ -381,6 +393,50 @@ def test_bad_input_in_a_pod_fails_the_job_at_once_and_a_later_try_is_a_new_job(g
     assert "failed with exit code 2 matching FailJob rule at index 2" in job["status"]["conditions"][0]["message"]
     assert _exit_codes(cluster, job["metadata"]["name"]) == [2]
     # the same call again (the UI's "Retry" of the flow run) does not re-raise the failed Job's error: it starts a new one
-    fixed = load_params(path, {**overrides, "kubernetes.env": _pod_s3_env(s3_server, s3_server["AWS_ENDPOINT_URL"])})
+    fixed = load_params(path, {**overrides, **_pod_s3(cluster, s3_server, s3_server["AWS_ENDPOINT_URL"])})
     assert run_stage_job(fixed, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")["sizes"]["labeled"] == 100
     assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == [job["metadata"]["name"], job["metadata"]["name"] + "-r2"]
+
+
+def test_the_fake_api_server_refuses_a_pod_failure_policy_without_restart_policy_never(gen0, cluster):
+    """As the API server does: the runner's Jobs pass only because they say Never (a mutation to OnFailure passed
+    26 tests when the fake stored anything)."""
+    path, _ = gen0
+    params = load_params(path, {**K8S, "resources": {"prepare": {}}})
+    job = job_manifest(params, "prepare", "st-refused", ["prepare", "--out", "/nowhere"], resources_for(params, "prepare"))
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["podFailurePolicy"]
+    job["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    with pytest.raises(ApiException) as err:
+        cluster.batch.create_namespaced_job(NAMESPACE, job)
+    assert err.value.status == 422 and 'only "Never" is supported when podFailurePolicy is specified' in json.loads(err.value.body)["message"]
+    assert cluster.jobs() == []
+
+
+def test_pods_run_the_checkout_under_test_and_read_secrets_as_the_kubelet_does(cluster, tmp_path):
+    """A pod imports this checkout's selftrain (not whatever tree the venv's editable install names), and its
+    environment takes secretKeyRef and envFrom from Secrets; a missing Secret keeps it Pending with
+    CreateContainerConfigError."""
+    cluster.create_secret("s3", {"secret-key": "from-the-secret"})
+    cluster.create_secret("extra", {"EXTRA_A": "a"})
+    script = "import os, selftrain; print(selftrain.__file__, os.getcwd(), os.environ['AWS_SECRET_ACCESS_KEY'], os.environ['EXTRA_A'])"
+    container = {
+        "name": "stage",
+        "image": "selftrain:cpu",
+        "command": ["python", "-c", script],
+        "args": [],
+        "env": [{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret-key"}}}],
+        "envFrom": [{"secretRef": {"name": "extra"}}],
+    }
+    spec = {"restartPolicy": "Never", "containers": [container]}
+    for name, c in (("reads", container), ("missing", {**container, "envFrom": [{"secretRef": {"name": "nowhere"}}]})):
+        cluster.batch.create_namespaced_job(
+            NAMESPACE, {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {**spec, "containers": [c]}}}}
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(c["type"] == "Complete" for c in (cluster.jobs()[0].get("status") or {}).get("conditions") or []):
+        time.sleep(0.2)
+    log = (cluster.workdir / "logs" / f"{cluster.pods('reads')[0]['metadata']['name']}.log").read_text().split()
+    assert log == [str(ROOT / "selftrain" / "__init__.py"), str(ROOT), "from-the-secret", "a"]
+    [pending] = cluster.pods("missing")
+    state = pending["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert pending["status"]["phase"] == "Pending" and state == {"reason": "CreateContainerConfigError", "message": 'secret "nowhere" not found'}
