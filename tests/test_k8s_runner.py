@@ -263,6 +263,30 @@ def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(
     assert not artifacts.exists(f"{out}.parts")
 
 
+@pytest.mark.slow
+def test_a_part_that_fails_once_is_replaced_alone_and_the_store_is_still_bitwise_the_unsharded_one(gen0, cluster, tmp_path, s3_server):
+    """Part 1's first write to S3 gets a 500: its pod exits 75, the Job controller replaces that index only (Count,
+    within backoffLimit), and the joined store equals one process's bit for bit."""
+    path, g = gen0
+    parts = {"infer.parts": 3, "infer.shard_size": 150, "infer.batch_size": 64, "kubernetes.backoff_limit": 1}
+    out = f"s3://{S3_BUCKET}/k8s-part/logits"
+    kwargs = {"teacher": g.promoted, "data": g.data, "out": out}
+    with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "part-00001-of-00003")) as proxy:
+        overrides = {**K8S, **parts, **_pod_s3(cluster, s3_server, proxy.url), "resources": {"infer": {"parallelism": 3, "cpu": "1"}}}
+        one_stage(str(path), overrides, str(tmp_path), "infer", kwargs)
+    assert [f[0] for f in proxy.faults] == ["500"] and "part-00001-of-00003" in proxy.faults[0][2]
+    [job] = cluster.jobs()
+    by_index: dict[str, list[int]] = {}
+    for p in sorted(cluster.pods(job["metadata"]["name"]), key=lambda p: p["metadata"]["name"]):
+        code = p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+        by_index.setdefault(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"], []).append(code)
+    assert by_index == {"0": [0], "1": [75, 0], "2": [0]}
+    unsharded = str(tmp_path / "unsharded")
+    stages.infer(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
+    a, b = logits.read_store(out), logits.read_store(unsharded)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
+
+
 def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
     path, g = gen0
     params = load_params(path, {"teacher.epochs": 1, "infer.parts": 3})
