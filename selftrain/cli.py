@@ -112,9 +112,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "check-data",
         help="check the whole input tree (data.folders) and list every bad file and folder with the reason; exit 2 if any, 0 if none",
         description="Reads every image of data.folders as prepare would, writes nothing, and lists every problem at once: "
-        "unreadable, truncated, zero-byte or non-image files, images outside class folders, empty class folders, "
-        "val/test classes the labeled set lacks, missing folders, unusable splits. prepare runs the same check "
-        "before it writes anything; data.skip_bad: true makes it leave the bad files out instead.",
+        "unreadable, truncated, zero-byte or non-image files, files that are not regular files or are over data.max_file_mb, "
+        "images too large to decode safely, images outside class folders, empty class folders, val/test classes the "
+        "labeled set lacks, missing or overlapping folders, training images byte-identical to a val/test/holdout image, "
+        "unusable splits; hidden folders are listed as left out. prepare runs the same check before it writes anything; "
+        "data.skip_bad: true makes it leave the bad files out instead.",
     )
     _params_option(cd)
     cd.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")

@@ -124,8 +124,9 @@ def _without_speed(log: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("images_per_s", "steps_per_s")} for row in csv.DictReader(log.read_text().splitlines())]
 
 
-# Runs train-mpl under torchrun and writes each process's own final student and teacher, to compare the ranks.
-MPL_RANKS = """
+# The head of a script run under torchrun that keeps every training step train.fit is given (`steps`), so that each
+# process can write its own final weights, to compare the ranks.
+RECORDING = """
 import sys
 import safetensors.torch
 import torch.distributed as dist
@@ -137,6 +138,12 @@ def recording_fit(step, *args, **kwargs):
     steps.append(step)
     return fit(step, *args, **kwargs)
 train.fit = recording_fit
+"""
+
+# train-mpl: each process's final student and teacher, and its MPL baseline
+MPL_RANKS = (
+    RECORDING
+    + """
 path, data, teacher, out, *sets = sys.argv[1:]
 stages.train_mpl(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher, out=out)
 for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
@@ -146,26 +153,27 @@ for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
     safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", {"baseline": repr(steps[0].state.baseline)})
 dist.destroy_process_group()
 """
+)
 
 
-TEACHER_RANKS = """
-import sys
-import safetensors.torch
-import torch.distributed as dist
-from selftrain import stages, train
-from selftrain.params import load_params
-
-steps, fit = [], train.fit
-def recording_fit(step, *args, **kwargs):
-    steps.append(step)
-    return fit(step, *args, **kwargs)
-train.fit = recording_fit
+# train-teacher: each process's final weights
+TEACHER_RANKS = (
+    RECORDING
+    + """
 path, data, out, *sets = sys.argv[1:]
 stages.train_teacher(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out + ".json")
 state = {k: v.detach().cpu().contiguous() for k, v in steps[-1].model.named_parameters()}
 safetensors.torch.save_file(state, f"{out}.rank{dist.get_rank()}.safetensors")
 dist.destroy_process_group()
 """
+)
+
+
+def _run_on_two_ranks(where: Path, script: str, *args: str) -> None:
+    (where / "ranks.py").write_text(script)
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", str(where / "ranks.py"), *args]
+    proc = subprocess.run(cmd, cwd=where, env=tool_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -173,17 +181,7 @@ def test_torchrun_with_two_processes_ends_with_the_same_teacher_weights_on_both_
     """All-reduced gradients from the same start: both ranks' weights are equal to the bit (a loss-curve comparison
     within 0.15 would pass a rank that trained on its own)."""
     path, data, _, _ = two_process_teacher
-    script = tmp_path / "teacher_ranks.py"
-    script.write_text(TEACHER_RANKS)
-    proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc-per-node", "2", str(script), str(path), str(data), str(tmp_path / "two"), "teacher.epochs=2"],
-        cwd=tmp_path,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_on_two_ranks(tmp_path, TEACHER_RANKS, str(path), str(data), str(tmp_path / "two"), "teacher.epochs=2")
     ranks = [(tmp_path / f"two.rank{r}.safetensors").read_bytes() for r in (0, 1)]
     assert ranks[0] == ranks[1], "the two processes' teachers differ"
 
@@ -199,18 +197,8 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     stages.train_teacher(params, data=data, out=str(tmp_path / "teacher"), promoted=teacher)
     sets = {"mpl.steps": 20, "mpl.finetune_epochs": 3}
     one = stages.train_mpl(load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one"))
-    script = tmp_path / "mpl_ranks.py"
-    script.write_text(MPL_RANKS)
     out = tmp_path / "two"
-    proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc-per-node", "2", str(script), str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items())],
-        cwd=tmp_path,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_on_two_ranks(tmp_path, MPL_RANKS, str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items()))
     for name in ("student", "teacher"):
         ranks = [(tmp_path / f"two.{name}.rank{r}.safetensors").read_bytes() for r in (0, 1)]
         assert ranks[0] == ranks[1], f"the two processes' {name}s (or MPL baselines) differ"
