@@ -288,9 +288,10 @@ def unschedulable(pod: dict[str, Any]) -> str | None:
 
 
 def evicted(pod: dict[str, Any]) -> str | None:
-    """Why a failed pod was disrupted (preemption, eviction, node drain), else None."""
+    """Why a pod was disrupted (preemption, eviction, node drain), else None. The condition comes first, while the pod
+    is still terminating: once the Job controller has counted it, Kubernetes deletes it."""
     c = _condition(pod, "DisruptionTarget")
-    if c and (pod.get("status") or {}).get("phase") == "Failed":
+    if c:
         return f"{c.get('reason', 'disrupted')}: {c.get('message', '')}".rstrip(": ")
     return None
 
@@ -477,6 +478,10 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             time.sleep(k.poll_s)
             continue
         now = time.monotonic()
+        for gone in sorted(set(followers) - {p["metadata"]["name"] for p in pods} - reported):
+            # deleted before this poll saw it end: a disrupted pod is removed once the Job controller counted it
+            reported.add(gone)
+            log.warning("%s: pod %s is gone (deleted: preempted, evicted or its node lost); the Job replaces it if it did not finish", stage, gone)
         for pod in pods:
             pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")
             if phase in ("Running", "Succeeded", "Failed") and pod_name not in followers and not evicted(pod):

@@ -9,13 +9,15 @@ So this module plays them, simply and in the open, as the Kubernetes documentati
   parallelism) and judges each failed pod by the Job's podFailurePolicy, rules in order, the first that
   matches deciding: Ignore (replaced, not counted), Count, FailJob (the Job fails at once, reason
   PodFailurePolicy); a pod no rule matches is counted. More counted failures than backoffLimit (default 6)
-  fail the Job with reason BackoffLimitExceeded; activeDeadlineSeconds with DeadlineExceeded. It deletes the
-  pods of a deleted Job and writes the Job's status;
+  fail the Job with reason BackoffLimitExceeded; activeDeadlineSeconds with DeadlineExceeded. Its pods carry
+  its tracking finalizer: each finished pod is counted once, then the finalizer is removed, so a pod that was
+  deleted meanwhile (preempted) disappears, its count kept. It deletes the pods of a deleted Job and writes
+  the Job's status;
 - the kubelet runs each pod's container (`command` + `args`, `$(VAR)` expanded from its env) as a local
   process, since the project's image is this checkout, with the container's environment only (plus the
   image's PATH, HOME and PYTHONUNBUFFERED): nothing of the test process's, AWS credentials included. It serves
-  its log (`follow` too) and writes the pod's status. An evicted pod gets SIGTERM, then SIGKILL after its
-  terminationGracePeriodSeconds (30 by default), and the DisruptionTarget condition.
+  its log (`follow` too) and writes the pod's status. A preempted pod gets the DisruptionTarget condition, then is deleted: SIGTERM, SIGKILL after its
+  terminationGracePeriodSeconds (30 by default), phase Failed, and gone once the job controller has counted it.
 With `image=`, the kubelet runs each container in the project's built image instead (`ImageRuntime`), with
 the pod's security context applied. Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
 Unschedulable), `evict_when(stage, condition)` (a preemption).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import math
@@ -49,6 +52,7 @@ from kubernetes.utils import parse_quantity
 from conftest import BIN, ROOT
 
 NAMESPACE = "selftrain"
+TRACKING = "batch.kubernetes.io/job-tracking"  # the Job controller's finalizer: a pod is not removed before it is counted
 DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default
 DEFAULT_GRACE_S = 30  # the Pod API's terminationGracePeriodSeconds default
 
@@ -217,6 +221,7 @@ class FakeCluster:
         self.evicted: list[str] = []
         self.created_pods: list[str] = []
         self._started: dict[str, float] = {}
+        self._tally: dict[str, dict[str, tuple[int, str, str]]] = {}  # job -> finished pod -> (index, action, message)
         self._ready, self._stop, self._halt = threading.Event(), threading.Event(), threading.Event()
         self._loop = asyncio.new_event_loop()
         self._server = threading.Thread(target=self._serve, daemon=True)
@@ -328,7 +333,10 @@ class FakeCluster:
             name, job = pod["metadata"]["name"], pod["metadata"]["labels"]["job-name"]
             if job not in jobs:  # the Job was deleted: garbage-collect its pods
                 self._kill(name)
-                self.core.delete_namespaced_pod(name, NAMESPACE)
+                if TRACKING in (pod["metadata"].get("finalizers") or []):
+                    self.core.patch_namespaced_pod(name, NAMESPACE, {"metadata": {"finalizers": []}})
+                with contextlib.suppress(client.ApiException):  # removed with its finalizer already
+                    self.core.delete_namespaced_pod(name, NAMESPACE)
                 continue
             self._kubelet(pod)
         for job in jobs.values():
@@ -342,14 +350,20 @@ class FakeCluster:
         pods = self.pods(name)
         index = lambda p: int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0"))  # noqa: E731
         phase = lambda p: (p.get("status") or {}).get("phase", "Pending")  # noqa: E731
-        done = {index(p) for p in pods if phase(p) == "Succeeded"}
+        # each finished pod is counted once, by podFailurePolicy, and then its tracking finalizer is removed: a pod
+        # that was deleted (preempted, evicted) is gone from then on, its count kept in the Job's tally
+        tally = self._tally.setdefault(name, {})
+        for p in sorted((p for p in pods if phase(p) in ("Succeeded", "Failed")), key=lambda p: p["metadata"]["name"]):
+            pod_name = p["metadata"]["name"]
+            if pod_name not in tally:
+                action, message = ("Succeeded", "") if phase(p) == "Succeeded" else _pod_failure_action(spec.get("podFailurePolicy"), p)
+                tally[pod_name] = (index(p), action, message)
+            if TRACKING in (p["metadata"].get("finalizers") or []):
+                self.core.patch_namespaced_pod(pod_name, NAMESPACE, {"metadata": {"finalizers": []}})
+        done = {i for i, action, _ in tally.values() if action == "Succeeded"}
         active = [p for p in pods if phase(p) in ("Pending", "Running")]
-        counted, fail_job = 0, None
-        for p in sorted((p for p in pods if phase(p) == "Failed"), key=lambda p: p["metadata"]["name"]):
-            action, message = _pod_failure_action(spec.get("podFailurePolicy"), p)
-            counted += action == "Count"
-            if action == "FailJob" and fail_job is None:
-                fail_job = message
+        counted = sum(action == "Count" for _, action, _ in tally.values())
+        fail_job = next((message for _, action, message in sorted(tally.values()) if action == "FailJob"), None)
         status: dict[str, Any] = {"active": len(active), "succeeded": len(done), "failed": counted}
         deadline, backoff_limit = spec.get("activeDeadlineSeconds"), spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
         failure = None
@@ -368,7 +382,7 @@ class FakeCluster:
         else:
             busy = {index(p) for p in active}
             for i in [i for i in range(completions) if i not in done and i not in busy][: max(0, parallelism - len(active))]:
-                self._create_pod(job, i, sum(1 for p in pods if index(p) == i))
+                self._create_pod(job, i, sum(1 for j, _, _ in tally.values() if j == i) + sum(1 for p in active if index(p) == i))
         if any((job.get("status") or {}).get(key) != value for key, value in status.items()):
             self.batch.patch_namespaced_job_status(name, NAMESPACE, {"status": status})
 
@@ -383,7 +397,14 @@ class FakeCluster:
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "annotations": annotations, "creationTimestamp": _now()},
+                "metadata": {
+                    "name": name,
+                    "namespace": NAMESPACE,
+                    "labels": labels,
+                    "annotations": annotations,
+                    "creationTimestamp": _now(),
+                    "finalizers": [TRACKING],
+                },
                 "spec": template["spec"],
                 "status": {"phase": "Pending"},
             },
@@ -443,15 +464,13 @@ class FakeCluster:
         for k, (evict_stage, condition) in enumerate(self.evictions):
             if evict_stage == stage and condition():
                 del self.evictions[k]
+                # the scheduler marks the victim, then deletes it: it stays, terminating, until its finalizer goes
+                disrupted = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}]
+                self._set_status(name, {"conditions": disrupted})
+                self.core.delete_namespaced_pod(name, NAMESPACE)
                 code = self._terminate(name, pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
                 self.evicted.append(name)
-                self._terminated(
-                    name,
-                    "Failed",
-                    code,
-                    "Error",
-                    [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}],
-                )
+                self._terminated(name, "Failed", code, "Error", disrupted)
                 return
         if proc.poll() is not None:
             code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode  # killed by signal N: 128 + N, as a container runtime reports it
