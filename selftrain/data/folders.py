@@ -294,14 +294,12 @@ def fingerprint(uri: str, max_bytes: int) -> dict[str, Any]:
         return {"uri": uri, "missing": True}
     fs, root = found_fs
     files = list_images(fs, root, problems, max_bytes)
-    lines = "".join(f"{f.path[len(root) + 1 :]}\t{f.size}\t{f.version}\n" for f in files)
-    left_out = "".join(f"{p.path}\t{p.reason}\n" for p in problems)
-    return {
-        "uri": uri,
-        "files": len(files),
-        "bytes": sum(f.size for f in files),
-        "sha256": hashlib.sha256((lines + left_out).encode("utf-8", "surrogateescape")).hexdigest(),
-    }
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.path[len(root) + 1 :]}\t{f.size}\t{f.version}\n".encode("utf-8", "surrogateescape"))
+    for p in problems:  # what was left out, and why, is part of what prepare would see
+        digest.update(f"{p.path}\t{p.reason}\n".encode("utf-8", "surrogateescape"))
+    return {"uri": uri, "files": len(files), "bytes": sum(f.size for f in files), "sha256": digest.hexdigest()}
 
 
 def _location(uri: str) -> tuple[str, str]:
