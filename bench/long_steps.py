@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", default="freematch_da", choices=[m for m in STEP_METHODS if m not in ("mpl", "reduced_mpl")])
     ap.add_argument("--steps", type=int, nargs="+", default=[6000], help="one run per value (fixmatch.steps)")
-    ap.add_argument("--val-every", type=int, default=500, help="fixmatch.checkpoint_every: a validation every N steps")
+    ap.add_argument("--val-every", type=int, default=500, help="methods.fixmatch.checkpoint_every: a validation every N steps")
     ap.add_argument("--then-noisy-student", type=int, default=0, metavar="K", help="K Noisy Student generations from the run's model, each scored")
     run_args.add(ap, work="runs/methods", out="long_steps.json")
     args = ap.parse_args()
@@ -101,7 +101,7 @@ def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
     """The step-based run for `steps`, scored, with its validations along the way."""
     key = f"{method}-{steps}"
     out = seed.root / key
-    p = seed.params(**STEP_METHODS[method], **{"fixmatch.steps": steps, "fixmatch.checkpoint_every": val_every})
+    p = seed.params(**STEP_METHODS[method], **{"methods.fixmatch.steps": steps, "methods.fixmatch.checkpoint_every": val_every})
     t0 = time.perf_counter()
     summary = stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
     wall = time.perf_counter() - t0

@@ -39,10 +39,10 @@ from selftrain.params import Params, load_params
 PREPARED_FROM = ("seed", "data", "teacher", "robustness")  # the params sections Seed.prepare's artifacts depend on
 CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
 STEP_METHODS = {
-    "fixmatch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "fixed"},
-    "flexmatch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "flexmatch"},
-    "freematch": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch"},
-    "freematch_da": {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch", "fixmatch.dist_align": True},
+    "fixmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "fixed"},
+    "flexmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "flexmatch"},
+    "freematch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch"},
+    "freematch_da": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch", "methods.fixmatch.dist_align": True},
     "mpl": {"generations.gen1.method": "mpl"},
     "reduced_mpl": {"generations.gen1.method": "reduced_mpl"},
 }
@@ -157,7 +157,7 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
 
 def _steps(section: str, steps: int) -> dict[str, Any]:
     # one log row (and validation), at the end; MPL's UDA ramp a quarter of the run (its default, 500, is for longer runs)
-    extra = {"mpl.uda_ramp_steps": max(1, steps // 4)} if section == "mpl" else {}
+    extra = {"methods.mpl.uda_ramp_steps": max(1, steps // 4)} if section == "mpl" else {}
     return {f"{section}.steps": steps, f"{section}.checkpoint_every": steps, **extra}
 
 

@@ -24,9 +24,8 @@ import yaml
 
 from selftrain import models, stages
 from selftrain.data import load_split
-from selftrain.mpl import MplState, mpl_step
+from selftrain.methods.mpl.update import MplState, mpl_step
 from selftrain.params import load_params
-from selftrain.steps.mpl import mpl_config
 from selftrain.steps.views import StepImages, on_device
 from selftrain.train import Context
 
@@ -38,9 +37,9 @@ def measure(params: Any, data: str, teacher_ckpt: str, signal: str, batches: int
     teacher0, spec = models.load_checkpoint(teacher_ckpt)
     student0 = models.create(spec, params.student.drop_rate, params.student.drop_path_rate)
     models.init_from(student0, spec, teacher_ckpt)
-    p = params.mpl
+    p = params.methods.mpl
     images = StepImages(labeled, unlabeled.images, p.batch_size, p.unlabeled_ratio, params.student, params.seed, Context(torch.device("cpu")).world)
-    cfg = mpl_config(p.model_copy(update={"signal": signal}))
+    cfg = p.model_copy(update={"signal": signal})
     lr = p.student_lr if student_lr is None else student_lr
     out = []
     for b in range(batches):

@@ -41,7 +41,7 @@ def _test_top1(params: Params, checkpoint: str, data: str) -> float:
 def _mpl_overrides(steps: int) -> dict:
     # the UDA ramp is a quarter of the run, as in the TwoMoons setup (the default, 500 steps, is for longer runs);
     # one checkpoint, at the end: the log then holds the mean over the whole run
-    return {"mpl.steps": steps, "mpl.uda_ramp_steps": max(1, steps // 4), "mpl.checkpoint_every": steps}
+    return {"methods.mpl.steps": steps, "methods.mpl.uda_ramp_steps": max(1, steps // 4), "methods.mpl.checkpoint_every": steps}
 
 
 def run_seed(seed: int, work: Path, params_path: str) -> dict:

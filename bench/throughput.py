@@ -36,11 +36,15 @@ from selftrain import artifacts, methods, models, runtime, stages, train
 from selftrain.data import save_split
 from selftrain.data.splits import make_splits
 from selftrain.inputs import clean_batch
-from selftrain.mpl import LogitTeacher
-from selftrain.params import DataParams, FixMatchParams, MplParams, Params, StudentParams, TrainParams
-from selftrain.steps.fixmatch import FixMatchStep
-from selftrain.steps.mpl import MplStep, ReducedMplStep
-from selftrain.steps.pseudo_label import PseudoLabelStep
+from selftrain.methods.fixmatch import FixMatchParams
+from selftrain.methods.fixmatch.step import FixMatchStep
+from selftrain.methods.mpl import MplParams
+from selftrain.methods.mpl.step import MplStep
+from selftrain.methods.noisy_student.step import PseudoLabelStep
+from selftrain.methods.reduced_mpl import ReducedMplParams
+from selftrain.methods.reduced_mpl.step import ReducedMplStep
+from selftrain.methods.reduced_mpl.update import LogitTeacher
+from selftrain.params import DataParams, Params, StudentParams, TrainParams
 from selftrain.steps.supervised import SupervisedStep
 
 
@@ -96,7 +100,9 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
         "teacher": lambda: SupervisedStep(net(), teacher_p, labeled, ctx, 0),
         "student": lambda: PseudoLabelStep(net(), student_p, labeled, (unlabeled.images, soft), ctx, 0),
         "mpl": lambda: MplStep(net(), net(), mpl_p, student_p, labeled, unlabeled.images, ctx, 0),
-        "reduced_mpl": lambda: ReducedMplStep(net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0, stored=stored),
+        "reduced_mpl": lambda: ReducedMplStep(
+            net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0, stored=stored, rp=ReducedMplParams()
+        ),
         "fixmatch": lambda: FixMatchStep(net(), fixmatch_p, student_p, labeled, unlabeled.images, ctx, 0),
     }
 
@@ -104,7 +110,7 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
 def unmeasured(steps: dict[str, train.Step]) -> set[str]:
     """The registry's step classes that none of `steps` is."""
     measured = {f"{type(step).__module__}:{type(step).__name__}" for step in steps.values()}
-    return {m.step for m in methods.METHODS.values()} - measured
+    return {m.step for m in methods.registry().values()} - measured
 
 
 def step_rate(step: train.Step, steps: int, device: torch.device) -> dict[str, float]:

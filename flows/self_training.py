@@ -21,8 +21,8 @@ from pydantic import PositiveInt
 from flows.generation import generation
 from flows.locks import writing
 from flows.logs import stage_logs_to_prefect
+from selftrain import methods
 from selftrain.layout import Generation
-from selftrain.methods import METHOD_NAMES
 from selftrain.models import check_params
 from selftrain.params import ParamsError, load_params, parse_override
 from selftrain.report import history_table
@@ -44,7 +44,7 @@ def self_training(
     params_path: str = "params.yaml",
     root: str = "runs/prefect",
     generations: PositiveInt | None = None,
-    method: Literal[METHOD_NAMES] | None = None,  # type: ignore[valid-type]
+    method: Literal[methods.names()] | None = None,  # type: ignore[valid-type]
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Self-training on the params file: the teacher, then each generation as a subflow.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     ap.add_argument("--root", default="runs/prefect", help="artifact root, local path or s3:// (default: %(default)s)")
     ap.add_argument("--generations", type=int, help="run only the first N generations (default: all in the params file)")
-    ap.add_argument("--method", choices=METHOD_NAMES, help="give every generation this method (default: each its own)")
+    ap.add_argument("--method", choices=methods.names(), help="give every generation this method (default: each its own)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
     args = ap.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.overrides)

@@ -145,7 +145,7 @@ def check_params(params: Any, source: str = "params") -> None:
     teacher unless its method distils down or student.allow_smaller is set. Raises ParamsError naming each bad key.
     (Loading params does not import timm or torch; the flow runs this before any stage, the CLI before each stage that
     builds a model.)"""
-    from selftrain.methods import METHODS
+    from selftrain import methods
     from selftrain.params import ParamsError
 
     named = {"teacher.model": params.teacher.model, **{f"generations.{k}.model": g.model for k, g in params.generations.items()}}
@@ -163,7 +163,7 @@ def check_params(params: Any, source: str = "params") -> None:
                     "the teacher's weights to fit it: the same model, or a variant such as resnet10t -> resnet10t_small); use such a "
                     "model or set student.init: scratch"
                 )
-            if params.student.allow_smaller or METHODS[g.method].smaller_student:
+            if params.student.allow_smaller or methods.get(g.method).smaller_student:
                 continue
             if _param_count(g.model) < _param_count(chain[k - 1]):
                 errors.append(

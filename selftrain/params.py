@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from selftrain import artifacts, methods
 
@@ -145,7 +145,7 @@ class StudentParams(TrainParams):
     init_checkpoint: str | None = Field(None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'")
     allow_smaller: bool = Field(False, description="allow a student with fewer parameters than its teacher (distillation)")
     loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
-        "ce", description="the pseudo-labeled part's loss (selftrain.losses); soft_ce is label-free: it drops the labeled part"
+        "ce", description="the pseudo-labeled part's loss (selftrain/methods/distill/losses.py); soft_ce is label-free: it drops the labeled part"
     )
     loss_tau: float = Field(1.0, gt=0, description="temperature of kd and dist (both sides) and of soft_ce's teacher targets; ce takes the targets as given")
     dist_beta: float = Field(1.0, ge=0, description="dist: weight of the inter-class (per image) relation")
@@ -153,7 +153,7 @@ class StudentParams(TrainParams):
     consistency: Literal["none", "dropped", "all"] = Field(
         "none",
         description="noisy_student / distill: add FixMatch's consistency term on the unlabeled images filter-balance did not keep "
-        "(dropped) or on all of them; its threshold rule, tau, views and images per labeled image come from `fixmatch`",
+        "(dropped) or on all of them; its threshold rule, tau, views and images per labeled image come from `methods.fixmatch`",
     )
     consistency_weight: float = Field(1.0, ge=0, description="weight of that consistency term")
 
@@ -171,65 +171,10 @@ class StudentParams(TrainParams):
 class GenerationParams(_Section):
     model: str = Field(description="the student's timm model in this generation")
     teacher: str = Field(description="the previous generation (gen0 = the supervised teacher)")
-    method: Literal[methods.METHOD_NAMES] = Field(  # type: ignore[valid-type]
+    method: Literal[methods.names()] = Field(  # type: ignore[valid-type]
         "noisy_student",
-        description="; ".join(f"{m.name}: {m.summary} ({m.stage})" for m in methods.METHODS.values()),
+        description="; ".join(f"{m.name}: {m.summary} ({m.stage})" for m in methods.registry().values()),
     )
-
-
-class MplParams(_Section):
-    """Meta Pseudo Labels (method: mpl and reduced_mpl). The student's model is the generation's, its noise
-    (RandAugment, dropout, stochastic depth) and init come from `student`; the teacher starts from the
-    generation's teacher."""
-
-    steps: int = Field(2000, gt=0, description="MPL steps (one student and one teacher update each)")
-    batch_size: int = Field(64, gt=0, description="labeled images per step")
-    unlabeled_ratio: int = Field(3, ge=1, description="unlabeled images per labeled image in a step")
-    student_lr: float = Field(3e-3, gt=0)
-    teacher_lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(0, ge=0, description="linear warmup of both learning rates, then cosine decay")
-    mpl_weight: float = Field(1.0, description="weight of the teacher's MPL term (0: off; < 0: the flipped sign, for ablations)")
-    baseline_decay: float = Field(0.99, ge=0, lt=1, description="moving average of h subtracted from it")
-    signal: Literal["train", "eval", "dot"] = Field(
-        "eval", description="how h is measured: train-mode passes (noisy), eval-mode passes, or the first-order dot product (selftrain.mpl)"
-    )
-    uda_weight: float = Field(1.0, ge=0, description="teacher's UDA consistency loss weight (mpl only)")
-    uda_temperature: float = Field(0.7, gt=0, description="sharpening of the weak-view target")
-    uda_threshold: float = Field(0.6, ge=0, lt=1, description="UDA counts only images whose sharpened weak-view confidence reaches this")
-    uda_ramp_steps: int = Field(500, ge=1, description="steps over which the UDA weight rises linearly to uda_weight")
-    reduced_hidden: int = Field(128, gt=0, description="reduced_mpl: hidden width of the MLP teacher over stored logits")
-    reduced_lr: float = Field(1e-3, gt=0, description="reduced_mpl: the MLP teacher's learning rate")
-    reduced_anchor_weight: float = Field(
-        1.0, ge=0, description="reduced_mpl: soft CE of the MLP teacher to the large teacher's distribution (0: the MPL signal alone)"
-    )
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the student's weights (timm ModelEmaV3); the finetune starts from it")
-    finetune_epochs: int = Field(10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)")
-    finetune_lr: float = Field(1e-3, gt=0)
-    checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")
-
-
-class FixMatchParams(_Section):
-    """FixMatch and its adaptive thresholds (method: fixmatch). The student's model is the generation's; its noise
-    (the strong view's RandAugment, dropout, stochastic depth), init and label smoothing come from `student`."""
-
-    steps: int = Field(2000, gt=0, description="training steps (one labeled batch and unlabeled_ratio times as many unlabeled images each)")
-    batch_size: int = Field(64, gt=0, description="labeled images per step")
-    unlabeled_ratio: int = Field(3, ge=1, description="mu: unlabeled images per labeled image in a step (each seen as a weak and a strong view)")
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(0, ge=0, description="linear warmup of the learning rate, then cosine decay")
-    unlabeled_weight: float = Field(1.0, ge=0, description="lambda: weight of the unlabeled (consistency) loss")
-    threshold: Literal["fixed", "flexmatch", "freematch"] = Field(
-        "fixed", description="fixed: max p >= tau (FixMatch); flexmatch: class-wise curriculum from tau; freematch: self-adaptive (tau unused)"
-    )
-    tau: float = Field(0.95, gt=0, le=1, description="the confidence threshold (fixed), or its upper end (flexmatch)")
-    ema_p: float = Field(0.999, ge=0, lt=1, description="freematch and distribution alignment: momentum of their running means")
-    fairness_weight: float = Field(0.001, ge=0, description="freematch: weight of its self-adaptive fairness term (USB's configs: 0.001)")
-    dist_align: bool = Field(False, description="scale the weak view's prediction by the labeled class prior over its running mean (ReMixMatch)")
-    cutout: float = Field(0.5, ge=0, le=1, description="the strong view ends with Cutout of a square up to this fraction of the side (0: none)")
-    ema_decay: float | None = Field(0.999, gt=0, lt=1, description="evaluate and keep an EMA of the weights (timm ModelEmaV3)")
-    checkpoint_every: int = Field(200, gt=0, description="a log row, a validation and a resumable checkpoint every N steps")
 
 
 class TwoMoonsParams(_Section):
@@ -437,6 +382,15 @@ class KubernetesParams(_Section):
         return v
 
 
+# `methods.<name>`: each method's own options, the section its package declares (selftrain.methods)
+MethodSections = create_model(
+    "MethodSections",
+    __base__=_Section,
+    __doc__="Each method's own options, by method name (the sections the method packages declare).",
+    **{m.name: (m.params, m.params()) for m in methods.registry().values() if m.params is not None},  # type: ignore[call-overload]
+)
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, strict=True, description="every random choice derives from it (numpy's legacy seeding takes at most 2**32 - 1)")
     data: DataParams = DataParams()
@@ -448,8 +402,7 @@ class Params(_Section):
         default_factory=lambda: {"gen1": GenerationParams(model="resnet10t", teacher="gen0")},
         description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
     )
-    mpl: MplParams = MplParams()
-    fixmatch: FixMatchParams = FixMatchParams()
+    methods: MethodSections = MethodSections()
     evaluate: EvaluateParams = EvaluateParams()
     twomoons: TwoMoonsParams = TwoMoonsParams()
     robustness: RobustnessParams = RobustnessParams()
@@ -460,6 +413,15 @@ class Params(_Section):
     resources: dict[str, StageResources] = Field(
         default_factory=dict, description="per stage (train-student, infer, ...): the pod it runs in when kubernetes.enabled"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _methods_moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            moved = [k for k in raw if k in methods.registry()]
+            if moved:
+                raise ValueError(f"{', '.join(moved)}: a method's options now live under methods.<name> (e.g. methods.{moved[0]}.steps)")
+        return raw
 
     @field_validator("resources")
     @classmethod
@@ -493,6 +455,13 @@ class Params(_Section):
 
     def generation_model(self, generation: str) -> str:
         return self.generation(generation).model
+
+    def value(self, key: str, mode: Literal["python", "json"] = "python") -> Any:
+        """The value (dumped) at a dotted key: `student`, `methods.mpl`, `generations.gen2`."""
+        node: Any = self.model_dump(mode=mode)
+        for part in key.split("."):
+            node = node[part]
+        return node
 
 
 _SHORT = reprlib.Repr()  # an error quotes a value, never a whole file (Python 3.11's Repr takes no arguments)

@@ -4,7 +4,7 @@ All three train the same small MLP for the same number of steps from the same la
 - supervised: CE on the 6 labeled points;
 - pseudo-labels: that supervised model, frozen, labels the unlabeled points (hard); a student
   trains on them and the labeled points;
-- MPL: teacher and student trained together (selftrain.mpl), then the student is finetuned on the
+- MPL: teacher and student trained together (selftrain.methods.mpl), then the student is finetuned on the
   labeled points.
 The moons are drawn here (a few lines) rather than through scikit-learn, which the project does
 not otherwise need.
@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from selftrain import artifacts
-from selftrain.mpl import MplConfig, MplState, mpl_step
+from selftrain.methods.mpl import MplParams
+from selftrain.methods.mpl.update import MplState, mpl_step
 from selftrain.report import png_bytes, pyplot
 
 METHODS = ("supervised", "pseudo_labels", "mpl")
@@ -52,7 +53,9 @@ class MoonsSetup:
     finetune_steps: int = 200
     mpl_weight: float = 1.0  # the teacher's MPL signal (0: UDA + labeled CE only; -1: the flipped sign)
     uda_weight: float = 1.0
-    signal: Literal["train", "eval", "dot"] = "train"  # how h is measured (selftrain.mpl); this MLP has no dropout or BatchNorm, so train = eval here
+    signal: Literal["train", "eval", "dot"] = (
+        "train"  # how h is measured (selftrain.methods.mpl.update); this MLP has no dropout or BatchNorm, so train = eval here
+    )
 
 
 def _mlp(hidden: int) -> nn.Module:
@@ -100,7 +103,8 @@ def run(seed: int, setup: MoonsSetup = MoonsSetup()) -> MoonsResult:
 
     teacher, student = copy.deepcopy(supervised), copy.deepcopy(init)
     t_opt, s_opt = torch.optim.Adam(teacher.parameters(), lr=setup.lr), torch.optim.Adam(student.parameters(), lr=setup.lr)
-    cfg, state = MplConfig(uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight, signal=setup.signal), MplState()
+    cfg = MplParams(uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight, signal=setup.signal)
+    state = MplState()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(setup.steps):
         batch = x_u[torch.randint(0, len(x_u), (64,), generator=gen)]

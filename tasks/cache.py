@@ -64,11 +64,14 @@ def outputs_complete(task_name: str, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _param_value(params: Params, key: str) -> Any:
-    node: Any = params.model_dump(mode="json")
-    for part in key.split("."):
-        node = node[part]
-    return node
+def _code_hash(path: Path) -> str:
+    """A code file's sha256, or a code directory's over its files' paths and bytes (as .dvcignore, no __pycache__)."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f"{f.relative_to(path).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
@@ -79,8 +82,8 @@ def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
     ingredients = {
         "stage": task_name,
         "generation": generation,
-        "params": {k: _param_value(params, k.replace("${key}", str(generation))) for k in param_keys},
-        "code": {f: hashlib.sha256((PROJECT / f).read_bytes()).hexdigest() for f in code},
+        "params": {k: params.value(k.replace("${key}", str(generation)), mode="json") for k in param_keys},
+        "code": {f: _code_hash(PROJECT / f) for f in code},
         "inputs": {k: artifacts.content_hash(v) if v is not None else None for k, v in sorted(kwargs.items()) if k not in NOT_HASHED and v not in out},
         "outputs": sorted(out),
     }

@@ -47,8 +47,10 @@ TINY = {
     "generations": {
         f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method} for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
     },
-    "mpl": {"steps": 20, "batch_size": 10, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
-    "fixmatch": {"steps": 10, "batch_size": 20, "unlabeled_ratio": 2, "checkpoint_every": 5},
+    "methods": {
+        "mpl": {"steps": 20, "batch_size": 10, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
+        "fixmatch": {"steps": 10, "batch_size": 20, "unlabeled_ratio": 2, "checkpoint_every": 5},
+    },
     "twomoons": {"seeds": [0], "steps": 100},
     "robustness": {"corruption_images": 40, "perturbation_images": 8, "hard_images": 30},
     "promote": {"rules": [{"metric": "val_top1", "min_gain": -1.0}]},
@@ -58,7 +60,10 @@ TINY = {
 def write_tiny_params(path: Path) -> Path:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
-        if isinstance(values, dict) and section != "generations":
+        if section == "methods":
+            for name, options in values.items():
+                base[section][name].update(options)
+        elif isinstance(values, dict) and section != "generations":
             base[section].update(values)
         else:
             base[section] = values

@@ -195,7 +195,7 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     data, teacher = str(tmp_path / "data"), str(tmp_path / "gen0.json")
     stages.prepare(params, out=data)
     stages.train_teacher(params, data=data, out=str(tmp_path / "teacher"), promoted=teacher)
-    sets = {"mpl.steps": 20, "mpl.finetune_epochs": 3}
+    sets = {"methods.mpl.steps": 20, "methods.mpl.finetune_epochs": 3}
     one = stages.train_mpl(load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one"))
     out = tmp_path / "two"
     _run_on_two_ranks(tmp_path, MPL_RANKS, str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items()))

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import write_tiny_params
-from selftrain import consistency, distributed, noise, stages
+from selftrain import distributed, noise, stages
 from selftrain.data import load_split
+from selftrain.methods.fixmatch import thresholds
+from selftrain.methods.fixmatch.step import FixMatchStep
 from selftrain.params import load_params
 from selftrain.steps import views
-from selftrain.steps.fixmatch import FixMatchStep
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_the_weak_view_is_only_flipped_and_cropped_and_the_strong_view_is_more(t
 
 def test_fixmatch_trains_and_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny, monkeypatch):
     # FreeMatch's running means with a short memory and its fairness term, and alignment: the state must carry over
-    p = params(tiny, **{"fixmatch.threshold": "freematch", "fixmatch.ema_p": 0.5, "fixmatch.dist_align": True})
+    p = params(tiny, **{"methods.fixmatch.threshold": "freematch", "methods.fixmatch.ema_p": 0.5, "methods.fixmatch.dist_align": True})
     data = str(tiny / "data")
     whole = stages.train_student(p, generation="gen1", data=data, teacher=None, out=str(tiny / "whole"))
     log = list(csv.DictReader((tiny / "whole/log.csv").open()))
@@ -84,18 +85,18 @@ def test_fixmatch_trains_and_a_resumed_run_ends_where_an_uninterrupted_one_does(
 def test_the_threshold_state_is_what_a_resume_restores(tiny):
     """FlexMatch's record of each image's confident class is in the step's state (a resume without it would restart
     the curriculum), and the EMA of alignment with it."""
-    p = params(tiny, **{"fixmatch.threshold": "flexmatch", "fixmatch.dist_align": True})
+    p = params(tiny, **{"methods.fixmatch.threshold": "flexmatch", "methods.fixmatch.dist_align": True})
     labeled, unlabeled = load_split(str(tiny / "data"), "labeled"), load_split(str(tiny / "data"), "unlabeled")
     from selftrain.models import ModelSpec, create
     from selftrain.train import Context
 
     net = create(ModelSpec("resnet10t", 10, 1, 28, labeled.classes), 0.0, 0.0)
-    step = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
+    step = FixMatchStep(net, p.methods.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     step.labeller.rule.selected[:3] = torch.tensor([4, 4, 1])
     step.labeller.align.p_model = torch.full((10,), 0.1)
     state = json.loads(json.dumps({k: v.tolist() for k, v in step.state_dict()["threshold"].items()}))
     assert state["selected"][:4] == [4, 4, 1, -1]
-    fresh = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
+    fresh = FixMatchStep(net, p.methods.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     fresh.load_state_dict(step.state_dict())
     assert torch.equal(fresh.labeller.rule.selected, step.labeller.rule.selected) and torch.equal(fresh.labeller.align.p_model, step.labeller.align.p_model)
 
@@ -109,7 +110,7 @@ def _run_steps(tiny: Path, n: int, **overrides) -> tuple[FixMatchStep, list[dict
     labeled, unlabeled = load_split(str(tiny / "data"), "labeled"), load_split(str(tiny / "data"), "unlabeled")
     torch.manual_seed(0)
     net = create(ModelSpec("resnet10t", 10, 1, 28, labeled.classes), 0.0, 0.0)
-    step = FixMatchStep(net, p.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
+    step = FixMatchStep(net, p.methods.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     batches = step.batches(0)
     return step, [step(next(batches)) for _ in range(n)]
 
@@ -117,14 +118,14 @@ def _run_steps(tiny: Path, n: int, **overrides) -> tuple[FixMatchStep, list[dict
 def test_each_threshold_rule_is_the_one_the_step_trains_with(tiny):
     """`fixmatch.threshold` and `dist_align` reach the step: the rule in use, its state moving, FreeMatch's fairness
     term in the loss (at USB's weight 0.001), and a model that differs from the fixed rule's on the same seed."""
-    assert params(tiny).fixmatch.fairness_weight == 0.001  # USB's value in all its FreeMatch configs
+    assert params(tiny).methods.fixmatch.fairness_weight == 0.001  # USB's value in all its FreeMatch configs
     fixed, fixed_logs = _run_steps(tiny, 3)
-    assert type(fixed.labeller.rule) is consistency.FixedThreshold and fixed.labeller.align is None
+    assert type(fixed.labeller.rule) is thresholds.FixedThreshold and fixed.labeller.align is None
     assert all(r["loss_fairness"] == 0 for r in fixed_logs)
 
-    free, free_logs = _run_steps(tiny, 3, **{"fixmatch.threshold": "freematch", "fixmatch.ema_p": 0.5, "fixmatch.dist_align": True})
+    free, free_logs = _run_steps(tiny, 3, **{"methods.fixmatch.threshold": "freematch", "methods.fixmatch.ema_p": 0.5, "methods.fixmatch.dist_align": True})
     rule = free.labeller.rule
-    assert type(rule) is consistency.FreeMatchThreshold and free.labeller.align is not None
+    assert type(rule) is thresholds.FreeMatchThreshold and free.labeller.align is not None
     assert rule.tau_t.item() != pytest.approx(0.1) and free.labeller.align.p_model is not None  # both moved from their start
     assert all(r["loss_fairness"] != 0 for r in free_logs)
     # freematch's adaptive threshold (about tau_t, well under 0.95) lets far more images count than the fixed rule
@@ -132,14 +133,14 @@ def test_each_threshold_rule_is_the_one_the_step_trains_with(tiny):
     weights = [dict(s.model.state_dict()) for s in (fixed, free)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
-    flex, _ = _run_steps(tiny, 3, **{"fixmatch.threshold": "flexmatch"})
-    assert type(flex.labeller.rule) is consistency.FlexMatchThreshold
+    flex, _ = _run_steps(tiny, 3, **{"methods.fixmatch.threshold": "flexmatch"})
+    assert type(flex.labeller.rule) is thresholds.FlexMatchThreshold
 
 
 def _two_process_targets(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from selftrain.consistency import DistributionAlignment, FreeMatchThreshold, PseudoLabeller
+    from selftrain.methods.fixmatch.thresholds import DistributionAlignment, FreeMatchThreshold, PseudoLabeller
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     logits, rows = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)), torch.arange(10)
@@ -152,7 +153,7 @@ def _two_process_targets(rank: int, store: str, out: str) -> None:
 
 def test_under_two_processes_each_keeps_its_share_of_the_whole_batchs_targets_and_the_same_state(tmp_path):
     """The threshold rule and alignment see the whole step's batch in every process (gathered), as one process does."""
-    from selftrain.consistency import DistributionAlignment, FreeMatchThreshold, pseudo_targets
+    from selftrain.methods.fixmatch.thresholds import DistributionAlignment, FreeMatchThreshold, pseudo_targets
 
     torch.multiprocessing.spawn(_two_process_targets, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
     got = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in (0, 1)]

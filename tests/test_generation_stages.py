@@ -14,10 +14,10 @@ from selftrain import artifacts, logits, models, runtime, stages, train
 from selftrain.data import load_split
 from selftrain.inputs import clean_batch
 from selftrain.layout import Generation
+from selftrain.methods.noisy_student.step import PseudoLabelStep
 from selftrain.params import load_params
 from selftrain.promote import GateError, resolve
 from selftrain.pseudo_labels import dense, select
-from selftrain.steps.pseudo_label import PseudoLabelStep
 from selftrain.steps.supervised import SupervisedStep
 
 
@@ -181,8 +181,10 @@ def test_noisy_student_with_consistency_trains_it_on_exactly_the_images_filter_b
     assert 0 < len(dropped) < len(unlabeled)
     built, real_build = [], PseudoLabelStep.build.__func__
     monkeypatch.setattr(PseudoLabelStep, "build", classmethod(lambda cls, run: built.append(real_build(cls, run)) or built[-1]))
-    low_tau = p.fixmatch.model_copy(update={"tau": 0.1})  # a two-epoch teacher's student is nowhere near 0.95
-    with_c = p.model_copy(update={"student": p.student.model_copy(update={"consistency": "dropped", "epochs": 1}), "fixmatch": low_tau})
+    low_tau = p.methods.fixmatch.model_copy(update={"tau": 0.1})  # a two-epoch teacher's student is nowhere near 0.95
+    with_c = p.model_copy(
+        update={"student": p.student.model_copy(update={"consistency": "dropped", "epochs": 1}), "methods": p.methods.model_copy(update={"fixmatch": low_tau})}
+    )
     summary = stages.train_student(with_c, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "c"))
     step = built[-1]
     assert np.array_equal(step.views.unlabeled, unlabeled.images[dropped])  # the images it did not keep, each once

@@ -203,7 +203,7 @@ def _checkpoint_step(path: Path) -> int | None:
 @pytest.mark.slow
 def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninterrupted_result(gen0, cluster, tmp_path, caplog):
     path, g = gen0
-    mpl = {"mpl.steps": 20, "mpl.checkpoint_every": 10}
+    mpl = {"methods.mpl.steps": 20, "methods.mpl.checkpoint_every": 10}
     out = tmp_path / "student"
     resume = Path(f"{out}.resume")
     cluster.evict_when("train-mpl", lambda: (_checkpoint_step(resume) or 0) >= 10)
@@ -233,7 +233,7 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
 def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen0, cluster, tmp_path):
     """A method added through the registry runs like the others: the flow's task for its stage, a Job in the cluster."""
     path, g = gen0
-    fm = {"generations.gen1.method": "fixmatch", "fixmatch.threshold": "freematch", "fixmatch.dist_align": True}
+    fm = {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch", "methods.fixmatch.dist_align": True}
     kwargs = {"generation": "gen1", "data": g.data, "teacher": g.promoted}
     out = tmp_path / "student"
     summary = one_stage(

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selftrain.losses import build_loss, dist_term, inter_class_relation, intra_class_relation, kd_term
+from selftrain.methods.distill.losses import build_loss, dist_term, inter_class_relation, intra_class_relation, kd_term
 
 
 def test_kd_is_tau_squared_kl_on_a_worked_example():

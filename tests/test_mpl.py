@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from selftrain import twomoons
-from selftrain.mpl import LogitTeacher, MplConfig, MplState, mpl_step, reduced_mpl_step
+from selftrain.methods.mpl import MplParams
+from selftrain.methods.mpl.update import MplState, mpl_step
+from selftrain.methods.reduced_mpl.update import LogitTeacher, reduced_mpl_step
+
+
+def cfg(**options: object) -> MplParams:
+    """MPL's options, h from train-mode passes and UDA at full weight from the first step unless given."""
+    return MplParams.model_validate({"signal": "train", "uda_ramp_steps": 1, **options})
 
 
 def _teacher_logprob_after_step(mpl_weight: float, wrong_labels: bool) -> tuple[float, float]:
@@ -21,8 +28,8 @@ def _teacher_logprob_after_step(mpl_weight: float, wrong_labels: bool) -> tuple[
     y_hat = teacher(x).argmax(1)
     y = (y_hat + 1) % 3 if wrong_labels else y_hat
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.1), torch.optim.SGD(student.parameters(), lr=0.5)
-    cfg = MplConfig(uda_weight=0.0, mpl_weight=mpl_weight)
-    out = mpl_step(teacher, student, t_opt, s_opt, x, y, x, x, cfg, MplState())
+    config = cfg(uda_weight=0.0, mpl_weight=mpl_weight)
+    out = mpl_step(teacher, student, t_opt, s_opt, x, y, x, x, config, MplState())
     with torch.no_grad():
         return F.log_softmax(teacher(x), 1).gather(1, y_hat[:, None]).mean().item(), out["h"]
 
@@ -42,7 +49,7 @@ def _h(signal: str, lr: float, seed: int) -> float:
     teacher = nn.Linear(4, 3)
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.0), torch.optim.SGD(student.parameters(), lr=lr)
     torch.manual_seed(seed)
-    return mpl_step(teacher, student, t_opt, s_opt, x[:8], y[:8], x[8:], x[8:], MplConfig(uda_weight=0.0, signal=signal), MplState())["h"]
+    return mpl_step(teacher, student, t_opt, s_opt, x[:8], y[:8], x[8:], x[8:], cfg(uda_weight=0.0, signal=signal), MplState())["h"]
 
 
 def test_h_measured_in_train_mode_is_noisy_where_eval_mode_and_the_dot_form_are_exact():
@@ -71,7 +78,7 @@ def _logit_teacher_after_step(wrong_labels: bool) -> tuple[torch.Tensor, torch.T
     y = (y_hat + 1) % 3 if wrong_labels else y_hat
     before = F.log_softmax(teacher(z), 1).gather(1, y_hat[:, None]).detach()
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.5), torch.optim.SGD(student.parameters(), lr=0.5)
-    out = reduced_mpl_step(teacher, student, t_opt, s_opt, x, y, z, x, MplConfig(), MplState())
+    out = reduced_mpl_step(teacher, student, t_opt, s_opt, x, y, z, x, cfg(), MplState())
     with torch.no_grad():
         return before, F.log_softmax(teacher(z), 1).gather(1, y_hat[:, None]), out["h"]
 
@@ -98,7 +105,7 @@ def test_reduced_mpl_anchor_pulls_a_drifted_mlp_teacher_back_to_the_large_teache
     before = distance()
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.2), torch.optim.SGD(student.parameters(), lr=0.1)
     for _ in range(5):
-        reduced_mpl_step(teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, MplConfig(mpl_weight=0.0, anchor_weight=1.0), MplState())
+        reduced_mpl_step(teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, cfg(mpl_weight=0.0), MplState(), anchor_weight=1.0)
     assert distance() < before - 0.1
 
 
@@ -112,13 +119,13 @@ def test_the_uda_mask_is_taken_on_the_sharpened_weak_view_as_the_references_do()
         teacher.weight.copy_(torch.tensor([[1.0], [0.0], [0.0]]))
     x = torch.ones(4, 1)
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.0), torch.optim.SGD(student.parameters(), lr=0.0)
-    cfg = MplConfig(uda_weight=1.0, uda_temperature=0.7, uda_threshold=0.6, mpl_weight=0.0)
-    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, cfg, MplState())
+    config = cfg(uda_weight=1.0, uda_temperature=0.7, uda_threshold=0.6, mpl_weight=0.0)
+    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, config, MplState())
     e, e_sharp = math.e, math.exp(1 / 0.7)
     assert e / (e + 2) < 0.6 < e_sharp / (e_sharp + 2)
     q = [e_sharp / (e_sharp + 2), 1 / (e_sharp + 2), 1 / (e_sharp + 2)]
     log_p = [1 - math.log(e + 2), -math.log(e + 2), -math.log(e + 2)]
     assert out["teacher_uda"] == pytest.approx(-sum(a * b for a, b in zip(q, log_p)), rel=1e-5)
     # above the sharpened confidence too: nothing counts
-    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, MplConfig(uda_threshold=0.7, uda_temperature=0.7), MplState())
+    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, cfg(uda_threshold=0.7, uda_temperature=0.7), MplState())
     assert out["teacher_uda"] == 0.0

@@ -85,7 +85,7 @@ def test_generation_chain_is_checked():
     smaller = {"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}
     distill = {**smaller, "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "distill"}}}
     check_params(parse_params(distill))  # distilling down is what distill is for
-    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'noisy_student', 'distill', 'mpl', 'reduced_mpl' or 'fixmatch'"):
+    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'distill', 'fixmatch', 'mpl', 'noisy_student' or 'reduced_mpl'"):
         parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "mlp"}}})
 
 
@@ -194,3 +194,11 @@ def test_an_alias_bomb_gets_a_short_error(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert "seed: Input should be a valid integer" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_a_methods_options_at_the_top_level_are_pointed_to_methods():
+    with pytest.raises(ParamsError, match=r"mpl: a method's options now live under methods.<name> \(e.g. methods.mpl.steps\)"):
+        parse_params({"mpl": {"steps": 10}})
+    assert parse_params({"methods": {"mpl": {"steps": 10}}}).methods.mpl.steps == 10
+    with pytest.raises(ParamsError, match=r"methods.fixmatch.tua: unknown key"):
+        parse_params({"methods": {"fixmatch": {"tua": 0.9}}})

@@ -21,10 +21,9 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, TaskRunSor
 from safetensors import safe_open
 
 from conftest import BIN, ROOT, S3_BUCKET, S3_SECRET, copy_project, run, tool_env, write_tiny_params
-from selftrain import artifacts
+from selftrain import artifacts, methods
 from selftrain.cli import main
 from selftrain.layout import Generation
-from selftrain.methods import METHODS
 
 pytestmark = pytest.mark.slow
 GENS = ["gen1", "gen2"]
@@ -283,7 +282,7 @@ def test_deploy_registers_the_nightly_schedule_pools_and_typed_parameters(deploy
     assert on_demand.schedules == [] and k8s.job_variables == {"image": "selftrain:latest"}
     assert pool.base_job_template == json.loads((ROOT / "k8s/base-job-template.json").read_text())
     schema = on_demand.parameter_openapi_schema["properties"]
-    assert schema["method"]["anyOf"][0]["enum"] == list(METHODS)  # the registry's methods
+    assert schema["method"]["anyOf"][0]["enum"] == list(methods.names())  # the registry's methods
     assert schema["generations"]["anyOf"][0] == {"type": "integer", "exclusiveMinimum": 0}
     # the server checks a run's parameters against that schema before anything runs
     bad = subprocess.run(

@@ -13,7 +13,7 @@ PARAMS = {
     "teacher": {"epochs": 4, "val_every": 2},
     "student": {"epochs": 2, "unlabeled_ratio": 4},
     "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0"}, "gen2": {"model": "resnet14t", "teacher": "gen1", "method": "mpl"}},
-    "mpl": {"steps": 100, "batch_size": 8, "unlabeled_ratio": 2, "finetune_epochs": 1},
+    "methods": {"mpl": {"steps": 100, "batch_size": 8, "unlabeled_ratio": 2, "finetune_epochs": 1}},
     "robustness": {"corruption_images": 10, "perturbation_images": 2, "frames": 10, "hard_images": 5},
 }
 RATES = {

@@ -113,7 +113,7 @@ def _train_student(
     unlabeled = load_split(data, "unlabeled")
     consumed: dict[str, Any] = {"unlabeled": unlabeled}
     inputs: dict[str, Any] = {"method": method.name, "generation": generation, "labeled": file_hash_in(data, "labeled.npz"),
-                              "unlabeled": file_hash_in(data, "unlabeled.npz"), **{s: params.model_dump()[s] for s in method.sections}}  # fmt: skip
+                              "unlabeled": file_hash_in(data, "unlabeled.npz"), **{s: params.value(s) for s in method.sections}}  # fmt: skip
     if method.consumes == "pseudo_labels":
         if pseudo is None:
             raise ValueError(f"{generation} is method {method.name}: give --pseudo (filter-balance's output)")
@@ -144,9 +144,9 @@ def train_student(
     Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
     unlabeled image with the teacher's stored outputs of --logits-store as targets, under student.loss
     (kd, dist, soft_ce); method fixmatch: every unlabeled image, labelled by the student's own confident
-    predictions on weak views (fixmatch params; --teacher only for student.init: teacher). Writes
+    predictions on weak views (methods.fixmatch params; --teacher only for student.init: teacher). Writes
     model.safetensors and log.csv. Checkpoints every runtime.checkpoint_every steps (fixmatch:
-    fixmatch.checkpoint_every) to --resume (default: OUT.resume) and resumes from there when restarted."""
+    methods.fixmatch.checkpoint_every) to --resume (default: OUT.resume) and resumes from there when restarted."""
     method = methods.get(params.generation(generation).method)
     if method.stage != "train-student":
         raise ValueError(f"{generation} is method {method.name}: its stage is {method.stage}, not train-student")
@@ -158,7 +158,7 @@ def train_mpl(params: Params, *, generation: str, data: str, teacher: str, out: 
 
     The student learns from the teacher's pseudo-labels of strongly augmented unlabeled images; the teacher
     (starting from --teacher) from the change this made to the student's labeled loss, plus labeled CE and UDA.
-    Checkpoints every mpl.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when
+    Checkpoints every methods.mpl.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when
     restarted. Writes model.safetensors (the student), mpl_teacher.safetensors, mpl_log.csv and log.csv (the finetune)."""
     return _train_student(params, methods.get("mpl"), generation, data, out, teacher=teacher, pseudo=None, logits_store=None, resume=resume)
 

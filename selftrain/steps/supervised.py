@@ -97,11 +97,11 @@ class SupervisedStep:
         return kept, {"log.csv": rows}, {}, {"epochs": self.p.epochs}
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of the batch's pseudo-labeled part (selftrain.steps.pseudo_label); a labeled batch has none."""
+        """The loss of the batch's pseudo-labeled part (selftrain.methods.noisy_student.step); a labeled batch has none."""
         raise NotImplementedError
 
     def consistency_views(self, batch: Any) -> torch.Tensor:
-        """A consistency batch's weak and strong views on the device, concatenated (selftrain.steps.pseudo_label)."""
+        """A consistency batch's weak and strong views on the device, concatenated (selftrain.methods.noisy_student.step)."""
         raise NotImplementedError
 
     def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:

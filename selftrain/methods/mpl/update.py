@@ -12,13 +12,10 @@ reimplementations flip it). The baseline is a moving average of h. How h is meas
   eval:  both losses from eval-mode passes of the labeled batch (no dropout, running BatchNorm statistics),
          just before and after the weights' update: only the update moves h;
   dot:   the first-order form, h = -grad L_l(theta_new) . (theta_new - theta_old) with the gradient in eval
-         mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad). The teacher also minimises CE on
-the labeled batch and, ramped up, UDA: CE between its sharpened prediction q = softmax(z_weak / T) and its
+         mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad).
+The teacher also minimises CE on the labeled batch and, ramped up, UDA: CE between its sharpened prediction q = softmax(z_weak / T) and its
 prediction on a strong view of the same unlabeled images, counted where max q >= threshold (the mask is taken on
 the sharpened q, as in the MPL authors' code and MPL-pytorch).
-
-Reduced MPL (`reduced_mpl_step`) keeps the student side and the signal, but its teacher is a small
-MLP over a large fixed teacher's stored logits (`LogitTeacher`), so no image passes through a teacher.
 """
 
 from __future__ import annotations
@@ -26,23 +23,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class MplConfig:
-    uda_weight: float = 1.0  # lambda_u
-    uda_temperature: float = 0.7  # sharpening of the weak-view target
-    uda_threshold: float = 0.6  # confidence mask on the sharpened weak-view target
-    uda_ramp_steps: int = 1  # steps over which the UDA weight rises linearly to uda_weight
-    baseline_decay: float = 0.99  # moving average of h
-    mpl_weight: float = 1.0  # 0 turns the teacher's MPL signal off (then: UDA + supervised teacher, fixed-label student)
-    anchor_weight: float = 1.0  # reduced MPL: soft CE of the MLP teacher to the large teacher's own distribution
-    signal: Literal["train", "eval", "dot"] = "train"  # how h is measured (the module docstring)
+from selftrain.methods.mpl import MplParams
 
 
 @dataclass
@@ -72,7 +59,7 @@ def mpl_step(
     y_l: Tensor,
     x_uw: Tensor,
     x_us: Tensor,
-    cfg: MplConfig,
+    cfg: MplParams,
     state: MplState,
     par: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
@@ -88,7 +75,7 @@ def mpl_step(
     uda_weight = cfg.uda_weight * min(1.0, (state.step + 1) / cfg.uda_ramp_steps)
     y_hat = t_us.detach().argmax(1)
 
-    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state, par)
+    h, s_loss, signal = student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state, par)
     t_loss_mpl = signal * F.cross_entropy(t_us, y_hat)
 
     t_loss = t_loss_l + uda_weight * t_loss_uda + cfg.mpl_weight * t_loss_mpl
@@ -99,14 +86,14 @@ def mpl_step(
     return {"teacher_loss": t_loss.item(), "teacher_uda": t_loss_uda.item(), "student_loss": s_loss, "h": h, "signal": signal}
 
 
-def _student_update(
+def student_update(
     student: nn.Module,
     s_opt: torch.optim.Optimizer,
     x_l: Tensor,
     y_l: Tensor,
     x_us: Tensor,
     y_hat: Tensor,
-    cfg: MplConfig,
+    cfg: MplParams,
     state: MplState,
     par: Parallel,
 ) -> tuple[float, float, float]:
@@ -148,48 +135,3 @@ def _eval_loss(student: nn.Module, x_l: Tensor, y_l: Tensor, par: Parallel) -> f
         loss = F.cross_entropy(student(x_l).float(), y_l).item()
     student.train()
     return loss
-
-
-class LogitTeacher(nn.Module):
-    """Reduced MPL's teacher: stored logits z -> z + MLP(z). The last layer starts at zero, so before any
-    update its pseudo-labels are exactly the large teacher's; the MPL signal then moves them."""
-
-    def __init__(self, num_classes: int, hidden: int):
-        super().__init__()
-        first, last = nn.Linear(num_classes, hidden), nn.Linear(hidden, num_classes)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(first, nn.GELU(), last)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return z + self.mlp(z)
-
-
-def reduced_mpl_step(
-    teacher: nn.Module,
-    student: nn.Module,
-    t_opt: torch.optim.Optimizer,
-    s_opt: torch.optim.Optimizer,
-    x_l: Tensor,
-    y_l: Tensor,
-    z_u: Tensor,
-    x_us: Tensor,
-    cfg: MplConfig,
-    state: MplState,
-    par: Parallel = ONE_PROCESS,
-) -> dict[str, float]:
-    """Reduced MPL: pseudo-labels from `teacher(z_u)` (z_u: the large teacher's stored logits of the images
-    x_us shows strongly augmented); student step as in `mpl_step`; the teacher learns from the MPL signal.
-    It sees no labeled image and no view of one, so neither labeled CE nor UDA can hold it; in their place an
-    anchor, soft CE to the large teacher's own distribution softmax(z_u): with the MPL signal alone the MLP
-    drifted until its labels collapsed (student val top-1 at chance on one Fashion-MNIST seed, BENCHMARKS.md)."""
-    t_logits = teacher(z_u)
-    y_hat = t_logits.detach().argmax(1)
-    h, s_loss, signal = _student_update(student, s_opt, x_l, y_l, x_us, y_hat, cfg, state, par)
-    anchor = F.cross_entropy(t_logits, F.softmax(z_u, 1))
-    t_loss = cfg.mpl_weight * signal * F.cross_entropy(t_logits, y_hat) + cfg.anchor_weight * anchor
-    t_opt.zero_grad(set_to_none=True)
-    t_loss.backward()
-    t_opt.step()
-    state.step += 1
-    return {"teacher_loss": t_loss.item(), "teacher_uda": 0.0, "student_loss": s_loss, "h": h, "signal": signal}

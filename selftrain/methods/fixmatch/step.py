@@ -1,5 +1,5 @@
 """The FixMatch step (Sohn et al. 2020), with FlexMatch's and FreeMatch's thresholds and distribution alignment as
-options (selftrain.consistency). Per step: a labeled batch and `unlabeled_ratio` times as many unlabeled images,
+options (thresholds.py). Per step: a labeled batch and `unlabeled_ratio` times as many unlabeled images,
 each as a weak view (flip + crop) and a strong one (the student's RandAugment + flip + crop, then Cutout), all
 three in one forward pass (BatchNorm sees them together, as in FixMatch). The loss is
 
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selftrain import consistency
 from selftrain.data import Split
-from selftrain.params import FixMatchParams, StudentParams
+from selftrain.methods.fixmatch import FixMatchParams, thresholds
+from selftrain.params import StudentParams
 from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, lr_lambda
 
@@ -32,7 +32,9 @@ class FixMatchStep(StepSeeded):
 
     def __init__(self, model: nn.Module, p: FixMatchParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray, ctx: Context, seed: int) -> None:
         if p.batch_size < ctx.world.size:
-            raise ValueError(f"fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+            raise ValueError(
+                f"methods.fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
+            )
         self.model, self.p, self.sp, self.ctx = model, p, sp, ctx
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
@@ -40,14 +42,14 @@ class FixMatchStep(StepSeeded):
         self.net = ctx.wrap(model)
         self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(p.steps, p.warmup_steps))
-        self.labeller = consistency.PseudoLabeller.build(p, labeled.labels, len(labeled.classes), len(unlabeled))
+        self.labeller = thresholds.PseudoLabeller.build(p, labeled.labels, len(labeled.classes), len(unlabeled))
         self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
 
     @classmethod
     def build(cls, run: StudentRun) -> FixMatchStep:
         assert run.unlabeled is not None
         p = run.params
-        return cls(run.student, p.fixmatch, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed)
+        return cls(run.student, p.methods.fixmatch, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed)
 
     def batches(self, start: int) -> Iterator[Any]:
         return step_loader(self.images, start, self.ctx.workers)
@@ -60,7 +62,7 @@ class FixMatchStep(StepSeeded):
         logits_l, logits_uw, logits_us = out[:n_l], out[n_l : n_l + n_u], out[n_l + n_u :]
         targets, mask, probs = self.labeller(logits_uw, batch["rows_u"], self.ctx.world)
         loss_l = F.cross_entropy(logits_l, y_l, label_smoothing=self.sp.label_smoothing)
-        loss_u = consistency.masked_ce(logits_us, targets, mask)
+        loss_u = thresholds.masked_ce(logits_us, targets, mask)
         loss = loss_l + self.p.unlabeled_weight * loss_u
         fair = self.labeller.fairness(logits_us, mask) if self.p.fairness_weight else None
         if fair is not None:

@@ -17,7 +17,7 @@ probability: one NaN would stay in them for the rest of the run and mask every i
 
 These are written here rather than taken from USB (microsoft/Semi-supervised-learning, whose hooks follow the
 same rules) because USB's hooks are bound to its trainer object and its CUDA placement; the arithmetic is a few
-lines and is checked against hand-worked numbers in tests/test_consistency.py.
+lines and is checked against hand-worked numbers in tests/test_thresholds.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from selftrain import distributed
-from selftrain.params import FixMatchParams
+from selftrain.methods.fixmatch import FixMatchParams
 
 ThresholdRule = Literal["fixed", "flexmatch", "freematch"]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from selftrain.consistency import (
+from selftrain.methods.fixmatch.thresholds import (
     DistributionAlignment,
     FixedThreshold,
     FlexMatchThreshold,

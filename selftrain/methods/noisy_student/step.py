@@ -2,12 +2,12 @@
 times larger go through the noised student in one forward pass, and the loss is
     labeled_weight * CE(y, f(x_l))  +  pseudo_weight * L(f(x_u), log q)
 each term a mean over its own part of the batch (so the two are normalised separately), L the student's `loss`
-from selftrain.losses (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one pass over the
+from losses.py of selftrain.methods.distill (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one pass over the
 pseudo-labeled set.
 
-With student.consistency (dropped or all), each step also takes `fixmatch.unlabeled_ratio` times as many unlabeled
+With student.consistency (dropped or all), each step also takes `methods.fixmatch.unlabeled_ratio` times as many unlabeled
 images as labeled ones, from those filter-balance did not keep (or all), as a weak and a strong view, and adds
-FixMatch's term (selftrain.consistency, by `fixmatch`'s threshold rule) weighted by student.consistency_weight: the
+FixMatch's term (selftrain.methods.fixmatch.thresholds, by `methods.fixmatch`'s threshold rule) weighted by student.consistency_weight: the
 generations of Noisy Student compose with consistency training.
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from selftrain import consistency
 from selftrain.data import Split
-from selftrain.losses import build_loss
-from selftrain.params import FixMatchParams, StudentParams
+from selftrain.methods.distill.losses import build_loss
+from selftrain.methods.fixmatch import FixMatchParams, thresholds
+from selftrain.params import StudentParams
 from selftrain.steps.supervised import SupervisedStep, image_loader
 from selftrain.steps.views import StepImages, on_device, step_loader
 from selftrain.train import Context, StepBatches, StudentRun
@@ -44,7 +44,7 @@ class PseudoLabelStep(SupervisedStep):
         self.views: StepImages | None = None  # the consistency term's images (student.consistency), `pool` of them
         if pool is not None and fm is not None:
             self.fm, self.views = fm, StepImages(labeled, pool, p.batch_size, fm.unlabeled_ratio, p, seed + 5, ctx.world)
-            self.labeller = consistency.PseudoLabeller.build(fm, labeled.labels, len(labeled.classes), len(pool))
+            self.labeller = thresholds.PseudoLabeller.build(fm, labeled.labels, len(labeled.classes), len(pool))
 
     @classmethod
     def build(cls, run: StudentRun) -> PseudoLabelStep:
@@ -62,7 +62,7 @@ class PseudoLabelStep(SupervisedStep):
             pool = unlabeled.images[np.setdiff1d(np.arange(len(unlabeled)), kept)]
             if len(pool) == 0:
                 raise ValueError("student.consistency is 'dropped' but every unlabeled image was kept: nothing is left for it; use 'all'")
-        return cls(run.student, p.student, run.labeled, pseudo, run.ctx, p.seed, pool, p.fixmatch)
+        return cls(run.student, p.student, run.labeled, pseudo, run.ctx, p.seed, pool, p.methods.fixmatch)
 
     def _steps_per_epoch(self) -> int:
         return self.pseudo_batches.per_pass
@@ -86,7 +86,7 @@ class PseudoLabelStep(SupervisedStep):
     def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         weak, strong = out.chunk(2)
         targets, mask, _ = self.labeller(weak, batch["rows_u"], self.ctx.world)
-        loss = consistency.masked_ce(strong, targets, mask)
+        loss = thresholds.masked_ce(strong, targets, mask)
         return self.sp.consistency_weight * loss, {"loss_consistency": loss.item(), "mask_rate": mask.mean().item()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The Meta Pseudo Labels steps (the math: selftrain.mpl): full MPL, whose teacher is a network over images, and
-reduced MPL, whose teacher is a small MLP over a large teacher's stored logits.
+"""The Meta Pseudo Labels step (the maths: update.py), its teacher a network over images; reduced MPL
+(selftrain.methods.reduced_mpl) subclasses it.
 
 Step t's data comes from selftrain.steps.views (drawn from (seed, t) alone: a resumed run takes exactly the steps
 an uninterrupted one takes). Under torchrun the student and the teacher are both DDP-wrapped, every process takes
@@ -17,27 +17,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from selftrain import distributed, models, runtime
+from selftrain import distributed, models
 from selftrain.data import Split
 from selftrain.evaluate import accuracy
-from selftrain.mpl import LogitTeacher, MplConfig, MplState, Parallel, mpl_step, reduced_mpl_step
-from selftrain.params import MplParams, StudentParams, TrainParams
+from selftrain.methods.mpl import MplParams
+from selftrain.methods.mpl.update import MplState, Parallel, mpl_step
+from selftrain.params import StudentParams, TrainParams
 from selftrain.steps.supervised import SupervisedStep
 from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
 from selftrain.train import Context, Finished, StudentRun, fit, lr_lambda
-
-
-def mpl_config(p: MplParams) -> MplConfig:
-    return MplConfig(
-        uda_weight=p.uda_weight,
-        uda_temperature=p.uda_temperature,
-        uda_threshold=p.uda_threshold,
-        uda_ramp_steps=p.uda_ramp_steps,
-        baseline_decay=p.baseline_decay,
-        mpl_weight=p.mpl_weight,
-        anchor_weight=p.reduced_anchor_weight,
-        signal=p.signal,
-    )
 
 
 class MplStep(StepSeeded):
@@ -59,9 +47,11 @@ class MplStep(StepSeeded):
         teacher_lr: float | None = None,
     ) -> None:
         if p.batch_size < ctx.world.size:
-            raise ValueError(f"mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+            raise ValueError(
+                f"methods.mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
+            )
         self.model, self.teacher, self.p, self.sp, self.ctx = student, teacher, p, sp, ctx
-        self.cfg, self.state = mpl_config(p), MplState()
+        self.state = MplState()
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
         self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
@@ -71,7 +61,7 @@ class MplStep(StepSeeded):
         self.scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(p.steps, p.warmup_steps)) for k, o in self.opts.items()}
         self.labeled, self.seed, self.eval_batch = labeled, seed, 512
         self.val: Split | None = None  # the finetune's validation (build() sets it)
-        # the loop's schedule: a log row, a validation and a checkpoint every mpl.checkpoint_every steps
+        # the loop's schedule: a log row, a validation and a checkpoint every methods.mpl.checkpoint_every steps
         self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
         world = ctx.world
         self.par = Parallel(ctx.autocast, lambda h: distributed.mean(torch.tensor([h], dtype=torch.float64), world).item())
@@ -87,12 +77,12 @@ class MplStep(StepSeeded):
     def _with(cls, run: StudentRun, teacher: nn.Module, **kwargs: Any) -> MplStep:
         assert run.unlabeled is not None
         p = run.params
-        step = cls(run.student, teacher, p.mpl, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed, **kwargs)
+        step = cls(run.student, teacher, p.methods.mpl, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed, **kwargs)
         step.val, step.eval_batch = run.val, p.evaluate.batch_size
         return step
 
     def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
-        """The student finetuned on labeled data (mpl.finetune_epochs), the teacher's weights, both logs."""
+        """The student finetuned on labeled data (methods.mpl.finetune_epochs), the teacher's weights, both logs."""
         p = self.p
         if p.finetune_epochs:
             finetune = TrainParams(
@@ -114,7 +104,7 @@ class MplStep(StepSeeded):
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
         x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
         n = self.nets
-        out = mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, x_uw, x_us, self.cfg, self.state, self.par)
+        out = mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, x_uw, x_us, self.p, self.state, self.par)
         return self._advance(out, len(x_l) + len(x_uw))
 
     def _advance(self, out: dict[str, float], images: int) -> dict[str, float]:
@@ -142,40 +132,3 @@ class MplStep(StepSeeded):
             self.opts[k].load_state_dict(state[f"{k}_opt"])
             self.scheds[k].load_state_dict(state[f"{k}_sched"])
         self.state.step, self.state.baseline = state["mpl_step"], state["baseline"]
-
-
-class ReducedMplStep(MplStep):
-    """Reduced MPL: `teacher` is a LogitTeacher over `stored` (the large teacher's log-probabilities of every
-    unlabeled image, in the split's order); no image passes through a teacher."""
-
-    method = "reduced_mpl"
-
-    @classmethod
-    def build(cls, run: StudentRun) -> MplStep:
-        """A fresh MLP teacher over the stored logits (its initial weights, like every other model's, from the seed)."""
-        assert run.stored is not None
-        runtime.seed_everything(run.params.seed)
-        teacher = LogitTeacher(run.stored.shape[1], run.params.mpl.reduced_hidden)
-        return cls._with(run, teacher.to(run.ctx.device), stored=run.stored)
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        p: MplParams,
-        sp: StudentParams,
-        labeled: Split,
-        unlabeled: np.ndarray,
-        ctx: Context,
-        seed: int,
-        *,
-        stored: np.ndarray,
-    ) -> None:
-        super().__init__(student, teacher, p, sp, labeled, unlabeled, ctx, seed, teacher_lr=p.reduced_lr)
-        self.stored = torch.from_numpy(stored).float()
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
-        x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
-        z_u, n = self.stored[batch["rows_u"]].to(self.ctx.device), self.nets
-        out = reduced_mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, z_u, x_us, self.cfg, self.state, self.par)
-        return self._advance(out, len(x_l) + len(x_us))
