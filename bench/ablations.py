@@ -3,7 +3,7 @@
 Run from a DVC repository of this project (a clone where `make run` has run, so the teacher is in
 DVC's run cache). Each variant x seed is one `dvc exp run -S ... train-student@gen1`; all variants
 train for the same number of steps. Teacher and student are then scored on the test split with
-`selftrain.evaluate.accuracy` (evaluate's clean top-1, without its ~1 min of robustness sets per
+`selftrain.accuracy.accuracy` (evaluate's clean top-1, without its ~1 min of robustness sets per
 run). Prints a markdown table (mean ± std over seeds):
 
     python bench/ablations.py --seeds 0 1 2
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from selftrain import models, promote
+from selftrain import models, promoted
+from selftrain.accuracy import accuracy
 from selftrain.data import load_split
-from selftrain.evaluate import accuracy
 
 # dvc and the stages' `selftrain` from this interpreter's environment, activated or not
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -50,7 +50,7 @@ def run_variant(name: str, sets: list[str], seed: int) -> dict:
     test = load_split("artifacts/data", "test")
     top1 = {
         role: accuracy(models.load_checkpoint(uri)[0], test, 512, torch.device("cpu"))["top1"]
-        for role, uri in (("teacher", promote.resolve("artifacts/gen0/promoted.json")[0]), ("student", "artifacts/gen1/student/model.safetensors"))
+        for role, uri in (("teacher", promoted.resolve("artifacts/gen0/promoted.json")[0]), ("student", "artifacts/gen1/student/model.safetensors"))
     }
     return {**top1, "wall_s": wall_s}
 

@@ -33,8 +33,8 @@ import torch
 
 from selftrain import artifacts, logits, models, runtime, stages
 from selftrain.data import Split, save_split
-from selftrain.inference import iter_logits
 from selftrain.params import parse_params
+from selftrain.predict import iter_logits
 
 CHUNK = 100_000
 
@@ -98,7 +98,7 @@ def filter_balance(store: str, data: str, out: str) -> dict:
     """The filter-balance stage over the store (run in its own process, for its peak RSS)."""
     params = parse_params({"pseudo_labels": {"kind": "soft", "threshold": 0.3, "per_class": "median"}})
     t0 = time.perf_counter()
-    total = stages.filter_balance(params, logits_store=store, data=data, out=out)
+    total = stages.filter_balance.run(params, logits_store=store, data=data, out=out)
     seconds = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
     hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))

@@ -103,7 +103,7 @@ def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
     out = seed.root / key
     p = seed.params(**STEP_METHODS[method], **{"methods.fixmatch.steps": steps, "methods.fixmatch.checkpoint_every": val_every})
     t0 = time.perf_counter()
-    summary = stages.train_student(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
+    summary = stages.train_student.run(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
     wall = time.perf_counter() - t0
     steps_done, val = validations(out / "log.csv")
     return {

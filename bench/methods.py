@@ -79,16 +79,16 @@ class Seed:
                 changed = ", ".join(_changed_keys(before, used)) if before else "not recorded"
                 raise SystemExit(f"{self.root} holds a teacher and robustness sets made with other params ({changed}): pass another --work, or delete it")
         else:
-            stages.prepare(p, out=self.data)
-            stages.train_teacher(p, data=self.data, out=str(self.root / "teacher"), promoted=self.gen0)
-            stages.make_robustness_sets(p, data=self.data, out=self.sets)
-            stages.robustness_reference(p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference)
+            stages.prepare.run(p, out=self.data)
+            stages.train_teacher.run(p, data=self.data, out=str(self.root / "teacher"), promoted=self.gen0)
+            stages.make_robustness_sets.run(p, data=self.data, out=self.sets)
+            stages.robustness_reference.run(p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference)
             stamp.write_text(json.dumps(used, indent=1))
         return self.evaluate(str(self.root / "teacher" / stages.CHECKPOINT), "teacher", role="teacher")
 
     def evaluate(self, checkpoint: str, name: str, role: str = "student") -> dict[str, Any]:
         out = str(self.root / f"{name}-metrics.json")
-        m = stages.evaluate(self.params(), teacher=self.gen0, student=checkpoint, data=self.data, out=out, sets=self.sets, reference=self.reference)
+        m = stages.evaluate.run(self.params(), teacher=self.gen0, student=checkpoint, data=self.data, out=out, sets=self.sets, reference=self.reference)
         return {k: m[role].get(k) for k in ("test_top1", "mCE", "hard_top1")}
 
     def chain(
@@ -110,9 +110,11 @@ class Seed:
             model = {"generations.gen1.model": models[k - 1]} if models else {}
             p = self.params(**extra, **model)
             t0 = time.perf_counter()
-            stages.infer(p, teacher=teacher, data=self.data, out=str(g / "logits"))
-            stages.filter_balance(p, logits_store=str(g / "logits"), data=self.data, out=str(g / "pseudo"))
-            _, t_student = _timed(stages.train_student, p, generation="gen1", data=self.data, teacher=teacher, pseudo=str(g / "pseudo"), out=str(g / "student"))
+            stages.infer.run(p, teacher=teacher, data=self.data, out=str(g / "logits"))
+            stages.filter_balance.run(p, logits_store=str(g / "logits"), data=self.data, out=str(g / "pseudo"))
+            _, t_student = _timed(
+                stages.train_student.run, p, generation="gen1", data=self.data, teacher=teacher, pseudo=str(g / "pseudo"), out=str(g / "student")
+            )
             total, teacher = total + time.perf_counter() - t0, str(g / "student" / stages.CHECKPOINT)
             each.append(t_student)
             if after:
@@ -135,13 +137,13 @@ class Seed:
     def _train(self, method: str, p: Params, out: Path) -> dict[str, Any]:
         common = {"generation": "gen1", "data": self.data, "teacher": self.gen0, "out": str(out)}
         if method == "mpl":
-            return stages.train_mpl(p, **common)
+            return stages.train_mpl.run(p, **common)
         if method == "reduced_mpl":
             logits = self.root / "gen0-logits"
             if not logits.exists():
-                stages.infer(p, teacher=self.gen0, data=self.data, out=str(logits))
-            return stages.train_reduced_mpl(p, **common, logits_store=str(logits))
-        return stages.train_student(p, **common)
+                stages.infer.run(p, teacher=self.gen0, data=self.data, out=str(logits))
+            return stages.train_reduced_mpl.run(p, **common, logits_store=str(logits))
+        return stages.train_student.run(p, **common)
 
 
 def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -79,8 +79,8 @@ def main() -> None:
     work = Path(args.work)
     data, gen0 = str(work / "data"), str(work / "gen0.json")
     if not (work / "teacher").exists():
-        stages.prepare(params, out=data)
-        stages.train_teacher(params, data=data, out=str(work / "teacher"), promoted=gen0)
+        stages.prepare.run(params, out=data)
+        stages.train_teacher.run(params, data=data, out=str(work / "teacher"), promoted=gen0)
     ckpt = str(work / "teacher" / stages.CHECKPOINT)
     results: dict[str, Any] = {}
     for signal in SIGNALS:

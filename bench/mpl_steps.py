@@ -49,14 +49,14 @@ def main() -> None:
     result = {"selftrain": str(Path(selftrain.__file__).parent), "workers": args.workers, "steps": args.steps, "batch": args.batch}
     with tempfile.TemporaryDirectory() as work:
         data, teacher = f"{work}/data", f"{work}/teacher.safetensors"
-        stages.prepare(params, out=data)
+        stages.prepare.run(params, out=data)
         labeled = load_split(data, "labeled")
         spec = models.ModelSpec(args.model, 10, labeled.images.shape[3], labeled.images.shape[1], labeled.classes)
         models.save_checkpoint(teacher, models.create(spec), spec)
-        runs = {"mpl": lambda out: stages.train_mpl(params, generation="gen1", data=data, teacher=teacher, out=out)}
+        runs = {"mpl": lambda out: stages.train_mpl.run(params, generation="gen1", data=data, teacher=teacher, out=out)}
         logits = f"{work}/logits"
-        stages.infer(params, teacher=teacher, data=data, out=logits)
-        runs["reduced_mpl"] = lambda out: stages.train_reduced_mpl(params, generation="gen1", data=data, logits_store=logits, teacher=teacher, out=out)
+        stages.infer.run(params, teacher=teacher, data=data, out=logits)
+        runs["reduced_mpl"] = lambda out: stages.train_reduced_mpl.run(params, generation="gen1", data=data, logits_store=logits, teacher=teacher, out=out)
         for method, run in runs.items():
             out = f"{work}/{method}"
             run(out)

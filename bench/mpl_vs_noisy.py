@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from selftrain import models, runtime, stages
+from selftrain.accuracy import accuracy
 from selftrain.data import load_split
-from selftrain.evaluate import accuracy
 from selftrain.params import Params, load_params
 
 CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
@@ -48,13 +48,15 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
     root = work / f"seed{seed}"
     data, gen0, logits_uri = str(root / "data"), str(root / "gen0.json"), str(root / "logits")
     params = load_params(params_path, {"seed": seed})
-    stages.prepare(params, out=data)
-    _, t_teacher = _timed(stages.train_teacher, params, data=data, out=str(root / "teacher"), promoted=gen0)
-    stages.infer(params, teacher=gen0, data=data, out=logits_uri)
+    stages.prepare.run(params, out=data)
+    _, t_teacher = _timed(stages.train_teacher.run, params, data=data, out=str(root / "teacher"), promoted=gen0)
+    stages.infer.run(params, teacher=gen0, data=data, out=logits_uri)
     row: dict = {"teacher": {"test_top1": _test_top1(params, str(root / "teacher" / stages.CHECKPOINT), data), "wall_s": t_teacher}}
 
-    stages.filter_balance(params, logits_store=logits_uri, data=data, out=str(root / "pseudo"))
-    _, budget = _timed(stages.train_student, params, generation="gen1", data=data, teacher=gen0, out=str(root / "noisy_student"), pseudo=str(root / "pseudo"))
+    stages.filter_balance.run(params, logits_store=logits_uri, data=data, out=str(root / "pseudo"))
+    _, budget = _timed(
+        stages.train_student.run, params, generation="gen1", data=data, teacher=gen0, out=str(root / "noisy_student"), pseudo=str(root / "pseudo")
+    )
     row["noisy_student"] = {"test_top1": _test_top1(params, str(root / "noisy_student" / stages.CHECKPOINT), data), "wall_s": budget}
 
     for method in ("mpl", "reduced_mpl"):
@@ -66,7 +68,7 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
 def run_method(method: str, seed: int, root: Path, params_path: str, budget: float) -> dict:
     """One MPL method from the seed's data, teacher and logits under `root`, with as many steps as fill `budget` seconds."""
     data, gen0, logits_uri = str(root / "data"), str(root / "gen0.json"), str(root / "logits")
-    fn, extra = (stages.train_mpl, {}) if method == "mpl" else (stages.train_reduced_mpl, {"logits_store": logits_uri})
+    fn, extra = (stages.train_mpl.run, {}) if method == "mpl" else (stages.train_reduced_mpl.run, {"logits_store": logits_uri})
     # calibration: the whole run (set-up, finetune, save) but only a few steps; the full run then adds
     # steps at the measured rate until it fills the budget
     calib = load_params(params_path, {"seed": seed, **_mpl_overrides(CALIBRATION_STEPS)})

@@ -18,8 +18,8 @@ import argparse
 
 import numpy as np
 
-from selftrain import artifacts, models, promote, runtime
-from selftrain.inference import predict_logits
+from selftrain import artifacts, models, promoted, runtime
+from selftrain.predict import predict_logits
 from selftrain.robustness import metrics as rm
 from selftrain.robustness.perturbations import PERTURBATIONS
 
@@ -47,10 +47,10 @@ def main() -> None:
     device = runtime.pick_device(args.device)
     artifacts.require_complete(args.sets)
     sequences = artifacts.load_array_files(artifacts.join(args.sets, "perturbations"))
-    ref = flip_probabilities(promote.resolve(args.reference)[0], sequences, device)
+    ref = flip_probabilities(promoted.resolve(args.reference)[0], sequences, device)
     print("| model | reference frame | FP gaussian_noise | FP shot_noise | mFP | mFR (vs reference) |")
     print("|---|---|---:|---:|---:|---:|")
-    for label, checkpoint in [("reference", promote.resolve(args.reference)[0])] + [(m, m) for m in args.model]:
+    for label, checkpoint in [("reference", promoted.resolve(args.reference)[0])] + [(m, m) for m in args.model]:
         fp = ref if label == "reference" else flip_probabilities(checkpoint, sequences, device)
         for way in ("noisy", "clean"):
             fr = {k: fp[way][k] / ref[way][k] if ref[way][k] > 0 else float("nan") for k in PERTURBATIONS}

@@ -59,25 +59,25 @@ class _Timed:
 def direct(stages: _Timed, params: Params, root: str) -> None:
     """The flow's DAG with plain function calls: the baseline."""
     gen0 = Generation(root, "gen0")
-    stages.prepare(params, out=gen0.data)
-    stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
-    stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
-    stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
+    stages.prepare.run(params, out=gen0.data)
+    stages.train_teacher.run(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
+    stages.make_robustness_sets.run(params, data=gen0.data, out=gen0.robustness_sets)
+    stages.robustness_reference.run(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
     for name, spec in params.generations.items():
         g, teacher = Generation(root, name), Generation(root, spec.teacher).promoted
-        stages.infer(params, teacher=teacher, data=g.data, out=g.logits)
-        stages.filter_balance(params, logits_store=g.logits, data=g.data, out=g.pseudo)
+        stages.infer.run(params, teacher=teacher, data=g.data, out=g.logits)
+        stages.filter_balance.run(params, logits_store=g.logits, data=g.data, out=g.pseudo)
         if spec.method == "mpl":
-            stages.train_mpl(params, generation=name, data=g.data, teacher=teacher, out=g.student)
+            stages.train_mpl.run(params, generation=name, data=g.data, teacher=teacher, out=g.student)
         elif spec.method == "reduced_mpl":
-            stages.train_reduced_mpl(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
+            stages.train_reduced_mpl.run(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
         else:
-            stages.train_student(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
-        stages.evaluate(
+            stages.train_student.run(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
+        stages.evaluate.run(
             params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
         )
-        rec = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
-        stages.report(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
+        rec = stages.promote.run(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
+        stages.report.run(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
         if not rec["passed"]:
             break
 

@@ -1,4 +1,4 @@
-"""The report's picture grids drawn as one image (report.tile_sheet, what the stages do) against one matplotlib axes
+"""The report's picture grids drawn as one image (rendering.tile_sheet, what the stages do) against one matplotlib axes
 per tile (how they were drawn until issue 23), on the same tiles; wall seconds each, and the ratio.
 
     python bench/report_render.py            # a 12 x 10 gallery and a 15 x 6 corruption grid of 28 x 28 images
@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from selftrain import gallery, report
+from selftrain import gallery, rendering
 
 
 def per_axes(images: np.ndarray, rows: int, cols: int, captions: bool) -> bytes:
     """The baseline: one axes per tile, an image, a frame and a caption each; tight layout."""
-    plt = report.pyplot()
+    plt = rendering.pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.05, rows * 1.25), squeeze=False)
     for k, ax in enumerate(axes.flat):
         img = images[k % len(images)]
@@ -26,7 +26,7 @@ def per_axes(images: np.ndarray, rows: int, cols: int, captions: bool) -> bytes:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout(pad=0.2)
-    data = report.png_bytes(fig)
+    data = rendering.png_bytes(fig)
     plt.close(fig)
     return data
 
@@ -49,10 +49,10 @@ def main() -> None:
     copies, truth = rng.integers(0, 3, n), rng.integers(0, 10, n)
     classes = tuple(f"class {c}" for c in range(10))
     corrupted = {f"corruption {c}": rng.integers(0, 255, (5, 10, 28, 28, 1), dtype=np.uint8) for c in range(15)}
-    report.corruption_grid(images[:10], corrupted)  # matplotlib's first figure pays for its fonts: not timed
+    rendering.corruption_grid(images[:10], corrupted)  # matplotlib's first figure pays for its fonts: not timed
     rows = [
         ("gallery, 12 x 10 tiles", best_of(per_axes, images, 12, 10, True), best_of(gallery.render, images, classes, teacher, copies, "t", previous, truth)),
-        ("corruption grid, 15 x 6 tiles", best_of(per_axes, images, 15, 6, False), best_of(report.corruption_grid, images[:10], corrupted)),
+        ("corruption grid, 15 x 6 tiles", best_of(per_axes, images, 15, 6, False), best_of(rendering.corruption_grid, images[:10], corrupted)),
     ]
     print("| picture | one axes per tile (s) | one image (s) | speed-up |\n|---|---:|---:|---:|")
     for name, base, sheet in rows:

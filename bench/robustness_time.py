@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selftrain import models, runtime, stages
+from selftrain.accuracy import accuracy
 from selftrain.data import load_split
-from selftrain.evaluate import accuracy
 from selftrain.params import load_params
 from selftrain.robustness import evaluation as robustness
 
@@ -50,11 +50,11 @@ def main() -> None:
     bs = params.evaluate.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         data, sets, ref = f"{tmp}/data", f"{tmp}/sets", f"{tmp}/ref"
-        stages.prepare(params, out=data)
+        stages.prepare.run(params, out=data)
         val, test = load_split(data, "val"), load_split(data, "test")
         clean = _median_seconds(lambda: (accuracy(net, val, bs, device), accuracy(net, test, bs, device)), args.repeats)
-        build = _median_seconds(lambda: stages.make_robustness_sets(params, data=data, out=sets), args.repeats)
-        reference = _median_seconds(lambda: stages.robustness_reference(params, data=data, sets=sets, reference_model=args.model, out=ref), args.repeats)
+        build = _median_seconds(lambda: stages.make_robustness_sets.run(params, data=data, out=sets), args.repeats)
+        reference = _median_seconds(lambda: stages.robustness_reference.run(params, data=data, sets=sets, reference_model=args.model, out=ref), args.repeats)
         corrupted, sequences = robustness.load_sets(sets)
         evaluate = _median_seconds(lambda: robustness.measure(net, corrupted, sequences, None, bs, device), args.repeats)
         n_images = len(val) + len(test)

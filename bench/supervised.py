@@ -23,8 +23,8 @@ from typing import Any
 import run_args  # bench/run_args.py
 
 from selftrain import models, runtime, stages
+from selftrain.accuracy import accuracy
 from selftrain.data import load_split
-from selftrain.evaluate import accuracy
 from selftrain.params import load_params
 
 
@@ -32,9 +32,9 @@ def run(seed: int, tag: str, work: Path, params_path: str, overrides: dict[str, 
     p = load_params(params_path, {**overrides, "seed": seed})
     data, out = work / f"seed{seed}" / "data", work / f"seed{seed}" / tag
     if not (data / "test.npz").exists():
-        stages.prepare(p, out=str(data))
+        stages.prepare.run(p, out=str(data))
     t0 = time.perf_counter()
-    summary = stages.train_teacher(p, data=str(data), out=str(out / "teacher"), promoted=str(out / "gen0.json"))
+    summary = stages.train_teacher.run(p, data=str(data), out=str(out / "teacher"), promoted=str(out / "gen0.json"))
     wall = time.perf_counter() - t0
     device = runtime.pick_device(p.runtime.device)
     net, _ = models.load_checkpoint(str(out / "teacher" / stages.CHECKPOINT))

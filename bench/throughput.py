@@ -141,10 +141,10 @@ def stage_infer(model_name: str, params: Params, data_uri: str, work: str, devic
     unlabeled = make_splits(params.data, params.seed)["unlabeled"]
     spec = models.ModelSpec(model_name, 10, unlabeled.images.shape[3], unlabeled.images.shape[1], unlabeled.classes)
     models.save_checkpoint(ckpt, models.create(spec), spec)
-    stages.infer(params, teacher=ckpt, data=data_uri, out=artifacts.join(work, "warm"))
+    stages.infer.run(params, teacher=ckpt, data=data_uri, out=artifacts.join(work, "warm"))
     sync(device)
     t0 = time.perf_counter()
-    stages.infer(params, teacher=ckpt, data=data_uri, out=artifacts.join(work, "logits"))
+    stages.infer.run(params, teacher=ckpt, data=data_uri, out=artifacts.join(work, "logits"))
     sync(device)
     return len(unlabeled) / (time.perf_counter() - t0)
 

@@ -2,7 +2,7 @@
 
     python bench/twomoons.py --seeds 0 1 2 3 4
 
-Variants (selftrain.twomoons.MoonsSetup): full MPL (MPL signal + UDA), UDA only (no MPL
+Variants (selftrain.moons.MoonsSetup): full MPL (MPL signal + UDA), UDA only (no MPL
 signal), the MPL signal with its sign flipped, and both signs without UDA; supervised and plain
 pseudo-labels for reference. Prints test accuracy mean ± std over seeds.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from selftrain import twomoons
+from selftrain import moons
 
 VARIANTS = {
     "MPL + UDA (default)": {},
@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = {}
     for name, change in VARIANTS.items():
-        results = [twomoons.run(seed, twomoons.MoonsSetup(**change)) for seed in args.seeds]
+        results = [moons.run(seed, moons.MoonsSetup(**change)) for seed in args.seeds]
         if not rows:
             rows["supervised"] = [r.accuracy["supervised"] for r in results]
             rows["pseudo-labels"] = [r.accuracy["pseudo_labels"] for r in results]

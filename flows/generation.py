@@ -14,7 +14,7 @@ from flows.ui import publish_generation
 from selftrain import methods
 from selftrain.layout import Generation
 from selftrain.params import Params
-from selftrain.report import generation_table
+from selftrain.rendering import generation_table
 from tasks import stages as tasks
 
 

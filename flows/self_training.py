@@ -25,7 +25,7 @@ from selftrain import methods
 from selftrain.layout import Generation
 from selftrain.models import check_params
 from selftrain.params import ParamsError, load_params, parse_override
-from selftrain.report import history_table
+from selftrain.rendering import history_table
 from tasks import stages as tasks
 
 

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from selftrain import artifacts
 from selftrain.layout import Generation
-from selftrain.report import balance_table, generation_table
+from selftrain.rendering import balance_table, generation_table
 
 
 def inline_png(uri: str, alt: str) -> str:

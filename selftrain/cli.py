@@ -13,12 +13,11 @@ import logging
 import sys
 from typing import Any
 
-from selftrain import artifacts, failures, registry
-from selftrain import promote as promotion
+from selftrain import artifacts, failures, gate, promoted, teacher_tags
 from selftrain.data.splits import check_data
 from selftrain.layout import Generation
 from selftrain.params import Params, ParamsError, load_params, parse_override
-from selftrain.report import history_table
+from selftrain.rendering import history_table
 from selftrain.reproduce import ReproduceError, reproduce
 from selftrain.stages import MODEL_FREE, STAGES
 
@@ -215,7 +214,7 @@ def summary(params: Params, root: str, until: str | None = None) -> tuple[str, b
         if not (artifacts.exists(gen.promoted) and artifacts.exists(artifacts.join(gen.report, "report.md"))):
             unfinished = name
             break
-        last = promotion.read_record(gen.promoted)
+        last = promoted.read_record(gen.promoted)
         if not last["passed"]:
             break
     if last is None:
@@ -248,14 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             print(capacity.table(capacity.plan(params, rates, args.nodes, args.gpus_per_node, args.classes), rates, args.nodes, args.gpus_per_node))
             return 0
         if args.command == "tag":
-            made = registry.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
+            made = teacher_tags.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
             print(
                 "\n".join(f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})" for v in made)
                 or "no new promotion to tag"
             )
             return 0
         if args.command == "teacher":
-            v = registry.current(args.repo)
+            v = teacher_tags.current(args.repo)
             print(
                 f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 {v.record.get('sha256')}\n"
                 f"dvc get {args.repo} {v.path} --rev {v.tag}"
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table)
             return 0 if finished else 1
         if args.command == "gallery":
-            from selftrain.stages.reporting import pseudo_label_gallery
+            from selftrain.stages.report import pseudo_label_gallery
 
             params = load_params(args.params)
             g = Generation(args.root, args.generation)
@@ -302,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                 sys.modules["selftrain.distributed"].close()
         if args.result:
             artifacts.write_json(args.result, result)
-    except promotion.GateError as e:
+    except gate.GateError as e:
         print(f"selftrain {args.command}: stopped: {e}", file=sys.stderr)
         return failures.EXIT_GATE
-    except (ParamsError, ValueError, artifacts.ArtifactError, ReproduceError, registry.RegistryError) as e:
+    except (ParamsError, ValueError, artifacts.ArtifactError, ReproduceError, teacher_tags.TagError) as e:
         print(f"selftrain {args.command}: error: {e}", file=sys.stderr)
         return failures.EXIT_BAD_INPUT
     except Exception as e:

@@ -11,7 +11,7 @@ import numpy as np
 
 from selftrain import artifacts, logits
 from selftrain.data import load_split
-from selftrain.report import plain, png_bytes, pyplot, tile_sheet
+from selftrain.rendering import plain, png_bytes, pyplot, tile_sheet
 
 KEPT, DROPPED, DUPLICATED = "#2e7d32", "#c62828", "#1565c0"  # frame colours: green, red, blue
 

@@ -177,7 +177,7 @@ def chain_table(records: list[dict[str, Any]]) -> str:
 
 def chain_png(records: list[dict[str, Any]]) -> bytes:
     """A left-to-right picture: labeled data -> gen0 teacher -> gen1 student -> ..., each box with its hash and test top-1."""
-    from selftrain.report import png_bytes, pyplot
+    from selftrain.rendering import png_bytes, pyplot
 
     plt = pyplot()
     oldest = records[::-1]

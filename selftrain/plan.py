@@ -71,19 +71,18 @@ def work(params: Params, classes: int | None = None) -> list[StageWork]:
     return out
 
 
-def probe(models: set[str], params: Params, steps: int = 5, batch: int = 64) -> dict[str, Any]:
+def probe(names: set[str], params: Params, steps: int = 5, batch: int = 64) -> dict[str, Any]:
     """Measure training and inference images/s of each model on this node (synthetic images of the params' shape)."""
     import torch
     import torch.nn.functional as F
 
-    from selftrain import models as registry
-    from selftrain import runtime
+    from selftrain import models, runtime
 
     device = runtime.pick_device(params.runtime.device)
     shape = (batch, params.data.channels, params.data.image_size, params.data.image_size)
     rates: dict[str, dict[str, float]] = {}
-    for name in sorted(models):
-        net = runtime.place(registry.create(registry.ModelSpec(name, 10, params.data.channels, params.data.image_size, ())), device)
+    for name in sorted(names):
+        net = runtime.place(models.create(models.ModelSpec(name, 10, params.data.channels, params.data.image_size, ())), device)
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         x, y = runtime.to_device(torch.randn(shape), device), torch.randint(0, 10, (batch,), device=device)
 

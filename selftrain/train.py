@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from selftrain import distributed, runtime
 from selftrain import resume as resume_state
+from selftrain.accuracy import accuracy
 from selftrain.data import Split
-from selftrain.evaluate import accuracy
 from selftrain.noise import seed_augmentation
 
 logger = logging.getLogger("selftrain")

@@ -21,10 +21,10 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
     path = write_tiny_params(tmp_path / "params.yaml")
     params = load_params(path, {"teacher.epochs": 1})
     g = Generation(str(tmp_path / "run"), "gen0")
-    stages.prepare(params, out=g.data)
-    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    stages.prepare.run(params, out=g.data)
+    stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
     out = tmp_path / "logits"
-    stages.infer(params, teacher=g.promoted, data=g.data, out=str(out))
+    stages.infer.run(params, teacher=g.promoted, data=g.data, out=str(out))
     old = artifacts.content_hash(str(out))
     # the rewrite: another store (top-3, one row per shard file: many files to be caught writing)
     cmd = [

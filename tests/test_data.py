@@ -212,7 +212,7 @@ def test_check_data_lists_every_problem_of_the_tree_in_one_run(image_tree, tmp_p
 def test_skip_bad_leaves_the_bad_files_out_and_records_them(image_tree, tmp_path):
     expected = _seed_every_problem(image_tree)
     params = load_params(ROOT / "params.yaml", {"data": {**folder_params(image_tree).model_dump(), "skip_bad": True}})
-    summary = stages.prepare(params, out=str(tmp_path / "data"))
+    summary = stages.prepare.run(params, out=str(tmp_path / "data"))
     assert {str(Path(s["path"]).relative_to(image_tree)) for s in summary["skipped"]} == expected.keys()
     assert summary["sizes"] == {"labeled": 6, "unlabeled": 5, "val": 2, "test": 4}  # the good images only
     assert json.loads((tmp_path / "data" / "summary.json").read_text())["skipped"] == summary["skipped"]
@@ -220,4 +220,4 @@ def test_skip_bad_leaves_the_bad_files_out_and_records_them(image_tree, tmp_path
     for f in (image_tree / "labeled" / "dog").iterdir():
         f.write_bytes(b"")
     with pytest.raises(BadInput, match=r"labeled/dog: no readable image in this labeled class(?s:.*)data.skip_bad cannot leave out"):
-        stages.prepare(params, out=str(tmp_path / "again"))
+        stages.prepare.run(params, out=str(tmp_path / "again"))

@@ -59,7 +59,7 @@ def two_process_teacher(tmp_path_factory) -> tuple[Path, Path, Path, str]:
     """An uninterrupted two-process teacher (params, data, output, its stdout), shared by the tests below."""
     root = tmp_path_factory.mktemp("torchrun")
     path = write_tiny_params(root / "params.yaml")
-    stages.prepare(load_params(path), out=str(root / "data"))
+    stages.prepare.run(load_params(path), out=str(root / "data"))
     whole = _torchrun_teacher(path, root / "data", root / "whole", *TEACHER_SETS)
     stdout, stderr = whole.communicate(timeout=600)
     assert whole.returncode == 0, stderr[-3000:]
@@ -70,7 +70,7 @@ def two_process_teacher(tmp_path_factory) -> tuple[Path, Path, Path, str]:
 def test_torchrun_with_two_processes_trains_the_teacher_like_one(two_process_teacher, tmp_path):
     path, data, two, stdout = two_process_teacher
     params = load_params(path, dict(s.split("=") for s in TEACHER_SETS))
-    one = stages.train_teacher(params, data=str(data), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
+    one = stages.train_teacher.run(params, data=str(data), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
     assert stdout.count('"checkpoint"') == 2  # both processes trained and finished
     record = artifacts.read_json(f"{two}.json")
     assert record["sha256"] == artifacts.content_hash(str(two / "model.safetensors"))
@@ -145,7 +145,7 @@ MPL_RANKS = (
     RECORDING
     + """
 path, data, teacher, out, *sets = sys.argv[1:]
-stages.train_mpl(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher, out=out)
+stages.train_mpl.run(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher, out=out)
 for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
     # the weights (BatchNorm's running statistics are per process: DDP broadcasts rank 0's before each forward)
     state = {k: v.detach().cpu().contiguous() for k, v in net.named_parameters()}
@@ -161,7 +161,7 @@ TEACHER_RANKS = (
     RECORDING
     + """
 path, data, out, *sets = sys.argv[1:]
-stages.train_teacher(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out + ".json")
+stages.train_teacher.run(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out + ".json")
 state = {k: v.detach().cpu().contiguous() for k, v in steps[-1].model.named_parameters()}
 safetensors.torch.save_file(state, f"{out}.rank{dist.get_rank()}.safetensors")
 dist.destroy_process_group()
@@ -193,10 +193,10 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     path = write_tiny_params(tmp_path / "params.yaml")
     params = load_params(path, {"teacher.epochs": 2})
     data, teacher = str(tmp_path / "data"), str(tmp_path / "gen0.json")
-    stages.prepare(params, out=data)
-    stages.train_teacher(params, data=data, out=str(tmp_path / "teacher"), promoted=teacher)
+    stages.prepare.run(params, out=data)
+    stages.train_teacher.run(params, data=data, out=str(tmp_path / "teacher"), promoted=teacher)
     sets = {"methods.mpl.steps": 20, "methods.mpl.finetune_epochs": 3}
-    one = stages.train_mpl(load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one"))
+    one = stages.train_mpl.run(load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one"))
     out = tmp_path / "two"
     _run_on_two_ranks(tmp_path, MPL_RANKS, str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items()))
     for name in ("student", "teacher"):

@@ -19,7 +19,7 @@ def test_transient_s3_errors_are_retried_and_the_stage_completes(s3_server, tmp_
         run(["selftrain", "prepare", "--params", str(params_path), "--out", out], ROOT, AWS_ENDPOINT_URL=proxy.url)
     assert len(proxy.faults) == 6 and proxy.count > 15
     local = str(tmp_path / "data")
-    stages.prepare(load_params(params_path), out=local)
+    stages.prepare.run(load_params(params_path), out=local)
     assert artifacts.content_hash(out) == artifacts.content_hash(local)  # complete, and byte for byte what a local run writes
 
 

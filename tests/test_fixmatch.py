@@ -21,7 +21,7 @@ from selftrain.steps import views
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fixmatch")
-    stages.prepare(load_params(write_tiny_params(root / "params.yaml")), out=str(root / "data"))
+    stages.prepare.run(load_params(write_tiny_params(root / "params.yaml")), out=str(root / "data"))
     return root
 
 
@@ -60,7 +60,7 @@ def test_fixmatch_trains_and_a_resumed_run_ends_where_an_uninterrupted_one_does(
     # FreeMatch's running means with a short memory and its fairness term, and alignment: the state must carry over
     p = params(tiny, **{"methods.fixmatch.threshold": "freematch", "methods.fixmatch.ema_p": 0.5, "methods.fixmatch.dist_align": True})
     data = str(tiny / "data")
-    whole = stages.train_student(p, generation="gen1", data=data, teacher=None, out=str(tiny / "whole"))
+    whole = stages.train_student.run(p, generation="gen1", data=data, teacher=None, out=str(tiny / "whole"))
     log = list(csv.DictReader((tiny / "whole/log.csv").open()))
     assert [int(r["step"]) for r in log] == [5, 10] and whole["method"] == "fixmatch" and whole["threshold"] == "freematch"
     assert all(0 <= float(r["mask_rate"]) <= 1 for r in log) and float(log[0]["loss_unlabeled"]) >= 0
@@ -75,9 +75,9 @@ def test_fixmatch_trains_and_a_resumed_run_ends_where_an_uninterrupted_one_does(
 
     monkeypatch.setattr(FixMatchStep, "__call__", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
-        stages.train_student(p, generation="gen1", data=data, teacher=None, out=str(tiny / "resumed"))
+        stages.train_student.run(p, generation="gen1", data=data, teacher=None, out=str(tiny / "resumed"))
     monkeypatch.setattr(FixMatchStep, "__call__", real)
-    resumed = stages.train_student(p, generation="gen1", data=data, teacher=None, out=str(tiny / "resumed"))
+    resumed = stages.train_student.run(p, generation="gen1", data=data, teacher=None, out=str(tiny / "resumed"))
     assert resumed["resumed_from_step"] == 5
     assert (tiny / "resumed/model.safetensors").read_bytes() == (tiny / "whole/model.safetensors").read_bytes()
 

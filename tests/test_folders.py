@@ -103,7 +103,7 @@ def test_hidden_folders_are_not_classes_and_symlinked_folders_are_read(image_tre
     (tmp_path / "more" / "up").unlink()
     proc = check_data_cli(tmp_path, folder_params(image_tree))
     assert proc.returncode == 0 and "no problems" in proc.stderr and proc.stdout.count(": hidden (its name") == 3
-    summary = stages.prepare(load_params(ROOT / "params.yaml", {"data": folder_params(image_tree).model_dump()}), out=str(tmp_path / "data"))
+    summary = stages.prepare.run(load_params(ROOT / "params.yaml", {"data": folder_params(image_tree).model_dump()}), out=str(tmp_path / "data"))
     assert sorted(Path(s["path"]).name for s in summary["skipped"]) == sorted([".cache", ".ipynb_checkpoints", "._u1.png"])
 
 
@@ -169,7 +169,9 @@ def test_every_problem_of_a_folder_is_listed_not_only_its_first(image_tree):
     (image_tree / "unlabeled" / "sub" / "e.png").write_bytes(b"")
     found = reasons(check_data(folder_params(image_tree), seed=0))
     assert sorted(Path(p).name for p in found) == ["a.png", "b.png", "c.jpg", "d.png", "e.png"]
-    summary = stages.prepare(load_params(ROOT / "params.yaml", {"data": folder_params(image_tree, skip_bad=True).model_dump()}), out=str(image_tree / "out"))
+    summary = stages.prepare.run(
+        load_params(ROOT / "params.yaml", {"data": folder_params(image_tree, skip_bad=True).model_dump()}), out=str(image_tree / "out")
+    )
     s, skipped = summary["sizes"], summary["skipped"]
     assert sorted(Path(q["path"]).name for q in skipped) == ["a.png", "b.png", "c.jpg", "d.png", "e.png"] and s["labeled"] == 6
 

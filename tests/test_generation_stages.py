@@ -12,11 +12,12 @@ import torch
 from conftest import write_tiny_params
 from selftrain import artifacts, logits, models, runtime, stages, train
 from selftrain.data import load_split
+from selftrain.gate import GateError
 from selftrain.inputs import clean_batch
 from selftrain.layout import Generation
 from selftrain.methods.noisy_student.step import PseudoLabelStep
 from selftrain.params import load_params
-from selftrain.promote import GateError, resolve
+from selftrain.promoted import resolve
 from selftrain.pseudo_labels import dense, select
 from selftrain.steps.supervised import SupervisedStep
 
@@ -28,16 +29,16 @@ def gen0(tmp_path_factory):
     noisy = {"teacher.augment": "s4", "teacher.drop_rate": 0.5, "teacher.drop_path_rate": 0.5, "teacher.epochs": 2}
     params = load_params(write_tiny_params(tmp / "params.yaml"), noisy)
     g = Generation(str(tmp / "run"), "gen0")
-    stages.prepare(params, out=g.data)
-    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    stages.prepare.run(params, out=g.data)
+    stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
     return params, g
 
 
 def test_teacher_inference_has_no_noise(gen0, tmp_path):
     params, g = gen0
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    stages.infer(params, teacher=g.promoted, data=g.data, out=a)
-    stages.infer(params, teacher=g.promoted, data=g.data, out=b)
+    stages.infer.run(params, teacher=g.promoted, data=g.data, out=a)
+    stages.infer.run(params, teacher=g.promoted, data=g.data, out=b)
     la, lb = logits.read_store(a), logits.read_store(b)
     assert la.header == lb.header and all(np.array_equal(getattr(la, k), getattr(lb, k)) for k in ("ids", "values", "indices"))
     # and the stored values are the clean eval-mode forward pass, not a noised one
@@ -58,8 +59,8 @@ def test_filter_balance_over_a_sharded_top_k_store_gives_the_in_memory_selection
         }
     )
     store, out = str(tmp_path / "logits"), str(tmp_path / "pseudo")
-    stages.infer(params, teacher=g.promoted, data=g.data, out=store)
-    total = stages.filter_balance(params, logits_store=store, data=g.data, out=out)
+    stages.infer.run(params, teacher=g.promoted, data=g.data, out=store)
+    total = stages.filter_balance.run(params, logits_store=store, data=g.data, out=out)
     got = artifacts.load_shards(out, "pseudo")
     stored = logits.read_store(store)
     assert total["after_balance"] > 50 and len(stored.header["shards"]) > 5 and len(got["rows"]) == total["after_balance"]
@@ -173,9 +174,9 @@ def test_noisy_student_with_consistency_trains_it_on_exactly_the_images_filter_b
     params, g = gen0
     store, pseudo = str(tmp_path / "logits"), str(tmp_path / "pseudo")
     p = params.model_copy(update={"pseudo_labels": params.pseudo_labels.model_copy(update={"threshold": 0.12, "per_class": None})})
-    stages.infer(p, teacher=g.promoted, data=g.data, out=store)
-    stages.filter_balance(p, logits_store=store, data=g.data, out=pseudo)
-    rows, _ = stages.labeling.load_pseudo(pseudo, 10)
+    stages.infer.run(p, teacher=g.promoted, data=g.data, out=store)
+    stages.filter_balance.run(p, logits_store=store, data=g.data, out=pseudo)
+    rows, _ = stages.filter_balance.load_pseudo(pseudo, 10)
     unlabeled = load_split(g.data, "unlabeled")
     dropped = np.setdiff1d(np.arange(len(unlabeled)), rows)
     assert 0 < len(dropped) < len(unlabeled)
@@ -185,17 +186,17 @@ def test_noisy_student_with_consistency_trains_it_on_exactly_the_images_filter_b
     with_c = p.model_copy(
         update={"student": p.student.model_copy(update={"consistency": "dropped", "epochs": 1}), "methods": p.methods.model_copy(update={"fixmatch": low_tau})}
     )
-    summary = stages.train_student(with_c, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "c"))
+    summary = stages.train_student.run(with_c, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "c"))
     step = built[-1]
     assert np.array_equal(step.views.unlabeled, unlabeled.images[dropped])  # the images it did not keep, each once
     log = list(csv.DictReader((tmp_path / "c/log.csv").open()))
     assert float(log[-1]["loss_consistency"]) > 0 and 0 < float(log[-1]["mask_rate"]) <= 1 and summary["val_top1"] >= 0
     plain = p.model_copy(update={"student": p.student.model_copy(update={"epochs": 1})})
-    stages.train_student(plain, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "plain"))
+    stages.train_student.run(plain, generation="gen1", data=g.data, teacher=g.promoted, pseudo=pseudo, out=str(tmp_path / "plain"))
     assert "loss_consistency" not in (tmp_path / "plain/log.csv").read_text().splitlines()[0]
     assert (tmp_path / "plain/model.safetensors").read_bytes() != (tmp_path / "c/model.safetensors").read_bytes()
     # distillation keeps every unlabeled image: 'dropped' has nothing to work on and says so
     distill = with_c.model_copy(update={"student": with_c.student.model_copy(update={"loss": "soft_ce"})})
     distill.generations["gen1"] = distill.generations["gen1"].model_copy(update={"method": "distill"})
     with pytest.raises(ValueError, match="every unlabeled image was kept.*use 'all'"):
-        stages.train_student(distill, generation="gen1", data=g.data, teacher=g.promoted, logits_store=store, out=str(tmp_path / "d"))
+        stages.train_student.run(distill, generation="gen1", data=g.data, teacher=g.promoted, logits_store=store, out=str(tmp_path / "d"))

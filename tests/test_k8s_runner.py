@@ -37,8 +37,8 @@ def gen0(tmp_path_factory):
     path = write_tiny_params(tmp / "params.yaml")
     params = load_params(path, {"teacher.epochs": 1})
     g = Generation(str(tmp / "run"), "gen0")
-    stages.prepare(params, out=g.data)
-    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    stages.prepare.run(params, out=g.data)
+    stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
     return path, g
 
 
@@ -82,7 +82,7 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert labels["selftrain.io/generation"] == "all" and labels["selftrain.io/flow-run"]
     assert container["command"] == ["selftrain"] and container["args"][0] == "infer"
     # the pod's output is what the stage writes in-process, and its summary is the task's result
-    stages.infer(load_params(path, {"teacher.epochs": 1}), teacher=g.promoted, data=g.data, out=str(tmp_path / "here"))
+    stages.infer.run(load_params(path, {"teacher.epochs": 1}), teacher=g.promoted, data=g.data, out=str(tmp_path / "here"))
     a, b = logits.read_store(out), logits.read_store(str(tmp_path / "here"))
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
     assert summary == {"images": 400, "shards": 1, "k": None}
@@ -223,7 +223,7 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     assert any("was disrupted (PreemptionByScheduler" in r.getMessage() or f"pod {cluster.evicted[0]} is gone" in r.getMessage() for r in caplog.records)
     whole = tmp_path / "whole"
     cluster.close()  # its controller threads poll the API in this process: the training below ran 1.5x slower beside them (GIL)
-    stages.train_mpl(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
+    stages.train_mpl.run(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
     for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
     assert [r["step"] for r in csv.DictReader((out / "mpl_log.csv").read_text().splitlines())] == ["10", "20"]
@@ -242,7 +242,7 @@ def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen
     [job] = cluster.jobs()
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student" and summary["method"] == "fixmatch"
     cluster.close()  # its controller threads would share this process's GIL with the training below
-    here = stages.train_student(load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here"))
+    here = stages.train_student.run(load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here"))
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "here/model.safetensors").read_bytes()  # bitwise on CPU
     assert summary["val_top1"] == here["val_top1"]
 
@@ -259,7 +259,7 @@ def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(
     pods = cluster.pods(job["metadata"]["name"])
     assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
     unsharded = str(tmp_path / "unsharded")
-    stages.infer(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
+    stages.infer.run(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
     a, b = logits.read_store(out), logits.read_store(unsharded)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values) and summary["images"] == 400
     assert not artifacts.exists(f"{out}.parts")
@@ -284,7 +284,7 @@ def test_a_part_that_fails_once_is_replaced_alone_and_the_store_is_still_bitwise
         by_index.setdefault(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"], []).append(code)
     assert by_index == {"0": [0], "1": [75, 0], "2": [0]}
     unsharded = str(tmp_path / "unsharded")
-    stages.infer(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
+    stages.infer.run(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
     a, b = logits.read_store(out), logits.read_store(unsharded)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
 
@@ -294,13 +294,13 @@ def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
     params = load_params(path, {"teacher.epochs": 1, "infer.parts": 3})
     out = str(tmp_path / "logits")
     for part in (0, 2):
-        stages.infer(params, teacher=g.promoted, data=g.data, out=out, part=part)
+        stages.infer.run(params, teacher=g.promoted, data=g.data, out=out, part=part)
     with pytest.raises(logits.LogitStoreError, match="exists only as parts"):
-        stages.filter_balance(params, logits_store=out, data=g.data, out=str(tmp_path / "pseudo"))
+        stages.filter_balance.run(params, logits_store=out, data=g.data, out=str(tmp_path / "pseudo"))
     with pytest.raises(logits.LogitStoreError, match=r"1 of 3 parts are missing, incomplete or from another teacher \(parts 1\)"):
         stages.join_logit_parts(params, teacher=g.promoted, data=g.data, out=out)
     # without --part, infer does only the missing part, then joins
-    assert stages.infer(params, teacher=g.promoted, data=g.data, out=out)["images"] == 400
+    assert stages.infer.run(params, teacher=g.promoted, data=g.data, out=out)["images"] == 400
     assert logits.read_store(out).ids.shape == (400,)
 
 
@@ -381,7 +381,7 @@ def test_transient_io_in_a_pod_exits_75_and_the_job_replaces_the_pod(gen0, clust
     assert proxy.faults == [("500", "PUT", proxy.faults[0][2])]
     [job] = cluster.jobs()
     assert _exit_codes(cluster, job["metadata"]["name"]) == [75, 0]  # transient: counted against backoffLimit 1, replaced
-    stages.prepare(load_params(path), out=str(tmp_path / "local"))
+    stages.prepare.run(load_params(path), out=str(tmp_path / "local"))
     assert artifacts.content_hash(out) == artifacts.content_hash(str(tmp_path / "local")) and summary["sizes"]["labeled"] == 100
 
 

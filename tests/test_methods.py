@@ -113,7 +113,7 @@ METHOD = Method(
     params=ToyParams,
 )
 '''
-TOY_STEP = '''from selftrain.steps.supervised import SupervisedStep
+TOY_STEP = """from selftrain.steps.supervised import SupervisedStep
 
 
 class ToyStep(SupervisedStep):
@@ -122,7 +122,7 @@ class ToyStep(SupervisedStep):
         step = cls(run.student, run.params.student, run.labeled, run.ctx, run.params.seed)
         step.total = run.params.methods.toy.steps
         return step
-'''
+"""
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selftrain import twomoons
+from selftrain import moons
 from selftrain.methods.mpl import MplParams
 from selftrain.methods.mpl.update import MplState, mpl_step
 from selftrain.methods.reduced_mpl.update import LogitTeacher, reduced_mpl_step
@@ -65,7 +65,7 @@ def test_h_measured_in_train_mode_is_noisy_where_eval_mode_and_the_dot_form_are_
 
 @pytest.mark.slow
 def test_twomoons_mpl_beats_supervised_and_pseudo_labels_on_one_seed():
-    acc = twomoons.run(0, twomoons.MoonsSetup(steps=1000)).accuracy
+    acc = moons.run(0, moons.MoonsSetup(steps=1000)).accuracy
     assert acc["mpl"] > acc["pseudo_labels"] + 0.05 and acc["mpl"] > acc["supervised"] + 0.05, acc
 
 

@@ -5,13 +5,13 @@ import re
 
 import numpy as np
 
-from selftrain import gallery, report
+from selftrain import gallery, rendering
 
 
 def test_tile_sheet_places_frames_and_tiles_by_hand_worked_coordinates():
     gray_a, gray_b = np.full((2, 2, 1), 10, np.uint8), np.full((2, 2, 1), 20, np.uint8)
     colour = np.broadcast_to(np.array([1, 2, 3], np.uint8), (2, 2, 3))
-    sheet = report.tile_sheet([[gray_a, gray_b], [colour]], [["red", None], ["#0000ff"]], border=1, gap=(1, 1))
+    sheet = rendering.tile_sheet([[gray_a, gray_b], [colour]], [["red", None], ["#0000ff"]], border=1, gap=(1, 1))
     assert sheet.shape == (10, 10, 3)  # 2 rows x 2 columns of 1 gap + 1 border + 2 pixels + 1 border
     assert (sheet[0] == 255).all() and (sheet[:, 0] == 255).all()  # the gaps
     frame = sheet[1:5, 1:5]
@@ -53,7 +53,7 @@ def test_class_names_users_choose_render_literally_in_the_gallery_and_the_tables
     per_class = {name: {"predicted": 1, "above_threshold": 1, "class_threshold": 0.5, "selected": 1, "after_balance": 1} for name in classes}
     counts = {"kind": "soft", "threshold": 0.5, "per_class_target": None, "per_class": per_class}
     counts["total"] = {"above_threshold": 2, "unlabeled": 2, "after_balance": 2, "unique_after_balance": 2}
-    rows = report.balance_table(counts).splitlines()[2:]
+    rows = rendering.balance_table(counts).splitlines()[2:]
     cells = [[c for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
     assert all(len(c) == 6 for c in cells), cells  # a `|` inside a name is escaped, so every row has the header's six cells
     assert cells[-1][0].strip() == r"y_{$\|z"

@@ -87,10 +87,10 @@ def student_inputs(tmp_path_factory):
     path = write_tiny_params(tmp / "params.yaml")
     params = load_params(path, STUDENT)
     g, g1 = Generation(str(tmp / "run"), "gen0"), Generation(str(tmp / "run"), "gen1")
-    stages.prepare(params, out=g.data)
-    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
-    stages.infer(params, teacher=g.promoted, data=g.data, out=g1.logits)
-    stages.filter_balance(params, logits_store=g1.logits, data=g.data, out=g1.pseudo)
+    stages.prepare.run(params, out=g.data)
+    stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    stages.infer.run(params, teacher=g.promoted, data=g.data, out=g1.logits)
+    stages.filter_balance.run(params, logits_store=g1.logits, data=g.data, out=g1.pseudo)
     args = [
         "--params",
         str(path),
@@ -123,7 +123,7 @@ def _train_student(args: list[str], out: Path) -> subprocess.Popen:
 def test_train_student_killed_mid_run_resumes_in_a_new_process_to_the_uninterrupted_result(student_inputs):
     tmp, params, g, g1, args = student_inputs
     whole = tmp / "whole"
-    summary = stages.train_student(params, generation="gen1", data=g.data, teacher=g.promoted, pseudo=g1.pseudo, out=str(whole))
+    summary = stages.train_student.run(params, generation="gen1", data=g.data, teacher=g.promoted, pseudo=g1.pseudo, out=str(whole))
     assert summary["resumed_from_step"] == 0 and not Path(f"{whole}.resume").exists()
 
     out = tmp / "killed"

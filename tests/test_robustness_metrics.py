@@ -65,7 +65,7 @@ def test_shapes_are_checked():
 
 
 def test_a_kind_the_reference_never_gets_wrong_is_named_not_silently_dropped(caplog):
-    from selftrain.report import generation_table
+    from selftrain.rendering import generation_table
     from selftrain.robustness.evaluation import summarize
 
     def raw(fog, snow, zoom, shot):

@@ -9,9 +9,9 @@ import pytest
 from conftest import write_tiny_params
 from selftrain import artifacts, stages
 from selftrain.data import load_split, read_split
+from selftrain.gate import decide
 from selftrain.layout import Generation
 from selftrain.params import load_params, parse_params
-from selftrain.promote import decide
 from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.corruptions import CORRUPTIONS
 from selftrain.robustness.perturbations import PERTURBATIONS
@@ -25,10 +25,10 @@ def run(tmp_path_factory):
     # error does not grow under any corruption, and relative mCE is then undefined
     params = load_params(write_tiny_params(tmp / "params.yaml"), {"teacher.epochs": 2, "teacher.augment": "s1"})
     g = Generation(str(tmp / "run"), "gen0")
-    stages.prepare(params, out=g.data)
-    stages.train_teacher(params, data=g.data, out=g.teacher, promoted=g.promoted)
-    stages.make_robustness_sets(params, data=g.data, out=g.robustness_sets)
-    stages.robustness_reference(params, data=g.data, sets=g.robustness_sets, reference_model=g.promoted, out=g.robustness_reference)
+    stages.prepare.run(params, out=g.data)
+    stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
+    stages.make_robustness_sets.run(params, data=g.data, out=g.robustness_sets)
+    stages.robustness_reference.run(params, data=g.data, sets=g.robustness_sets, reference_model=g.promoted, out=g.robustness_reference)
     return params, g, tmp
 
 
@@ -41,7 +41,7 @@ def test_sets_are_deterministic_and_shaped_from_the_test_split(run, tmp_path):
     assert all(c[name].shape == (5, 40, 28, 28, 1) and c[name].dtype == np.uint8 for name in CORRUPTIONS)
     assert all(p[name].shape == (8, 10, 28, 28, 1) for name in PERTURBATIONS)
     again = str(tmp_path / "sets")
-    stages.make_robustness_sets(params, data=g.data, out=again)
+    stages.make_robustness_sets.run(params, data=g.data, out=again)
     assert artifacts.content_hash(again) == artifacts.content_hash(g.robustness_sets), "same seed must give byte-identical sets"
 
 
@@ -62,7 +62,7 @@ def test_evaluate_normalises_by_the_reference_and_names_it(run, tmp_path):
     teacher_ckpt = artifacts.join(g.teacher, stages.CHECKPOINT)
     out = str(tmp_path / "metrics.json")
     # the reference judged against itself: every normalised figure is exactly 1, every difference 0
-    stages.evaluate(params, teacher=g.promoted, student=teacher_ckpt, data=g.data, out=out, sets=g.robustness_sets, reference=g.robustness_reference)
+    stages.evaluate.run(params, teacher=g.promoted, student=teacher_ckpt, data=g.data, out=out, sets=g.robustness_sets, reference=g.robustness_reference)
     m = json.loads(open(out).read())
     assert m["robustness_reference"]["name"] == "gen0" and m["robustness_reference"]["checkpoint"] == teacher_ckpt
     for role in ("teacher", "student"):
@@ -76,9 +76,9 @@ def test_evaluate_normalises_by_the_reference_and_names_it(run, tmp_path):
 def test_evaluate_refuses_a_reference_measured_on_other_sets(run, tmp_path):
     params, g, tmp = run
     other = str(tmp_path / "sets")
-    stages.make_robustness_sets(params.model_copy(update={"seed": params.seed + 1}), data=g.data, out=other)
+    stages.make_robustness_sets.run(params.model_copy(update={"seed": params.seed + 1}), data=g.data, out=other)
     with pytest.raises(artifacts.ArtifactError, match="other robustness sets"):
-        stages.evaluate(
+        stages.evaluate.run(
             params,
             teacher=g.promoted,
             student=artifacts.join(g.teacher, stages.CHECKPOINT),
@@ -88,7 +88,9 @@ def test_evaluate_refuses_a_reference_measured_on_other_sets(run, tmp_path):
             reference=g.robustness_reference,
         )
     with pytest.raises(ValueError, match="give both --sets"):
-        stages.evaluate(params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data, out=str(tmp_path / "m.json"), sets=other)
+        stages.evaluate.run(
+            params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data, out=str(tmp_path / "m.json"), sets=other
+        )
     assert not (tmp_path / "m.json").exists()
 
 
@@ -101,7 +103,7 @@ def test_no_holdout_means_no_a_set_but_the_rest_works(run, tmp_path):
         json.dumps({"files": {k: v for k, v in json.loads((tmp_path / "data" / "MANIFEST.json").read_text())["files"].items() if k != "holdout.npz"}})
     )
     out = str(tmp_path / "ref")
-    stages.robustness_reference(params, data=data, sets=g.robustness_sets, reference_model=g.promoted, out=out)
+    stages.robustness_reference.run(params, data=data, sets=g.robustness_sets, reference_model=g.promoted, out=out)
     ref = artifacts.read_json(artifacts.join(out, "reference.json"))
     assert ref["hard_set"] is None and "hard_top1" not in ref["raw"] and ref["raw"]["corruption_errors"]
 

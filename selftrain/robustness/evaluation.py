@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from selftrain import artifacts
 from selftrain.data import Split
-from selftrain.inference import predict_logits
 from selftrain.params import RobustnessParams
+from selftrain.predict import predict_logits
 from selftrain.robustness import metrics as rm
 from selftrain.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from selftrain.robustness.perturbations import PERTURBATIONS, perturbation_sequences

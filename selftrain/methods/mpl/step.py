@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from selftrain import distributed, models
+from selftrain.accuracy import accuracy
 from selftrain.data import Split
-from selftrain.evaluate import accuracy
 from selftrain.methods.mpl import MplParams
 from selftrain.methods.mpl.update import MplState, Parallel, mpl_step
 from selftrain.params import StudentParams, TrainParams

@@ -1,5 +1,4 @@
-"""Data: list the input data, then split the embedded Fashion-MNIST or your folders into labeled, unlabeled, val, test
-(and holdout)."""
+"""prepare: split the embedded Fashion-MNIST or your folders into labeled, unlabeled, val, test (and holdout)."""
 
 from __future__ import annotations
 
@@ -18,16 +17,7 @@ from selftrain.params import Params
 log = logging.getLogger("selftrain")
 
 
-def list_data(params: Params, *, out: str) -> dict[str, Any]:
-    """Fingerprint the input data from file listings (no image is read): per folder the images' count, bytes and a
-    hash of their paths, sizes and mtimes (ETags on S3). DVC runs it on every `dvc repro` (always_changed) and
-    reruns `prepare` only when it changed; the Prefect flow keys `prepare`'s cache by it."""
-    found = list_input(params.data)
-    artifacts.write_json(out, found)
-    return found
-
-
-def prepare(params: Params, *, listing: str | None = None, out: str) -> dict[str, Any]:
+def run(params: Params, *, listing: str | None = None, out: str) -> dict[str, Any]:
     """Split the data (embedded Fashion-MNIST or your folders) into labeled, unlabeled, val and test, by seed.
 
     Your folders are checked whole before anything is written: every bad file or folder is named at once

@@ -1,4 +1,4 @@
-"""Reports: the chain's tables and plots, and the TwoMoons picture of MPL."""
+"""report: the chain's tables and plots, and the pseudo-label gallery."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from selftrain.data import load_split
 from selftrain.data.splits import withheld_labels
 from selftrain.gallery import gallery
 from selftrain.params import Params
-from selftrain.promote import read_record
-from selftrain.report import history_table, write_report
+from selftrain.promoted import read_record
+from selftrain.rendering import history_table, write_report
 
 
-def report(
+def run(
     params: Params,
     *,
     promoted: str,
@@ -46,14 +46,3 @@ def pseudo_label_gallery(
     unlabeled images have known labels, the confident mistakes too."""
     truth = withheld_labels(params.data, load_split(data, "unlabeled").ids)
     return gallery(data, logits_store, pseudo, f"{generation}: pseudo-labels of the unlabeled set", previous_logits, truth)
-
-
-def twomoons(params: Params, *, out: str) -> dict[str, Any]:
-    """The TwoMoons picture of MPL: supervised vs plain pseudo-labels vs MPL from 6 labeled points.
-
-    One draw of the moons per params twomoons.seeds; writes twomoons.png (the first seed's decision
-    boundaries and accuracies) and results.json (accuracy per seed, mean, std)."""
-    from selftrain import twomoons as moons  # torch: here, so that `selftrain report` starts without it
-
-    result = moons.write(out, params.twomoons.seeds, moons.MoonsSetup(steps=params.twomoons.steps))
-    return {name: {k: result[name][k] for k in ("mean", "std")} for name in moons.METHODS}

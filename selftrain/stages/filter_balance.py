@@ -13,12 +13,12 @@ import numpy as np
 from selftrain import artifacts, logits, pseudo_labels
 from selftrain.data import split_classes
 from selftrain.params import Params
-from selftrain.stages.files import file_hash_in
+from selftrain.stages._files import file_hash_in
 
 log = logging.getLogger("selftrain")
 
 
-def filter_balance(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
+def run(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, Any]:
     """Filter stored teacher outputs by confidence, balance classes, and write soft or hard pseudo-labels.
 
     Two passes over the store's values and class indices, shard by shard (memory does not grow with the

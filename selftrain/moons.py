@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from selftrain import artifacts
 from selftrain.methods.mpl import MplParams
 from selftrain.methods.mpl.update import MplState, mpl_step
-from selftrain.report import png_bytes, pyplot
+from selftrain.rendering import png_bytes, pyplot
 
 METHODS = ("supervised", "pseudo_labels", "mpl")
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from selftrain.data import Split
-from selftrain.inference import predict_logits
+from selftrain.predict import predict_logits
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -6,13 +6,13 @@ from typing import Any
 
 from selftrain import artifacts, distributed
 from selftrain.params import Params
-from selftrain.promote import record
-from selftrain.stages.files import file_hash_in
-from selftrain.stages.training import Training, run_training
+from selftrain.promoted import record
+from selftrain.stages._files import file_hash_in
+from selftrain.stages._training import Training, run_training
 from selftrain.steps.supervised import SupervisedStep
 
 
-def train_teacher(params: Params, *, data: str, out: str, promoted: str, resume: str | None = None) -> dict[str, Any]:
+def run(params: Params, *, data: str, out: str, promoted: str, resume: str | None = None) -> dict[str, Any]:
     """Train the teacher with cross-entropy on the labeled split (generation 0).
 
     Writes model.safetensors, log.csv and generation 0's promotion record naming it. Checkpoints every

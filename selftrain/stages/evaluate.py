@@ -6,16 +6,16 @@ import logging
 from typing import Any
 
 from selftrain import artifacts, models, runtime
+from selftrain.accuracy import accuracy
 from selftrain.data import load_split, read_split
-from selftrain.evaluate import accuracy
 from selftrain.params import GATE_METRICS, Params
-from selftrain.promote import resolve
+from selftrain.promoted import resolve
 from selftrain.robustness import evaluation as robustness
 
 log = logging.getLogger("selftrain")
 
 
-def evaluate(params: Params, *, teacher: str, student: str, data: str, out: str, sets: str | None = None, reference: str | None = None) -> dict[str, Any]:
+def run(params: Params, *, teacher: str, student: str, data: str, out: str, sets: str | None = None, reference: str | None = None) -> dict[str, Any]:
     """Clean top-1 (and top-5) of teacher and student on val and test, and with --sets and --reference their
     -C/-P/-A robustness (mCE, relative mCE, mFR, mT5D, -A top-1, per corruption x severity); writes metrics.json."""
     if (sets is None) != (reference is None):

@@ -9,15 +9,15 @@ import numpy as np
 
 from selftrain import artifacts, logits, models, runtime
 from selftrain.data import Split, split_column
-from selftrain.inference import batch_logits
 from selftrain.params import Params
-from selftrain.promote import resolve
-from selftrain.stages.files import file_hash_in
+from selftrain.predict import batch_logits
+from selftrain.promoted import resolve
+from selftrain.stages._files import file_hash_in
 
 log = logging.getLogger("selftrain")
 
 
-def infer(params: Params, *, teacher: str, data: str, out: str, part: int | None = None) -> dict[str, Any]:
+def run(params: Params, *, teacher: str, data: str, out: str, part: int | None = None) -> dict[str, Any]:
     """Run the teacher (eval mode, no augmentation) on every unlabeled image; writes a sharded float16 logit store.
 
     With infer.parts = N > 1 the unlabeled set is cut into N parts: --part i infers part i only (one pod of

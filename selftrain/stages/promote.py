@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 from selftrain import artifacts
+from selftrain.gate import decide
 from selftrain.params import Params
-from selftrain.promote import decide, record, resolve
+from selftrain.promoted import record, resolve
 
 log = logging.getLogger("selftrain")
 
 
-def promote(params: Params, *, generation: str, metrics: str, teacher: str, out: str) -> dict[str, Any]:
+def run(params: Params, *, generation: str, metrics: str, teacher: str, out: str) -> dict[str, Any]:
     """Record the next generation's teacher: the student if it passes every rule of params promote.rules, else the
     teacher (and the chain stops); the record lists each rule's values and verdict."""
     m = artifacts.read_json(metrics)

@@ -1,10 +1,7 @@
-"""Training a generation's student, by any method of the registry (selftrain.methods), and the run both it and the
-teacher share: a fresh model, a step built for it, the one loop (selftrain.train.fit), the outputs.
-
-A method's stage loads what the method consumes (filter-balance's pseudo-labels, infer's stored logits, or only the
-teacher), the method's step class builds itself from a `StudentRun`, and `run_training` does the rest. A new method
-whose stage is train-student needs nothing here.
-"""
+"""What the training stages share: a fresh model, a step built for it, the one loop (selftrain.train.fit), the
+outputs. train-teacher builds a `Training` and calls `run_training`; the students' stages (train-student, train-mpl,
+train-reduced-mpl) call `train_by_method`, which loads what the method consumes (filter-balance's pseudo-labels,
+infer's stored logits, or only the teacher) and builds the method's step from a `StudentRun`."""
 
 from __future__ import annotations
 
@@ -19,11 +16,10 @@ from torch import nn
 from selftrain import artifacts, distributed, methods, models, runtime, train
 from selftrain.data import Split, load_split
 from selftrain.params import Params, TrainParams
-from selftrain.promote import resolve
-from selftrain.stages import STAGES
-from selftrain.stages.files import CHECKPOINT, file_hash_in, write_log_csv
-from selftrain.stages.inference import stored_log_probs
-from selftrain.stages.labeling import load_pseudo
+from selftrain.promoted import resolve
+from selftrain.stages._files import CHECKPOINT, file_hash_in, write_log_csv
+from selftrain.stages.filter_balance import load_pseudo
+from selftrain.stages.infer import stored_log_probs
 
 log = logging.getLogger("selftrain")
 
@@ -105,7 +101,7 @@ def _student_init(params: Params, teacher: str | None) -> str | None:
     return p.init_checkpoint if p.init == "checkpoint" else None
 
 
-def _train_student(
+def train_by_method(
     params: Params, method: methods.Method, generation: str, data: str, out: str, *, teacher: str | None, pseudo: str | None,
     logits_store: str | None, resume: str | None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -133,51 +129,3 @@ def _train_student(
         desc=f"{generation} {method.name.replace('_', ' ')}", init=_student_init(params, teacher), consumed=consumed,
     )  # fmt: skip
     return run_training(job, methods.step_class(method.name).build)
-
-
-def train_student(
-    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None,
-    resume: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Train the generation's noised student on labeled and pseudo-labeled batches jointly.
-
-    Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
-    unlabeled image with the teacher's stored outputs of --logits-store as targets, under student.loss
-    (kd, dist, soft_ce); method fixmatch: every unlabeled image, labelled by the student's own confident
-    predictions on weak views (methods.fixmatch params; --teacher only for student.init: teacher). Writes
-    model.safetensors and log.csv. Checkpoints every runtime.checkpoint_every steps (fixmatch:
-    methods.fixmatch.checkpoint_every) to --resume (default: OUT.resume) and resumes from there when restarted."""
-    method = methods.get(params.generation(generation).method)
-    if method.stage != "train-student":
-        raise ValueError(f"{generation} is method {method.name}: its stage is {method.stage}, not train-student")
-    return _train_student(params, method, generation, data, out, teacher=teacher, pseudo=pseudo, logits_store=logits_store, resume=resume)
-
-
-def train_mpl(params: Params, *, generation: str, data: str, teacher: str, out: str, resume: str | None = None) -> dict[str, Any]:
-    """Meta Pseudo Labels: teacher and student trained together, then the student finetuned on labeled data.
-
-    The student learns from the teacher's pseudo-labels of strongly augmented unlabeled images; the teacher
-    (starting from --teacher) from the change this made to the student's labeled loss, plus labeled CE and UDA.
-    Checkpoints every methods.mpl.checkpoint_every steps to --resume (default: OUT.resume) and resumes from there when
-    restarted. Writes model.safetensors (the student), mpl_teacher.safetensors, mpl_log.csv and log.csv (the finetune)."""
-    return _train_student(params, methods.get("mpl"), generation, data, out, teacher=teacher, pseudo=None, logits_store=None, resume=resume)
-
-
-def train_reduced_mpl(
-    params: Params, *, generation: str, data: str, logits_store: str, out: str, teacher: str | None = None, resume: str | None = None
-) -> dict[str, Any]:
-    """Reduced MPL: MPL whose teacher is a small MLP over the large teacher's stored logits.
-
-    The large teacher's outputs come from --logits-store (infer's output); it is never run again. --teacher is
-    needed only when student.init is 'teacher'. Checkpoints and outputs as train-mpl."""
-    method = methods.get("reduced_mpl")
-    return _train_student(params, method, generation, data, out, teacher=teacher, pseudo=None, logits_store=logits_store, resume=resume)
-
-
-def train_generation(params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str) -> dict[str, Any]:
-    """Train the generation's student by the method params.generations gives it (what dvc.yaml runs): the method's
-    stage (selftrain.methods), e.g. train-student for noisy_student and distill, train-mpl for mpl."""
-    method = methods.get(params.generation(generation).method)
-    available = {"pseudo": pseudo, "logits_store": logits_store}
-    inputs = {k: available[k] for k in method.stage_inputs}
-    return STAGES[method.stage](params, generation=generation, data=data, teacher=teacher, out=out, **inputs)

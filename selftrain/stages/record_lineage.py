@@ -7,10 +7,10 @@ from typing import Any
 from selftrain import artifacts
 from selftrain import lineage as lineages
 from selftrain.params import Params
-from selftrain.promote import read_record
+from selftrain.promoted import read_record
 
 
-def record_lineage(
+def run(
     params: Params,
     *,
     generation: str,

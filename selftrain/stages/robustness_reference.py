@@ -1,4 +1,4 @@
-"""Robustness: the -C/-P sets from the test split, and the fixed reference model's part (-A set, its -C/-P results)."""
+"""robustness-reference: the fixed reference model's part (the -A set, its -C/-P results)."""
 
 from __future__ import annotations
 
@@ -7,41 +7,16 @@ from typing import Any
 
 from selftrain import artifacts, runtime
 from selftrain.data import Split, has_split, load_split, save_split
-from selftrain.inference import predict_logits
 from selftrain.params import Params
-from selftrain.promote import resolve
-from selftrain.report import corruption_grid
+from selftrain.predict import predict_logits
+from selftrain.promoted import resolve
 from selftrain.robustness import evaluation as robustness
 from selftrain.robustness.hard_set import select_hard
 
 log = logging.getLogger("selftrain")
 
 
-def make_robustness_sets(params: Params, *, data: str, out: str) -> dict[str, Any]:
-    """Build the -C set (test images under 15 corruptions x 5 severities) and the -P sequences from the test
-    split, deterministic by seed; writes corruptions/ and perturbations/ (one .npz per corruption or perturbation)
-    and grid.png (one image under each)."""
-    test = load_split(data, "test")
-    corrupted = robustness.build_corruptions(test, params.robustness, params.seed)
-    sequences = robustness.build_perturbations(test, params.robustness, params.seed)
-    summary: dict[str, Any] = {
-        "corruption_images": len(corrupted["rows"]),
-        "perturbation_images": len(sequences["rows"]),
-        "frames": params.robustness.frames,
-        "corruptions": [k for k in corrupted if k not in ("rows", "labels", "clean")],
-        "perturbations": [k for k in sequences if k not in ("rows", "labels")],
-    }
-    grid = corruption_grid(corrupted["clean"], {k: corrupted[k] for k in summary["corruptions"]})
-    with artifacts.atomic_dir(out) as staging:
-        artifacts.save_array_files(artifacts.join(staging, "corruptions"), **corrupted)
-        artifacts.save_array_files(artifacts.join(staging, "perturbations"), **sequences)
-        artifacts.write_bytes(artifacts.join(staging, "grid.png"), grid)
-        artifacts.write_json(artifacts.join(staging, "summary.json"), summary)
-    log.info("make-robustness-sets: %s", {k: v for k, v in summary.items() if isinstance(v, int)})
-    return summary
-
-
-def robustness_reference(params: Params, *, data: str, sets: str, reference_model: str, out: str) -> dict[str, Any]:
+def run(params: Params, *, data: str, sets: str, reference_model: str, out: str) -> dict[str, Any]:
     """Freeze the reference model's part: the -A set (holdout images it gets wrong) and its own -C/-P results,
     which normalise every later CE and FR. The reference is --reference-model unless params robustness.reference names one."""
     from selftrain import models  # timm: here, so that make-robustness-sets, which builds no model, starts without it

@@ -21,7 +21,7 @@ ARTIFACT = "teacher"
 TAG = re.compile(rf"^{ARTIFACT}@v(\d+)\.(\d+)\.0$")
 
 
-class RegistryError(RuntimeError):
+class TagError(RuntimeError):
     """No promotion can be tagged, or no tagged teacher can be found."""
 
 
@@ -40,7 +40,7 @@ class Version:
 def _git(repo: str, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RegistryError(f"git {' '.join(args)}: {proc.stderr.strip()}")
+        raise TagError(f"git {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -65,7 +65,7 @@ def current(repo: str = ".") -> Version:
     """The newest `teacher@v*` tag: the model the next generation would learn from."""
     found = versions(repo)
     if not found:
-        raise RegistryError(f"'{repo}' has no {ARTIFACT}@v* tags: run `selftrain tag` after committing a run's results")
+        raise TagError(f"'{repo}' has no {ARTIFACT}@v* tags: run `selftrain tag` after committing a run's results")
     return found[-1]
 
 
@@ -109,5 +109,5 @@ def _method(repo: str, commit: str, gen: str) -> str:
         return "supervised"
     try:
         return json.loads(_git(repo, "show", f"{commit}:artifacts/{gen}/lineage.json"))["method"]
-    except (RegistryError, json.JSONDecodeError, KeyError):
+    except (TagError, json.JSONDecodeError, KeyError):
         return "unknown"
