@@ -26,7 +26,7 @@ from selftrain import artifacts, failures, noise
 
 log = logging.getLogger("selftrain")
 
-FORMAT = "selftrain-resume/3"  # /3: the step's state under "step_state" (an older file is not resumed)
+FORMAT = "selftrain-resume/4"  # /4: each model, optimiser and schedule under its name (steps/base.py); older files are not resumed
 READ_ATTEMPTS, READ_BACKOFF_S = 4, 2.0  # retries of a transient read error: 2, 4, 8 s apart
 
 

@@ -1,6 +1,6 @@
 """The one training loop, for every method: `fit(step, ...)`.
 
-A method is a `Step` (selftrain.steps): it owns its models, optimisers, schedulers and data, and one call
+A method is a `Step` (selftrain.steps.base): it owns its models, optimisers, schedulers and data, and one call
 updates them on one batch and returns that step's logs; `finish` turns the trained model into the stage's
 outputs (MPL: a finetune, the teacher's weights). Everything else is written once, here: seeding,
 resume (every process's own random state), EMA (timm's ModelEmaV3), periodic logging and validation,
@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from selftrain import resume as resume_state
 from selftrain.accuracy import accuracy
 from selftrain.data import Split
 from selftrain.noise import seed_augmentation
+
+if TYPE_CHECKING:
+    from selftrain.steps.base import Step
 
 logger = logging.getLogger("selftrain")
 
@@ -47,31 +50,6 @@ class Context:
     def autocast(self) -> Any:
         """Mixed precision for the forward passes (bfloat16 on CUDA, nothing on CPU)."""
         return runtime.autocast(self.device)
-
-
-class Step(Protocol):
-    """One method's training step. `model` is what the stage keeps (and EMA averages); `total` the run's steps;
-    `steps_per_epoch` one pass over its data. A call updates the step's models on one batch of `batches` and
-    returns that step's logs: floats, "loss" first, plus "images" (how many this process trained on)."""
-
-    model: nn.Module
-    ctx: Context
-    total: int
-    steps_per_epoch: int
-    log_every: int  # steps per log row
-    val_every: int  # log rows per validation
-    ema_decay: float | None
-    checkpoint_every: int | None  # None: the stage's runtime.checkpoint_every
-
-    def batches(self, start: int) -> Iterator[Any]: ...
-    def __call__(self, batch: Any) -> dict[str, float]: ...
-    def lr(self) -> float: ...
-    def state_dict(self) -> dict[str, Any]: ...  # shared by every process: models, optimisers, schedulers
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def rank_state(self) -> dict[str, Any]: ...  # this process's own: its random generators
-    def load_rank_state(self, state: dict[str, Any]) -> None: ...
-    def reseed(self, seed: int) -> None: ...  # new random streams for this process (a resume on another world size)
-    def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished: ...  # model, logs, files, summary
 
 
 Finished = tuple[nn.Module, dict[str, list[dict[str, Any]]], dict[str, bytes], dict[str, Any]]

@@ -14,7 +14,8 @@ from selftrain import runtime
 from selftrain.data import Split
 from selftrain.noise import ImageDataset, pil_policy, seed_worker, train_batch
 from selftrain.params import TrainParams
-from selftrain.train import Context, Finished, StepBatches, lr_lambda
+from selftrain.steps.base import Step
+from selftrain.train import Context, Finished, StepBatches
 
 
 def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int) -> torch.utils.data.DataLoader:
@@ -31,26 +32,24 @@ def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batche
     )
 
 
-class SupervisedStep:
+class SupervisedStep(Step):
     """labeled_weight * CE(y, f(x_l)) on one labeled batch, AdamW with warmup + cosine decay over p.epochs."""
 
     def __init__(self, model: nn.Module, p: TrainParams, labeled: Split, ctx: Context, seed: int) -> None:
         if p.batch_size < ctx.world.size:
             raise ValueError(f"batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
-        self.model, self.p, self.ctx, self.seed, self.labeled = model, p, ctx, seed, labeled
+        super().__init__(ctx)
+        self.model, self.p, self.seed, self.labeled = model, p, seed, labeled
         self.noise_gen = torch.Generator()  # batch-level flip/crop, apart from data order
         self.reseed(seed + 7919 * ctx.world.rank)
         self.labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0, world=ctx.world)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total = self.steps_per_epoch * p.epochs
-        self.net = ctx.wrap(model)  # what the forward pass runs: `model`, or DDP around it
-        self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        # warmup: the decay ramps up with the step count, so short runs still average more than their first steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total, int(p.warmup_epochs * self.steps_per_epoch)))
+        warmup = int(p.warmup_epochs * self.steps_per_epoch)
+        self.net = self.optimise("model", model, lr=p.lr, weight_decay=p.weight_decay, total=self.total, warmup=warmup)
         self.labeled_weight, self.pseudo_weight = 1.0, 0.0
         # the loop's schedule: a log row (and every val_every-th a validation) per epoch; checkpoints at runtime's interval
         self.log_every, self.val_every, self.ema_decay = self.steps_per_epoch, p.val_every, p.ema_decay
-        self.checkpoint_every: int | None = None
 
     def _steps_per_epoch(self) -> int:
         return self.labeled_batches.per_pass
@@ -78,10 +77,7 @@ class SupervisedStep:
         if more is not None:
             loss_c, consistency = self.consistency_loss(tail, extra[2])
             loss = loss + loss_c
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
+        self.update(loss, "model")
         correct = (out[: len(y_l)].argmax(1) == y_l).sum()
         return {
             "loss": loss.item(),
@@ -107,17 +103,6 @@ class SupervisedStep:
     def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted consistency term on those views' outputs, and its logs."""
         raise NotImplementedError
-
-    def lr(self) -> float:
-        return float(self.sched.get_last_lr()[0])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": getattr(self.model, "_orig_mod", self.model).state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"noise_gen": self.noise_gen.get_state()}

@@ -72,20 +72,6 @@ def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0]
 
 
-class StepSeeded:
-    """For a step whose data and noise all come from (seed, step) (StepImages): no per-process random stream to
-    carry over a resume or to draw anew."""
-
-    def rank_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_rank_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def reseed(self, seed: int) -> None:
-        pass
-
-
 def step_loader(images: StepImages, start: int, workers: int) -> Iterator[dict[str, Any]]:
     """Steps start, start + 1, ... of `images`, built in `workers` processes."""
     return iter(

@@ -23,11 +23,12 @@ from torch import nn
 from selftrain.data import Split
 from selftrain.methods.fixmatch import FixMatchParams, thresholds
 from selftrain.params import StudentParams
-from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
-from selftrain.train import Context, Finished, StudentRun, lr_lambda
+from selftrain.steps.base import Step
+from selftrain.steps.views import StepImages, on_device, step_loader
+from selftrain.train import Context, Finished, StudentRun
 
 
-class FixMatchStep(StepSeeded):
+class FixMatchStep(Step):
     method = "fixmatch"
 
     def __init__(self, model: nn.Module, p: FixMatchParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray, ctx: Context, seed: int) -> None:
@@ -35,13 +36,12 @@ class FixMatchStep(StepSeeded):
             raise ValueError(
                 f"methods.fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
             )
-        self.model, self.p, self.sp, self.ctx = model, p, sp, ctx
+        super().__init__(ctx)
+        self.model, self.p, self.sp = model, p, sp
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
         self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
-        self.net = ctx.wrap(model)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(p.steps, p.warmup_steps))
+        self.net = self.optimise("model", model, lr=p.lr, weight_decay=p.weight_decay, total=p.steps, warmup=p.warmup_steps)
         self.labeller = thresholds.PseudoLabeller.build(p, labeled.labels, len(labeled.classes), len(unlabeled))
         self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
 
@@ -67,10 +67,7 @@ class FixMatchStep(StepSeeded):
         fair = self.labeller.fairness(logits_us, mask) if self.p.fairness_weight else None
         if fair is not None:
             loss = loss + self.p.fairness_weight * fair
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
+        self.update(loss, "model")
         return {
             "loss": loss.item(),
             "loss_labeled": loss_l.item(),
@@ -85,19 +82,8 @@ class FixMatchStep(StepSeeded):
     def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
         return kept, {"log.csv": rows}, {}, {"method": self.method, "steps": self.p.steps, "threshold": self.p.threshold}
 
-    def lr(self) -> float:
-        return float(self.sched.get_last_lr()[0])
+    def extra_state(self) -> dict[str, Any]:
+        return self.labeller.state_dict()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            **self.labeller.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         self.labeller.load_state_dict(state)

@@ -23,12 +23,13 @@ from selftrain.data import Split
 from selftrain.methods.mpl import MplParams
 from selftrain.methods.mpl.update import MplState, Parallel, mpl_step
 from selftrain.params import StudentParams, TrainParams
+from selftrain.steps.base import Step, unwrapped
 from selftrain.steps.supervised import SupervisedStep
-from selftrain.steps.views import StepImages, StepSeeded, on_device, step_loader
-from selftrain.train import Context, Finished, StudentRun, fit, lr_lambda
+from selftrain.steps.views import StepImages, on_device, step_loader
+from selftrain.train import Context, Finished, StudentRun, fit
 
 
-class MplStep(StepSeeded):
+class MplStep(Step):
     """One MPL step: the student on the teacher's hard pseudo-labels of strong views, then the teacher on the change
     this made to the student's labeled loss, plus its labeled CE and UDA."""
 
@@ -50,15 +51,15 @@ class MplStep(StepSeeded):
             raise ValueError(
                 f"methods.mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
             )
-        self.model, self.teacher, self.p, self.sp, self.ctx = student, teacher, p, sp, ctx
+        super().__init__(ctx)
+        self.model, self.teacher, self.p, self.sp = student, teacher, p, sp
         self.state = MplState()
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
         self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
-        self.nets = {"student": ctx.wrap(student), "teacher": ctx.wrap(teacher)}
         lrs = {"student": p.student_lr, "teacher": teacher_lr or p.teacher_lr}
-        self.opts = {k: torch.optim.AdamW(m.parameters(), lr=lrs[k], weight_decay=p.weight_decay) for k, m in (("student", student), ("teacher", teacher))}
-        self.scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(p.steps, p.warmup_steps)) for k, o in self.opts.items()}
+        for name, module in (("student", student), ("teacher", teacher)):
+            self.optimise(name, module, lr=lrs[name], weight_decay=p.weight_decay, total=p.steps, warmup=p.warmup_steps)
         self.labeled, self.seed, self.eval_batch = labeled, seed, 512
         self.val: Split | None = None  # the finetune's validation (build() sets it)
         # the loop's schedule: a log row, a validation and a checkpoint every methods.mpl.checkpoint_every steps
@@ -94,7 +95,7 @@ class MplStep(StepSeeded):
         else:
             assert self.val is not None
             tuned = [{"epoch": 0, "val_top1": accuracy(kept, self.val, self.eval_batch, self.ctx.device)["top1"]}]
-        teacher = {k: v.detach().cpu().contiguous() for k, v in getattr(self.teacher, "_orig_mod", self.teacher).state_dict().items()}
+        teacher = {k: v.detach().cpu().contiguous() for k, v in unwrapped(self.teacher).state_dict().items()}
         files = {"mpl_teacher.safetensors": safetensors.torch.save(teacher)}
         return kept, {"mpl_log.csv": rows, "log.csv": tuned}, files, {"method": self.method, "steps": p.steps, "mpl_val_top1": rows[-1]["val_top1"]}
 
@@ -103,32 +104,17 @@ class MplStep(StepSeeded):
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
         x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
-        n = self.nets
-        out = mpl_step(n["teacher"], n["student"], self.opts["teacher"], self.opts["student"], x_l, y_l, x_uw, x_us, self.p, self.state, self.par)
+        s, t = self.trained["student"], self.trained["teacher"]
+        out = mpl_step(t.net, s.net, t.opt, s.opt, x_l, y_l, x_uw, x_us, self.p, self.state, self.par)
         return self._advance(out, len(x_l) + len(x_uw))
 
     def _advance(self, out: dict[str, float], images: int) -> dict[str, float]:
-        for s in self.scheds.values():
-            s.step()
+        for t in self.trained.values():  # the optimisers stepped inside the update (update.py): their schedules here
+            t.sched.step()
         return {"loss": out["student_loss"], **{k: out[k] for k in ("teacher_loss", "teacher_uda", "h", "signal")}, "images": images}
 
-    def lr(self) -> float:
-        return float(self.scheds["student"].get_last_lr()[0])
+    def extra_state(self) -> dict[str, Any]:
+        return {"mpl_step": self.state.step, "baseline": self.state.baseline}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "student": getattr(self.model, "_orig_mod", self.model).state_dict(),
-            "teacher": self.teacher.state_dict(),
-            **{f"{k}_opt": o.state_dict() for k, o in self.opts.items()},
-            **{f"{k}_sched": s.state_dict() for k, s in self.scheds.items()},
-            "mpl_step": self.state.step,
-            "baseline": self.state.baseline,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        for k in self.opts:
-            self.opts[k].load_state_dict(state[f"{k}_opt"])
-            self.scheds[k].load_state_dict(state[f"{k}_sched"])
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         self.state.step, self.state.baseline = state["mpl_step"], state["baseline"]

@@ -89,14 +89,10 @@ class PseudoLabelStep(SupervisedStep):
         loss = thresholds.masked_ce(strong, targets, mask)
         return self.sp.consistency_weight * loss, {"loss_consistency": loss.item(), "mask_rate": mask.mean().item()}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.views is not None:
-            state.update(self.labeller.state_dict())
-        return state
+    def extra_state(self) -> dict[str, Any]:
+        return self.labeller.state_dict() if self.views is not None else {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.views is not None:
             self.labeller.load_state_dict(state)
 
