@@ -40,7 +40,11 @@ VARIANTS = {
 
 def run_variant(name: str, sets: list[str], seed: int) -> dict:
     exp = f"{name.replace(' ', '-')}-seed{seed}"
-    cmd = ["dvc", "exp", "run", "-n", exp, "-S", f"seed={seed}"] + [a for s in sets for a in ("-S", s)] + ["train-student@gen1"]
+    cmd = (
+        ["dvc", "exp", "run", "-n", exp, "-S", f"seed={seed}"]
+        + [a for s in sets for a in ("-S", s)]
+        + ["train-student@gen1"]
+    )
     # `dvc exp run` leaves its -S changes in the workspace params.yaml: start each run from the committed one
     subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
     print("$", " ".join(cmd), flush=True)
@@ -50,7 +54,10 @@ def run_variant(name: str, sets: list[str], seed: int) -> dict:
     test = load_split("artifacts/data", "test")
     top1 = {
         role: accuracy(models.load_checkpoint(uri)[0], test, 512, torch.device("cpu"))["top1"]
-        for role, uri in (("teacher", promoted.resolve("artifacts/gen0/promoted.json")[0]), ("student", "artifacts/gen1/student/model.safetensors"))
+        for role, uri in (
+            ("teacher", promoted.resolve("artifacts/gen0/promoted.json")[0]),
+            ("student", "artifacts/gen1/student/model.safetensors"),
+        )
     }
     return {**top1, "wall_s": wall_s}
 
@@ -76,7 +83,11 @@ def main() -> None:
         acc = [100 * r["student"] for r in rows]
         gain = [100 * (r["student"] - r["teacher"]) for r in rows]
         sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-        print(f"| {name} | {statistics.mean(acc):.2f} ± {sd(acc):.2f} % | {statistics.mean(gain):+.2f} ± {sd(gain):.2f} | {len(rows)} |")
+        print(
+            f"| {name} | {statistics.mean(acc):.2f} ± {sd(acc):.2f} % "
+            f"| {statistics.mean(gain):+.2f} ± {sd(gain):.2f} "
+            f"| {len(rows)} |"
+        )
 
 
 if __name__ == "__main__":

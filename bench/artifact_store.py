@@ -34,7 +34,9 @@ def start_moto() -> subprocess.Popen:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -43,11 +45,18 @@ def start_moto() -> subprocess.Popen:
             break
         except OSError:
             time.sleep(0.2)
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
     return proc
 
 
-def write_store(uri: str, chunks: list[tuple[np.ndarray, torch.Tensor]], classes: int, topk: int | None, shard: int) -> float:
+def write_store(
+    uri: str, chunks: list[tuple[np.ndarray, torch.Tensor]], classes: int, topk: int | None, shard: int
+) -> float:
     t = time.perf_counter()
     with artifacts.atomic_dir(uri) as staging:
         w = logits.LogitWriter(staging, classes, topk, shard, "0" * 64, "1" * 64)
@@ -75,7 +84,9 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=10, help="0 for dense float16")
     ap.add_argument("--shard", type=int, default=50_000, help="rows per shard")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--endpoint-from-env", action="store_true", help="use the S3 endpoint and credentials of the AWS environment")
+    ap.add_argument(
+        "--endpoint-from-env", action="store_true", help="use the S3 endpoint and credentials of the AWS environment"
+    )
     ap.add_argument("--out", default="bench/results_artifact_store.json")
     args = ap.parse_args()
     topk = args.topk or None
@@ -89,7 +100,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     batch = 10_000
     chunks = [
-        (np.array([f"img{i:09d}" for i in range(s, min(s + batch, args.images))]), torch.randn(min(batch, args.images - s), args.classes, generator=gen))
+        (
+            np.array([f"img{i:09d}" for i in range(s, min(s + batch, args.images))]),
+            torch.randn(min(batch, args.images - s), args.classes, generator=gen),
+        )
         for s in range(0, args.images, batch)
     ]
     results = {"local": {"write_s": [], "read_s": []}, "s3": {"write_s": [], "read_s": []}}
@@ -120,7 +134,11 @@ def main() -> None:
         "write_ratio_s3_vs_local": round(best["local"]["write_s"] / best["s3"]["write_s"], 3),
         "read_ratio_s3_vs_local": round(best["local"]["read_s"] / best["s3"]["read_s"], 3),
         "runs": results,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "endpoint": "moto_server on loopback" if moto else "AWS_ENDPOINT_URL"},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "endpoint": "moto_server on loopback" if moto else "AWS_ENDPOINT_URL",
+        },
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

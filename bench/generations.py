@@ -66,8 +66,14 @@ def main() -> None:
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         gain = statistics.mean(a - b for a, b in zip(accs, base))
         label = "gen0 (supervised teacher)" if g == "gen0" else f"{g} student"
-        print(f"| {label} | {statistics.mean(accs):.2f} ± {sd:.2f} % | {', '.join(f'{a:.2f}' for a in accs)} | {gain:+.2f} |")
-    print("\nTeacher vs student per generation, mean ± std over seeds (x100; mCE, mFR: 100 = the gen0 teacher, lower is better)\n")
+        print(
+            f"| {label} | {statistics.mean(accs):.2f} ± {sd:.2f} % | {', '.join(f'{a:.2f}' for a in accs)} | "
+            f"{gain:+.2f} |"
+        )
+    print(
+        "\nTeacher vs student per generation, mean ± std over seeds (x100; mCE, mFR: 100 = the gen0 teacher, lower is "
+        "better)\n"
+    )
     print("| generation | seeds | " + " | ".join(f"{k} teacher | {k} student" for k in FIGURES) + " |")
     print("|---|---:|" + "---:|" * (2 * len(FIGURES)))
     for g in gens:

@@ -44,7 +44,12 @@ def write_data(uri: str, classes: int) -> str:
     with artifacts.atomic_dir(uri) as staging:
         save_split(
             artifacts.join(staging, "unlabeled.npz"),
-            Split(np.zeros((1, 1, 1, 1), np.uint8), np.array([-1]), np.array(["u0"]), tuple(f"class{c}" for c in range(classes))),
+            Split(
+                np.zeros((1, 1, 1, 1), np.uint8),
+                np.array([-1]),
+                np.array(["u0"]),
+                tuple(f"class{c}" for c in range(classes)),
+            ),
         )
     return artifacts.require_complete(uri)["files"]["unlabeled.npz"]
 
@@ -53,11 +58,16 @@ def write_store(uri: str, n: int, classes: int, k: int, shard: int, unlabeled_sh
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with artifacts.atomic_dir(uri) as staging:
-        writer = logits.LogitWriter(staging, classes, k, shard, teacher_sha256="bench", unlabeled_sha256=unlabeled_sha256)
+        writer = logits.LogitWriter(
+            staging, classes, k, shard, teacher_sha256="bench", unlabeled_sha256=unlabeled_sha256
+        )
         for start in range(0, n, CHUNK):
             rows = min(CHUNK, n - start)
             scale = torch.rand(rows, 1, generator=gen) * 8  # sharp and flat teachers alike
-            writer.add(np.char.add("u", np.arange(start, start + rows).astype(str)), torch.randn(rows, classes, generator=gen) * scale)
+            writer.add(
+                np.char.add("u", np.arange(start, start + rows).astype(str)),
+                torch.randn(rows, classes, generator=gen) * scale,
+            )
         writer.close()
     return time.perf_counter() - t0
 
@@ -101,14 +111,18 @@ def filter_balance(store: str, data: str, out: str) -> dict:
     total = stages.filter_balance.run(params, logits_store=store, data=data, out=out)
     seconds = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
-    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    hwm_kib = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
+    )
     return {"seconds": seconds, "peak_rss_mib": hwm_kib / 1024, "selected": total}
 
 
 def recompute_rate(classes: int, images: int = 20_000) -> float:
     """Images per second of a resnet10t teacher on 28x28 grey images here (what recomputing the logits costs)."""
     device = runtime.pick_device("auto")
-    net = runtime.place(models.create(models.ModelSpec("resnet10t", classes, 1, 28, tuple(map(str, range(classes))))), device)
+    net = runtime.place(
+        models.create(models.ModelSpec("resnet10t", classes, 1, 28, tuple(map(str, range(classes))))), device
+    )
     x = np.random.default_rng(0).integers(0, 255, (images, 28, 28, 1), dtype=np.uint8)
     for _ in iter_logits(net, x[:1024], 512, device):  # warm-up
         pass
@@ -120,7 +134,9 @@ def recompute_rate(classes: int, images: int = 20_000) -> float:
 
 def _filter_in_child(store: str, data: str, out: str) -> dict:
     artifacts.remove(out)
-    child = subprocess.run([sys.executable, __file__, "--filter-only", store, data, out], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--filter-only", store, data, out], capture_output=True, text=True, check=True
+    )
     return json.loads(child.stdout.splitlines()[-1])
 
 
@@ -132,7 +148,9 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3, help="take the best of this many runs of each timing")
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--filter-only", nargs=3, metavar=("STORE", "DATA", "OUT"), help=argparse.SUPPRESS)  # the child process
+    ap.add_argument(
+        "--filter-only", nargs=3, metavar=("STORE", "DATA", "OUT"), help=argparse.SUPPRESS
+    )  # the child process
     args = ap.parse_args()
     if args.filter_only:
         print(json.dumps(filter_balance(*args.filter_only)))
@@ -160,11 +178,16 @@ def main() -> None:
                     return None
                 return min([drop_page_cache(), measure()][1] if from_disk else measure() for _ in range(args.repeat))
 
-            filt = min((_filter_in_child(store, data, f"{tmp}/pseudo") for _ in range(args.repeat)), key=lambda f: f["seconds"])
+            filt = min(
+                (_filter_in_child(store, data, f"{tmp}/pseudo") for _ in range(args.repeat)), key=lambda f: f["seconds"]
+            )
             read_s = best(lambda: plain_read(store))
             cold_read_s = best(lambda: plain_read(store), from_disk=True)
             # what the filter reads: each shard's values and class indices (of the ids, only their .npy header)
-            cold_cols_s = best(lambda: plain_read(store, "shard-*.values.npy") + plain_read(store, "shard-*.indices.npy"), from_disk=True)
+            cold_cols_s = best(
+                lambda: plain_read(store, "shard-*.values.npy") + plain_read(store, "shard-*.indices.npy"),
+                from_disk=True,
+            )
             cold_filter_s = best(lambda: _filter_in_child(store, data, f"{tmp}/pseudo")["seconds"], from_disk=True)
             ratio = lambda read, filtered: read and filtered and round(read / filtered, 3)  # noqa: E731
             run = {

@@ -11,7 +11,8 @@ not of shorter runs. With `--then-noisy-student K`, K Noisy Student generations 
 `gen1: fixmatch`, then `gen2.. : noisy_student`.
 
     python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --work runs/methods --out long.json
-    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --then-noisy-student 2 --work runs/methods --out long.json
+    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --then-noisy-student 2 --work
+    runs/methods --out long.json
     python bench/long_steps.py --show long.json
 """
 
@@ -49,7 +50,8 @@ def steps_time(log: Path) -> float:
 
 def table(results: dict[str, dict[str, dict]]) -> str:
     lines = [
-        "| seed | method | steps | test top-1 % | mCE | -A top-1 % | wall s | steps' s (resumed at) | val top-1 % along the run (step: %) |",
+        "| seed | method | steps | test top-1 % | mCE | -A top-1 % | wall s | steps' s (resumed at) | val top-1 % "
+        "along the run (step: %) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for seed, runs in sorted(results.items()):
@@ -59,11 +61,13 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             if r.get("resumed_from_step"):
                 steps_s += f" ({r['resumed_from_step']})"
             lines.append(
-                f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | {100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {steps_s} | {curve} |"
+                f"| {seed} | {r['method']} | {r['steps']} | {100 * r['test_top1']:.2f} | {r['mCE']:.3f} | "
+                f"{100 * r['hard_top1']:.1f} | {r['wall_s']:.0f} | {steps_s} | {curve} |"
             )
             for g in r.get("then_noisy_student", []):
                 lines.append(
-                    f"| {seed} | then Noisy Student gen {g['generation']} | | {100 * g['test_top1']:.2f} | {g['mCE']:.3f} | {100 * g['hard_top1']:.1f} | {g['wall_s']:.0f} | | |"
+                    f"| {seed} | then Noisy Student gen {g['generation']} | | {100 * g['test_top1']:.2f} | "
+                    f"{g['mCE']:.3f} | {100 * g['hard_top1']:.1f} | {g['wall_s']:.0f} | | |"
                 )
     return "\n".join(lines)
 
@@ -71,10 +75,20 @@ def table(results: dict[str, dict[str, dict]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--method", default="freematch_da", choices=[m for m in STEP_METHODS if m not in ("mpl", "reduced_mpl")])
+    ap.add_argument(
+        "--method", default="freematch_da", choices=[m for m in STEP_METHODS if m not in ("mpl", "reduced_mpl")]
+    )
     ap.add_argument("--steps", type=int, nargs="+", default=[6000], help="one run per value (fixmatch.steps)")
-    ap.add_argument("--val-every", type=int, default=500, help="methods.fixmatch.checkpoint_every: a validation every N steps")
-    ap.add_argument("--then-noisy-student", type=int, default=0, metavar="K", help="K Noisy Student generations from the run's model, each scored")
+    ap.add_argument(
+        "--val-every", type=int, default=500, help="methods.fixmatch.checkpoint_every: a validation every N steps"
+    )
+    ap.add_argument(
+        "--then-noisy-student",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K Noisy Student generations from the run's model, each scored",
+    )
     run_args.add(ap, work="runs/methods", out="long_steps.json")
     args = ap.parse_args()
     if args.show:
@@ -101,7 +115,9 @@ def run(seed: Seed, method: str, steps: int, val_every: int) -> dict:
     """The step-based run for `steps`, scored, with its validations along the way."""
     key = f"{method}-{steps}"
     out = seed.root / key
-    p = seed.params(**STEP_METHODS[method], **{"methods.fixmatch.steps": steps, "methods.fixmatch.checkpoint_every": val_every})
+    p = seed.params(
+        **STEP_METHODS[method], **{"methods.fixmatch.steps": steps, "methods.fixmatch.checkpoint_every": val_every}
+    )
     t0 = time.perf_counter()
     summary = stages.train_student.run(p, generation="gen1", data=seed.data, teacher=seed.gen0, out=str(out))
     wall = time.perf_counter() - t0
@@ -127,7 +143,9 @@ def noisy_student_after(seed: Seed, key: str, generations: int, row: dict, save:
     def score(k: int, checkpoint: str) -> None:
         nonlocal t0
         wall = time.perf_counter() - t0
-        row["then_noisy_student"].append({"generation": k, **seed.evaluate(checkpoint, f"{key}-then-ns-gen{k}"), "wall_s": wall})
+        row["then_noisy_student"].append(
+            {"generation": k, **seed.evaluate(checkpoint, f"{key}-then-ns-gen{k}"), "wall_s": wall}
+        )
         save()
         t0 = time.perf_counter()
 

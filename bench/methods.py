@@ -42,7 +42,11 @@ STEP_METHODS = {
     "fixmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "fixed"},
     "flexmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "flexmatch"},
     "freematch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch"},
-    "freematch_da": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch", "methods.fixmatch.dist_align": True},
+    "freematch_da": {
+        "generations.gen1.method": "fixmatch",
+        "methods.fixmatch.threshold": "freematch",
+        "methods.fixmatch.dist_align": True,
+    },
     "mpl": {"generations.gen1.method": "mpl"},
     "reduced_mpl": {"generations.gen1.method": "reduced_mpl"},
 }
@@ -60,9 +64,13 @@ class Seed:
     """One seed's shared inputs (data, teacher, robustness sets and reference) and how its methods are run."""
 
     def __init__(self, seed: int, work: Path, params_path: str, overrides: dict[str, Any]) -> None:
-        self.root, self.params_path, self.overrides = work / f"seed{seed}", params_path, {**overrides, "seed": seed}
-        self.data, self.gen0 = str(self.root / "data"), str(self.root / "gen0.json")
-        self.sets, self.reference = str(self.root / "sets"), str(self.root / "reference")
+        self.root = work / f"seed{seed}"
+        self.params_path = params_path
+        self.overrides = {**overrides, "seed": seed}
+        self.data = str(self.root / "data")
+        self.gen0 = str(self.root / "gen0.json")
+        self.sets = str(self.root / "sets")
+        self.reference = str(self.root / "reference")
 
     def params(self, **extra: Any) -> Params:
         return load_params(self.params_path, {**self.overrides, **extra})
@@ -77,18 +85,31 @@ class Seed:
             before = json.loads(stamp.read_text()) if stamp.exists() else {}
             if before != used:
                 changed = ", ".join(_changed_keys(before, used)) if before else "not recorded"
-                raise SystemExit(f"{self.root} holds a teacher and robustness sets made with other params ({changed}): pass another --work, or delete it")
+                raise SystemExit(
+                    f"{self.root} holds a teacher and robustness sets made with other params ({changed}): pass "
+                    "another --work, or delete it"
+                )
         else:
             stages.prepare.run(p, out=self.data)
             stages.train_teacher.run(p, data=self.data, out=str(self.root / "teacher"), promoted=self.gen0)
             stages.make_robustness_sets.run(p, data=self.data, out=self.sets)
-            stages.robustness_reference.run(p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference)
+            stages.robustness_reference.run(
+                p, data=self.data, sets=self.sets, reference_model=self.gen0, out=self.reference
+            )
             stamp.write_text(json.dumps(used, indent=1))
         return self.evaluate(str(self.root / "teacher" / stages.CHECKPOINT), "teacher", role="teacher")
 
     def evaluate(self, checkpoint: str, name: str, role: str = "student") -> dict[str, Any]:
         out = str(self.root / f"{name}-metrics.json")
-        m = stages.evaluate.run(self.params(), teacher=self.gen0, student=checkpoint, data=self.data, out=out, sets=self.sets, reference=self.reference)
+        m = stages.evaluate.run(
+            self.params(),
+            teacher=self.gen0,
+            student=checkpoint,
+            data=self.data,
+            out=out,
+            sets=self.sets,
+            reference=self.reference,
+        )
         return {k: m[role].get(k) for k in ("test_top1", "mCE", "hard_top1")}
 
     def chain(
@@ -100,7 +121,8 @@ class Seed:
         start: str | None = None,
         **extra: Any,
     ) -> tuple[str, float, list[float]]:
-        """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall s).
+        """`generations` of pseudo-label students, each the next one's teacher; (last model, wall s, each student's wall
+        s).
 
         The first teacher is the seed's supervised one, or the checkpoint `start`. `after(k, checkpoint)` runs after
         generation k, outside the timed part (e.g. to score every generation)."""
@@ -113,7 +135,13 @@ class Seed:
             stages.infer.run(p, teacher=teacher, data=self.data, out=str(g / "logits"))
             stages.filter_balance.run(p, logits_store=str(g / "logits"), data=self.data, out=str(g / "pseudo"))
             _, t_student = _timed(
-                stages.train_student.run, p, generation="gen1", data=self.data, teacher=teacher, pseudo=str(g / "pseudo"), out=str(g / "student")
+                stages.train_student.run,
+                p,
+                generation="gen1",
+                data=self.data,
+                teacher=teacher,
+                pseudo=str(g / "pseudo"),
+                out=str(g / "student"),
             )
             total, teacher = total + time.perf_counter() - t0, str(g / "student" / stages.CHECKPOINT)
             each.append(t_student)
@@ -132,7 +160,12 @@ class Seed:
         steps_per_s = _csv_column(self.root / f"{name}-calibration" / log, "steps_per_s")[-1]
         steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
         _, wall = _timed(self._train, method, self.params(**overrides, **_steps(section, steps)), self.root / name)
-        return {**self.evaluate(str(self.root / name / stages.CHECKPOINT), name), "wall_s": wall, "steps": steps, "steps_per_s": steps_per_s}
+        return {
+            **self.evaluate(str(self.root / name / stages.CHECKPOINT), name),
+            "wall_s": wall,
+            "steps": steps,
+            "steps_per_s": steps_per_s,
+        }
 
     def _train(self, method: str, p: Params, out: Path) -> dict[str, Any]:
         common = {"generation": "gen1", "data": self.data, "teacher": self.gen0, "out": str(out)}
@@ -158,7 +191,8 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
 
 
 def _steps(section: str, steps: int) -> dict[str, Any]:
-    # one log row (and validation), at the end; MPL's UDA ramp a quarter of the run (its default, 500, is for longer runs)
+    # one log row (and validation), at the end; MPL's UDA ramp a quarter of the run (its default, 500, is for
+    # longer runs)
     extra = {"methods.mpl.uda_ramp_steps": max(1, steps // 4)} if section == "mpl" else {}
     return {f"{section}.steps": steps, f"{section}.checkpoint_every": steps, **extra}
 
@@ -189,8 +223,14 @@ def run_seed(s: Seed, row: dict[str, Any], factor: float, methods: list[str], sa
             row[name] = {**s.evaluate(model, name), "wall_s": wall, "epochs": fitted}
             save()
     if "noisy_student_growing" in methods and "noisy_student_growing" not in row:
-        model, wall, each = s.chain("noisy_student_growing", models=["resnet10t", "resnet18", "resnet26"], **{"student.init": "scratch"})
-        row["noisy_student_growing"] = {**s.evaluate(model, "noisy_student_growing"), "wall_s": wall, "student_wall_s": each}
+        model, wall, each = s.chain(
+            "noisy_student_growing", models=["resnet10t", "resnet18", "resnet26"], **{"student.init": "scratch"}
+        )
+        row["noisy_student_growing"] = {
+            **s.evaluate(model, "noisy_student_growing"),
+            "wall_s": wall,
+            "student_wall_s": each,
+        }
         save()
 
 
@@ -208,7 +248,8 @@ def _stats(values: list[float], scale: float = 100) -> str:
 def table(results: dict[str, Any]) -> str:
     rows = list(results.values())
     lines = [
-        "| method | test top-1 % | paired gain over noisy_student | mCE | -A top-1 % | wall s (mean) | seeds | per seed test top-1 |",
+        "| method | test top-1 % | paired gain over noisy_student | mCE | -A top-1 % | wall s (mean) | seeds | per "
+        "seed test top-1 |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in ORDER:
@@ -216,29 +257,51 @@ def table(results: dict[str, Any]) -> str:
         if not done:
             continue
         top1 = [m["test_top1"] for m in done]
-        gain = [r[name]["test_top1"] - r["noisy_student"]["test_top1"] for r in rows if name in r and "noisy_student" in r]
+        gain = [
+            r[name]["test_top1"] - r["noisy_student"]["test_top1"] for r in rows if name in r and "noisy_student" in r
+        ]
         mce = [m["mCE"] for m in done if m["mCE"] is not None]
         hard = [m["hard_top1"] for m in done if m["hard_top1"] is not None]
         wall = statistics.fmean(m["wall_s"] for m in done) if "wall_s" in done[0] else 0.0
         lines.append(
-            f"| {name} | {_stats(top1)} | {_stats(gain) if gain else '-'} | {_stats(mce, 1) if mce else '-'} | {_stats(hard) if hard else '-'} | {wall:.0f} | {len(done)} | "
+            f"| {name} | {_stats(top1)} | {_stats(gain) if gain else '-'} | {_stats(mce, 1) if mce else '-'} | "
+            f"{_stats(hard) if hard else '-'} | {wall:.0f} | {len(done)} | "
             f"{', '.join(f'{100 * a:.2f}' for a in top1)} |"
         )
     budgets = [r["budget_s"] for r in rows if "budget_s" in r]
-    return "\n".join(lines) + (f"\n\nbudget (noisy_student x3 at the default epochs): {statistics.fmean(budgets):.0f} s a seed" if budgets else "")
+    return "\n".join(lines) + (
+        f"\n\nbudget (noisy_student x3 at the default epochs): {statistics.fmean(budgets):.0f} s a seed"
+        if budgets
+        else ""
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every run (YAML value), repeatable")
-    ap.add_argument("--budget-factor", type=float, default=1.0, help="every method gets this times the default three generations' wall time")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for every run (YAML value), repeatable",
+    )
+    ap.add_argument(
+        "--budget-factor",
+        type=float,
+        default=1.0,
+        help="every method gets this times the default three generations' wall time",
+    )
     ap.add_argument("--methods", nargs="+", default=[m for m in ORDER if m != "teacher"], choices=ORDER[1:])
-    ap.add_argument("--growing", action="store_true", help="also noisy_student_growing (resnet10t -> resnet18 -> resnet26)")
+    ap.add_argument(
+        "--growing", action="store_true", help="also noisy_student_growing (resnet10t -> resnet18 -> resnet26)"
+    )
     ap.add_argument("--work", default="runs/methods", help="artifacts of every run (default: %(default)s)")
     ap.add_argument("--out", default="methods.json", help="raw results (default: %(default)s)")
-    ap.add_argument("--show", nargs="+", metavar="JSON", help="run nothing: print the table of these raw results (seeds merged)")
+    ap.add_argument(
+        "--show", nargs="+", metavar="JSON", help="run nothing: print the table of these raw results (seeds merged)"
+    )
     args = ap.parse_args()
     if args.show:
         print(table({seed: row for path in args.show for seed, row in json.loads(Path(path).read_text()).items()}))
@@ -249,7 +312,13 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for seed in args.seeds:
         row = results.setdefault(str(seed), {})
-        run_seed(Seed(seed, Path(args.work), args.params, overrides), row, args.budget_factor, methods, lambda: out.write_text(json.dumps(results, indent=1)))
+        run_seed(
+            Seed(seed, Path(args.work), args.params, overrides),
+            row,
+            args.budget_factor,
+            methods,
+            lambda: out.write_text(json.dumps(results, indent=1)),
+        )
         out.write_text(json.dumps(results, indent=1))
     print(table(results))
 

@@ -32,13 +32,23 @@ from selftrain.train import Context
 SIGNALS = ("train", "eval", "dot")
 
 
-def measure(params: Any, data: str, teacher_ckpt: str, signal: str, batches: int, repeats: int, student_lr: float | None) -> list[list[float]]:
+def measure(
+    params: Any, data: str, teacher_ckpt: str, signal: str, batches: int, repeats: int, student_lr: float | None
+) -> list[list[float]]:
     labeled, unlabeled = load_split(data, "labeled"), load_split(data, "unlabeled")
     teacher0, spec = models.load_checkpoint(teacher_ckpt)
     student0 = models.create(spec, params.student.drop_rate, params.student.drop_path_rate)
     models.init_from(student0, spec, teacher_ckpt)
     p = params.methods.mpl
-    images = StepImages(labeled, unlabeled.images, p.batch_size, p.unlabeled_ratio, params.student, params.seed, Context(torch.device("cpu")).world)
+    images = StepImages(
+        labeled,
+        unlabeled.images,
+        p.batch_size,
+        p.unlabeled_ratio,
+        params.student,
+        params.seed,
+        Context(torch.device("cpu")).world,
+    )
     cfg = p.model_copy(update={"signal": signal})
     lr = p.student_lr if student_lr is None else student_lr
     out = []
@@ -85,14 +95,21 @@ def main() -> None:
     results: dict[str, Any] = {}
     for signal in SIGNALS:
         results[signal] = summary(measure(params, data, ckpt, signal, args.batches, args.repeats, None))
-        results[f"{signal}, no update (lr 0)"] = summary(measure(params, data, ckpt, signal, args.batches, args.repeats, 0.0))
+        results[f"{signal}, no update (lr 0)"] = summary(
+            measure(params, data, ckpt, signal, args.batches, args.repeats, 0.0)
+        )
         print(signal, results[signal], flush=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print("| h measured | median SNR per batch | noise sd (one batch) | sd of per-batch means | noise sd with no update |")
+    print(
+        "| h measured | median SNR per batch | noise sd (one batch) | sd of per-batch means | noise sd with no update |"
+    )
     print("|---|---:|---:|---:|---:|")
     for signal in SIGNALS:
         r, null = results[signal], results[f"{signal}, no update (lr 0)"]
-        print(f"| {signal} | {r['median_snr']:.2f} | {r['noise_sd']:.2e} | {r['signal_sd']:.2e} | {null['noise_sd']:.2e} |")
+        print(
+            f"| {signal} | {r['median_snr']:.2f} | {r['noise_sd']:.2e} | {r['signal_sd']:.2e} | "
+            f"{null['noise_sd']:.2e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,22 @@ def main() -> None:
             "teacher": {"model": args.model},
             "student": {"augment": "noisy_student"},
             "generations": {"gen1": {"model": args.model, "teacher": "gen0", "method": "mpl"}},
-            "mpl": {"steps": args.steps, "batch_size": args.batch, "checkpoint_every": interval, "finetune_epochs": 0, "uda_ramp_steps": 1},
+            "mpl": {
+                "steps": args.steps,
+                "batch_size": args.batch,
+                "checkpoint_every": interval,
+                "finetune_epochs": 0,
+                "uda_ramp_steps": 1,
+            },
             "runtime": {"num_workers": args.workers, "device": args.device},
         }
     )
-    result = {"selftrain": str(Path(selftrain.__file__).parent), "workers": args.workers, "steps": args.steps, "batch": args.batch}
+    result = {
+        "selftrain": str(Path(selftrain.__file__).parent),
+        "workers": args.workers,
+        "steps": args.steps,
+        "batch": args.batch,
+    }
     with tempfile.TemporaryDirectory() as work:
         data, teacher = f"{work}/data", f"{work}/teacher.safetensors"
         stages.prepare.run(params, out=data)
@@ -56,7 +67,9 @@ def main() -> None:
         runs = {"mpl": lambda out: stages.train_mpl.run(params, generation="gen1", data=data, teacher=teacher, out=out)}
         logits = f"{work}/logits"
         stages.infer.run(params, teacher=teacher, data=data, out=logits)
-        runs["reduced_mpl"] = lambda out: stages.train_reduced_mpl.run(params, generation="gen1", data=data, logits_store=logits, teacher=teacher, out=out)
+        runs["reduced_mpl"] = lambda out: stages.train_reduced_mpl.run(
+            params, generation="gen1", data=data, logits_store=logits, teacher=teacher, out=out
+        )
         for method, run in runs.items():
             out = f"{work}/{method}"
             run(out)

@@ -30,7 +30,12 @@ def flip_probabilities(checkpoint: str, sequences: dict[str, np.ndarray], device
     out: dict[str, dict[str, float]] = {"clean": {}, "noisy": {}}
     for name in PERTURBATIONS:
         seqs = sequences[name]
-        preds = predict_logits(net, seqs.reshape(-1, *seqs.shape[-3:]), 512, device).argmax(-1).numpy().reshape(seqs.shape[:2])
+        preds = (
+            predict_logits(net, seqs.reshape(-1, *seqs.shape[-3:]), 512, device)
+            .argmax(-1)
+            .numpy()
+            .reshape(seqs.shape[:2])
+        )
         noise = name in rm.NOISE_SEQUENCES
         out["clean"][name] = rm.flip_probability(preds, noise)
         out["noisy"][name] = rm.flip_probability(preds[:, 1:], noise) if noise else out["clean"][name]
@@ -40,7 +45,11 @@ def flip_probabilities(checkpoint: str, sequences: dict[str, np.ndarray], device
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="artifacts/robustness/sets", help="make-robustness-sets' output")
-    ap.add_argument("--reference", default="artifacts/gen0/promoted.json", help="the robustness reference (promotion record or checkpoint)")
+    ap.add_argument(
+        "--reference",
+        default="artifacts/gen0/promoted.json",
+        help="the robustness reference (promotion record or checkpoint)",
+    )
     ap.add_argument("--model", action="append", required=True, help="a checkpoint to score (repeatable)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()

@@ -7,7 +7,8 @@
 Prefect's temporary server is started (by a trivial flow) before anything is timed; against a running
 server, set PREFECT_API_URL. The default overrides make a small but complete generation (~2 min here).
 
-    python bench/prefect_overhead.py [--generations 1] [--repeat 2] [--set KEY=VALUE ...] [--out bench/results_prefect.json]
+    python bench/prefect_overhead.py [--generations 1] [--repeat 2] [--set KEY=VALUE ...] [--out
+    bench/results_prefect.json]
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from selftrain import stages as plain_stages  # noqa: E402
 from selftrain.layout import Generation  # noqa: E402
 from selftrain.params import Params, load_params, parse_override  # noqa: E402
 
-SMALL = ["teacher.epochs=10", "student.epochs=2", "data.unlabeled=5000", "robustness.corruption_images=200", "robustness.hard_images=200"]
+SMALL = [
+    "teacher.epochs=10",
+    "student.epochs=2",
+    "data.unlabeled=5000",
+    "robustness.corruption_images=200",
+    "robustness.hard_images=200",
+]
 
 
 class _Timed:
@@ -62,7 +69,9 @@ def direct(stages: _Timed, params: Params, root: str) -> None:
     stages.prepare.run(params, out=gen0.data)
     stages.train_teacher.run(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
     stages.make_robustness_sets.run(params, data=gen0.data, out=gen0.robustness_sets)
-    stages.robustness_reference.run(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
+    stages.robustness_reference.run(
+        params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference
+    )
     for name, spec in params.generations.items():
         g, teacher = Generation(root, name), Generation(root, spec.teacher).promoted
         stages.infer.run(params, teacher=teacher, data=g.data, out=g.logits)
@@ -70,11 +79,27 @@ def direct(stages: _Timed, params: Params, root: str) -> None:
         if spec.method == "mpl":
             stages.train_mpl.run(params, generation=name, data=g.data, teacher=teacher, out=g.student)
         elif spec.method == "reduced_mpl":
-            stages.train_reduced_mpl.run(params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student)
+            stages.train_reduced_mpl.run(
+                params, generation=name, data=g.data, logits_store=g.logits, teacher=teacher, out=g.student
+            )
         else:
-            stages.train_student.run(params, generation=name, data=g.data, teacher=teacher, out=g.student, pseudo=g.pseudo, logits_store=g.logits)
+            stages.train_student.run(
+                params,
+                generation=name,
+                data=g.data,
+                teacher=teacher,
+                out=g.student,
+                pseudo=g.pseudo,
+                logits_store=g.logits,
+            )
         stages.evaluate.run(
-            params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
+            params,
+            teacher=teacher,
+            student=g.student_checkpoint,
+            data=g.data,
+            out=g.metrics,
+            sets=g.robustness_sets,
+            reference=g.robustness_reference,
         )
         rec = stages.promote.run(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
         stages.report.run(params, promoted=g.promoted, pseudo=g.pseudo, metrics=g.metrics, out=g.report)
@@ -96,8 +121,12 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 def task_seconds(flow_run_id) -> dict[str, float]:
     """Stage name -> its task run's wall time (start to end, from the API), over the flow run and its subflows."""
     with get_client(sync_client=True) as client:
-        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id, *(f.id for f in subflows)])))
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id, *(f.id for f in subflows)]))
+        )
     wrappers = {f.parent_task_run_id for f in subflows}
     seconds: dict[str, float] = {}
     for r in runs:
@@ -111,8 +140,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generations", type=int, default=1, help="generations to run (default: %(default)s)")
-    ap.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE", help=f"param overrides (default: {' '.join(SMALL)})")
-    ap.add_argument("--repeat", type=int, default=2, help="direct/flow pairs, alternated; ratios of medians (default: %(default)s)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help=f"param overrides (default: {' '.join(SMALL)})",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="direct/flow pairs, alternated; ratios of medians (default: %(default)s)"
+    )
     ap.add_argument("--out", default="bench/results_prefect.json")
     args = ap.parse_args()
     overrides = dict(parse_override(o) for o in (SMALL if args.overrides is None else args.overrides))
@@ -123,7 +161,12 @@ def main() -> None:
         # alternated, each on an empty root, so that neither side always runs on a colder machine
         for rep in range(args.repeat):
             direct_s.append(timed(direct, staged, params, str(Path(tmp, f"direct{rep}")))[0])
-            flow_args = {"params_path": args.params, "root": str(Path(tmp, f"flow{rep}")), "generations": args.generations, "overrides": overrides}
+            flow_args = {
+                "params_path": args.params,
+                "root": str(Path(tmp, f"flow{rep}")),
+                "generations": args.generations,
+                "overrides": overrides,
+            }
             t, first = timed(self_training, **flow_args, return_state=True)
             flow_s.append(t)
         t_cached, _ = timed(self_training, **flow_args)  # the last root again: nothing changed
@@ -143,7 +186,10 @@ def main() -> None:
         "overhead_ratio": round(t_flow / t_direct, 4),
         "cached_ratio": round(t_cached / flow_s[-1], 4),
         # per stage: the direct calls' mean vs the last flow run's task runs
-        "stages_s": {name: {"direct": round(t / args.repeat, 2), "task": round(in_flow.get(name, float("nan")), 2)} for name, t in staged.seconds.items()},
+        "stages_s": {
+            name: {"direct": round(t / args.repeat, 2), "task": round(in_flow.get(name, float("nan")), 2)}
+            for name, t in staged.seconds.items()
+        },
     }
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

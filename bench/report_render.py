@@ -20,7 +20,9 @@ def per_axes(images: np.ndarray, rows: int, cols: int, captions: bool) -> bytes:
     for k, ax in enumerate(axes.flat):
         img = images[k % len(images)]
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255)
-        ax.add_patch(plt.Rectangle((-0.5, -0.5), img.shape[1], img.shape[0], fill=False, edgecolor=gallery.KEPT, linewidth=3))
+        ax.add_patch(
+            plt.Rectangle((-0.5, -0.5), img.shape[1], img.shape[0], fill=False, edgecolor=gallery.KEPT, linewidth=3)
+        )
         if captions:
             ax.set_title(f"{k / (rows * cols):.2f} kept", fontsize=6)
         ax.set_xticks([])
@@ -51,8 +53,16 @@ def main() -> None:
     corrupted = {f"corruption {c}": rng.integers(0, 255, (5, 10, 28, 28, 1), dtype=np.uint8) for c in range(15)}
     rendering.corruption_grid(images[:10], corrupted)  # matplotlib's first figure pays for its fonts: not timed
     rows = [
-        ("gallery, 12 x 10 tiles", best_of(per_axes, images, 12, 10, True), best_of(gallery.render, images, classes, teacher, copies, "t", previous, truth)),
-        ("corruption grid, 15 x 6 tiles", best_of(per_axes, images, 15, 6, False), best_of(rendering.corruption_grid, images[:10], corrupted)),
+        (
+            "gallery, 12 x 10 tiles",
+            best_of(per_axes, images, 12, 10, True),
+            best_of(gallery.render, images, classes, teacher, copies, "t", previous, truth),
+        ),
+        (
+            "corruption grid, 15 x 6 tiles",
+            best_of(per_axes, images, 15, 6, False),
+            best_of(rendering.corruption_grid, images[:10], corrupted),
+        ),
     ]
     print("| picture | one axes per tile (s) | one image (s) | speed-up |\n|---|---:|---:|---:|")
     for name, base, sheet in rows:

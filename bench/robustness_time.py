@@ -54,12 +54,19 @@ def main() -> None:
         val, test = load_split(data, "val"), load_split(data, "test")
         clean = _median_seconds(lambda: (accuracy(net, val, bs, device), accuracy(net, test, bs, device)), args.repeats)
         build = _median_seconds(lambda: stages.make_robustness_sets.run(params, data=data, out=sets), args.repeats)
-        reference = _median_seconds(lambda: stages.robustness_reference.run(params, data=data, sets=sets, reference_model=args.model, out=ref), args.repeats)
+        reference = _median_seconds(
+            lambda: stages.robustness_reference.run(params, data=data, sets=sets, reference_model=args.model, out=ref),
+            args.repeats,
+        )
         corrupted, sequences = robustness.load_sets(sets)
-        evaluate = _median_seconds(lambda: robustness.measure(net, corrupted, sequences, None, bs, device), args.repeats)
+        evaluate = _median_seconds(
+            lambda: robustness.measure(net, corrupted, sequences, None, bs, device), args.repeats
+        )
         n_images = len(val) + len(test)
         n_robust = sum(corrupted[k].shape[0] * corrupted[k].shape[1] for k in corrupted if corrupted[k].ndim == 5)
-        n_robust += len(corrupted["clean"]) + sum(sequences[k].shape[0] * sequences[k].shape[1] for k in sequences if sequences[k].ndim == 5)
+        n_robust += len(corrupted["clean"]) + sum(
+            sequences[k].shape[0] * sequences[k].shape[1] for k in sequences if sequences[k].ndim == 5
+        )
     result = {
         "device": str(device),
         "clean_eval_s": clean,

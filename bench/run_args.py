@@ -13,9 +13,19 @@ import yaml
 def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
     """--params, --set, --work, --out and --show (print the table of a raw results file, run nothing)."""
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every run (YAML value), repeatable")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for every run (YAML value), repeatable",
+    )
     ap.add_argument("--work", default=work, help="artifacts of every run (default: %(default)s)")
-    ap.add_argument("--out", default=out, help="raw results, appended to, so a killed run picks up where it stopped (default: %(default)s)")
+    ap.add_argument(
+        "--out",
+        default=out,
+        help="raw results, appended to, so a killed run picks up where it stopped (default: %(default)s)",
+    )
     ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
 
 

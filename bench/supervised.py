@@ -6,8 +6,10 @@ plus this variant's --set overrides, and score it on the test split. Records the
 its last val top-1 and its test top-1 under --tag in --out (appended, so variants and seeds accumulate).
 
     python bench/supervised.py --tag default --seeds 0 1 2 --out supervised.json
-    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --set teacher.epochs=60 --set teacher.augment=s1 --out supervised.json
-    python bench/supervised.py --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out supervised.json
+    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --set teacher.epochs=60 --set teacher.augment=s1 --out
+    supervised.json
+    python bench/supervised.py --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out
+    supervised.json
     python bench/supervised.py --show supervised.json
 """
 
@@ -38,7 +40,9 @@ def run(seed: int, tag: str, work: Path, params_path: str, overrides: dict[str, 
     wall = time.perf_counter() - t0
     device = runtime.pick_device(p.runtime.device)
     net, _ = models.load_checkpoint(str(out / "teacher" / stages.CHECKPOINT))
-    test = accuracy(runtime.place(net.eval(), device), load_split(str(data), "test"), p.evaluate.batch_size, device)["top1"]
+    test = accuracy(runtime.place(net.eval(), device), load_split(str(data), "test"), p.evaluate.batch_size, device)[
+        "top1"
+    ]
     return {"overrides": overrides, "wall_s": wall, "val_top1": summary.get("val_top1"), "test_top1": test}
 
 
@@ -49,7 +53,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
         per = " / ".join(f"{a:.2f}" for a in acc)
         lines.append(
-            f"| {tag} | {', '.join(seeds)} | {statistics.mean(acc):.2f}{spread} | {per} | {statistics.mean(r['wall_s'] for r in seeds.values()):.0f} |"
+            f"| {tag} | {', '.join(seeds)} | {statistics.mean(acc):.2f}{spread} | {per} | "
+            f"{statistics.mean(r['wall_s'] for r in seeds.values()):.0f} |"
         )
     return "\n".join(lines)
 
@@ -68,7 +73,9 @@ def main() -> None:
     results = run_args.results(args)
     for seed in args.seeds:
         if str(seed) not in results.get(args.tag, {}):  # a killed run picks up at the next seed
-            results.setdefault(args.tag, {})[str(seed)] = run(seed, args.tag, Path(args.work), args.params, run_args.overrides(args))
+            results.setdefault(args.tag, {})[str(seed)] = run(
+                seed, args.tag, Path(args.work), args.params, run_args.overrides(args)
+            )
             run_args.save(args, results)
     print(table(results))
 

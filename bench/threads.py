@@ -43,7 +43,11 @@ def neighbour(kind: str, threads: int, args: argparse.Namespace) -> subprocess.P
         return subprocess.Popen([sys.executable, "-c", "while True: pass"])
     loop = STEP.replace("range(3 + int(sys.argv[4]))", "iter(int, 1)")  # the same step, forever
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen([sys.executable, "-c", loop, args.model, str(args.batch), str(args.size), "0"], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", loop, args.model, str(args.batch), str(args.size), "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def median_step(threads: int, args: argparse.Namespace) -> float:
@@ -51,7 +55,11 @@ def median_step(threads: int, args: argparse.Namespace) -> float:
     pool is sized from OMP_NUM_THREADS as a stage's would be)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(
-        [sys.executable, "-c", STEP, args.model, str(args.batch), str(args.size), str(args.steps)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", STEP, args.model, str(args.batch), str(args.size), str(args.steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     got = json.loads(out.stdout)
     assert got["threads"] == threads
@@ -79,8 +87,14 @@ def main() -> None:
                 busy.kill()
                 busy.wait()
         rows.append((threads, *row))
-    print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, {cores} cores, median of {args.steps} steps x {args.repeats}\n")
-    print("| torch threads | step alone (s) | beside a spinning process (s) | slowdown | beside the same loop (s) | slowdown |")
+    print(
+        f"{args.model}, batch {args.batch}, {args.size}x{args.size}, {cores} cores, median of {args.steps} steps x "
+        f"{args.repeats}\n"
+    )
+    print(
+        "| torch threads | step alone (s) | beside a spinning process (s) | slowdown | beside the same loop (s) | "
+        "slowdown |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for threads, alone, spun, paired in rows:
         print(f"| {threads} | {alone:.3f} | {spun:.3f} | {spun / alone:.1f}x | {paired:.3f} | {paired / alone:.1f}x |")

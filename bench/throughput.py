@@ -12,7 +12,8 @@ stops the run with an error rather than leaving a gap in the table.
 With --compile, every model (the bare loop's and the steps') is `torch.compile`d on any device: selftrain compiles
 only on CUDA (`runtime.compile`), and a run with and one without on the same machine say whether CPU should too.
 
-    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0] [--compile] [--out throughput.json]
+    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0]
+    [--compile] [--out throughput.json]
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def compiled(model: torch.nn.Module, compile: bool) -> torch.nn.Module:
     return cast(torch.nn.Module, torch.compile(model)) if compile else model
 
 
-def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int, device: torch.device, compile: bool) -> float:
+def bare_train(
+    model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int, device: torch.device, compile: bool
+) -> float:
     model = timm.create_model(model_name, num_classes=10, in_chans=images.shape[3]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model = compiled(model, compile)
@@ -77,7 +80,9 @@ def bare_train(model_name: str, images: np.ndarray, labels: np.ndarray, batch: i
     return steps * batch / (time.perf_counter() - t0)
 
 
-def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, workers: int, compile: bool) -> dict[str, Callable[[], train.Step]]:
+def step_kinds(
+    model_name: str, splits: dict, batch: int, device: torch.device, workers: int, compile: bool
+) -> dict[str, Callable[[], train.Step]]:
     """Every step kind of the registry's methods, each a fresh model (and teacher) on the same data: teacher
     (supervised), student (pseudo-labels: noisy_student, distill), mpl, reduced_mpl and fixmatch, each about `batch`
     images a step: the student's and MPL's a labeled quarter, FixMatch's a labeled seventh, its unlabeled images
@@ -87,9 +92,13 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
     ctx = train.Context(device, workers=workers)
     ratio = 3
     teacher_p = TrainParams(epochs=1_000, batch_size=batch, augment="s1")
-    student_p = StudentParams(epochs=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, augment="noisy_student")
+    student_p = StudentParams(
+        epochs=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, augment="noisy_student"
+    )
     mpl_p = MplParams(steps=1_000, batch_size=batch // (1 + ratio), unlabeled_ratio=ratio, uda_ramp_steps=1)
-    fixmatch_p = FixMatchParams(steps=1_000, batch_size=batch // (1 + 2 * ratio), unlabeled_ratio=ratio, threshold="freematch", dist_align=True)
+    fixmatch_p = FixMatchParams(
+        steps=1_000, batch_size=batch // (1 + 2 * ratio), unlabeled_ratio=ratio, threshold="freematch", dist_align=True
+    )
     soft = np.full((len(unlabeled), 10), 0.1, dtype=np.float32)
     stored = np.log(soft)
 
@@ -101,7 +110,16 @@ def step_kinds(model_name: str, splits: dict, batch: int, device: torch.device, 
         "student": lambda: PseudoLabelStep(net(), student_p, labeled, (unlabeled.images, soft), ctx, 0),
         "mpl": lambda: MplStep(net(), net(), mpl_p, student_p, labeled, unlabeled.images, ctx, 0),
         "reduced_mpl": lambda: ReducedMplStep(
-            net(), LogitTeacher(10, 128).to(device), mpl_p, student_p, labeled, unlabeled.images, ctx, 0, stored=stored, rp=ReducedMplParams()
+            net(),
+            LogitTeacher(10, 128).to(device),
+            mpl_p,
+            student_p,
+            labeled,
+            unlabeled.images,
+            ctx,
+            0,
+            stored=stored,
+            rp=ReducedMplParams(),
         ),
         "fixmatch": lambda: FixMatchStep(net(), fixmatch_p, student_p, labeled, unlabeled.images, ctx, 0),
     }
@@ -117,9 +135,14 @@ def step_rate(step: train.Step, steps: int, device: torch.device) -> dict[str, f
     """images/s and steps/s of selftrain.train.fit running `steps` steps (after 3 warm-up steps): the step's data
     pipeline (augmentation, DataLoader), its updates and the loop's bookkeeping. Images: what the step trains on."""
     step.total = 3 + 3 * max(1, steps // 3)
-    _, rows, _ = train.fit(step, step.ctx, 0, log_every=3, desc="bench")  # a row every 3 steps: the first is the warm-up
+    _, rows, _ = train.fit(
+        step, step.ctx, 0, log_every=3, desc="bench"
+    )  # a row every 3 steps: the first is the warm-up
     timed = rows[1:]
-    return {"img_s": statistics.fmean(r["images_per_s"] for r in timed), "steps_s": statistics.fmean(r["steps_per_s"] for r in timed)}
+    return {
+        "img_s": statistics.fmean(r["images_per_s"] for r in timed),
+        "steps_s": statistics.fmean(r["steps_per_s"] for r in timed),
+    }
 
 
 def bare_infer(model_name: str, images: np.ndarray, batch: int, device: torch.device) -> float:
@@ -157,12 +180,22 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=20000, help="images for the inference comparison")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers per step (runtime.num_workers)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile every model, on any device (the first steps, untimed, compile)")
-    ap.add_argument("--out", metavar="FILE", help="add this model's stage throughputs to FILE, the format `selftrain plan --throughput` reads")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every model, on any device (the first steps, untimed, compile)",
+    )
+    ap.add_argument(
+        "--out",
+        metavar="FILE",
+        help="add this model's stage throughputs to FILE, the format `selftrain plan --throughput` reads",
+    )
     args = ap.parse_args()
 
     device = runtime.pick_device(args.device)
-    params = Params(data=DataParams(unlabeled=args.unlabeled), runtime={"device": args.device}, infer={"batch_size": args.batch})
+    params = Params(
+        data=DataParams(unlabeled=args.unlabeled), runtime={"device": args.device}, infer={"batch_size": args.batch}
+    )
     splits = make_splits(params.data, params.seed)
     labeled = splits["labeled"]
     with tempfile.TemporaryDirectory() as work:
@@ -178,10 +211,17 @@ def main() -> None:
             "batch": args.batch,
             "compile": args.compile,
         }
-        kinds = {kind: make() for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers, args.compile).items()}
+        kinds = {
+            kind: make()
+            for kind, make in step_kinds(args.model, splits, args.batch, device, args.workers, args.compile).items()
+        }
         if missing := unmeasured(kinds):
-            raise SystemExit(f"bench/throughput.py builds no step of {', '.join(sorted(missing))}: add a kind to step_kinds")
-        result["train_bare_img_s"] = bare_train(args.model, labeled.images, labeled.labels, args.batch, args.steps, device, args.compile)
+            raise SystemExit(
+                f"bench/throughput.py builds no step of {', '.join(sorted(missing))}: add a kind to step_kinds"
+            )
+        result["train_bare_img_s"] = bare_train(
+            args.model, labeled.images, labeled.labels, args.batch, args.steps, device, args.compile
+        )
         for kind, step in kinds.items():
             rate = step_rate(step, args.steps, device)
             result[f"{kind}_img_s"], result[f"{kind}_steps_s"] = rate["img_s"], rate["steps_s"]
@@ -194,7 +234,11 @@ def main() -> None:
     if args.out:
         path = Path(args.out)
         table = json.loads(path.read_text()) if path.exists() else {"device": result["device"], "models": {}}
-        table["models"][args.model] = {"train_img_s": result["train_stage_img_s"], "infer_img_s": result["infer_stage_img_s"], "batch": args.batch}
+        table["models"][args.model] = {
+            "train_img_s": result["train_stage_img_s"],
+            "infer_img_s": result["infer_stage_img_s"],
+            "batch": args.batch,
+        }
         path.write_text(json.dumps(table, indent=2) + "\n")
 
 

@@ -41,7 +41,10 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     print("| method | test accuracy (mean ± std) | per seed |\n|---|---:|---|")
     for name, accs in rows.items():
-        print(f"| {name} | {100 * statistics.mean(accs):.1f} ± {100 * statistics.stdev(accs):.1f} % | {', '.join(f'{100 * a:.1f}' for a in accs)} |")
+        print(
+            f"| {name} | {100 * statistics.mean(accs):.1f} ± {100 * statistics.stdev(accs):.1f} % | "
+            f"{', '.join(f'{100 * a:.1f}' for a in accs)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Noisy Student at several `data.unlabeled` sizes: what more unlabeled images buy, and what they cost (issue 27, point 4).
+"""Noisy Student at several `data.unlabeled` sizes: what more unlabeled images buy, and what they cost (issue 27, point
+4).
 
 Per size (same seed, so the same labeled, val and test splits and the same teacher): prepare, the teacher, the
 robustness sets and reference, then `--generations` Noisy Student generations (infer, filter-balance,
@@ -24,9 +25,13 @@ from methods import Seed  # bench/methods.py: the same per-seed runs and evaluat
 
 
 def run_size(
-    seed: Seed, generations: int, every: Callable[[list[dict[str, Any]]], None] | None = None, student_models: list[str] | None = None
+    seed: Seed,
+    generations: int,
+    every: Callable[[list[dict[str, Any]]], None] | None = None,
+    student_models: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The teacher and `generations` students; with `every`, each generation is scored too and `every` gets the list so far."""
+    """The teacher and `generations` students; with `every`, each generation is scored too and `every` gets the list so
+    far."""
     teacher, scored = seed.prepare(), []
 
     def score(k: int, checkpoint: str) -> None:
@@ -34,7 +39,9 @@ def run_size(
         if every:
             every(scored)
 
-    model, wall, students = seed.chain("noisy_student", generations, models=student_models, after=score if every else None)
+    model, wall, students = seed.chain(
+        "noisy_student", generations, models=student_models, after=score if every else None
+    )
     if every:  # the last generation is already scored
         last = {k: v for k, v in scored[-1].items() if k != "generation"}
         return {"teacher": teacher, **last, "wall_s": wall, "student_wall_s": students, "generations": scored}
@@ -43,13 +50,17 @@ def run_size(
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| data.unlabeled | teacher test top-1 % | student test top-1 % | gain | mCE | wall s (generations) | of which students | each generation % |",
+        "| data.unlabeled | teacher test top-1 % | student test top-1 % | gain | mCE | wall s (generations) | of "
+        "which students | each generation % |",
         "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size, r in sorted(((k, v) for k, v in results.items() if k.isdigit()), key=lambda kv: int(kv[0])):
         t, s = 100 * r["teacher"]["test_top1"], 100 * r["test_top1"]
         each = ", ".join(f"{100 * g['test_top1']:.2f}" for g in r.get("generations", []))
-        lines.append(f"| {size} | {t:.2f} | {s:.2f} | {s - t:+.2f} | {r['mCE']:.3f} | {r['wall_s']:.0f} | {sum(r['student_wall_s']):.0f} | {each} |")
+        lines.append(
+            f"| {size} | {t:.2f} | {s:.2f} | {s - t:+.2f} | {r['mCE']:.3f} | {r['wall_s']:.0f} | "
+            f"{sum(r['student_wall_s']):.0f} | {each} |"
+        )
     return "\n".join(lines)
 
 
@@ -58,8 +69,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000, 44000], help="data.unlabeled values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=1)
-    ap.add_argument("--student-models", nargs="+", metavar="MODEL", help="each generation's student model (default: generations.gen1.model)")
-    ap.add_argument("--every-generation", action="store_true", help="also score every generation's student, saved as each one ends")
+    ap.add_argument(
+        "--student-models",
+        nargs="+",
+        metavar="MODEL",
+        help="each generation's student model (default: generations.gen1.model)",
+    )
+    ap.add_argument(
+        "--every-generation", action="store_true", help="also score every generation's student, saved as each one ends"
+    )
     run_args.add(ap, work="runs/unlabeled", out="unlabeled.json")
     args = ap.parse_args()
     if args.show:
@@ -68,10 +86,17 @@ def main() -> None:
     overrides, results = run_args.overrides(args), run_args.results(args)
     for size in args.sizes:
         if str(size) not in results:  # a killed run picks up at the next size
-            seed = Seed(args.seed, Path(args.work) / f"unlabeled{size}", args.params, {**overrides, "data.unlabeled": size})
-            # a size's generations so far, saved beside the finished sizes (a killed run keeps them; the resume reruns the size)
+            seed = Seed(
+                args.seed, Path(args.work) / f"unlabeled{size}", args.params, {**overrides, "data.unlabeled": size}
+            )
+            # a size's generations so far, saved beside the finished sizes (a killed run keeps them; the
+            # resume reruns the size)
             every = (
-                (lambda so_far, size=size: run_args.save(args, {**results, "partial": {"size": size, "generations": so_far}}))
+                (
+                    lambda so_far, size=size: run_args.save(
+                        args, {**results, "partial": {"size": size, "generations": so_far}}
+                    )
+                )
                 if args.every_generation
                 else None
             )

@@ -35,9 +35,22 @@ def generation(params: Params, root: str, name: str) -> dict[str, Any]:
         method = methods.get(params.generations[name].method)
         train = getattr(stages, method.stage.replace("-", "_"))  # the method's stage, e.g. train-mpl for mpl
         inputs = {"pseudo": g.pseudo, "logits_store": g.logits}
-        train(params, generation=name, data=g.data, teacher=teacher, out=g.student, **{k: inputs[k] for k in method.stage_inputs})
+        train(
+            params,
+            generation=name,
+            data=g.data,
+            teacher=teacher,
+            out=g.student,
+            **{k: inputs[k] for k in method.stage_inputs},
+        )
         metrics = stages.evaluate(
-            params, teacher=teacher, student=g.student_checkpoint, data=g.data, out=g.metrics, sets=g.robustness_sets, reference=g.robustness_reference
+            params,
+            teacher=teacher,
+            student=g.student_checkpoint,
+            data=g.data,
+            out=g.metrics,
+            sets=g.robustness_sets,
+            reference=g.robustness_reference,
         )
         promoted = stages.promote(params, generation=name, metrics=g.metrics, teacher=teacher, out=g.promoted)
         stages.record_lineage(

@@ -33,10 +33,13 @@ def _run_name() -> str:
     """e.g. self-training-noisy_student-3gen: the methods and the number of generations the run will do."""
     p = flow_run.parameters
     try:
-        params = load_params(p["params_path"], p.get("overrides"), generations=p.get("generations"), method=p.get("method"))
+        params = load_params(
+            p["params_path"], p.get("overrides"), generations=p.get("generations"), method=p.get("method")
+        )
     except ParamsError:
         return "self-training-bad-params"  # the flow itself fails with the message
-    return f"self-training-{'+'.join(sorted({g.method for g in params.generations.values()}))}-{len(params.generations)}gen"
+    used = "+".join(sorted({g.method for g in params.generations.values()}))
+    return f"self-training-{used}-{len(params.generations)}gen"
 
 
 @flow(name="self-training", flow_run_name=_run_name)
@@ -67,7 +70,13 @@ def self_training(
         stages.prepare(params, listing=gen0.data_listing, out=gen0.data)
         stages.train_teacher(params, data=gen0.data, out=gen0.teacher, promoted=gen0.promoted)
         stages.make_robustness_sets(params, data=gen0.data, out=gen0.robustness_sets)
-        stages.robustness_reference(params, data=gen0.data, sets=gen0.robustness_sets, reference_model=gen0.promoted, out=gen0.robustness_reference)
+        stages.robustness_reference(
+            params,
+            data=gen0.data,
+            sets=gen0.robustness_sets,
+            reference_model=gen0.promoted,
+            out=gen0.robustness_reference,
+        )
         for name in params.generations:
             record = generation(params, root, name)
             if not record["passed"]:
@@ -83,9 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     ap.add_argument("--root", default="runs/prefect", help="artifact root, local path or s3:// (default: %(default)s)")
-    ap.add_argument("--generations", type=int, help="run only the first N generations (default: all in the params file)")
-    ap.add_argument("--method", choices=methods.names(), help="give every generation this method (default: each its own)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
+    ap.add_argument(
+        "--generations", type=int, help="run only the first N generations (default: all in the params file)"
+    )
+    ap.add_argument(
+        "--method", choices=methods.names(), help="give every generation this method (default: each its own)"
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param (repeatable)",
+    )
     args = ap.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.overrides)
     print(self_training(args.params, args.root, args.generations, args.method, overrides)["table"])

@@ -20,8 +20,11 @@ def inline_png(uri: str, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(artifacts.read_bytes(uri)).decode()})"
 
 
-def publish_generation(g: Generation, name: str, method: str, metrics: dict[str, Any], promoted: dict[str, Any], report_files: list[str]) -> None:
-    """Markdown tables (teacher vs student with the gate's verdict; pseudo-labels per class) and each PNG plot, in place."""
+def publish_generation(
+    g: Generation, name: str, method: str, metrics: dict[str, Any], promoted: dict[str, Any], report_files: list[str]
+) -> None:
+    """Markdown tables (teacher vs student with the gate's verdict; pseudo-labels per class) and each PNG plot, in
+    place."""
     create_markdown_artifact(
         f"# {name} ({method}): teacher vs student\n\n{generation_table(metrics, promoted)}",
         key=f"{name}-results",
@@ -29,7 +32,9 @@ def publish_generation(g: Generation, name: str, method: str, metrics: dict[str,
     )
     counts = artifacts.read_json(artifacts.join(g.pseudo, "counts.json"))
     create_markdown_artifact(
-        f"# {name}: pseudo-labels per class\n\n{balance_table(counts)}", key=f"{name}-balance", description=f"{name}: pseudo-label filtering and balancing"
+        f"# {name}: pseudo-labels per class\n\n{balance_table(counts)}",
+        key=f"{name}-balance",
+        description=f"{name}: pseudo-label filtering and balancing",
     )
     for file in report_files:
         if file.endswith(".png"):
@@ -40,4 +45,8 @@ def publish_plot(uri: str, generation: str) -> str:
     """One PNG plot of a generation's report as a markdown artifact keyed `<generation>-<plot>`; its id."""
     file = uri.rsplit("/", 1)[-1]
     key = f"{generation}-{file.removesuffix('.png').replace('_', '-')}"
-    return str(create_markdown_artifact(f"{inline_png(uri, f'{generation}: {file}')}\n\n`{uri}`", key=key, description=f"{generation}: plot {file}"))
+    return str(
+        create_markdown_artifact(
+            f"{inline_png(uri, f'{generation}: {file}')}\n\n`{uri}`", key=key, description=f"{generation}: plot {file}"
+        )
+    )

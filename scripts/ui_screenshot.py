@@ -52,7 +52,11 @@ def _port() -> int:
 
 
 def _api(api: str, path: str, body: dict | None = None) -> dict | list:
-    req = urllib.request.Request(f"{api}/{path}", data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{api}/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -61,22 +65,31 @@ def newest_artifact(api: str, key: str) -> str:
     """The id of the newest artifact with this key; prints the flow run and deployment it came from."""
     found = _api(api, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
     if not found:
-        sys.exit(f"no artifact with key {key!r} on {api}: run a deployment first (README: 'A deployment run in the UI')")
+        sys.exit(
+            f"no artifact with key {key!r} on {api}: run a deployment first (README: 'A deployment run in the UI')"
+        )
     art = found[0]  # type: ignore[index]
     run = _api(api, f"flow_runs/{art['flow_run_id']}")
     names = [run["name"]]  # type: ignore[index]
-    while not run["deployment_id"] and run["parent_task_run_id"]:  # type: ignore[index]  # a generation's subflow: up to the flow run
+    # a generation's subflow: up to the flow run
+    while not run["deployment_id"] and run["parent_task_run_id"]:  # type: ignore[index]
         parent = _api(api, f"task_runs/{run['parent_task_run_id']}")  # type: ignore[index]
         run = _api(api, f"flow_runs/{parent['flow_run_id']}")  # type: ignore[index]
         names.append(run["name"])  # type: ignore[index]
-    dep = _api(api, f"deployments/{run['deployment_id']}")["name"] if run["deployment_id"] else "none: not a deployment run"  # type: ignore[index]
-    print(f"artifact {key} of flow run {' < '.join(map(repr, names))} ({run['state_name']}), deployment: {dep}")  # type: ignore[index]
+    dep = (
+        _api(api, f"deployments/{run['deployment_id']}")["name"]
+        if run["deployment_id"]
+        else "none: not a deployment run"
+    )  # type: ignore[index]
+    # type: ignore[index]
+    print(f"artifact {key} of flow run {' < '.join(map(repr, names))} ({run['state_name']}), deployment: {dep}")
     return str(art["id"])
 
 
 @contextmanager
 def fresh_server() -> Iterator[tuple[str, dict[str, str]]]:
-    """A Prefect server on a free loopback port with an empty PREFECT_HOME: (api url, the environment that reaches it)."""
+    """A Prefect server on a free loopback port with an empty PREFECT_HOME: (api url, the environment that reaches
+    it)."""
     home = Path(tempfile.mkdtemp(prefix="selftrain-ui-"))
     port = _port()
     api = f"http://127.0.0.1:{port}/api"
@@ -109,7 +122,9 @@ def publish(plot: Path, env: dict[str, str]) -> str:
         "from prefect import flow\nfrom flows.ui import publish_plot\n"
         f"print(flow(name='ui-screenshot')(lambda: publish_plot({str(plot)!r}, {plot.parent.parent.name!r}))())"
     )
-    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
 
 
 def screenshot(chromium: str, url: str, out: Path) -> int:
@@ -137,8 +152,16 @@ def screenshot(chromium: str, url: str, out: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--api", help="a running server's API, e.g. http://127.0.0.1:4200/api (`make server`); with --key")
-    ap.add_argument("--key", default="gen1-accuracy", help="with --api: the artifact key to show, newest first (default: %(default)s)")
-    ap.add_argument("--report", default="artifacts/gen1/report", help="without --api: a generation's report folder (default: %(default)s)")
+    ap.add_argument(
+        "--key",
+        default="gen1-accuracy",
+        help="with --api: the artifact key to show, newest first (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--report",
+        default="artifacts/gen1/report",
+        help="without --api: a generation's report folder (default: %(default)s)",
+    )
     ap.add_argument("--plot", default="accuracy.png", help="without --api: which plot of it (default: %(default)s)")
     ap.add_argument("--out", default="ui-screenshot.png", help="the screenshot (default: %(default)s)")
     args = ap.parse_args()
@@ -146,7 +169,9 @@ def main() -> int:
     out = Path(args.out)
     if args.api:
         api = args.api.rstrip("/")
-        return screenshot(chromium, f"{api.removesuffix('/api')}/artifacts/artifact/{newest_artifact(api, args.key)}", out)
+        return screenshot(
+            chromium, f"{api.removesuffix('/api')}/artifacts/artifact/{newest_artifact(api, args.key)}", out
+        )
     plot = Path(args.report) / args.plot
     if not plot.exists():
         sys.exit(f"{plot} not found: run `make run` (or point --report at a generation's report folder)")

@@ -17,7 +17,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (top == labels[:, None]).any(dim=1).float().mean().item()
 
 
-def accuracy(model: nn.Module, split: Split, batch_size: int, device: torch.device, desc: str | None = None) -> dict[str, float]:
+def accuracy(
+    model: nn.Module, split: Split, batch_size: int, device: torch.device, desc: str | None = None
+) -> dict[str, float]:
     """top1, and top5 where the split has more than 5 classes."""
     was_training = model.training
     logits = predict_logits(model, split.images, batch_size, device, desc)

@@ -250,7 +250,9 @@ def _local_mutex(path: str) -> Iterator[None]:
                 if time.time() - os.stat(path).st_mtime > 60:
                     os.remove(path)
             if time.monotonic() > deadline:
-                raise ArtifactError(f"'{path}' has been held for 30 s: remove it if no selftrain run is writing there") from None
+                raise ArtifactError(
+                    f"'{path}' has been held for 30 s: remove it if no selftrain run is writing there"
+                ) from None
             time.sleep(0.001)
     try:
         yield
@@ -306,7 +308,9 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
     token = uuid.uuid4().hex
 
     def record() -> bytes:
-        return json.dumps({**owner, "token": token, "heartbeat": time.time(), "stale_after_s": stale_after_s}, sort_keys=True).encode()
+        return json.dumps(
+            {**owner, "token": token, "heartbeat": time.time(), "stale_after_s": stale_after_s}, sort_keys=True
+        ).encode()
 
     mine = record()
     try:
@@ -315,7 +319,11 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
         raw = _read_raw(uri)
         held = _parse_lock(raw)
         age = time.time() - held["heartbeat"] if held and isinstance(held.get("heartbeat"), (int, float)) else None
-        who = {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")} if held else "an unknown run"
+        who = (
+            {k: v for k, v in held.items() if k not in ("token", "heartbeat", "stale_after_s")}
+            if held
+            else "an unknown run"
+        )
         if raw is None or age is None or age <= (held or {}).get("stale_after_s", stale_after_s):
             beat = f" (its last heartbeat {age:.0f} s ago)" if age is not None else ""
             raise ArtifactError(
@@ -323,9 +331,13 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
                 f"whose holder stops renewing it is taken over after {stale_after_s:.0f} s, one without a "
                 "heartbeat never: delete that file if its run is gone"
             ) from None
-        log.warning("'%s': taking over the lock of %s, whose last heartbeat was %.0f s ago (the run died)", uri, who, age)
+        log.warning(
+            "'%s': taking over the lock of %s, whose last heartbeat was %.0f s ago (the run died)", uri, who, age
+        )
         if not replace_if(uri, raw, mine):
-            raise ArtifactError(f"'{uri}' was taken over by another run at the same moment: it is writing there") from None
+            raise ArtifactError(
+                f"'{uri}' was taken over by another run at the same moment: it is writing there"
+            ) from None
     with _held_guard:
         _held[uri] = token
         _lost.discard(uri)
@@ -340,7 +352,8 @@ def exclusive(uri: str, owner: dict[str, Any], stale_after_s: float = 600.0) -> 
                     with _held_guard:
                         _lost.add(uri)
                     log.error(
-                        "'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat): it writes nothing more there",
+                        "'%s' is no longer held by this run (taken over while it went %.0f s without a heartbeat): it "
+                        "writes nothing more there",
                         uri,
                         stale_after_s,
                     )
@@ -426,15 +439,21 @@ class NpzColumn:
         row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
         with _npz_member(self.uri, self.name) as (member, _, _):
             try:
-                member.seek(member.tell() + start * row_bytes)  # forward, by reading: a part of the pool starts mid-file
+                member.seek(
+                    member.tell() + start * row_bytes
+                )  # forward, by reading: a part of the pool starts mid-file
                 for first in range(start, stop, size):
                     n = min(size, stop - first)
                     data = member.read(n * row_bytes)
                     if len(data) < n * row_bytes:
                         raise EOFError(f"row {first + len(data) // row_bytes} of {self.shape[0]}")
-                    yield np.frombuffer(bytearray(data), self.dtype).reshape(n, *self.shape[1:])  # writable, as torch wants
+                    yield np.frombuffer(bytearray(data), self.dtype).reshape(
+                        n, *self.shape[1:]
+                    )  # writable, as torch wants
             except (zipfile.BadZipFile, EOFError, OSError) as e:
-                raise ArtifactError(f"'{self.uri}' is cut short or corrupt in '{self.name}' ({e}): rebuild it") from None
+                raise ArtifactError(
+                    f"'{self.uri}' is cut short or corrupt in '{self.name}' ({e}): rebuild it"
+                ) from None
 
 
 @contextmanager
@@ -442,7 +461,9 @@ def _npz_member(uri: str, name: str) -> Iterator[tuple[Any, tuple[int, ...], np.
     fs, path = _fs(uri)
     files = ExitStack()
     try:
-        member = files.enter_context(files.enter_context(zipfile.ZipFile(files.enter_context(fs.open(path, "rb")))).open(f"{name}.npy"))
+        member = files.enter_context(
+            files.enter_context(zipfile.ZipFile(files.enter_context(fs.open(path, "rb")))).open(f"{name}.npy")
+        )
         version = np.lib.format.read_magic(member)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(member)
@@ -481,7 +502,9 @@ def load_array(uri: str) -> np.ndarray:
     fs, path = _fs(uri)
     try:
         if isinstance(fs, LocalFileSystem):
-            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain view: np.memmap's indexing is slow
+            return np.asarray(
+                np.load(path, mmap_mode="r", allow_pickle=False)
+            )  # a plain view: np.memmap's indexing is slow
         return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
     except FileNotFoundError:
         raise ArtifactError(f"'{uri}' not found") from None
@@ -560,7 +583,8 @@ def require_complete(uri: str) -> dict[str, Any]:
             | {
                 rel
                 for rel in set(found) & set(manifest["files"])
-                if found[rel]["size"] != sizes.get(rel) or (etags is not None and found[rel].get("ETag") != etags.get(rel))
+                if found[rel]["size"] != sizes.get(rel)
+                or (etags is not None and found[rel].get("ETag") != etags.get(rel))
             }
         )
         if wrong:
@@ -576,7 +600,11 @@ def _listing(uri: str) -> dict[str, dict[str, Any]]:
     """The files under a directory (relative path -> size, and ETag on S3), the manifest left out."""
     fs, root = _fs(uri)
     root = root.rstrip("/")
-    return {full[len(root) + 1 :]: info for full, info in fs.find(root, detail=True).items() if full[len(root) + 1 :] != MANIFEST}
+    return {
+        full[len(root) + 1 :]: info
+        for full, info in fs.find(root, detail=True).items()
+        if full[len(root) + 1 :] != MANIFEST
+    }
 
 
 def content_hash(uri: str) -> str:
@@ -643,9 +671,15 @@ def _remove_stale_staging_s3(fs: Any, parent: str, name: str) -> None:
     for entry in entries:
         if not entry.rstrip("/").rsplit("/", 1)[-1].startswith(f".{name}.tmp-"):
             continue
-        stamps = [info["LastModified"].timestamp() for info in fs.find(entry, detail=True).values() if info.get("LastModified")]
+        stamps = [
+            info["LastModified"].timestamp()
+            for info in fs.find(entry, detail=True).values()
+            if info.get("LastModified")
+        ]
         if stamps and time.time() - max(stamps) > STALE_STAGING_S:
-            log.info("removing '%s': staging of a writer that stopped %.0f h ago", entry, (time.time() - max(stamps)) / 3600)
+            log.info(
+                "removing '%s': staging of a writer that stopped %.0f h ago", entry, (time.time() - max(stamps)) / 3600
+            )
             with suppress(FileNotFoundError):
                 fs.rm(entry, recursive=True)
 
@@ -705,7 +739,10 @@ def atomic_dir(uri: str) -> Iterator[str]:
                 remove(join(uri, rel))
             # a copy of a single-part object keeps its ETag (the MD5 of its bytes): expect this writer's own, not
             # what the listing shows now (another writer's copies may have landed); a multipart one gets a new ETag
-            manifest["etags"] = {rel: staged[rel]["ETag"] if "-" not in staged[rel]["ETag"] else final[rel]["ETag"] for rel in manifest["files"]}
+            manifest["etags"] = {
+                rel: staged[rel]["ETag"] if "-" not in staged[rel]["ETag"] else final[rel]["ETag"]
+                for rel in manifest["files"]
+            }
             write_bytes(join(uri, MANIFEST), _manifest_bytes(manifest))
         finally:
             sfs, spath = _fs(staging)

@@ -1,4 +1,5 @@
-"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `check-data`, `gallery`, `summary`, `lineage`, `reproduce`, `tag`, `teacher` and `plan`.
+"""`selftrain <stage>`: each stage of selftrain.stages as a command, plus `check-data`, `gallery`, `summary`, `lineage`,
+`reproduce`, `tag`, `teacher` and `plan`.
 
 Arguments are generated from the stage functions' keyword-only parameters, so the CLI,
 DVC's commands and the Prefect tasks cannot drift apart.
@@ -35,11 +36,14 @@ ARG_HELP = {
     "promoted": "a promotion record, promoted.json (train-teacher writes generation 0's)",
     "generation": "which entry of params.generations (gen1, gen2, ...)",
     "sets": "make-robustness-sets' output: the -C corruptions and -P sequences",
-    "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE and FR",
-    "resume": "where the MPL loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage finishes)",
+    "reference": "robustness-reference's output: the -A set and the reference model's -C/-P results that normalise CE "
+    "and FR",
+    "resume": "where the training loop keeps its resumable checkpoint (default: OUT.resume; removed when the stage "
+    "finishes)",
     "part": "infer only, with params infer.parts > 1: infer this part (0..parts-1) only, not the whole store; "
     "on Kubernetes each pod of an Indexed Job runs one part",
-    "previous_logits": "report only: the previous generation's logit store, to show which pseudo-labels changed (skipped when absent)",
+    "previous_logits": "report only: the previous generation's logit store, to show which pseudo-labels changed "
+    "(skipped when absent)",
     "dvc_lock": "dvc.lock, whose stage hashes the lineage record copies (what dvc.yaml passes; a flow has none)",
     "reference_model": "the fixed robustness reference: generation 0's promoted.json or a model.safetensors "
     "(params robustness.reference, when set, takes its place)",
@@ -83,7 +87,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override one param, e.g. --set student.epochs=2 (repeatable)",
         )
-        sp.add_argument("--result", metavar="URI", help="also write the stage's summary (what it prints) as JSON here (optional)")
+        sp.add_argument(
+            "--result", metavar="URI", help="also write the stage's summary (what it prints) as JSON here (optional)"
+        )
         for arg in inspect.signature(fn).parameters.values():
             if arg.kind is inspect.Parameter.KEYWORD_ONLY:
                 flag = "--" + arg.name.replace("_", "-")
@@ -101,7 +107,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ga = sub.add_parser(
         "gallery",
         help="render the pseudo-label gallery of a generation under a root (what report writes as gallery.png): "
-        "unlabeled images per class by the teacher's confidence, kept / dropped / duplicated, changed labels, confident mistakes",
+        "unlabeled images per class by the teacher's confidence, kept / dropped / duplicated, changed labels, "
+        "confident mistakes",
     )
     _params_option(ga)
     ga.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
@@ -109,16 +116,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ga.add_argument("--out", default="gallery.png", help="the PNG to write (default: %(default)s)")
     cd = sub.add_parser(
         "check-data",
-        help="check the whole input tree (data.folders) and list every bad file and folder with the reason; exit 2 if any, 0 if none",
-        description="Reads every image of data.folders as prepare would, writes nothing, and lists every problem at once: "
-        "unreadable, truncated, zero-byte or non-image files, files that are not regular files or are over data.max_file_mb, "
+        help="check the whole input tree (data.folders) and list every bad file and folder with the reason; exit 2 if "
+        "any, 0 if none",
+        description="Reads every image of data.folders as prepare would, writes nothing, and lists every problem at "
+        "once: "
+        "unreadable, truncated, zero-byte or non-image files, files that are not regular files or are over "
+        "data.max_file_mb, "
         "images too large to decode safely, images outside class folders, empty class folders, val/test classes the "
-        "labeled set lacks, missing or overlapping folders, training images byte-identical to a val/test/holdout image, "
-        "unusable splits; hidden folders are listed as left out. prepare runs the same check before it writes anything; "
+        "labeled set lacks, missing or overlapping folders, training images byte-identical to a val/test/holdout "
+        "image, "
+        "unusable splits; hidden folders are listed as left out. prepare runs the same check before it writes "
+        "anything; "
         "data.skip_bad: true makes it leave the bad files out instead.",
     )
     _params_option(cd)
-    cd.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override one param (repeatable)")
+    cd.add_argument(
+        "--set",
+        dest="overrides",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param (repeatable)",
+    )
     sm = sub.add_parser(
         "summary",
         help="print the per-generation table of the last generation run under a root; exit 0 when the chain "
@@ -126,7 +146,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     _params_option(sm)
     sm.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
-    sm.add_argument("--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)")
+    sm.add_argument(
+        "--until", metavar="GEN", help="the last generation that was meant to run (default: the last in params)"
+    )
     ln = sub.add_parser(
         "lineage",
         help="print the chain of generations that made a model, back to the labeled data: "
@@ -134,8 +156,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     _params_option(ln)
     ln.add_argument("--root", default="artifacts", help="the artifact root (default: %(default)s)")
-    ln.add_argument("--generation", metavar="GEN", help="start from this generation (default: the last one with a lineage.json)")
-    ln.add_argument("--png", metavar="PATH", help="also draw the chain as a picture into this PNG file (local path or s3://)")
+    ln.add_argument(
+        "--generation", metavar="GEN", help="start from this generation (default: the last one with a lineage.json)"
+    )
+    ln.add_argument(
+        "--png", metavar="PATH", help="also draw the chain as a picture into this PNG file (local path or s3://)"
+    )
     rp = sub.add_parser(
         "reproduce",
         help="rebuild a past generation from its recorded commit (inputs through DVC) and compare "
@@ -144,16 +170,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     rp.add_argument(
         "target",
         metavar="GEN|SHA256",
-        help="a generation (gen1, ...) at --rev, or its model's sha256 (8+ hex digits, as `selftrain lineage` prints it): the newest commit that recorded it",
+        help="a generation (gen1, ...) at --rev, or its model's sha256 (8+ hex digits, as `selftrain lineage` prints "
+        "it): the newest commit that recorded it",
     )
-    rp.add_argument("--rev", default="HEAD", help="the git rev to find the generation at, or to search back from (default: %(default)s)")
+    rp.add_argument(
+        "--rev",
+        default="HEAD",
+        help="the git rev to find the generation at, or to search back from (default: %(default)s)",
+    )
     rp.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
-    rp.add_argument("--workdir", metavar="DIR", help="where to rebuild (default: a new temporary directory, kept for inspection)")
+    rp.add_argument(
+        "--workdir", metavar="DIR", help="where to rebuild (default: a new temporary directory, kept for inspection)"
+    )
     rp.add_argument(
         "--tolerance",
         type=float,
         metavar="X",
-        help="absolute tolerance on metrics (default: 0 on CPU, 0.01 where CUDA ran or runs, whose kernels are not bitwise deterministic)",
+        help="absolute tolerance on metrics (default: 0 on CPU, 0.01 where CUDA ran or runs, whose kernels are not "
+        "bitwise deterministic)",
     )
     tg = sub.add_parser(
         "tag",
@@ -165,7 +199,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     tg.add_argument("--push", metavar="REMOTE", help="also push the new tags to this git remote")
     tc = sub.add_parser(
         "teacher",
-        help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and sha256, and the `dvc get` command that fetches it",
+        help="print the current teacher (the newest teacher@v* tag): generation, model, checkpoint path and sha256, "
+        "and the `dvc get` command that fetches it",
     )
     tc.add_argument("--repo", default=".", help="the git + DVC repository (default: the current directory)")
     pl = sub.add_parser(
@@ -177,7 +212,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pl.add_argument(
         "--throughput",
         metavar="FILE",
-        help="throughputs per model, measured on the pool's GPU type (bench/throughput.py --out FILE); default: probe each model on this node",
+        help="throughputs per model, measured on the pool's GPU type (bench/throughput.py --out FILE); default: probe "
+        "each model on this node",
     )
     pl.add_argument("--nodes", type=int, default=1, help="GPU nodes in the pool (default: %(default)s)")
     pl.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: %(default)s)")
@@ -190,7 +226,9 @@ def show_lineage(params: Params, root: str, generation: str | None = None, png: 
     if generation is None:
         found = [g for g in params.generations if artifacts.exists(Generation(root, g).lineage)]
         if not found:
-            raise artifacts.ArtifactError(f"no generation under '{root}' has a lineage.json: run the pipeline (dvc repro) first")
+            raise artifacts.ArtifactError(
+                f"no generation under '{root}' has a lineage.json: run the pipeline (dvc repro) first"
+            )
         generation = found[-1]
     from selftrain import lineage
 
@@ -218,10 +256,15 @@ def summary(params: Params, root: str, until: str | None = None) -> tuple[str, b
         if not last["passed"]:
             break
     if last is None:
-        raise artifacts.ArtifactError(f"no generation has finished under '{root}' (no {Generation(root, 'gen1').promoted})")
+        raise artifacts.ArtifactError(
+            f"no generation has finished under '{root}' (no {Generation(root, 'gen1').promoted})"
+        )
     table = history_table(last)
     if unfinished:
-        table += f"\n\n{unfinished} did not finish (no promotion record or report under '{root}'): the run failed before it, see the error above."
+        table += (
+            f"\n\n{unfinished} did not finish (no promotion record or report under '{root}'): the run failed "
+            "before it, see the error above."
+        )
     return table, unfinished is None
 
 
@@ -244,19 +287,30 @@ def main(argv: list[str] | None = None) -> int:
                 if args.throughput
                 else capacity.probe({params.teacher.model, *(g.model for g in params.generations.values())}, params)
             )
-            print(capacity.table(capacity.plan(params, rates, args.nodes, args.gpus_per_node, args.classes), rates, args.nodes, args.gpus_per_node))
+            print(
+                capacity.table(
+                    capacity.plan(params, rates, args.nodes, args.gpus_per_node, args.classes),
+                    rates,
+                    args.nodes,
+                    args.gpus_per_node,
+                )
+            )
             return 0
         if args.command == "tag":
             made = teacher_tags.tag_promotions(args.repo, list(load_params(args.params).generations), args.push)
             print(
-                "\n".join(f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})" for v in made)
+                "\n".join(
+                    f"{v.tag}: {v.record['generation']} {v.record['model']} {v.path} ({v.record['sha256'][:12]})"
+                    for v in made
+                )
                 or "no new promotion to tag"
             )
             return 0
         if args.command == "teacher":
             v = teacher_tags.current(args.repo)
             print(
-                f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 {v.record.get('sha256')}\n"
+                f"{v.tag}: {v.record.get('generation')} ({v.record.get('method')}, {v.record.get('model')}), sha256 "
+                f"{v.record.get('sha256')}\n"
                 f"dvc get {args.repo} {v.path} --rev {v.tag}"
             )
             return 0
@@ -273,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
             params = load_params(args.params)
             g = Generation(args.root, args.generation)
-            previous = Generation(args.root, params.generations[args.generation].teacher).logits if args.generation in params.generations else None
+            previous = (
+                Generation(args.root, params.generations[args.generation].teacher).logits
+                if args.generation in params.generations
+                else None
+            )
             png, counted = pseudo_label_gallery(params, args.generation, g.data, g.logits, g.pseudo, previous)
             artifacts.write_bytes(args.out, png)
             print(json.dumps(counted, indent=1))
@@ -293,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
 
             models.check_params(params, args.params)
         fn = STAGES[args.command]
-        kwargs = {k: getattr(args, k) for k, a in inspect.signature(fn).parameters.items() if a.kind is inspect.Parameter.KEYWORD_ONLY}
+        kwargs = {
+            k: getattr(args, k)
+            for k, a in inspect.signature(fn).parameters.items()
+            if a.kind is inspect.Parameter.KEYWORD_ONLY
+        }
         try:
             result = fn(params, **kwargs)
         finally:
@@ -311,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         if not failures.is_transient(e):
             raise  # a bug: Python's traceback and exit status 1
         logging.getLogger("selftrain").warning("transient I/O error", exc_info=True)
-        print(f"selftrain {args.command}: transient I/O error, worth another try: {type(e).__name__}: {e}", file=sys.stderr)
+        print(
+            f"selftrain {args.command}: transient I/O error, worth another try: {type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
         return failures.EXIT_TRANSIENT
     print(result.pop("table") if args.command == "report" else json.dumps(result, indent=2, default=str))
     return 0

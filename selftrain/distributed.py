@@ -47,7 +47,9 @@ def wrap(model: nn.Module, w: World, device: torch.device) -> nn.Module:
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
+        return DistributedDataParallel(
+            model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+        )
     return DistributedDataParallel(model)
 
 

@@ -24,11 +24,22 @@ EXIT_TRANSIENT = 75  # sysexits' EX_TEMPFAIL: transient I/O, worth another try (
 
 _NOT_TRANSIENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 # a full, read-only or forbidden disk, a bad argument, a name too long, a symlink loop: the same path fails the same way
-_NOT_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG, errno.ELOOP}
+_NOT_TRANSIENT_ERRNO = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EINVAL,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 
 
 def is_transient(exc: BaseException) -> bool:
     """An error worth retrying: I/O that may succeed next time (see the module's docstring)."""
-    if isinstance(exc, (HTTPClientError, BotoConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+    if isinstance(
+        exc, (HTTPClientError, BotoConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+    ):
         return True
     return isinstance(exc, OSError) and not isinstance(exc, _NOT_TRANSIENT) and exc.errno not in _NOT_TRANSIENT_ERRNO

@@ -80,11 +80,21 @@ def render(
     for c, name in enumerate(classes):
         mine = np.flatnonzero(teacher.label == c)
         order = mine[np.argsort(-teacher.confidence[mine], kind="stable")]
-        rows.append((name, [(i, f"{teacher.confidence[i]:.2f} {marks.get(copies[i], f'x{copies[i]}')}") for i in _spread(order, per_class)]))
+        rows.append(
+            (
+                name,
+                [
+                    (i, f"{teacher.confidence[i]:.2f} {marks.get(copies[i], f'x{copies[i]}')}")
+                    for i in _spread(order, per_class)
+                ],
+            )
+        )
     if previous is not None:
         changed = np.flatnonzero(previous.label != teacher.label)
         changed = changed[np.argsort(-teacher.confidence[changed], kind="stable")][:per_class]
-        rows.append(("changed", [(i, f"{classes[previous.label[i]][:8]}>{classes[teacher.label[i]][:8]}") for i in changed]))
+        rows.append(
+            ("changed", [(i, f"{classes[previous.label[i]][:8]}>{classes[teacher.label[i]][:8]}") for i in changed])
+        )
     if truth is not None:
         wrong = np.flatnonzero((truth != teacher.label) & (copies > 0))
         wrong = wrong[np.argsort(-teacher.confidence[wrong], kind="stable")][:per_class]
@@ -95,7 +105,12 @@ def render(
 
     h, w = images.shape[1:3]
     border, gap = max(1, h // 14), (max(4, h * 3 // 10), max(2, w // 7))  # room above each tile for its caption
-    sheet = tile_sheet([[images[i] for i, _ in tiles] or [None] for _, tiles in rows], [[colour(i) for i, _ in tiles] for _, tiles in rows], border, gap)
+    sheet = tile_sheet(
+        [[images[i] for i, _ in tiles] or [None] for _, tiles in rows],
+        [[colour(i) for i, _ in tiles] for _, tiles in rows],
+        border,
+        gap,
+    )
     cell_h, cell_w = h + 2 * border + gap[0], w + 2 * border + gap[1]
     fig = plt.figure(figsize=(per_class * 1.05, len(rows) * 1.25))
     ax = fig.add_axes((0, 0, 1, 0.95))
@@ -105,7 +120,15 @@ def render(
         top = r * cell_h + gap[0]
         ax.text(-1, top + border + h / 2, plain(label), ha="right", va="center", fontsize=8)
         for c, (i, caption) in enumerate(tiles):
-            ax.text(c * cell_w + gap[1] + border + w / 2, top - 0.5, plain(caption), ha="center", va="bottom", fontsize=6, color=colour(i))
+            ax.text(
+                c * cell_w + gap[1] + border + w / 2,
+                top - 0.5,
+                plain(caption),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                color=colour(i),
+            )
     legend = "frame: green kept, blue duplicated by balancing (xN copies), red dropped; caption: teacher confidence"
     fig.suptitle(plain(f"{title}\n{legend}"), fontsize=8)
     data = png_bytes(fig)
@@ -114,7 +137,12 @@ def render(
 
 
 def gallery(
-    data: str, logits_store: str, pseudo: str, title: str, previous_logits: str | None = None, truth: np.ndarray | None = None
+    data: str,
+    logits_store: str,
+    pseudo: str,
+    title: str,
+    previous_logits: str | None = None,
+    truth: np.ndarray | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The gallery PNG of one generation and its per-class counts."""
     unlabeled = load_split(data, "unlabeled")

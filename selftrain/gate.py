@@ -26,7 +26,16 @@ def decide(metrics: dict[str, Any], p: PromoteParams) -> tuple[bool, str, list[d
             )
         t, s = metrics["teacher"][rule.metric], metrics["student"][rule.metric]
         gain = (s - t) if GATE_METRICS[rule.metric] else (t - s)
-        verdicts.append({"metric": rule.metric, "teacher": t, "student": s, "gain": gain, "min_gain": rule.min_gain, "passed": gain >= rule.min_gain})
+        verdicts.append(
+            {
+                "metric": rule.metric,
+                "teacher": t,
+                "student": s,
+                "gain": gain,
+                "min_gain": rule.min_gain,
+                "passed": gain >= rule.min_gain,
+            }
+        )
     said = "; ".join(
         f"{v['metric']} {'PASS' if v['passed'] else 'FAIL'}: student {v['student']:.4f} vs teacher {v['teacher']:.4f}, "
         f"gain {v['gain']:+.4f} {'>=' if v['passed'] else '<'} min_gain {v['min_gain']}"

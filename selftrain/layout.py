@@ -1,4 +1,5 @@
-"""Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root 'artifacts'.
+"""Where a run's artifacts live under a root (local path or s3://). dvc.yaml spells out the same paths for root
+'artifacts'.
 
 root/data-listing.json          list-data (the input data's fingerprint)
 root/data/                      prepare

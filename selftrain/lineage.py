@@ -23,8 +23,19 @@ from selftrain import artifacts, methods
 FORMAT = "selftrain-lineage/1"
 PACKAGES = ("selftrain", "torch", "timm", "numpy", "safetensors", "fsspec", "s3fs", "dvc")
 # the params sections a generation's model depends on (dvc.yaml's lineage stage tracks the same), plus its own entry
-PARAMS = ("seed", "data", "teacher", "infer", "pseudo_labels", *methods.params_sections(), "evaluate", "robustness", "promote")
-# dvc.yaml's stages that a generation's model comes from: once per pipeline, and per generation (its own and earlier ones)
+PARAMS = (
+    "seed",
+    "data",
+    "teacher",
+    "infer",
+    "pseudo_labels",
+    *methods.params_sections(),
+    "evaluate",
+    "robustness",
+    "promote",
+)
+# dvc.yaml's stages that a generation's model comes from: once per pipeline, and per generation (its own and earlier
+# ones)
 UPSTREAM_ONCE = ("prepare", "train-teacher", "make-robustness-sets", "robustness-reference")
 UPSTREAM_PER_GENERATION = ("infer", "filter-balance", "train-student", "evaluate", "promote")
 # the headline figures a lineage record copies from metrics.json, so the chain table needs no other file
@@ -43,7 +54,9 @@ def git_state(cwd: str = ".") -> dict[str, Any] | None:
 
     try:
         commit = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", "selftrain", "params.yaml", "dvc.yaml").splitlines()
+        changed = git(
+            "status", "--porcelain", "--untracked-files=no", "--", "selftrain", "params.yaml", "dvc.yaml"
+        ).splitlines()
     except (OSError, subprocess.CalledProcessError):
         return None
     return {"commit": commit, "dirty": sorted(line[3:] for line in changed), "source": "git"}
@@ -119,9 +132,15 @@ def build(
             "sha256": teacher_record["sha256"],
             "model": teacher_record.get("model"),
         },
-        "inputs": {role: {"uri": _check_uri(uri), "sha256": artifacts.content_hash(uri)} for role, uri in inputs.items()},
-        "outputs": {role: {"uri": _check_uri(uri), "sha256": artifacts.content_hash(uri)} for role, uri in outputs.items()},
-        "metrics": {role: {k: metrics[role][k] for k in HEADLINE if k in metrics[role]} for role in ("teacher", "student")},
+        "inputs": {
+            role: {"uri": _check_uri(uri), "sha256": artifacts.content_hash(uri)} for role, uri in inputs.items()
+        },
+        "outputs": {
+            role: {"uri": _check_uri(uri), "sha256": artifacts.content_hash(uri)} for role, uri in outputs.items()
+        },
+        "metrics": {
+            role: {k: metrics[role][k] for k in HEADLINE if k in metrics[role]} for role in ("teacher", "student")
+        },
         "promoted": {"passed": promoted["passed"], "role": promoted.get("promoted"), "reason": promoted["reason"]},
         "seeds": {"seed": seed},
         "params": params,
@@ -140,7 +159,9 @@ def chain(root: str, generation: str) -> list[dict[str, Any]]:
     while name and name != "gen0":
         uri = artifacts.join(root, name, "lineage.json")
         if not artifacts.exists(uri):
-            raise artifacts.ArtifactError(f"'{uri}' not found: run that generation's record-lineage stage (dvc repro record-lineage@{name})")
+            raise artifacts.ArtifactError(
+                f"'{uri}' not found: run that generation's record-lineage stage (dvc repro record-lineage@{name})"
+            )
         rec = artifacts.read_json(uri)
         if rec.get("format") != FORMAT:
             raise artifacts.ArtifactError(f"'{uri}' is not a lineage record ({FORMAT})")
@@ -152,7 +173,8 @@ def chain(root: str, generation: str) -> list[dict[str, Any]]:
 def chain_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per generation (newest first), then the supervised teacher and the labeled data."""
     lines = [
-        "| generation | method | model (sha256) | teacher | data | logits | pseudo-labels | test top-1 | promoted | git commit |",
+        "| generation | method | model (sha256) | teacher | data | logits | pseudo-labels | test top-1 | promoted | "
+        "git commit |",
         "|---|---|---|---|---|---|---|---:|---|---|",
     ]
 
@@ -162,7 +184,8 @@ def chain_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         git = (r.get("git") or {}).get("commit")
         lines.append(
-            f"| {r['generation']} | {r['method']} | {h(r['outputs'].get('student_checkpoint'))} | {r['teacher']['generation']} "
+            f"| {r['generation']} | {r['method']} | {h(r['outputs'].get('student_checkpoint'))} | "
+            f"{r['teacher']['generation']} "
             f"({r['teacher']['sha256'][:12]}) | {h(r['inputs'].get('data'))} | {h(r['inputs'].get('logits'))} | "
             f"{h(r['inputs'].get('pseudo'))} | {100 * r['metrics']['student']['test_top1']:.2f} % | "
             f"{'yes' if r['promoted']['passed'] else 'no'} | {git[:10] if git else '-'} |"
@@ -176,24 +199,35 @@ def chain_table(records: list[dict[str, Any]]) -> str:
 
 
 def chain_png(records: list[dict[str, Any]]) -> bytes:
-    """A left-to-right picture: labeled data -> gen0 teacher -> gen1 student -> ..., each box with its hash and test top-1."""
+    """A left-to-right picture: labeled data -> gen0 teacher -> gen1 student -> ..., each box with its hash and test
+    top-1."""
     from selftrain.rendering import png_bytes, pyplot
 
     plt = pyplot()
     oldest = records[::-1]
     boxes = [
         f"labeled data\n{oldest[0]['inputs']['data']['sha256'][:10]}",
-        f"gen0: supervised\n{oldest[0]['teacher']['sha256'][:10]}\ntest {100 * oldest[0]['metrics']['teacher']['test_top1']:.1f} %",
+        f"gen0: supervised\n{oldest[0]['teacher']['sha256'][:10]}\ntest "
+        f"{100 * oldest[0]['metrics']['teacher']['test_top1']:.1f} %",
     ]
     for r in oldest:
         ck = r["outputs"].get("student_checkpoint")
         boxes.append(
             f"{r['generation']}: {r['method']}\n{ck['sha256'][:10] if ck else '-'}\n"
-            f"test {100 * r['metrics']['student']['test_top1']:.1f} %\n{'promoted' if r['promoted']['passed'] else 'not promoted'}"
+            f"test {100 * r['metrics']['student']['test_top1']:.1f} "
+            f"%\n{'promoted' if r['promoted']['passed'] else 'not promoted'}"
         )
     fig, ax = plt.subplots(figsize=(2.3 * len(boxes), 1.8))
     for i, text in enumerate(boxes):
-        ax.text(i, 0, text, ha="center", va="center", fontsize=8, bbox={"boxstyle": "round", "fc": "#eef3fb", "ec": "#4a6fa5"})
+        ax.text(
+            i,
+            0,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "#eef3fb", "ec": "#4a6fa5"},
+        )
         if i:
             ax.annotate("", xy=(i - 0.38, 0), xytext=(i - 0.62, 0), arrowprops={"arrowstyle": "->"})
     ax.set(xlim=(-0.6, len(boxes) - 0.4), ylim=(-1, 1))

@@ -37,10 +37,15 @@ class LogitStoreError(ValueError):
 class LogitWriter:
     """Stream logits into shards under `uri` (an artifact staging directory); `close()` writes the header."""
 
-    def __init__(self, uri: str, num_classes: int, topk: int | None, shard_size: int, teacher_sha256: str, unlabeled_sha256: str):
+    def __init__(
+        self, uri: str, num_classes: int, topk: int | None, shard_size: int, teacher_sha256: str, unlabeled_sha256: str
+    ):
         if topk is not None and topk > num_classes:
             raise LogitStoreError(f"infer.topk = {topk} exceeds the {num_classes} classes")
-        self.uri, self.num_classes, self.topk, self.shard_size = uri, num_classes, topk, shard_size
+        self.uri = uri
+        self.num_classes = num_classes
+        self.topk = topk
+        self.shard_size = shard_size
         self.header: dict[str, Any] = {
             "format": FORMAT,
             "values": "log_softmax",
@@ -59,7 +64,10 @@ class LogitWriter:
     def add(self, ids: np.ndarray, logits: torch.Tensor) -> None:
         bad = ~logits.isfinite().all(dim=1)
         if bad.any():
-            raise LogitStoreError(f"the model produced non-finite logits for {int(bad.sum())} image(s), first '{ids[int(bad.nonzero()[0])]}'")
+            raise LogitStoreError(
+                f"the model produced non-finite logits for {int(bad.sum())} image(s), first "
+                f"'{ids[int(bad.nonzero()[0])]}'"
+            )
         lp = logits.float().log_softmax(dim=1)
         batch = {"ids": np.asarray(ids).astype(str)}
         if self.topk is None:
@@ -120,7 +128,9 @@ def open_store(uri: str, teacher_sha256: str | None = None, unlabeled_sha256: st
         raise LogitStoreError(f"'{uri}' is not a {FORMAT} store (format: {header.get('format')!r}): rerun infer")
     for key, expected in (("teacher_sha256", teacher_sha256), ("unlabeled_sha256", unlabeled_sha256)):
         if expected is not None and header[key] != expected:
-            raise LogitStoreError(f"'{uri}' was made with {key} {header[key][:12]}…, expected {expected[:12]}…: rerun infer")
+            raise LogitStoreError(
+                f"'{uri}' was made with {key} {header[key][:12]}…, expected {expected[:12]}…: rerun infer"
+            )
     if not header["shards"]:
         raise LogitStoreError(f"logit store '{uri}' is empty: the unlabeled set had no images")
     return header
@@ -159,14 +169,17 @@ def iter_shards(uri: str, header: dict[str, Any], with_ids: bool = True) -> Iter
             or (indices is not None and indices.shape != values.shape)
         ):
             raise LogitStoreError(
-                f"'{name}.values.npy' holds values of shape {values.shape}{f' for {len(ids)} ids' if ids is not None else ''}"
+                f"'{name}.values.npy' holds values of shape "
+                f"{values.shape}{f' for {len(ids)} ids' if ids is not None else ''}"
                 f"{f' and indices of shape {indices.shape}' if indices is not None else ''}; "
                 f"the header expects ({shard['rows']}, {width}): rerun infer"
             )
         bad = _non_finite(values)
         if bad.any():
             first = (ids if ids is not None else artifacts.load_array(f"{name}.ids.npy"))[np.argmax(bad)]
-            raise LogitStoreError(f"'{name}.values.npy' holds NaN/inf logits for {int(bad.sum())} image(s), first '{first}'")
+            raise LogitStoreError(
+                f"'{name}.values.npy' holds NaN/inf logits for {int(bad.sum())} image(s), first '{first}'"
+            )
         return StoredLogits(ids, values, indices, header)
 
     start = 0
@@ -225,13 +238,17 @@ def merge_parts(uri: str, parts: int, teacher_sha256: str, unlabeled_sha256: str
     merged = {**headers[0], "count": sum(h["count"] for h in headers), "shards": []}
     for h in headers:
         if (h["num_classes"], h["k"]) != (merged["num_classes"], merged["k"]):
-            raise LogitStoreError(f"logit store '{uri}': parts disagree on classes or k ({h['num_classes']}, {h['k']}): rerun infer")
+            raise LogitStoreError(
+                f"logit store '{uri}': parts disagree on classes or k ({h['num_classes']}, {h['k']}): rerun infer"
+            )
     with artifacts.atomic_dir(uri) as staging:
         for u, h in zip(uris, headers):
             for shard in h["shards"]:
                 name = f"shard-{len(merged['shards']):05d}"
                 for c in _columns(h):
-                    artifacts.copy(artifacts.join(u, f"{shard['name']}.{c}.npy"), artifacts.join(staging, f"{name}.{c}.npy"))
+                    artifacts.copy(
+                        artifacts.join(u, f"{shard['name']}.{c}.npy"), artifacts.join(staging, f"{name}.{c}.npy")
+                    )
                 merged["shards"].append({"name": name, "rows": shard["rows"]})
         artifacts.write_json(artifacts.join(staging, "header.json"), merged)
     artifacts.remove(f"{uri.rstrip('/')}.parts")

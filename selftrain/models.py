@@ -36,7 +36,8 @@ FORMAT = "selftrain-checkpoint/2"
 def _without_stem_pool(model: nn.Module) -> nn.Module:
     # timm's ResNets shrink an image 4x in the stem (a stride-2 convolution, then a max-pool), made for 224-pixel
     # ImageNet: a 28-pixel image enters the body at 7x7 and leaves it at 1x1. Without the max-pool it enters at 14x14
-    # and leaves at 2x2, for 2.4-2.7x the time a step on a CPU (BENCHMARKS.md). timm has no switch for this, hence the variants.
+    # and leaves at 2x2, for 2.4-2.7x the time a step on a CPU (BENCHMARKS.md). timm has no switch for this, hence
+    # the variants.
     model.maxpool = nn.Identity()
     return model
 
@@ -122,7 +123,8 @@ def init_from(model: nn.Module, spec: ModelSpec, uri: str) -> int:
     have = {k: tuple(v.shape) for k, v in state.items()}
     if other.in_chans != spec.in_chans or want != have:
         raise ValueError(
-            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} ({other.in_chans} channels): "
+            f"cannot initialise a {spec.name} ({spec.in_chans} channels) from '{uri}', a {other.name} "
+            f"({other.in_chans} channels): "
             f"its weights do not fit ({_first_misfit(want, have)})"
         )
     model.load_state_dict(state, strict=same_head)
@@ -148,26 +150,34 @@ def check_params(params: Any, source: str = "params") -> None:
     from selftrain import methods
     from selftrain.params import ParamsError
 
-    named = {"teacher.model": params.teacher.model, **{f"generations.{k}.model": g.model for k, g in params.generations.items()}}
+    named = {
+        "teacher.model": params.teacher.model,
+        **{f"generations.{k}.model": g.model for k, g in params.generations.items()},
+    }
     errors = []
     for key, name in named.items():
         if not timm.is_model(name):
             close = timm.list_models(f"*{re.sub(r'[0-9]+$', '', name.split('_')[0])}*")[:8]  # resnet9000 -> resnet*
-            errors.append(f"  {key}: unknown timm model '{name}'" + (f"; similar names: {', '.join(close)}" if close else ""))
+            errors.append(
+                f"  {key}: unknown timm model '{name}'" + (f"; similar names: {', '.join(close)}" if close else "")
+            )
     if not errors:
         chain = [params.teacher.model] + [g.model for g in params.generations.values()]
         for k, (name, g) in enumerate(params.generations.items(), start=1):
             if params.student.init == "teacher" and _shapes(g.model) != _shapes(chain[k - 1]):
                 errors.append(
-                    f"  generations.{name}.model: '{g.model}' cannot start from its teacher '{chain[k - 1]}' (student.init: teacher needs "
-                    "the teacher's weights to fit it: the same model, or a variant such as resnet10t -> resnet10t_small); use such a "
+                    f"  generations.{name}.model: '{g.model}' cannot start from its teacher '{chain[k - 1]}' "
+                    "(student.init: teacher needs "
+                    "the teacher's weights to fit it: the same model, or a variant such as resnet10t -> "
+                    "resnet10t_small); use such a "
                     "model or set student.init: scratch"
                 )
             if params.student.allow_smaller or methods.get(g.method).smaller_student:
                 continue
             if _param_count(g.model) < _param_count(chain[k - 1]):
                 errors.append(
-                    f"  generations.{name}.model: '{g.model}' is smaller than its teacher '{chain[k - 1]}' (Noisy Student wants an "
+                    f"  generations.{name}.model: '{g.model}' is smaller than its teacher '{chain[k - 1]}' (Noisy "
+                    "Student wants an "
                     "equal or larger student; use method: distill or set student.allow_smaller: true to distil down)"
                 )
     if errors:

@@ -54,7 +54,9 @@ class MoonsSetup:
     mpl_weight: float = 1.0  # the teacher's MPL signal (0: UDA + labeled CE only; -1: the flipped sign)
     uda_weight: float = 1.0
     signal: Literal["train", "eval", "dot"] = (
-        "train"  # how h is measured (selftrain.methods.mpl.update); this MLP has no dropout or BatchNorm, so train = eval here
+        # how h is measured (selftrain.methods.mpl.update); this MLP has no dropout or BatchNorm, so train =
+        # eval here
+        "train"
     )
 
 
@@ -102,8 +104,13 @@ def run(seed: int, setup: MoonsSetup = MoonsSetup()) -> MoonsResult:
     pl = _fit(copy.deepcopy(init), torch.cat([x_l, x_u]), torch.cat([y_l, pseudo]), setup.steps, setup.lr)
 
     teacher, student = copy.deepcopy(supervised), copy.deepcopy(init)
-    t_opt, s_opt = torch.optim.Adam(teacher.parameters(), lr=setup.lr), torch.optim.Adam(student.parameters(), lr=setup.lr)
-    cfg = MplParams(uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight, signal=setup.signal)
+    t_opt, s_opt = (
+        torch.optim.Adam(teacher.parameters(), lr=setup.lr),
+        torch.optim.Adam(student.parameters(), lr=setup.lr),
+    )
+    cfg = MplParams(
+        uda_ramp_steps=setup.steps // 4, mpl_weight=setup.mpl_weight, uda_weight=setup.uda_weight, signal=setup.signal
+    )
     state = MplState()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(setup.steps):
@@ -143,7 +150,11 @@ def write(out: str, seeds: list[int], setup: MoonsSetup = MoonsSetup()) -> dict[
     summary: dict[str, Any] = {"seeds": seeds, "setup": asdict(setup)}
     for name in METHODS:
         accs = [r.accuracy[name] for r in results]
-        summary[name] = {"per_seed": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0}
+        summary[name] = {
+            "per_seed": accs,
+            "mean": float(np.mean(accs)),
+            "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        }
     with artifacts.atomic_dir(out) as staging:
         artifacts.write_bytes(artifacts.join(staging, "twomoons.png"), picture(results[0]))
         artifacts.write_json(artifacts.join(staging, "results.json"), summary)

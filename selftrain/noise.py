@@ -29,7 +29,8 @@ from selftrain.params import TrainParams
 # then differ run to run. Give timm's augmentations a private generator that the loop seeds.
 _AUGMENT_RNG = random.Random(0)
 _OP_CHOICE_RNG = np.random.default_rng(0)
-timm.data.auto_augment.random = _AUGMENT_RNG  # type: ignore[assignment]  # a module attribute, swapped for a generator of ours
+# a module attribute, swapped for a generator of ours
+timm.data.auto_augment.random = _AUGMENT_RNG  # type: ignore[assignment]
 
 
 def seed_augmentation(seed: int) -> None:
@@ -140,7 +141,9 @@ def randaugment(config: str, image_size: int, channels: int) -> Callable[[Image.
 
     def apply(img: Image.Image) -> Image.Image:
         # timm's own __call__ picks ops with numpy's global generator; same choice, private generator
-        picks = _OP_CHOICE_RNG.choice(len(ra.ops), ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights)
+        picks = _OP_CHOICE_RNG.choice(
+            len(ra.ops), ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights
+        )
         for i in picks:
             img = ra.ops[i](img)
         return img
@@ -152,7 +155,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """uint8 images with per-image targets (class ids or probability vectors), RandAugment'ed when given one."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, pil_noise: Callable[[Image.Image], Image.Image] | None):
-        self.images, self.targets, self.pil_noise = images, targets, pil_noise
+        self.images = images
+        self.targets = targets
+        self.pil_noise = pil_noise
 
     def __len__(self) -> int:
         return len(self.images)

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from selftrain import artifacts, methods
 
@@ -36,7 +45,10 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice in one mapping (first on line {seen[key] + 1})", key_node.start_mark
+                    None,
+                    None,
+                    f"key '{key}' appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
@@ -64,7 +76,10 @@ def parse_yaml(text: str, source: str) -> Any:
         if node is None:
             return None
         if _expanded_values(node, {}) > MAX_YAML_VALUES:
-            raise ParamsError(f"{source}: its YAML aliases expand to over {MAX_YAML_VALUES:,} values (an alias bomb?); a params file needs no such thing")
+            raise ParamsError(
+                f"{source}: its YAML aliases expand to over {MAX_YAML_VALUES:,} values (an alias bomb?); a params "
+                "file needs no such thing"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ParamsError(f"{source}: not valid YAML: {e}") from None
@@ -83,23 +98,38 @@ class FolderSources(_Section):
     unlabeled: str
     val: str
     test: str
-    holdout: str | None = Field(None, description="class-per-folder images used by no split: the pool the -A set is filtered from")
+    holdout: str | None = Field(
+        None, description="class-per-folder images used by no split: the pool the -A set is filtered from"
+    )
 
 
 class DataParams(_Section):
     source: Literal["fashion_mnist", "folders"] = "fashion_mnist"
-    fashion_mnist_dir: str | None = Field(None, description="directory holding the four Fashion-MNIST .gz files; default: search known places, then download")
+    fashion_mnist_dir: str | None = Field(
+        None,
+        description="directory holding the four Fashion-MNIST .gz files; default: search known places, then download",
+    )
     labeled_per_class: int = Field(100, gt=0)
     val_per_class: int = Field(100, gt=0)
-    unlabeled: int = Field(20000, gt=0, description="size of the unlabeled pool drawn from the rest of the training set")
+    unlabeled: int = Field(
+        20000, gt=0, description="size of the unlabeled pool drawn from the rest of the training set"
+    )
     test: int | None = Field(None, gt=0, description="subsample the test set to this many images (default: all)")
-    holdout: int = Field(10000, ge=0, description="labeled training images used by no split: the pool the -A robustness set is filtered from")
+    holdout: int = Field(
+        10000,
+        ge=0,
+        description="labeled training images used by no split: the pool the -A robustness set is filtered from",
+    )
     folders: FolderSources | None = None
     image_size: int = Field(28, ge=8, le=2048, description="images are resized to this square side (ImageNet: 224)")
     channels: Literal[1, 3] = 1
-    max_file_mb: int = Field(256, gt=0, le=4096, description="folders: a file larger than this is a listed problem, never read")
+    max_file_mb: int = Field(
+        256, gt=0, le=4096, description="folders: a file larger than this is a listed problem, never read"
+    )
     skip_bad: bool = Field(
-        False, description="folders: leave out bad files (unreadable, truncated, not an image, empty) with a warning listing each, instead of stopping"
+        False,
+        description="folders: leave out bad files (unreadable, truncated, not an image, empty) with a warning listing "
+        "each, instead of stopping",
     )
 
     @model_validator(mode="after")
@@ -120,16 +150,25 @@ class TrainParams(_Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augment: Literal["none", "s1", "s2", "s3", "s4", "noisy_student"] = Field(
         "s1",
-        description="s1 flip+crop, s2 +AutoAugment, s3 +large scale jitter, s4 RandAugment+large scale jitter (Zoph et al.), "
+        description="s1 flip+crop, s2 +AutoAugment, s3 +large scale jitter, s4 RandAugment+large scale jitter (Zoph "
+        "et al.), "
         "noisy_student RandAugment+flip+crop (Xie et al.)",
     )
-    randaugment_layers: int = Field(2, ge=0, description="RandAugment ops per image (s4, noisy_student); 0 turns it off")
-    randaugment_magnitude: float = Field(9, ge=0, le=30, description="RandAugment magnitude (timm scale, 10 = max of the paper)")
+    randaugment_layers: int = Field(
+        2, ge=0, description="RandAugment ops per image (s4, noisy_student); 0 turns it off"
+    )
+    randaugment_magnitude: float = Field(
+        9, ge=0, le=30, description="RandAugment magnitude (timm scale, 10 = max of the paper)"
+    )
     randaugment_magnitude_std: float = Field(0.5, ge=0, description="per-op noise on the magnitude")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the body")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the weights (timm ModelEmaV3) and save it")
-    val_every: int = Field(1, ge=1, description="validate every N epochs and after the last (the log's curve; nothing is selected on it)")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an EMA of the weights (timm ModelEmaV3) and save it"
+    )
+    val_every: int = Field(
+        1, ge=1, description="validate every N epochs and after the last (the log's curve; nothing is selected on it)"
+    )
 
 
 class TeacherParams(TrainParams):
@@ -141,19 +180,36 @@ class StudentParams(TrainParams):
     unlabeled_ratio: int = Field(3, ge=1, description="pseudo-labeled images per labeled image in each batch")
     labeled_weight: float = Field(1.0, ge=0)
     pseudo_weight: float = Field(1.0, ge=0)
-    init: Literal["scratch", "teacher", "checkpoint"] = Field("scratch", description="start from random weights, the generation's teacher, or init_checkpoint")
-    init_checkpoint: str | None = Field(None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'")
-    allow_smaller: bool = Field(False, description="allow a student with fewer parameters than its teacher (distillation)")
-    loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
-        "ce", description="the pseudo-labeled part's loss (selftrain/methods/distill/losses.py); soft_ce is label-free: it drops the labeled part"
+    init: Literal["scratch", "teacher", "checkpoint"] = Field(
+        "scratch", description="start from random weights, the generation's teacher, or init_checkpoint"
     )
-    loss_tau: float = Field(1.0, gt=0, description="temperature of kd and dist (both sides) and of soft_ce's teacher targets; ce takes the targets as given")
+    init_checkpoint: str | None = Field(
+        None, description="a selftrain safetensors checkpoint (local or s3://) when init is 'checkpoint'"
+    )
+    allow_smaller: bool = Field(
+        False, description="allow a student with fewer parameters than its teacher (distillation)"
+    )
+    loss: Literal["ce", "kd", "dist", "soft_ce"] = Field(
+        "ce",
+        description="the pseudo-labeled part's loss (selftrain/methods/distill/losses.py); soft_ce is label-free: it "
+        "drops the labeled part",
+    )
+    loss_tau: float = Field(
+        1.0,
+        gt=0,
+        description="temperature of kd and dist (both sides) and of soft_ce's teacher targets; ce takes the targets "
+        "as given",
+    )
     dist_beta: float = Field(1.0, ge=0, description="dist: weight of the inter-class (per image) relation")
-    dist_gamma: float = Field(1.0, ge=0, description="dist: weight of the intra-class (per class, across the batch) relation")
+    dist_gamma: float = Field(
+        1.0, ge=0, description="dist: weight of the intra-class (per class, across the batch) relation"
+    )
     consistency: Literal["none", "dropped", "all"] = Field(
         "none",
-        description="noisy_student / distill: add FixMatch's consistency term on the unlabeled images filter-balance did not keep "
-        "(dropped) or on all of them; its threshold rule, tau, views and images per labeled image come from `methods.fixmatch`",
+        description="noisy_student / distill: add FixMatch's consistency term on the unlabeled images filter-balance "
+        "did not keep "
+        "(dropped) or on all of them; its threshold rule, tau, views and images per labeled image come from "
+        "`methods.fixmatch`",
     )
     consistency_weight: float = Field(1.0, ge=0, description="weight of that consistency term")
 
@@ -162,7 +218,9 @@ class StudentParams(TrainParams):
         if self.labeled_weight == 0 and self.pseudo_weight == 0:
             raise ValueError("student.labeled_weight and student.pseudo_weight are both 0: nothing to learn from")
         if self.loss == "soft_ce" and self.pseudo_weight == 0:
-            raise ValueError("student.loss is soft_ce (no labeled part) but student.pseudo_weight is 0: nothing to learn from")
+            raise ValueError(
+                "student.loss is soft_ce (no labeled part) but student.pseudo_weight is 0: nothing to learn from"
+            )
         if (self.init == "checkpoint") != (self.init_checkpoint is not None):
             raise ValueError("student.init_checkpoint is needed when, and only when, student.init is 'checkpoint'")
         return self
@@ -178,7 +236,9 @@ class GenerationParams(_Section):
 
 
 class TwoMoonsParams(_Section):
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="one draw of the moons each")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="one draw of the moons each"
+    )
     steps: int = Field(2000, gt=0, description="training steps of every method")
 
 
@@ -199,7 +259,8 @@ class PseudoLabelParams(_Section):
     temperature: float = Field(1.0, gt=0, description="soft labels are softmax(logits / temperature)")
     threshold: float = Field(0.5, ge=0, lt=1, description="drop images whose top probability is below this")
     per_class: int | Literal["median"] | None = Field(
-        "median", description="images per class after balancing: a number, 'median' of kept counts, or null for no balancing"
+        "median",
+        description="images per class after balancing: a number, 'median' of kept counts, or null for no balancing",
     )
     upsample: bool = Field(True, description="duplicate images of classes short of per_class")
 
@@ -216,12 +277,20 @@ class EvaluateParams(_Section):
 
 
 class RobustnessParams(_Section):
-    corruption_images: int = Field(1000, gt=0, description="test images in the -C set (each under 15 corruptions x 5 severities)")
-    perturbation_images: int = Field(200, gt=0, description="test images turned into -P sequences (one per perturbation)")
+    corruption_images: int = Field(
+        1000, gt=0, description="test images in the -C set (each under 15 corruptions x 5 severities)"
+    )
+    perturbation_images: int = Field(
+        200, gt=0, description="test images turned into -P sequences (one per perturbation)"
+    )
     frames: int = Field(10, ge=10, description="frames per -P sequence (ImageNet-P uses at least 10)")
-    hard_images: int = Field(1000, gt=0, description="at most this many holdout images the reference gets wrong form the -A set")
+    hard_images: int = Field(
+        1000, gt=0, description="at most this many holdout images the reference gets wrong form the -A set"
+    )
     reference: str | None = Field(
-        None, description="the model that normalises CE and FR and filters the -A set: null = the generation-0 teacher, or a checkpoint URI"
+        None,
+        description="the model that normalises CE and FR and filters the -A set: null = the generation-0 teacher, or "
+        "a checkpoint URI",
     )
 
 
@@ -239,9 +308,13 @@ GATE_METRICS: dict[str, bool] = {
 
 
 class GateRule(_Section):
-    metric: Literal[tuple(GATE_METRICS)] = Field(description="a metric of evaluate's metrics.json (test metrics are not for gating)")  # type: ignore[valid-type]
+    metric: Literal[tuple(GATE_METRICS)] = Field(  # type: ignore[valid-type]
+        description="a metric of evaluate's metrics.json (test metrics are not for gating)"
+    )
     min_gain: float = Field(
-        0.0, description="the student's improvement over the teacher must be at least this (0: must not get worse; < 0: may lose that much)"
+        0.0,
+        description="the student's improvement over the teacher must be at least this (0: must not get worse; < 0: "
+        "may lose that much)",
     )
 
 
@@ -260,19 +333,31 @@ class RuntimeParams(_Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for training augmentation")
     compile: bool = Field(False, description="torch.compile the model (CUDA only: slower on CPU, where it is ignored)")
     checkpoint_every: int = Field(
-        500, ge=0, description="train-teacher / train-student save their resumable state every N steps (0: never); MPL has mpl.checkpoint_every"
+        500,
+        ge=0,
+        description="train-teacher / train-student save their resumable state every N steps (0: never); MPL has "
+        "mpl.checkpoint_every",
     )
 
 
 class PrefectParams(_Section):
-    """How the Prefect flow runs its stages; DVC and the CLI ignore this section (not part of any stage's DVC params)."""
+    """How the Prefect flow runs its stages; DVC and the CLI ignore this section (not part of any stage's DVC
+    params)."""
 
-    retries: int = Field(3, ge=0, description="retries of a stage after a transient I/O error (network, S3); other errors fail at once")
+    retries: int = Field(
+        3, ge=0, description="retries of a stage after a transient I/O error (network, S3); other errors fail at once"
+    )
     retry_backoff_s: float = Field(10.0, ge=0, description="delay before the first retry; doubled at each further one")
     timeout_s: float = Field(24 * 3600.0, gt=0, description="a stage running longer than this fails, without retries")
-    timeouts_s: dict[str, float] = Field(default_factory=dict, description="per-stage timeouts overriding timeout_s, by stage name")
-    cache: bool = Field(True, description="skip a stage whose inputs, params and code are unchanged since a run that wrote its outputs")
-    result_storage: str | None = Field(None, description="where cached stage results live, a folder or s3://... (default: ROOT/.prefect-results)")
+    timeouts_s: dict[str, float] = Field(
+        default_factory=dict, description="per-stage timeouts overriding timeout_s, by stage name"
+    )
+    cache: bool = Field(
+        True, description="skip a stage whose inputs, params and code are unchanged since a run that wrote its outputs"
+    )
+    result_storage: str | None = Field(
+        None, description="where cached stage results live, a folder or s3://... (default: ROOT/.prefect-results)"
+    )
 
     @field_validator("timeouts_s")
     @classmethod
@@ -316,15 +401,25 @@ class StageResources(_Section):
     gpu: int = Field(0, ge=0, description="nvidia.com/gpu limit")
     cpu: PositiveQuantity = Field("2", description="CPU request, a Kubernetes quantity ('2', '500m')")
     memory: PositiveQuantity = Field("8Gi", description="memory request and limit; a pod over it is OOMKilled")
-    node_pool: str | None = Field(None, description="value of kubernetes.node_pool_label the node must carry (null: any node)")
+    node_pool: str | None = Field(
+        None, description="value of kubernetes.node_pool_label the node must carry (null: any node)"
+    )
     parallelism: int = Field(1, gt=0, description="infer only: part pods running at once (the parts are infer.parts)")
-    nodes: int = Field(1, gt=0, description="train-teacher / train-student: data-parallel over this many pods of `gpu` GPUs each (torchrun)")
-    queue: str | None = Field(None, description="a Kueue LocalQueue (k8s/manifests/kueue.yaml): the Job waits, suspended, for its quota")
+    nodes: int = Field(
+        1,
+        gt=0,
+        description="train-teacher / train-student: data-parallel over this many pods of `gpu` GPUs each (torchrun)",
+    )
+    queue: str | None = Field(
+        None, description="a Kueue LocalQueue (k8s/manifests/kueue.yaml): the Job waits, suspended, for its quota"
+    )
 
     @model_validator(mode="after")
     def _nodes_need_gpus(self) -> StageResources:
         if self.nodes > 1 and self.gpu < 1:
-            raise ValueError(f"nodes = {self.nodes} needs gpu >= 1 per node (data-parallel training runs one process per GPU)")
+            raise ValueError(
+                f"nodes = {self.nodes} needs gpu >= 1 per node (data-parallel training runs one process per GPU)"
+            )
         return self
 
 
@@ -341,21 +436,40 @@ class SecretKey(_Section):
 class KubernetesParams(_Section):
     """Where the Prefect flow runs the stages named in `resources` as Kubernetes Jobs; DVC and the CLI ignore it."""
 
-    enabled: bool = Field(False, description="run each stage listed in `resources` as its own Job (false: every stage in the flow's process)")
+    enabled: bool = Field(
+        False,
+        description="run each stage listed in `resources` as its own Job (false: every stage in the flow's process)",
+    )
     namespace: str = "selftrain"
-    image: str = Field("selftrain:cpu", description="the project's image (Dockerfile), its entrypoint the selftrain CLI")
+    image: str = Field(
+        "selftrain:cpu", description="the project's image (Dockerfile), its entrypoint the selftrain CLI"
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    service_account: str = Field("selftrain", description="k8s/manifests/rbac.yaml's account; the bucket's access comes with it (IRSA, workload identity)")
-    node_pool_label: str = Field("selftrain.io/pool", description="the node label (and taint key) that names a node pool")
+    service_account: str = Field(
+        "selftrain",
+        description="k8s/manifests/rbac.yaml's account; the bucket's access comes with it (IRSA, workload identity)",
+    )
+    node_pool_label: str = Field(
+        "selftrain.io/pool", description="the node label (and taint key) that names a node pool"
+    )
     env: dict[str, str] = Field(
-        default_factory=dict, description="extra container environment in clear text, e.g. AWS_ENDPOINT_URL (secrets: secret_env or env_from_secrets)"
+        default_factory=dict,
+        description="extra container environment in clear text, e.g. AWS_ENDPOINT_URL (secrets: secret_env or "
+        "env_from_secrets)",
     )
     secret_env: dict[str, SecretKey] = Field(
-        default_factory=dict, description="environment variables read from Secrets (secretKeyRef): the value never passes through the flow"
+        default_factory=dict,
+        description="environment variables read from Secrets (secretKeyRef): the value never passes through the flow",
     )
-    env_from_secrets: list[str] = Field(default_factory=list, description="Secrets whose every key becomes an environment variable (envFrom)")
-    pending_timeout_s: float = Field(3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up")
-    image_pull_timeout_s: float = Field(300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails")
+    env_from_secrets: list[str] = Field(
+        default_factory=list, description="Secrets whose every key becomes an environment variable (envFrom)"
+    )
+    pending_timeout_s: float = Field(
+        3600.0, gt=0, description="how long a pod may stay unschedulable while a node pool scales up"
+    )
+    image_pull_timeout_s: float = Field(
+        300.0, gt=0, description="how long a pod may fail to pull its image before the stage fails"
+    )
     backoff_limit: int = Field(
         2,
         ge=0,
@@ -366,8 +480,14 @@ class KubernetesParams(_Section):
     ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished: finished Jobs are deleted after this")
     shm_size: Quantity = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")
     poll_s: float = Field(5.0, gt=0, description="how often the flow reads the Job's state")
-    priority_class: str | None = Field("selftrain-training", description="k8s/manifests/priorityclass.yaml's class (null: none)")
-    run_as_user: int = Field(10001, ge=1, description="the image's non-root uid (the Dockerfile's user); pods run as it, under Pod Security 'restricted'")
+    priority_class: str | None = Field(
+        "selftrain-training", description="k8s/manifests/priorityclass.yaml's class (null: none)"
+    )
+    run_as_user: int = Field(
+        10001,
+        ge=1,
+        description="the image's non-root uid (the Dockerfile's user); pods run as it, under Pod Security 'restricted'",
+    )
 
     @field_validator("env")
     @classmethod
@@ -376,8 +496,10 @@ class KubernetesParams(_Section):
         bad = sorted(k for k in v if SECRET_LOOKING.search(k))
         if bad:
             raise ValueError(
-                f"{bad} look like secrets, and env is written in clear text into every Job and the bucket: put the value in a "
-                "Kubernetes Secret and name it under kubernetes.secret_env (NAME: {secret: ..., key: ...}) or kubernetes.env_from_secrets"
+                f"{bad} look like secrets, and env is written in clear text into every Job and the bucket: put the "
+                "value in a "
+                "Kubernetes Secret and name it under kubernetes.secret_env (NAME: {secret: ..., key: ...}) or "
+                "kubernetes.env_from_secrets"
             )
         return v
 
@@ -387,12 +509,19 @@ MethodSections = create_model(
     "MethodSections",
     __base__=_Section,
     __doc__="Each method's own options, by method name (the sections the method packages declare).",
-    **{m.name: (m.params, m.params()) for m in methods.registry().values() if m.params is not None},  # type: ignore[call-overload]
+    # type: ignore[call-overload]
+    **{m.name: (m.params, m.params()) for m in methods.registry().values() if m.params is not None},
 )
 
 
 class Params(_Section):
-    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True, description="every random choice derives from it (numpy's legacy seeding takes at most 2**32 - 1)")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        strict=True,
+        description="every random choice derives from it (numpy's legacy seeding takes at most 2**32 - 1)",
+    )
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     infer: InferParams = InferParams()
@@ -400,7 +529,8 @@ class Params(_Section):
     student: StudentParams = StudentParams()
     generations: dict[str, GenerationParams] = Field(
         default_factory=lambda: {"gen1": GenerationParams(model="resnet10t", teacher="gen0")},
-        description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's promoted model",
+        description="gen1, gen2, ...: each generation's student model; its teacher is the previous generation's "
+        "promoted model",
     )
     methods: MethodSections = MethodSections()
     evaluate: EvaluateParams = EvaluateParams()
@@ -411,7 +541,8 @@ class Params(_Section):
     prefect: PrefectParams = PrefectParams()
     kubernetes: KubernetesParams = KubernetesParams()
     resources: dict[str, StageResources] = Field(
-        default_factory=dict, description="per stage (train-student, infer, ...): the pod it runs in when kubernetes.enabled"
+        default_factory=dict,
+        description="per stage (train-student, infer, ...): the pod it runs in when kubernetes.enabled",
     )
 
     @model_validator(mode="before")
@@ -420,7 +551,10 @@ class Params(_Section):
         if isinstance(raw, dict):
             moved = [k for k in raw if k in methods.registry()]
             if moved:
-                raise ValueError(f"{', '.join(moved)}: a method's options now live under methods.<name> (e.g. methods.{moved[0]}.steps)")
+                raise ValueError(
+                    f"{', '.join(moved)}: a method's options now live under methods.<name> (e.g. "
+                    f"methods.{moved[0]}.steps)"
+                )
         return raw
 
     @field_validator("resources")
@@ -430,7 +564,9 @@ class Params(_Section):
         parallel = set(methods.data_parallel_stages())
         bad = sorted(k for k, r in v.items() if (r.nodes > 1 or r.gpu > 1) and k not in parallel)
         if bad:
-            raise ValueError(f"{bad}: only {sorted(parallel)} train on several GPUs (gpu > 1 or nodes > 1); give the others gpu: 1")
+            raise ValueError(
+                f"{bad}: only {sorted(parallel)} train on several GPUs (gpu > 1 or nodes > 1); give the others gpu: 1"
+            )
         return v
 
     @model_validator(mode="after")
@@ -443,7 +579,8 @@ class Params(_Section):
         for k, (name, g) in enumerate(self.generations.items(), start=1):
             if g.teacher != f"gen{k - 1}":
                 raise ValueError(
-                    f"generations.{name}.teacher: must be 'gen{k - 1}', got '{g.teacher}' (a generation's teacher is the "
+                    f"generations.{name}.teacher: must be 'gen{k - 1}', got '{g.teacher}' (a generation's teacher is "
+                    "the "
                     "previous generation's promoted model; it is spelled out because dvc.yaml builds paths from it)"
                 )
         return self
@@ -495,7 +632,11 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
 
 
 def load_params(
-    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None, *, generations: int | None = None, method: str | None = None
+    path: str | Path = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    *,
+    generations: int | None = None,
+    method: str | None = None,
 ) -> Params:
     """Read and validate a params file; `overrides` maps dotted keys (`student.epochs`) to values.
     `generations` keeps only the first N generations, `method` gives every generation that method."""

@@ -43,7 +43,11 @@ def _classes(params: Params) -> int:
 
 def _eval_images(params: Params, test: int) -> int:
     r = params.robustness
-    return test + r.corruption_images * (1 + len(CORRUPTIONS) * SEVERITIES) + r.perturbation_images * r.frames * len(PERTURBATIONS)
+    return (
+        test
+        + r.corruption_images * (1 + len(CORRUPTIONS) * SEVERITIES)
+        + r.perturbation_images * r.frames * len(PERTURBATIONS)
+    )
 
 
 def work(params: Params, classes: int | None = None) -> list[StageWork]:
@@ -66,7 +70,15 @@ def work(params: Params, classes: int | None = None) -> list[StageWork]:
         out.append(StageWork(f"infer@{name}", teacher_model, 0, unlabeled, True))
         trained, passes = methods.get(g.method).work(params, labeled, unlabeled)
         out.append(StageWork(f"train-student@{name}", g.model, trained, passes * val, False))
-        out.append(StageWork(f"evaluate@{name}", g.model, 0, 2 * (val + _eval_images(params, test) + params.robustness.hard_images), False))
+        out.append(
+            StageWork(
+                f"evaluate@{name}",
+                g.model,
+                0,
+                2 * (val + _eval_images(params, test) + params.robustness.hard_images),
+                False,
+            )
+        )
         teacher_model = g.model
     return out
 
@@ -82,7 +94,9 @@ def probe(names: set[str], params: Params, steps: int = 5, batch: int = 64) -> d
     shape = (batch, params.data.channels, params.data.image_size, params.data.image_size)
     rates: dict[str, dict[str, float]] = {}
     for name in sorted(names):
-        net = runtime.place(models.create(models.ModelSpec(name, 10, params.data.channels, params.data.image_size, ())), device)
+        net = runtime.place(
+            models.create(models.ModelSpec(name, 10, params.data.channels, params.data.image_size, ())), device
+        )
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         x, y = runtime.to_device(torch.randn(shape), device), torch.randint(0, 10, (batch,), device=device)
 
@@ -115,14 +129,17 @@ def probe(names: set[str], params: Params, steps: int = 5, batch: int = 64) -> d
     return {"device": str(device), "models": rates}
 
 
-def plan(params: Params, throughput: dict[str, Any], nodes: int, gpus_per_node: int, classes: int | None = None) -> list[dict[str, Any]]:
+def plan(
+    params: Params, throughput: dict[str, Any], nodes: int, gpus_per_node: int, classes: int | None = None
+) -> list[dict[str, Any]]:
     """Per stage: images, GPU-hours and wall hours on `nodes` x `gpus_per_node` GPUs."""
     rates = throughput["models"]
     rows = []
     for w in work(params, classes):
         if w.model not in rates:
             raise ValueError(
-                f"no throughput for model '{w.model}' (have {', '.join(sorted(rates))}): measure it with bench/throughput.py --model ... --out, or use --probe"
+                f"no throughput for model '{w.model}' (have {', '.join(sorted(rates))}): measure it with "
+                "bench/throughput.py --model ... --out, or use --probe"
             )
         seconds = w.train_images / rates[w.model]["train_img_s"] + w.infer_images / rates[w.model]["infer_img_s"]
         gpus = nodes * gpus_per_node if w.sharded else 1
@@ -147,8 +164,14 @@ def table(rows: list[dict[str, Any]], throughput: dict[str, Any], nodes: int, gp
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['model']} | {r['images']:,} | {r['gpu_hours']:.2f} | {r['wall_hours']:.2f} | {r['gpus']} |")
-    lines.append(f"| **total** | | {sum(r['images'] for r in rows):,} | {sum(r['gpu_hours'] for r in rows):.2f} | {sum(r['wall_hours'] for r in rows):.2f} | |")
+        lines.append(
+            f"| {r['stage']} | {r['model']} | {r['images']:,} | {r['gpu_hours']:.2f} | {r['wall_hours']:.2f} | "
+            f"{r['gpus']} |"
+        )
+    lines.append(
+        f"| **total** | | {sum(r['images'] for r in rows):,} | {sum(r['gpu_hours'] for r in rows):.2f} | "
+        f"{sum(r['wall_hours'] for r in rows):.2f} | |"
+    )
     lines += [
         "",
         "assumptions: stages run one after another; infer is sharded over every GPU, training uses one; "
@@ -162,5 +185,8 @@ def load_throughput(path: str) -> dict[str, Any]:
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data.get("models"), dict):
-        raise ValueError(f'\'{path}\' is not a throughput file: expected {{"device": ..., "models": {{model: {{train_img_s, infer_img_s}}}}}}')
+        raise ValueError(
+            f"'{path}' is not a throughput file: expected "
+            f'{{"device": ..., "models": {{model: {{train_img_s, infer_img_s}}}}}}'
+        )
     return data

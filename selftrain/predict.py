@@ -15,7 +15,11 @@ from selftrain.inputs import clean_batch
 
 @torch.no_grad()
 def batch_logits(
-    model: nn.Module, batches: Iterable[np.ndarray], device: torch.device, total: int | None = None, desc: str | None = None
+    model: nn.Module,
+    batches: Iterable[np.ndarray],
+    device: torch.device,
+    total: int | None = None,
+    desc: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """Float32 logits on CPU of each batch of uint8 NHWC images, with a progress bar when `desc` is given."""
     model.eval()
@@ -26,7 +30,9 @@ def batch_logits(
         yield out.float().cpu()
 
 
-def iter_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+def iter_logits(
+    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None
+) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (rows, float32 logits on CPU) batch by batch, with a progress bar when `desc` is given."""
     starts = range(0, len(images), batch_size)
     batches = (images[start : start + batch_size] for start in starts)
@@ -34,5 +40,7 @@ def iter_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: t
         yield slice(start, start + len(out)), out
 
 
-def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, desc: str | None = None
+) -> torch.Tensor:
     return torch.cat([out for _, out in iter_logits(model, images, batch_size, device, desc)])

@@ -13,7 +13,9 @@ from selftrain import artifacts
 from selftrain.gate import GateError
 
 
-def record(generation: str, checkpoint: str, model: str, passed: bool, reason: str, history: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def record(
+    generation: str, checkpoint: str, model: str, passed: bool, reason: str, history: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
     """A promotion record for `checkpoint`, hashed now."""
     return {
         "generation": generation,
@@ -52,6 +54,8 @@ def resolve(uri: str) -> tuple[str, dict[str, Any] | None]:
     actual = artifacts.content_hash(rec["checkpoint"])
     if actual != rec["sha256"]:
         raise artifacts.ArtifactError(
-            f"'{rec['checkpoint']}' has sha256 {actual[:12]}…, but '{uri}' promoted {rec['sha256'][:12]}…: it changed after promotion; rerun that generation"
+            f"'{rec['checkpoint']}' has sha256 {actual[:12]}…, but '{uri}' promoted {rec['sha256'][:12]}…: "
+            "it changed "
+            "after promotion; rerun that generation"
         )
     return rec["checkpoint"], rec

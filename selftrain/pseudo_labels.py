@@ -35,7 +35,8 @@ class PseudoLabelError(ValueError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """Teacher log-probabilities of consecutive unlabeled rows: dense (n, C), or top-k values with their class indices."""
+    """Teacher log-probabilities of consecutive unlabeled rows: dense (n, C), or top-k values with their class
+    indices."""
 
     start: int  # row of the first image in the unlabeled split
     values: np.ndarray  # (n, C), or (n, k) with each row in descending order (as the logit store keeps them)
@@ -70,7 +71,11 @@ class Confidence:
         v = top.astype(np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             confidence = np.exp(v)
-        return (_bins(confidence) | (confidence >= threshold) * Confidence.KEPT | (np.isnan(v) | np.isposinf(v)) * Confidence.BAD).astype(np.int16)
+        return (
+            _bins(confidence)
+            | (confidence >= threshold) * Confidence.KEPT
+            | (np.isnan(v) | np.isposinf(v)) * Confidence.BAD
+        ).astype(np.int16)
 
     @staticmethod
     @functools.lru_cache(maxsize=8)
@@ -78,16 +83,23 @@ class Confidence:
         return Confidence._code(np.arange(1 << 16, dtype=np.uint16).view(np.float16), threshold)
 
     def __call__(self, top: np.ndarray, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
-        code = self._table(self.threshold)[top.view(np.uint16)] if top.dtype == np.float16 else self._code(top, self.threshold)
+        code = (
+            self._table(self.threshold)[top.view(np.uint16)]
+            if top.dtype == np.float16
+            else self._code(top, self.threshold)
+        )
         bins, kept, bad = code & 0xFF, (code & self.KEPT).astype(bool), code & self.BAD
         if bad.any():
-            raise PseudoLabelError(f"teacher outputs contain NaN or +inf (rows {chunk.start}..{chunk.start + len(top) - 1})")
+            raise PseudoLabelError(
+                f"teacher outputs contain NaN or +inf (rows {chunk.start}..{chunk.start + len(top) - 1})"
+            )
         return bins, kept
 
 
 @dataclass
 class Tally:
-    """Pass 1: per-class histograms of confidence (top probability at temperature 1) over the rows above the threshold."""
+    """Pass 1: per-class histograms of confidence (top probability at temperature 1) over the rows above the
+    threshold."""
 
     num_classes: int
     threshold: float
@@ -104,7 +116,8 @@ class Tally:
         self.hist_kept = np.zeros((self.num_classes, len(GRID)), np.int64)
 
     def counts(self, chunk: Chunk) -> Tally:
-        """One chunk's counts alone; changes nothing here, so chunks can be counted in parallel and merged in any order."""
+        """One chunk's counts alone; changes nothing here, so chunks can be counted in parallel and merged in any
+        order."""
         part = Tally(self.num_classes, self.threshold)
         top, cls = chunk.top()
         bins, kept = part.confidence(top, chunk)
@@ -112,7 +125,9 @@ class Tally:
         part.highest = float(np.exp(np.float64(top.max()))) if len(top) else 0.0
         part.predicted = np.bincount(cls, minlength=self.num_classes)
         part.hist_all = np.bincount(bins, minlength=len(GRID))
-        part.hist_kept = np.bincount(cls[kept] * len(GRID) + bins[kept], minlength=self.hist_kept.size).reshape(self.hist_kept.shape)
+        part.hist_kept = np.bincount(cls[kept] * len(GRID) + bins[kept], minlength=self.hist_kept.size).reshape(
+            self.hist_kept.shape
+        )
         return part
 
     def merge(self, other: Tally) -> None:
@@ -135,7 +150,8 @@ def _threshold_from_hist(hist: np.ndarray, n: int, floor: float) -> float:
 
 
 def _copies(k: int, n: int, upsample: bool, rng: np.random.Generator) -> np.ndarray:
-    """Copies of each of k images so that they total exactly n: floor(n/k) each, plus one for n mod k of them at random."""
+    """Copies of each of k images so that they total exactly n: floor(n/k) each, plus one for n mod k of them at
+    random."""
     if k == 0 or (k < n and not upsample):
         return np.ones(k, dtype=np.int64)
     copies = np.full(k, n // k, dtype=np.int64)
@@ -145,7 +161,8 @@ def _copies(k: int, n: int, upsample: bool, rng: np.random.Generator) -> np.ndar
 
 @dataclass
 class Plan:
-    """What pass 1 decided: per class, the lowest confidence bin chosen and each chosen image's copies (in row order)."""
+    """What pass 1 decided: per class, the lowest confidence bin chosen and each chosen image's copies (in row
+    order)."""
 
     first_bin: np.ndarray  # (C,) chosen: above the global threshold and in a bin >= this
     copies: np.ndarray  # one entry per chosen image: class 0's in row order, then class 1's, ...
@@ -196,7 +213,8 @@ def plan(tally: Tally, p: PseudoLabelParams, seed: int, classes: tuple[str, ...]
             "unique_after_balance": sum(int((c > 0).sum()) for c in copies),
         },
         "per_class": per_class,
-        # images per 0.01 bin of top probability [GRID[j], GRID[j] + 0.01): all of them, and the balanced set (pass 2 fills it)
+        # images per 0.01 bin of top probability [GRID[j], GRID[j] + 0.01): all of them, and the balanced set
+        # (pass 2 fills it)
         "confidence_histogram": {"all": tally.hist_all.tolist(), "after_balance": [0] * len(GRID)},
     }
     return Plan(first_bin, np.concatenate(copies), np.concatenate([[0], np.cumsum([len(c) for c in copies])]), stats)
@@ -213,7 +231,8 @@ class Picked:
 
 @dataclass(frozen=True)
 class Chosen:
-    """One chunk's images the plan keeps, with their targets, before copies are given (those need the chunks in order)."""
+    """One chunk's images the plan keeps, with their targets, before copies are given (those need the chunks in
+    order)."""
 
     start: int
     rows: np.ndarray  # within the chunk
@@ -228,7 +247,9 @@ class Selector:
     copies (in row order)."""
 
     def __init__(self, plan: Plan, p: PseudoLabelParams, threshold: float) -> None:
-        self.plan, self.p, self.confidence = plan, p, Confidence(threshold)
+        self.plan = plan
+        self.p = p
+        self.confidence = Confidence(threshold)
         self.seen = np.zeros(len(plan.first_bin), np.int64)  # chosen images of each class met so far
         self.index_dtype = np.int16 if len(plan.first_bin) <= np.iinfo(np.int16).max else np.int32
 
@@ -247,8 +268,14 @@ class Selector:
             values /= self.p.temperature
             np.exp(values, out=values)
             values /= np.einsum("ij->i", values)[:, None]
-            indices = np.take(chunk.indices, chosen, axis=0) if chunk.indices is not None else np.broadcast_to(np.arange(values.shape[1]), values.shape)
-        return Chosen(chunk.start, chosen, cls[chosen], bins[chosen], np.ascontiguousarray(indices, self.index_dtype), values)
+            indices = (
+                np.take(chunk.indices, chosen, axis=0)
+                if chunk.indices is not None
+                else np.broadcast_to(np.arange(values.shape[1]), values.shape)
+            )
+        return Chosen(
+            chunk.start, chosen, cls[chosen], bins[chosen], np.ascontiguousarray(indices, self.index_dtype), values
+        )
 
     def finish(self, chosen: Chosen) -> Picked:
         c = chosen.classes
@@ -270,7 +297,11 @@ class Selector:
         def repeated(a: np.ndarray) -> np.ndarray:
             return np.repeat(a, copies, axis=0)
 
-        return Picked(chosen.start + repeated(chosen.rows).astype(np.int64), repeated(chosen.target_indices), repeated(chosen.target_values))
+        return Picked(
+            chosen.start + repeated(chosen.rows).astype(np.int64),
+            repeated(chosen.target_indices),
+            repeated(chosen.target_values),
+        )
 
 
 def two_passes(

@@ -54,10 +54,15 @@ def generation_table(metrics: dict[str, Any], promoted: dict[str, Any] | None = 
         for role in ("teacher", "student"):
             for key, names in ((metrics[role].get("robustness") or {}).get("left_out") or {}).items():
                 lines.append(
-                    f"{role} {key} leaves out {', '.join(names)}: the reference made no {'flip' if key == 'mFR' else 'error'} there, so it is undefined"
+                    f"{role} {key} leaves out {', '.join(names)}: the reference made no "
+                    f"{'flip' if key == 'mFR' else 'error'} there, so it is undefined"
                 )
     if promoted is not None:
-        lines += ["", f"promoted: **{promoted['promoted']}** ({promoted['checkpoint']}, sha256 {promoted['sha256'][:12]}…)", f"why: {promoted['reason']}"]
+        lines += [
+            "",
+            f"promoted: **{promoted['promoted']}** ({promoted['checkpoint']}, sha256 {promoted['sha256'][:12]}…)",
+            f"why: {promoted['reason']}",
+        ]
     return "\n".join(lines)
 
 
@@ -67,14 +72,17 @@ def balance_table(counts: dict[str, Any]) -> str:
     lines = [
         f"{counts['kind']} pseudo-labels, confidence threshold {counts['threshold']}, "
         + (f"balanced to {counts['per_class_target']} per class: " if counts["per_class_target"] else "not balanced: ")
-        + f"{t['above_threshold']:,} of {t['unlabeled']:,} unlabeled images above the threshold, {t['after_balance']:,} in the student's training set "
-        + f"({t['unique_after_balance']:,} distinct)",
+        + f"{t['above_threshold']:,} of {t['unlabeled']:,} unlabeled images above the threshold, "
+        f"{t['after_balance']:,} in the student's training set " + f"({t['unique_after_balance']:,} distinct)",
         "",
         "| class | predicted | above threshold | class threshold | selected | after balance (with copies) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, c in counts["per_class"].items():
-        lines.append(f"| {cell(name)} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | {c['selected']} | {c['after_balance']} |")
+        lines.append(
+            f"| {cell(name)} | {c['predicted']} | {c['above_threshold']} | {c['class_threshold']:.2f} | "
+            f"{c['selected']} | {c['after_balance']} |"
+        )
     return "\n".join(lines)
 
 
@@ -83,14 +91,17 @@ def history_table(record: dict[str, Any]) -> str:
     extra = [(label, key) for label, key in HISTORY_EXTRA if all(f"student_{key}" in r for r in record["history"])]
     head = "".join(f" teacher {label} | student {label} |" for label, _ in extra)
     lines = [
-        f"| generation | teacher | student | teacher val | student val | teacher test | student test |{head} promoted |",
+        "| generation | teacher | student | teacher val | student val | teacher test | student test |"
+        f"{head} promoted |",
         "|---|---|---|---:|---:|---:|---:|" + "---:|" * (2 * len(extra)) + "---|",
     ]
     for r in record["history"]:
         cells = "".join(f" {100 * r[f'teacher_{key}']:.2f} | {100 * r[f'student_{key}']:.2f} |" for _, key in extra)
         lines.append(
-            f"| {r['generation']} | {cell(r['teacher_model'])} | {cell(r['student_model'])} | {100 * r['teacher_val_top1']:.2f} % | "
-            f"{100 * r['student_val_top1']:.2f} % | {100 * r['teacher_test_top1']:.2f} % | {100 * r['student_test_top1']:.2f} % |{cells} {r['promoted']} |"
+            f"| {r['generation']} | {cell(r['teacher_model'])} | {cell(r['student_model'])} | "
+            f"{100 * r['teacher_val_top1']:.2f} % | "
+            f"{100 * r['student_val_top1']:.2f} % | {100 * r['teacher_test_top1']:.2f} % | "
+            f"{100 * r['student_test_top1']:.2f} % |{cells} {r['promoted']} |"
         )
     verdict = "passed" if record["passed"] else "**failed: the chain stops here**"
     lines += ["", f"{record['generation']} gate {verdict}: {record['reason']}"]
@@ -111,8 +122,15 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metrics: dict[str, Any], gallery: dict[str, bytes] | None = None) -> list[str]:
-    """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into `out`,
+def write_report(
+    out: str,
+    record: dict[str, Any],
+    counts: dict[str, Any],
+    metrics: dict[str, Any],
+    gallery: dict[str, bytes] | None = None,
+) -> list[str]:
+    """Write report.md, accuracy/confidence/class-count plots and error vs severity (PNG) and their data (CSV) into
+    `out`,
     and the pseudo-label gallery's files when given (gallery.png, gallery.json)."""
     plt = pyplot()
 
@@ -121,9 +139,19 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     # Accuracy per generation: generation 0 is the supervised teacher, generation k its k-th student.
     gens = [0] + [int(r["generation"].removeprefix("gen")) for r in history]
     acc = [
-        {"generation": 0, "model": history[0]["teacher_model"], "test_top1": history[0]["teacher_test_top1"], "val_top1": history[0]["teacher_val_top1"]}
+        {
+            "generation": 0,
+            "model": history[0]["teacher_model"],
+            "test_top1": history[0]["teacher_test_top1"],
+            "val_top1": history[0]["teacher_val_top1"],
+        }
     ] + [
-        {"generation": g, "model": r["student_model"], "test_top1": r["student_test_top1"], "val_top1": r["student_val_top1"]}
+        {
+            "generation": g,
+            "model": r["student_model"],
+            "test_top1": r["student_test_top1"],
+            "val_top1": r["student_val_top1"],
+        }
         for g, r in zip(gens[1:], history)
     ]
     files["generations.csv"] = _csv(acc)
@@ -137,18 +165,34 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
 
     hist = counts["confidence_histogram"]
     bins = np.arange(len(hist["all"])) / 100.0
-    files["confidence.csv"] = _csv([{"confidence": f"{b:.2f}", "all": a, "after_balance": k} for b, a, k in zip(bins, hist["all"], hist["after_balance"])])
+    files["confidence.csv"] = _csv(
+        [
+            {"confidence": f"{b:.2f}", "all": a, "after_balance": k}
+            for b, a, k in zip(bins, hist["all"], hist["after_balance"])
+        ]
+    )
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(bins, hist["all"], width=0.01, align="edge", alpha=0.5, label="all unlabeled")
-    ax.bar(bins, hist["after_balance"], width=0.01, align="edge", alpha=0.7, label="pseudo-labeled (after balance, with copies)")
+    ax.bar(
+        bins,
+        hist["after_balance"],
+        width=0.01,
+        align="edge",
+        alpha=0.7,
+        label="pseudo-labeled (after balance, with copies)",
+    )
     ax.axvline(counts["threshold"], color="red", lw=1, label=f"threshold {counts['threshold']}")
-    ax.set(xlabel="teacher's top probability", ylabel="images", title=f"{record['generation']}: pseudo-label confidence")
+    ax.set(
+        xlabel="teacher's top probability", ylabel="images", title=f"{record['generation']}: pseudo-label confidence"
+    )
     ax.legend()
     files["confidence.png"] = png_bytes(fig)
 
     classes = list(counts["per_class"])
     per = counts["per_class"]
-    files["class_counts.csv"] = _csv([{"class": c, "before": per[c]["above_threshold"], "after_balance": per[c]["after_balance"]} for c in classes])
+    files["class_counts.csv"] = _csv(
+        [{"class": c, "before": per[c]["above_threshold"], "after_balance": per[c]["after_balance"]} for c in classes]
+    )
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(classes))
     ax.bar(x - 0.2, [per[c]["above_threshold"] for c in classes], 0.4, label="above threshold")
@@ -162,7 +206,8 @@ def write_report(out: str, record: dict[str, Any], counts: dict[str, Any], metri
     files.update(gallery or {})
 
     files["report.md"] = (
-        f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n## This generation\n\n{generation_table(metrics)}\n\n"
+        f"# selftrain: {record['generation']}\n\n{history_table(record)}\n\n## This "
+        f"generation\n\n{generation_table(metrics)}\n\n"
         f"## Pseudo-labels per class\n\n{balance_table(counts)}\n\n"
         "![accuracy](accuracy.png)\n![confidence](confidence.png)\n![per-class counts](class_counts.png)\n"
         + ("![error vs severity](corruption_error.png)\n" if "corruption_error.png" in files else "")
@@ -183,7 +228,10 @@ def pyplot():
 
 
 def tile_sheet(
-    cells: list[list[np.ndarray | None]], frames: list[list[str | None]] | None = None, border: int = 2, gap: tuple[int, int] = (2, 2)
+    cells: list[list[np.ndarray | None]],
+    frames: list[list[str | None]] | None = None,
+    border: int = 2,
+    gap: tuple[int, int] = (2, 2),
 ) -> np.ndarray:
     """One RGB uint8 image of equally sized tiles in rows: each tile inside a `border`-pixel frame of its colour
     (matplotlib colour, none = white), `gap` = (above, left) white pixels before each frame; an empty cell
@@ -222,7 +270,9 @@ def corruption_grid(clean: np.ndarray, corrupted: dict[str, np.ndarray], index: 
     ax.imshow(sheet, interpolation="nearest")
     ax.set_axis_off()
     for c in range(6):
-        ax.text(c * cell_w + gap + w / 2, -1, "clean" if c == 0 else f"severity {c}", ha="center", va="bottom", fontsize=7)
+        ax.text(
+            c * cell_w + gap + w / 2, -1, "clean" if c == 0 else f"severity {c}", ha="center", va="bottom", fontsize=7
+        )
     for r, name in enumerate(names):
         ax.text(-1, r * cell_h + gap + h / 2, name.replace("_", " "), ha="right", va="center", fontsize=7)
     data = png_bytes(fig)
@@ -246,11 +296,22 @@ def robustness_files(metrics: dict[str, Any]) -> dict[str, bytes]:
             row[role] = f"{100 * float(np.mean(errs)):.2f}"
         rows.append(row)
     cols = 5
-    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(cols * 2.4, 2.2 * ((len(names) + cols - 1) // cols)), sharex=True)
+    fig, axes = plt.subplots(
+        (len(names) + cols - 1) // cols,
+        cols,
+        figsize=(cols * 2.4, 2.2 * ((len(names) + cols - 1) // cols)),
+        sharex=True,
+    )
     for ax, name in zip(axes.flat, names):
         for role, style in (("teacher", "o--"), ("student", "o-")):
             r = raw[role]
-            ax.plot(range(6), [100 * r["clean_error"]] + [100 * e for e in r["corruption_errors"][name]], style, ms=3, label=role)
+            ax.plot(
+                range(6),
+                [100 * r["clean_error"]] + [100 * e for e in r["corruption_errors"][name]],
+                style,
+                ms=3,
+                label=role,
+            )
         ax.set_title(name.replace("_", " "), fontsize=8)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)

@@ -53,7 +53,10 @@ class Outcome:
             "|---|---|---|---|",
         ]
         lines += [f"| {w} | {a} | {b} | {'yes' if ok else 'NO'} |" for w, a, b, ok in self.rows]
-        lines += ["", "MATCH: the generation was rebuilt exactly" if self.matched else "MISMATCH: see the rows marked NO"]
+        lines += [
+            "",
+            "MATCH: the generation was rebuilt exactly" if self.matched else "MISMATCH: see the rows marked NO",
+        ]
         return "\n".join(lines)
 
 
@@ -75,9 +78,13 @@ def _lineage_at(repo: str, commit: str, path: str) -> dict[str, Any] | None:
 def find(target: str, repo: str = ".", rev: str = "HEAD") -> tuple[str, str, dict[str, Any]]:
     """(commit, generation, lineage record) that `target` names: a generation at `rev`, or a model hash prefix."""
     if not Path(repo).is_dir():
-        raise ReproduceError(f"--repo '{repo}' is not a directory: give the git + DVC repository the generation was committed in")
+        raise ReproduceError(
+            f"--repo '{repo}' is not a directory: give the git + DVC repository the generation was committed in"
+        )
     if rev.startswith("-"):  # git would read it as an option (`--output=FILE` writes FILE)
-        raise ReproduceError(f"--rev '{rev}' is not a revision: give a commit, branch or tag (e.g. HEAD~2, main, teacher@v2.1.0)")
+        raise ReproduceError(
+            f"--rev '{rev}' is not a revision: give a commit, branch or tag (e.g. HEAD~2, main, teacher@v2.1.0)"
+        )
     if re.fullmatch(r"gen[1-9][0-9]*", target):
         commit = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
         rec = _lineage_at(repo, commit, f"artifacts/{target}/lineage.json")
@@ -88,7 +95,9 @@ def find(target: str, repo: str = ".", rev: str = "HEAD") -> tuple[str, str, dic
             )
         return commit, target, rec
     if not re.fullmatch(r"[0-9a-f]{8,64}", target):
-        raise ReproduceError(f"'{target}' is neither a generation (gen1, gen2, ...) nor a model sha256 (at least 8 hex digits)")
+        raise ReproduceError(
+            f"'{target}' is neither a generation (gen1, gen2, ...) nor a model sha256 (at least 8 hex digits)"
+        )
     for commit in _git(repo, "rev-list", rev, "--", "artifacts").split():
         for path in _git(repo, "ls-tree", "-r", "--name-only", commit, "artifacts").split():
             if path.endswith("/lineage.json"):
@@ -108,14 +117,22 @@ def _dvc_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def _dvc(cwd: str, *args: str, env: dict[str, str] | None = None) -> None:
     # DVC as a module of this interpreter, not whatever `dvc` PATH finds (or does not)
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=_dvc_env(env))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=_dvc_env(env)
+    )
     if proc.returncode != 0:
         raise ReproduceError(f"dvc {' '.join(args)} failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
 def _cache_dir(repo: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, env=_dvc_env())
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else str(Path(repo, ".dvc", "cache").resolve())
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True, env=_dvc_env()
+    )
+    return (
+        proc.stdout.strip()
+        if proc.returncode == 0 and proc.stdout.strip()
+        else str(Path(repo, ".dvc", "cache").resolve())
+    )
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:
@@ -128,7 +145,9 @@ def _close(a: Any, b: Any, tol: float) -> bool:
     return a == b
 
 
-def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | None = None, tolerance: float | None = None) -> Outcome:
+def reproduce(
+    target: str, repo: str = ".", rev: str = "HEAD", workdir: str | None = None, tolerance: float | None = None
+) -> Outcome:
     """Rebuild the generation `target` names into `workdir` (default: a new temp dir) and compare it with its record."""
     repo = str(Path(repo).resolve())
     commit, gen, recorded = find(target, repo, rev)
@@ -140,7 +159,9 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
     _git(repo, "clone", "--quiet", "--no-checkout", repo, work)
     _git(work, "checkout", "--quiet", "--detach", commit)
     local_config = Path(repo, ".dvc", "config.local")
-    if local_config.exists():  # this machine's remote settings (an endpoint, a profile): never credentials, which stay in the AWS config
+    if (
+        local_config.exists()
+    ):  # this machine's remote settings (an endpoint, a profile): never credentials, which stay in the AWS config
         shutil.copy(local_config, Path(work, ".dvc", "config.local"))
     _dvc(work, "cache", "dir", "--local", _cache_dir(repo))
     evaluate = f"evaluate@{gen}"
@@ -148,14 +169,19 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
         _dvc(work, "checkout", "--with-deps", evaluate)
     except ReproduceError:
         _dvc(work, "pull", "--with-deps", evaluate)  # not all in this cache: the remote has it
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, *filter(None, [os.environ.get("PYTHONPATH")])]))  # that commit's code
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([work, *filter(None, [os.environ.get("PYTHONPATH")])])
+    )  # that commit's code
     _dvc(work, "repro", "--force", "--single-item", *(f"{stage}@{gen}" for stage in STAGES), env=env)  # in this order
     g = Path(work, "artifacts", gen)
     out = Outcome(commit, gen, work)
     for role, uri in (("logits", g / "logits"), ("pseudo", g / "pseudo")):
         was, now = recorded["inputs"][role]["sha256"], artifacts.content_hash(str(uri))
         out.rows.append((f"{role} (sha256)", was[:16], now[:16], was == now))
-    was, now = recorded["outputs"]["student_checkpoint"]["sha256"], artifacts.content_hash(str(g / "student" / "model.safetensors"))
+    was, now = (
+        recorded["outputs"]["student_checkpoint"]["sha256"],
+        artifacts.content_hash(str(g / "student" / "model.safetensors")),
+    )
     out.rows.append(("model (sha256)", was[:16], now[:16], was == now or on_gpu))
     metrics_then = _metrics_at(repo, commit, gen)
     metrics_now = json.loads((g / "metrics.json").read_text())
@@ -163,11 +189,20 @@ def reproduce(target: str, repo: str = ".", rev: str = "HEAD", workdir: str | No
         for key in ("val_top1", "test_top1", "mCE", "mFR", "hard_top1"):
             if key in metrics_then[role]:
                 a, b = metrics_then[role][key], metrics_now[role].get(key)
-                out.rows.append((f"{role} {key}", f"{a:.6f}", "-" if b is None else f"{b:.6f}", b is not None and _close(a, b, tol)))
+                out.rows.append(
+                    (f"{role} {key}", f"{a:.6f}", "-" if b is None else f"{b:.6f}", b is not None and _close(a, b, tol))
+                )
     if on_gpu:  # the model's bytes may differ on CUDA, and metrics.json names them
         for m in (metrics_then, metrics_now):
             m["student"].pop("checkpoint_sha256", None)
-    out.rows.append((f"metrics.json, every figure{f' (within {tol})' if tol else ''}", "", "", _close(metrics_then, metrics_now, tol)))
+    out.rows.append(
+        (
+            f"metrics.json, every figure{f' (within {tol})' if tol else ''}",
+            "",
+            "",
+            _close(metrics_then, metrics_now, tol),
+        )
+    )
     return out
 
 
@@ -180,9 +215,12 @@ def _metrics_at(repo: str, commit: str, gen: str) -> dict[str, Any]:
     path = f"artifacts/{gen}/metrics.json"
     try:
         return json.loads(dvc.api.read(path, repo=repo, rev=commit))
-    except Exception as e:  # DVC's errors share no base class worth naming: file not in the lock, not in cache or remote
+    except (
+        Exception
+    ) as e:  # DVC's errors share no base class worth naming: file not in the lock, not in cache or remote
         raise ReproduceError(
-            f"cannot read {path} as commit {commit[:10]} recorded it ({type(e).__name__}: {e}); `dvc pull` it, or push it from where it ran"
+            f"cannot read {path} as commit {commit[:10]} recorded it ({type(e).__name__}: {e}); `dvc pull` it, or "
+            "push it from where it ran"
         ) from e
 
 

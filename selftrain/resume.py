@@ -26,7 +26,8 @@ from selftrain import artifacts, failures, noise
 
 log = logging.getLogger("selftrain")
 
-FORMAT = "selftrain-resume/4"  # /4: each model, optimiser and schedule under its name (steps/base.py); older files are not resumed
+# /4: each model, optimiser and schedule under its name (steps/base.py); older files are not resumed
+FORMAT = "selftrain-resume/4"
 READ_ATTEMPTS, READ_BACKOFF_S = 4, 2.0  # retries of a transient read error: 2, 4, 8 s apart
 
 
@@ -65,11 +66,16 @@ def load(uri: str, fingerprint: str, what: str) -> dict[str, Any] | None:
     except Exception as e:  # torch's own message goes on to suggest weights_only=False: keep its first line
         first_line = (str(e).strip().splitlines() or [""])[0]
         raise artifacts.ArtifactError(
-            f"the {what} checkpoint '{uri}' is there but does not load ({type(e).__name__}: {first_line}); it was left as it is. "
+            f"the {what} checkpoint '{uri}' is there but does not load ({type(e).__name__}: {first_line}); it was "
+            "left as it is. "
             "Restore it, or delete it to start this stage from step 0"
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("fingerprint") != fingerprint:
-        log.warning("ignoring %s checkpoint '%s': it belongs to another run (params or inputs differ); starting from step 0", what, uri)
+        log.warning(
+            "ignoring %s checkpoint '%s': it belongs to another run (params or inputs differ); starting from step 0",
+            what,
+            uri,
+        )
         return None
     return blob
 
@@ -86,6 +92,13 @@ def _read(uri: str, what: str) -> bytes | None:
             if not failures.is_transient(e) or attempt == READ_ATTEMPTS:
                 raise
             wait = READ_BACKOFF_S * 2 ** (attempt - 1)
-            log.warning("could not read the %s checkpoint '%s' (%s: %s); trying again in %.0f s", what, uri, type(e).__name__, e, wait)
+            log.warning(
+                "could not read the %s checkpoint '%s' (%s: %s); trying again in %.0f s",
+                what,
+                uri,
+                type(e).__name__,
+                e,
+                wait,
+            )
             time.sleep(wait)
             attempt += 1

@@ -33,7 +33,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def place(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks memory_format
+    # torch's stub lacks memory_format
+    model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     if compile and device.type == "cuda":
         model = cast(nn.Module, torch.compile(model))
     elif compile:  # measured slower on CPU for every step kind (BENCHMARKS.md, "torch.compile on the CPU")

@@ -50,7 +50,9 @@ def versions(repo: str = ".") -> list[Version]:
     for tag in _git(repo, "tag", "--list", f"{ARTIFACT}@v*").split():
         m = TAG.match(tag)
         if m:
-            found.append(Version(tag, int(m[1]), int(m[2]), _parse(_git(repo, "tag", "--list", "--format=%(contents)", tag))))
+            found.append(
+                Version(tag, int(m[1]), int(m[2]), _parse(_git(repo, "tag", "--list", "--format=%(contents)", tag)))
+            )
     return sorted(found, key=lambda v: (v.generation, v.rerun))
 
 
@@ -70,7 +72,8 @@ def current(repo: str = ".") -> Version:
 
 
 def tag_promotions(repo: str, generations: list[str], push_to: str | None = None) -> list[Version]:
-    """Tag each committed, passed promotion record (artifacts/genK/promoted.json) that has no tag yet; returns the new tags.
+    """Tag each committed, passed promotion record (artifacts/genK/promoted.json) that has no tag yet; returns the new
+    tags.
 
     A record is tagged at the last commit that changed it; a generation rerun with a new model gets the next N."""
     existing = {v.record.get("sha256"): v for v in versions(repo)}
@@ -91,10 +94,16 @@ def tag_promotions(repo: str, generations: list[str], push_to: str | None = None
             "model": rec["model"],
             "checkpoint": rec["checkpoint"],
             "sha256": rec["sha256"],
-            "metrics": {key: metrics[key] for key in sorted(metrics) if key.startswith(("student_", "teacher_")) and not key.endswith("_model")},
+            "metrics": {
+                key: metrics[key]
+                for key in sorted(metrics)
+                if key.startswith(("student_", "teacher_")) and not key.endswith("_model")
+            },
         }
         top1 = body["metrics"].get("student_test_top1")
-        title = f"{gen} ({body['method']}, {rec['model']}) promoted" + (f": test top-1 {100 * top1:.2f} %" if top1 is not None else "")
+        title = f"{gen} ({body['method']}, {rec['model']}) promoted" + (
+            f": test top-1 {100 * top1:.2f} %" if top1 is not None else ""
+        )
         tag = f"{ARTIFACT}@v{k}.{rerun}.0"
         _git(repo, "tag", "-a", tag, commit, "-m", f"{title}\n\n{json.dumps(body, sort_keys=True)}")
         if push_to:

@@ -77,10 +77,17 @@ class StepBatches(torch.utils.data.Sampler):
     resumed run draws exactly what an uninterrupted one draws. Full batches only, unless n < batch. Under
     torchrun each process gets every `world.size`-th row of each batch, starting at its rank."""
 
-    def __init__(self, n: int, batch: int, seed: int, stream: int, start: int = 0, world: distributed.World = distributed.World()) -> None:
+    def __init__(
+        self, n: int, batch: int, seed: int, stream: int, start: int = 0, world: distributed.World = distributed.World()
+    ) -> None:
         if n == 0:
             raise ValueError("nothing to train on: the set is empty")
-        self.n, self.batch, self.seed, self.stream, self.start, self.world = n, min(batch, n), seed, stream, start, world
+        self.n = n
+        self.batch = min(batch, n)
+        self.seed = seed
+        self.stream = stream
+        self.start = start
+        self.world = world
         self.per_pass = n // self.batch
 
     def __len__(self) -> int:
@@ -130,7 +137,9 @@ def fit(
     torchrun only rank 0 saves; every process restores its own random state."""
     w, total = ctx.world, step.total
     runtime.seed_everything(seed)
-    torch.manual_seed(seed + w.rank)  # dropout and stochastic depth differ between processes (rank 0: as in one process)
+    torch.manual_seed(
+        seed + w.rank
+    )  # dropout and stochastic depth differ between processes (rank 0: as in one process)
     seed_augmentation(seed + 2 + 7919 * w.rank)
     ema = ModelEmaV3(step.model, decay=ema_decay, use_warmup=True) if ema_decay else None
     kept = ema.module if ema else step.model
@@ -180,25 +189,43 @@ def fit(
             steps = done - (done - 1) // log_every * log_every  # in this row (a resumed run's sums carry over)
             means = distributed.mean(torch.tensor([sums[k] for k in names], dtype=torch.float64), w) / steps
             elapsed = time.perf_counter() - t0
-            epoch: float = done // step.steps_per_epoch if done % step.steps_per_epoch == 0 else round(done / step.steps_per_epoch, 3)
+            epoch: float = (
+                done // step.steps_per_epoch
+                if done % step.steps_per_epoch == 0
+                else round(done / step.steps_per_epoch, 3)
+            )
             row = {
                 "epoch": epoch,
                 "step": done,
                 "lr": step.lr(),
-                **dict(zip(names, means.tolist())),  # plain floats: the log goes into resume files, which hold no numpy objects
+                **dict(
+                    zip(names, means.tolist())
+                ),  # plain floats: the log goes into resume files, which hold no numpy objects
                 "images_per_s": seen * w.size / elapsed,
                 "steps_per_s": (done - since) / elapsed,
             }
             if val is not None:  # blank between checks: the curve is only for the log and its plot
-                row["val_top1"] = accuracy(kept, val, 512, ctx.device)["top1"] if (len(log) + 1) % val_every == 0 or done == total else None
+                row["val_top1"] = (
+                    accuracy(kept, val, 512, ctx.device)["top1"]
+                    if (len(log) + 1) % val_every == 0 or done == total
+                    else None
+                )
                 step.model.train()
             log.append(row)
-            logger.info("%s step %d/%d: %s", desc, done, total, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and v is not None))
+            logger.info(
+                "%s step %d/%d: %s",
+                desc,
+                done,
+                total,
+                ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and v is not None),
+            )
             t0, since, seen, sums = time.perf_counter(), done, 0.0, {}
         if resume and checkpoint_every and done % checkpoint_every == 0 and done < total:
             # every process's own random state and running sums, so that each resumes its own streams (rank 0 writes)
             saving = time.perf_counter()
-            ranks = distributed.gather({"rng": resume_state.rng_state(), "step": step.rank_state(), "seen": seen, "sums": sums}, w)
+            ranks = distributed.gather(
+                {"rng": resume_state.rng_state(), "step": step.rank_state(), "seen": seen, "sums": sums}, w
+            )
             if w.main:
                 resume_state.save(
                     resume,

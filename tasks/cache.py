@@ -32,7 +32,9 @@ NOT_HASHED = ("params", "generation", "resume", "dvc_lock", "previous_logits")
 @functools.cache
 def _dvc_yaml_stage(task_name: str) -> dict[str, Any]:
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
-    stage = stages[methods.dvc_stage(task_name)]  # a method's task -> dvc.yaml's train-student (it runs train-generation)
+    stage = stages[
+        methods.dvc_stage(task_name)
+    ]  # a method's task -> dvc.yaml's train-student (it runs train-generation)
     return dict(stage.get("do", stage))
 
 
@@ -84,7 +86,11 @@ def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
         "generation": generation,
         "params": {k: params.value(k.replace("${key}", str(generation)), mode="json") for k in param_keys},
         "code": {f: _code_hash(PROJECT / f) for f in code},
-        "inputs": {k: artifacts.content_hash(v) if v is not None else None for k, v in sorted(kwargs.items()) if k not in NOT_HASHED and v not in out},
+        "inputs": {
+            k: artifacts.content_hash(v) if v is not None else None
+            for k, v in sorted(kwargs.items())
+            if k not in NOT_HASHED and v not in out
+        },
         "outputs": sorted(out),
     }
     return hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()
@@ -93,7 +99,9 @@ def stage_key(task_name: str, params: Params, kwargs: dict[str, Any]) -> str:
 class StageInputs(CachePolicy):
     """Prefect cache policy: `stage_key` of the task's call."""
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         return stage_key(task_ctx.task.name, inputs["params"], inputs)
 
 

@@ -50,7 +50,11 @@ from selftrain.params import Params, StageResources
 log = logging.getLogger("selftrain.kubernetes")
 
 RENDEZVOUS_PORT = 29500  # torchrun's c10d rendezvous on pod 0 of a multi-node Job
-APP = {"app.kubernetes.io/name": "selftrain", "app.kubernetes.io/part-of": "selftrain", "app.kubernetes.io/managed-by": "selftrain-flow"}
+APP = {
+    "app.kubernetes.io/name": "selftrain",
+    "app.kubernetes.io/part-of": "selftrain",
+    "app.kubernetes.io/managed-by": "selftrain-flow",
+}
 
 
 class StageJobError(RuntimeError):
@@ -71,7 +75,8 @@ class StageCancelled(RuntimeError):
 
 def resources_for(params: Params, stage: str) -> StageResources | None:
     """The pod resources of `stage`, or None when it runs in the flow's process. A method's stage without its own
-    entry takes dvc.yaml's train-student's (selftrain.methods), on one GPU and one node if the method is not data-parallel."""
+    entry takes dvc.yaml's train-student's (selftrain.methods), on one GPU and one node if the method is not
+    data-parallel."""
     if not params.kubernetes.enabled:
         return None
     if stage in params.resources:
@@ -111,12 +116,22 @@ def stage_argv(stage: str, params_uri: str, result_uri: str, kwargs: dict[str, A
 # Pod Security Standard "restricted" (k8s/manifests/namespace.yaml enforces it): non-root as the image's uid,
 # no privilege escalation, no capabilities, the runtime's default seccomp profile. The root filesystem is
 # read-only too; the image writes only under /tmp (an emptyDir) and /dev/shm.
-CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
 
 
 def pod_security(uid: int) -> dict[str, Any]:
     """The pod-level securityContext every selftrain pod runs with."""
-    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def job_manifest(
@@ -148,9 +163,14 @@ def job_manifest(
     if res.gpu:
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     if res.node_pool:
-        tolerations.append({"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"})
+        tolerations.append(
+            {"key": k.node_pool_label, "operator": "Equal", "value": res.node_pool, "effect": "NoSchedule"}
+        )
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(k.env.items())]
-    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}} for key, ref in sorted(k.secret_env.items())]
+    env += [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+        for key, ref in sorted(k.secret_env.items())
+    ]
     if "OMP_NUM_THREADS" not in k.env and res.gpu <= 1:
         # torch sizes its thread pool by the node's cores, not the pod's share: on a busy 64-core node a pod that
         # requested 8 would run 64 threads on 8 cores' worth of time (measured here: a torch process of 2 threads on
@@ -158,11 +178,23 @@ def job_manifest(
         # gives the request, rounded up to whole cores. A pod of several processes (one per GPU) is left to
         # torchrun, which sets 1 per process, but only when it starts more than one (so a one-GPU pod of a
         # multi-node run gets the request too).
-        env.append({"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}}})
+        env.append(
+            {
+                "name": "OMP_NUM_THREADS",
+                "valueFrom": {
+                    "resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}
+                },
+            }
+        )
     if parts:
         # the controller sets this annotation on each pod of an Indexed Job; $(JOB_COMPLETION_INDEX) in args reads it
         env.append(
-            {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+                },
+            }
         )
         argv = [*argv, "--part", "$(JOB_COMPLETION_INDEX)"]
     command = ["selftrain"]
@@ -185,7 +217,10 @@ def job_manifest(
                 "3",
             ]
         )
-        command, argv = ["torchrun"], [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv]
+        command, argv = (
+            ["torchrun"],
+            [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv],
+        )
     annotations = {}
     if stage in methods.training_stages():
         # the cluster autoscaler must not drain a node under a long training pod to save money
@@ -202,14 +237,21 @@ def job_manifest(
                 "command": command,
                 "args": argv,
                 "env": env,
-                **({"envFrom": [{"secretRef": {"name": name}} for name in k.env_from_secrets]} if k.env_from_secrets else {}),
+                **(
+                    {"envFrom": [{"secretRef": {"name": name}} for name in k.env_from_secrets]}
+                    if k.env_from_secrets
+                    else {}
+                ),
                 "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
                 "securityContext": CONTAINER_SECURITY,
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
             }
         ],
         "securityContext": pod_security(k.run_as_user),
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
         "tolerations": tolerations,
     }
     if res.node_pool:
@@ -221,12 +263,19 @@ def job_manifest(
         "activeDeadlineSeconds": k.deadline_s,
         "ttlSecondsAfterFinished": k.ttl_s,
         # checked in order: a preempted or evicted pod is replaced without counting; transient I/O counts against
-        # backoffLimit (and is replaced); any other exit fails the Job at once, since another pod would fail the same way
+        # backoffLimit (and is replaced); any other exit fails the Job at once, since another pod would fail
+        # the same way
         "podFailurePolicy": {
             "rules": [
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                {"action": "Count", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_TRANSIENT]}},
-                {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [EXIT_TRANSIENT]}},
+                {
+                    "action": "Count",
+                    "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_TRANSIENT]},
+                },
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [EXIT_TRANSIENT]},
+                },
             ]
         },
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
@@ -237,8 +286,15 @@ def job_manifest(
         spec |= {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
         pod_spec["subdomain"] = name
         pod_spec["containers"][0]["ports"] = [{"containerPort": RENDEZVOUS_PORT, "name": "rendezvous"}]
-    job_labels = {**labels, "kueue.x-k8s.io/queue-name": res.queue} if res.queue else labels  # Kueue admits it (suspended until then)
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": job_labels}, "spec": spec}
+    job_labels = (
+        {**labels, "kueue.x-k8s.io/queue-name": res.queue} if res.queue else labels
+    )  # Kueue admits it (suspended until then)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": k.namespace, "labels": job_labels},
+        "spec": spec,
+    }
 
 
 def service_manifest(params: Params, name: str) -> dict[str, Any]:
@@ -246,7 +302,11 @@ def service_manifest(params: Params, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": params.kubernetes.namespace, "labels": {**APP, "app.kubernetes.io/instance": name}},
+        "metadata": {
+            "name": name,
+            "namespace": params.kubernetes.namespace,
+            "labels": {**APP, "app.kubernetes.io/instance": name},
+        },
         "spec": {
             "clusterIP": "None",
             "selector": {"job-name": name},
@@ -274,7 +334,12 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
 def _waiting_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"):
+        if waiting and waiting.get("reason") in (
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "InvalidImageName",
+            "CreateContainerConfigError",
+        ):
             return waiting["reason"], waiting.get("message", "")
     return None
 
@@ -305,13 +370,18 @@ def failed_transiently(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
     return last is not None and (_terminated(last) or {}).get("exitCode") == EXIT_TRANSIENT
 
 
-def explain_failure(stage: str, params: Params, job: dict[str, Any], pods: list[dict[str, Any]], log_tails: dict[str, str] | None = None) -> str:
+def explain_failure(
+    stage: str, params: Params, job: dict[str, Any], pods: list[dict[str, Any]], log_tails: dict[str, str] | None = None
+) -> str:
     """Plain words for why a stage's Job failed, and what to change; `log_tails`: the last log lines by pod name."""
     k, res = params.kubernetes, resources_for(params, stage)
     where = f"stage {stage} (Job {job['metadata']['name']} in namespace {k.namespace})"
     cond = _condition(job, "Failed") or {}
     if cond.get("reason") == "DeadlineExceeded":
-        return f"{where} ran longer than its deadline, {k.deadline_s} s (kubernetes.deadline_s): raise it, or give the stage faster GPUs (resources)"
+        return (
+            f"{where} ran longer than its deadline, {k.deadline_s} s (kubernetes.deadline_s): raise it, or give the "
+            "stage faster GPUs (resources)"
+        )
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
         term = _terminated(pod)
         if term is None or evicted(pod):
@@ -333,7 +403,10 @@ class _LogFollower(threading.Thread):
 
     def __init__(self, core: client.CoreV1Api, namespace: str, pod: str, lines: queue.Queue[tuple[str, str]]) -> None:
         super().__init__(daemon=True, name=f"log-{pod}")
-        self.core, self.namespace, self.pod, self.lines = core, namespace, pod, lines
+        self.core = core
+        self.namespace = namespace
+        self.pod = pod
+        self.lines = lines
         self.tail: list[str] = []
 
     def run(self) -> None:
@@ -397,17 +470,27 @@ def run_stage_job(
         if res.nodes > 1:
             with contextlib.suppress(FileExistsError):  # a retry: the Service is there with its Job
                 _create(lambda: core.create_namespaced_service(ns, service_manifest(params, name)))
-        manifest = job_manifest(params, stage, name, argv, res, generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts)
+        manifest = job_manifest(
+            params, stage, name, argv, res, generation=kwargs.get("generation"), flow_run_id=flow_run_id, parts=parts
+        )
         try:
             _create(lambda: batch.create_namespaced_job(ns, manifest))
-            log.info("%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name)
+            log.info(
+                "%s: started Job %s in namespace %s (kubectl -n %s logs -f -l job-name=%s)", stage, name, ns, ns, name
+            )
             break
         except FileExistsError:
             if not _condition(_to_dict(batch, batch.read_namespaced_job(name, ns)), "Failed"):
                 log.info("%s: Job %s already exists (this is a retry): waiting on it", stage, name)
                 break
             # a failed attempt stays for kubectl until its TTL; this call is a new attempt
-            log.info("%s: Job %s failed before (kept for kubectl -n %s describe job %s): starting the next attempt", stage, name, ns, name)
+            log.info(
+                "%s: Job %s failed before (kept for kubectl -n %s describe job %s): starting the next attempt",
+                stage,
+                name,
+                ns,
+                name,
+            )
     try:
         _wait(batch, core, params, stage, name, cancelled)
     except JobFailed:
@@ -436,7 +519,13 @@ def _delete_service(core: client.CoreV1Api, namespace: str, name: str) -> None:
         core.delete_namespaced_service(name, namespace)
     except client.ApiException as e:
         if e.status != 404:
-            log.warning("could not delete Service %s: %s; delete it with kubectl -n %s delete service %s", name, e.reason, namespace, name)
+            log.warning(
+                "could not delete Service %s: %s; delete it with kubectl -n %s delete service %s",
+                name,
+                e.reason,
+                namespace,
+                name,
+            )
 
 
 def _delete(batch: client.BatchV1Api, namespace: str, name: str) -> None:
@@ -445,14 +534,27 @@ def _delete(batch: client.BatchV1Api, namespace: str, name: str) -> None:
         log.info("deleted Job %s (and its pods)", name)
     except client.ApiException as e:
         if e.status != 404:
-            log.warning("could not delete Job %s: %s; delete it with kubectl -n %s delete job %s", name, e.reason, namespace, name)
+            log.warning(
+                "could not delete Job %s: %s; delete it with kubectl -n %s delete job %s",
+                name,
+                e.reason,
+                namespace,
+                name,
+            )
 
 
 def _to_dict(batch: client.BatchV1Api, obj: Any) -> dict[str, Any]:
     return batch.api_client.sanitize_for_serialization(obj)
 
 
-def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stage: str, name: str, cancelled: Callable[[], bool]) -> None:
+def _wait(
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    params: Params,
+    stage: str,
+    name: str,
+    cancelled: Callable[[], bool],
+) -> None:
     k = params.kubernetes
     lines: queue.Queue[tuple[str, str]] = queue.Queue()
     followers: dict[str, _LogFollower] = {}
@@ -469,7 +571,10 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             raise StageCancelled(f"stage {stage}: the flow run was cancelled; Job {name} deleted")
         try:
             job = _to_dict(batch, batch.read_namespaced_job(name, k.namespace))
-            pods = [_to_dict(batch, p) for p in core.list_namespaced_pod(k.namespace, label_selector=f"job-name={name}").items]
+            pods = [
+                _to_dict(batch, p)
+                for p in core.list_namespaced_pod(k.namespace, label_selector=f"job-name={name}").items
+            ]
         except (client.ApiException, urllib3.exceptions.HTTPError) as e:
             if isinstance(e, client.ApiException) and e.status not in (0, 429) and e.status < 500:
                 raise
@@ -481,7 +586,12 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
         for gone in sorted(set(followers) - {p["metadata"]["name"] for p in pods} - reported):
             # deleted before this poll saw it end: a disrupted pod is removed once the Job controller counted it
             reported.add(gone)
-            log.warning("%s: pod %s is gone (deleted: preempted, evicted or its node lost); the Job replaces it if it did not finish", stage, gone)
+            log.warning(
+                "%s: pod %s is gone (deleted: preempted, evicted or its node lost); the Job replaces it if it did not "
+                "finish",
+                stage,
+                gone,
+            )
         for pod in pods:
             pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")
             if phase in ("Running", "Succeeded", "Failed") and pod_name not in followers and not evicted(pod):
@@ -490,7 +600,13 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             why = evicted(pod)
             if why and pod_name not in reported:
                 reported.add(pod_name)
-                log.warning("%s: pod %s was disrupted (%s); the Job starts a replacement, which resumes from the last checkpoint", stage, pod_name, why)
+                log.warning(
+                    "%s: pod %s was disrupted (%s); the Job starts a replacement, which resumes from the last "
+                    "checkpoint",
+                    stage,
+                    pod_name,
+                    why,
+                )
             waiting = unschedulable(pod) if phase == "Pending" else None
             pulling = _waiting_reason(pod) if phase == "Pending" else None
             if not (waiting or pulling):
@@ -499,18 +615,25 @@ def _wait(batch: client.BatchV1Api, core: client.CoreV1Api, params: Params, stag
             since = pending_since.setdefault(pod_name, now)
             if waiting and now - since > k.pending_timeout_s:
                 raise StageJobError(
-                    f"stage {stage}: pod {pod_name} was Unschedulable for {now - since:.0f} s (kubernetes.pending_timeout_s = "
+                    f"stage {stage}: pod {pod_name} was Unschedulable for {now - since:.0f} s "
+                    "(kubernetes.pending_timeout_s = "
                     f"{k.pending_timeout_s:.0f}): {waiting}. Check that a node pool with label {k.node_pool_label}="
-                    f"{(resources_for(params, stage) or StageResources()).node_pool} has room for the request, and that the "
+                    f"{(resources_for(params, stage) or StageResources()).node_pool} has room for the request, and "
+                    "that the "
                     "cluster autoscaler can add nodes to it (k8s/README.md)"
                 )
             if waiting and since == now:
                 log.info(
-                    "%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up", stage, pod_name, waiting, k.pending_timeout_s
+                    "%s: pod %s is waiting for a node (%s); waiting up to %.0f s while the node pool scales up",
+                    stage,
+                    pod_name,
+                    waiting,
+                    k.pending_timeout_s,
                 )
             if pulling and now - since > k.image_pull_timeout_s:
                 fix = (
-                    "check that the Secrets named in kubernetes.secret_env and env_from_secrets exist in namespace " + k.namespace
+                    "check that the Secrets named in kubernetes.secret_env and env_from_secrets exist in namespace "
+                    + k.namespace
                     if pulling[0] == "CreateContainerConfigError"
                     else f"check kubernetes.image ('{k.image}'), that it was pushed, and the pull secret"
                 )

@@ -67,7 +67,10 @@ def flow_run_cancelled() -> bool:
     ids = {flow_run.get_id(), flow_run.get_parent_flow_run_id(), flow_run.get_root_flow_run_id()} - {None}
     try:
         with get_client(sync_client=True) as client:
-            return any(state is not None and (state.is_cancelling() or state.is_cancelled()) for state in (client.read_flow_run(i).state for i in ids))
+            return any(
+                state is not None and (state.is_cancelling() or state.is_cancelled())
+                for state in (client.read_flow_run(i).state for i in ids)
+            )
     except Exception as e:  # the Prefect API out of reach for a moment is not a cancel: look again at the next poll
         logging.getLogger("selftrain.kubernetes").warning("could not read the flow run's state (%s)", e)
         return False
@@ -81,9 +84,19 @@ def _as_job(name: str, root: str) -> Task:
     def run_job(params: Params, **kwargs: Any) -> Any:
         parts = params.infer.parts if name == "infer" and params.infer.parts > 1 else None
         result = kubernetes.run_stage_job(
-            params, name, kwargs, root=root, flow_run_id=str(flow_run.get_id() or "no-flow-run"), cancelled=flow_run_cancelled, parts=parts
+            params,
+            name,
+            kwargs,
+            root=root,
+            flow_run_id=str(flow_run.get_id() or "no-flow-run"),
+            cancelled=flow_run_cancelled,
+            parts=parts,
         )
-        return join_logit_parts(params, teacher=kwargs["teacher"], data=kwargs["data"], out=kwargs["out"]) if parts else result
+        return (
+            join_logit_parts(params, teacher=kwargs["teacher"], data=kwargs["data"], out=kwargs["out"])
+            if parts
+            else result
+        )
 
     return task(run_job, name=name)
 
@@ -97,7 +110,12 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
     caching = uncached
     if p.cache:
         storage = result_storage(p.result_storage or artifacts.join(root, ".prefect-results"))
-        caching = {"cache_policy": StageInputs(), "persist_result": True, "result_storage": storage, "result_serializer": "json"}
+        caching = {
+            "cache_policy": StageInputs(),
+            "persist_result": True,
+            "result_storage": storage,
+            "result_serializer": "json",
+        }
     return SimpleNamespace(
         **{
             name.replace("-", "_"): _StageCall(
@@ -109,6 +127,8 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
                     **(uncached if always_changed(name) else caching),
                 )
             )
-            for name, t in ((n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items())
+            for name, t in (
+                (n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items()
+            )
         }
     )

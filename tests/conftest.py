@@ -27,7 +27,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest-xdist w
 
 # The modules that take longest, first: `--dist loadfile --no-loadscope-reorder` hands out whole modules in this
 # order, so the workers finish together rather than one starting the slowest module when the other is nearly done.
-SLOWEST_FIRST = ("test_pipeline.py", "test_k8s_runner.py", "test_distributed.py", "test_mpl.py", "test_generation_stages.py")
+SLOWEST_FIRST = (
+    "test_pipeline.py",
+    "test_k8s_runner.py",
+    "test_distributed.py",
+    "test_mpl.py",
+    "test_generation_stages.py",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -41,14 +47,27 @@ TINY = {
     "data": {"labeled_per_class": 10, "val_per_class": 10, "unlabeled": 400, "test": 200, "holdout": 300},
     "teacher": {"epochs": 3, "batch_size": 20},
     "pseudo_labels": {"threshold": 0.0},
-    "student": {"epochs": 1, "batch_size": 20, "unlabeled_ratio": 2, "init": "scratch"},  # scratch: the test grows gen2 to resnet14t
+    "student": {
+        "epochs": 1,
+        "batch_size": 20,
+        "unlabeled_ratio": 2,
+        "init": "scratch",
+    },  # scratch: the test grows gen2 to resnet14t
     # three generations so "generation 2 onwards" has an onwards, one per method the pipeline picks a stage
     # for; always promote, so the chain never stops
     "generations": {
-        f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method} for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
+        f"gen{k}": {"model": "resnet10t", "teacher": f"gen{k - 1}", "method": method}
+        for k, method in ((1, "noisy_student"), (2, "mpl"), (3, "reduced_mpl"))
     },
     "methods": {
-        "mpl": {"steps": 20, "batch_size": 10, "unlabeled_ratio": 2, "uda_ramp_steps": 10, "finetune_epochs": 1, "checkpoint_every": 10},
+        "mpl": {
+            "steps": 20,
+            "batch_size": 10,
+            "unlabeled_ratio": 2,
+            "uda_ramp_steps": 10,
+            "finetune_epochs": 1,
+            "checkpoint_every": 10,
+        },
         "fixmatch": {"steps": 10, "batch_size": 20, "unlabeled_ratio": 2, "checkpoint_every": 5},
     },
     "twomoons": {"seeds": [0], "steps": 100},
@@ -85,7 +104,9 @@ def tool_env(**extra: str) -> dict[str, str]:
 def run(cmd: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**extra), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -132,14 +153,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible endpoint on loopback (moto's server, its writes committed as S3 commits them:
-    tests/moto_s3.py), a bucket in it, and the AWS environment that reaches it; yields that environment (a dict) after setting it in os.environ for this process too."""
+    tests/moto_s3.py), a bucket in it, and the AWS environment that reaches it; yields that environment (a dict)
+    after setting it in os.environ for this process too."""
     import time
     import urllib.request
 
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "moto_s3.py"), str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "moto_s3.py"), str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -150,7 +174,12 @@ def s3_server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
-    env = {"AWS_ACCESS_KEY_ID": "selftrain-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    env = {
+        "AWS_ACCESS_KEY_ID": "selftrain-test-key",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import fsspec
@@ -185,7 +214,10 @@ def prefect_server(tmp_path_factory):
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=tool_env(**env), stdout=log, stderr=subprocess.STDOUT
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=tool_env(**env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 180
@@ -196,7 +228,9 @@ def prefect_server(tmp_path_factory):
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}") from None
+                    raise AssertionError(
+                        f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.5)
         with temporary_settings({PREFECT_API_URL: url}):
             yield env
@@ -210,7 +244,20 @@ def prefect_server(tmp_path_factory):
 def deployed(prefect_server):
     """The README's set-up on that server: both work pools, then `prefect deploy --all` from the project root."""
     run(["prefect", "work-pool", "create", "process", "--type", "process"], ROOT, **prefect_server)
-    run(["prefect", "work-pool", "create", "kubernetes", "--type", "kubernetes", "--base-job-template", "k8s/base-job-template.json"], ROOT, **prefect_server)
+    run(
+        [
+            "prefect",
+            "work-pool",
+            "create",
+            "kubernetes",
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            "k8s/base-job-template.json",
+        ],
+        ROOT,
+        **prefect_server,
+    )
     run(["prefect", "--no-prompt", "deploy", "--all"], ROOT, **prefect_server)
     return prefect_server
 

@@ -16,10 +16,12 @@ So this module plays them, simply and in the open, as the Kubernetes documentati
 - the kubelet runs each pod's container (`command` + `args`, `$(VAR)` expanded from its env) as a local
   process, since the project's image is this checkout, with the container's environment only (plus the
   image's PATH, HOME and PYTHONUNBUFFERED): nothing of the test process's, AWS credentials included. It serves
-  its log (`follow` too) and writes the pod's status. A preempted pod gets the DisruptionTarget condition, then is deleted: SIGTERM, SIGKILL after its
+  its log (`follow` too) and writes the pod's status. A preempted pod gets the DisruptionTarget condition, then is
+  deleted: SIGTERM, SIGKILL after its
   terminationGracePeriodSeconds (30 by default), phase Failed, and gone once the job controller has counted it.
 With `image=`, the kubelet runs each container in the project's built image instead (`ImageRuntime`), with
-the pod's security context applied. Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled, ImagePullBackOff,
+the pod's security context applied. Tests make the cluster misbehave on purpose: `fail_pods(stage, how)` (OOMKilled,
+ImagePullBackOff,
 Unschedulable), `evict_when(stage, condition)` (a preemption).
 """
 
@@ -52,7 +54,9 @@ from kubernetes.utils import parse_quantity
 from conftest import BIN, ROOT
 
 NAMESPACE = "selftrain"
-TRACKING = "batch.kubernetes.io/job-tracking"  # the Job controller's finalizer: a pod is not removed before it is counted
+TRACKING = (
+    "batch.kubernetes.io/job-tracking"  # the Job controller's finalizer: a pod is not removed before it is counted
+)
 DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default
 DEFAULT_GRACE_S = 30  # the Pod API's terminationGracePeriodSeconds default
 
@@ -72,7 +76,14 @@ class _Emulator(kmock.KubernetesEmulator):
                     f'Job.batch "{name}" is invalid: spec.template.spec.restartPolicy: Invalid value: "{restart}": '
                     'only "Never" is supported when podFailurePolicy is specified'
                 )
-                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "Invalid", "code": 422}
+                status = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": message,
+                    "reason": "Invalid",
+                    "code": 422,
+                }
                 return aiohttp.web.json_response(status, status=422)
         return await super()._handle(request)
 
@@ -81,7 +92,9 @@ class _Emulator(kmock.KubernetesEmulator):
         selector = request.params.get("labelSelector")
         if selector:
             want = dict(part.split("=", 1) for part in selector.split(","))
-            result["items"] = [o for o in result["items"] if want.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()]
+            result["items"] = [
+                o for o in result["items"] if want.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()
+            ]
         return result
 
 
@@ -96,7 +109,9 @@ def _pod_failure_action(policy: dict[str, Any] | None, pod: dict[str, Any]) -> t
     for i, rule in enumerate((policy or {}).get("rules") or []):
         if "onPodConditions" in rule:
             matched = any((c["type"], c.get("status", "True")) in conditions for c in rule["onPodConditions"])
-            message = f"Pod {NAMESPACE}/{pod['metadata']['name']} has condition matching {rule['action']} rule at index {i}"
+            message = (
+                f"Pod {NAMESPACE}/{pod['metadata']['name']} has condition matching {rule['action']} rule at index {i}"
+            )
         else:
             req = rule["onExitCodes"]
             # containers that exited 0 are left out of the check
@@ -105,7 +120,8 @@ def _pod_failure_action(policy: dict[str, Any] | None, pod: dict[str, Any]) -> t
             matched = bool(hit)
             message = (
                 (
-                    f"Container {hit[0][0]} for pod {NAMESPACE}/{pod['metadata']['name']} failed with exit code {hit[0][1]} "
+                    f"Container {hit[0][0]} for pod {NAMESPACE}/{pod['metadata']['name']} failed with exit code "
+                    f"{hit[0][1]} "
                     f"matching {rule['action']} rule at index {i}"
                 )
                 if hit
@@ -121,7 +137,9 @@ def _now() -> str:
 
 
 def _cond(obj: dict[str, Any], kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or []
+    )
 
 
 class ImageRuntime:
@@ -146,13 +164,17 @@ class ImageRuntime:
         self.container = _buildah("from", "--pull-never", "--quiet", image).strip()
         self.rootfs = _buildah("mount", self.container).strip()
 
-    def command(self, spec: dict[str, Any], container: dict[str, Any], argv: list[str], env: dict[str, str], poddir: Path) -> list[str]:
+    def command(
+        self, spec: dict[str, Any], container: dict[str, Any], argv: list[str], env: dict[str, str], poddir: Path
+    ) -> list[str]:
         """The host command that runs `argv` as `container` of the pod with `spec`, in the image."""
         psc, sc = spec.get("securityContext") or {}, container.get("securityContext") or {}
         uid = sc.get("runAsUser", psc.get("runAsUser", int(self.user.split(":")[0])))
         gid = sc.get("runAsGroup", psc.get("runAsGroup", 0))
         if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) and uid == 0:
-            raise ValueError("container has runAsNonRoot and image will run as root")  # the kubelet's CreateContainerConfigError
+            raise ValueError(
+                "container has runAsNonRoot and image will run as root"
+            )  # the kubelet's CreateContainerConfigError
         root = shlex.quote(self.rootfs)
         lines = [
             "set -e",
@@ -190,7 +212,15 @@ class ImageRuntime:
             priv.append("--no-new-privs")
         if "ALL" in (sc.get("capabilities") or {}).get("drop", []):
             priv += ["--inh-caps=-all", "--bounding-set=-all"]
-        inner = [*priv, "env", "-i", "-C", container.get("workingDir", self.workdir), *(f"{k}={v}" for k, v in {**self.env, **env}.items()), *argv]
+        inner = [
+            *priv,
+            "env",
+            "-i",
+            "-C",
+            container.get("workingDir", self.workdir),
+            *(f"{k}={v}" for k, v in {**self.env, **env}.items()),
+            *argv,
+        ]
         lines.append(f"exec chroot {root} {shlex.join(inner)}")
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)]
 
@@ -222,7 +252,9 @@ class FakeCluster:
         self.created_pods: list[str] = []
         self._started: dict[str, float] = {}
         self._tally: dict[str, dict[str, tuple[int, str, str]]] = {}  # job -> finished pod -> (index, action, message)
-        self._ready, self._stop, self._halt = threading.Event(), threading.Event(), threading.Event()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._server = threading.Thread(target=self._serve, daemon=True)
         self._server.start()
@@ -237,12 +269,15 @@ class FakeCluster:
                     "current-context": "fake",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
                     "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}
+                    ],
                 }
             )
         )
         api = config.new_client_from_config(str(self.kubeconfig))
-        self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
         self._controller = threading.Thread(target=self._control, daemon=True)
         self._controller.start()
 
@@ -253,11 +288,16 @@ class FakeCluster:
 
     async def _main(self) -> None:
         async with _Emulator() as handler, kmock.Server(handler) as server:
-            handler.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"})
-            handler.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status", "log"})
+            handler.resources["batch/v1/jobs"] = kmock.ResourceInfo(
+                kind="Job", namespaced=True, subresources={"status"}
+            )
+            handler.resources["v1/pods"] = kmock.ResourceInfo(
+                kind="Pod", namespaced=True, subresources={"status", "log"}
+            )
             handler.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True)
             handler["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
-            self.handler, self.url = handler, str(server.url).rstrip("/")
+            self.handler = handler
+            self.url = str(server.url).rstrip("/")
             self._ready.set()
             while not self._stop.is_set():
                 await asyncio.sleep(0.05)
@@ -306,7 +346,9 @@ class FakeCluster:
         self._halt.set()  # the controllers first: a tick against a stopped API server would fail in their thread
         self._controller.join(timeout=30)
         self._stop.set()
-        self._server.join(timeout=10)  # kmock patches aiohttp's resolver: the next cluster must not start before it is undone
+        self._server.join(
+            timeout=10
+        )  # kmock patches aiohttp's resolver: the next cluster must not start before it is undone
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
@@ -348,15 +390,24 @@ class FakeCluster:
         started = self._started.setdefault(name, time.monotonic())
         completions, parallelism = spec.get("completions") or 1, spec.get("parallelism") or 1
         pods = self.pods(name)
-        index = lambda p: int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0"))  # noqa: E731
-        phase = lambda p: (p.get("status") or {}).get("phase", "Pending")  # noqa: E731
+
+        def index(p: dict) -> int:
+            return int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0"))
+
+        def phase(p: dict) -> str:
+            return (p.get("status") or {}).get("phase", "Pending")
+
         # each finished pod is counted once, by podFailurePolicy, and then its tracking finalizer is removed: a pod
         # that was deleted (preempted, evicted) is gone from then on, its count kept in the Job's tally
         tally = self._tally.setdefault(name, {})
         for p in sorted((p for p in pods if phase(p) in ("Succeeded", "Failed")), key=lambda p: p["metadata"]["name"]):
             pod_name = p["metadata"]["name"]
             if pod_name not in tally:
-                action, message = ("Succeeded", "") if phase(p) == "Succeeded" else _pod_failure_action(spec.get("podFailurePolicy"), p)
+                action, message = (
+                    ("Succeeded", "")
+                    if phase(p) == "Succeeded"
+                    else _pod_failure_action(spec.get("podFailurePolicy"), p)
+                )
                 tally[pod_name] = (index(p), action, message)
             if TRACKING in (p["metadata"].get("finalizers") or []):
                 self.core.patch_namespaced_pod(pod_name, NAMESPACE, {"metadata": {"finalizers": []}})
@@ -381,8 +432,12 @@ class FakeCluster:
             status["conditions"] = [{"type": "Complete", "status": "True"}]
         else:
             busy = {index(p) for p in active}
-            for i in [i for i in range(completions) if i not in done and i not in busy][: max(0, parallelism - len(active))]:
-                self._create_pod(job, i, sum(1 for j, _, _ in tally.values() if j == i) + sum(1 for p in active if index(p) == i))
+            for i in [i for i in range(completions) if i not in done and i not in busy][
+                : max(0, parallelism - len(active))
+            ]:
+                self._create_pod(
+                    job, i, sum(1 for j, _, _ in tally.values() if j == i) + sum(1 for p in active if index(p) == i)
+                )
         if any((job.get("status") or {}).get(key) != value for key, value in status.items()):
             self.batch.patch_namespaced_job_status(name, NAMESPACE, {"status": status})
 
@@ -390,7 +445,11 @@ class FakeCluster:
         template = job["spec"]["template"]
         meta = template.get("metadata") or {}
         name = f"{job['metadata']['name']}-{i}-{attempt}"
-        labels = {**(meta.get("labels") or {}), "job-name": job["metadata"]["name"], "batch.kubernetes.io/job-name": job["metadata"]["name"]}
+        labels = {
+            **(meta.get("labels") or {}),
+            "job-name": job["metadata"]["name"],
+            "batch.kubernetes.io/job-name": job["metadata"]["name"],
+        }
         annotations = {**(meta.get("annotations") or {}), "batch.kubernetes.io/job-completion-index": str(i)}
         self.core.create_namespaced_pod(
             NAMESPACE,
@@ -432,7 +491,8 @@ class FakeCluster:
                                 "type": "PodScheduled",
                                 "status": "False",
                                 "reason": "Unschedulable",
-                                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector",
+                                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node "
+                                "affinity/selector",
                             }
                         ]
                     },
@@ -448,7 +508,9 @@ class FakeCluster:
                                 "restartCount": 0,
                                 "image": "x",
                                 "imageID": "",
-                                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+                                "state": {
+                                    "waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
+                                },
                             }
                         ]
                     },
@@ -465,7 +527,14 @@ class FakeCluster:
             if evict_stage == stage and condition():
                 del self.evictions[k]
                 # the scheduler marks the victim, then deletes it: it stays, terminating, until its finalizer goes
-                disrupted = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod"}]
+                disrupted = [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "PreemptionByScheduler",
+                        "message": "preempted by a higher-priority pod",
+                    }
+                ]
                 self._set_status(name, {"conditions": disrupted})
                 self.core.delete_namespaced_pod(name, NAMESPACE)
                 code = self._terminate(name, pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
@@ -473,13 +542,18 @@ class FakeCluster:
                 self._terminated(name, "Failed", code, "Error", disrupted)
                 return
         if proc.poll() is not None:
-            code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode  # killed by signal N: 128 + N, as a container runtime reports it
+            code = (
+                128 - proc.returncode if proc.returncode < 0 else proc.returncode
+            )  # killed by signal N: 128 + N, as a container runtime reports it
             self._terminated(name, "Succeeded" if code == 0 else "Failed", code, "Completed" if code == 0 else "Error")
 
     def create_secret(self, name: str, data: dict[str, str]) -> None:
         """A Secret in the namespace, its values base64-encoded in `data` as the API server stores them."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        self.core.create_namespaced_secret(NAMESPACE, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": encoded})
+        self.core.create_namespaced_secret(
+            NAMESPACE,
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": encoded},
+        )
 
     def read_secret(self, name: str) -> dict[str, str] | None:
         try:
@@ -509,7 +583,11 @@ class FakeCluster:
                 ref = e["valueFrom"]["secretKeyRef"]
                 secret = self.read_secret(ref["name"])
                 if secret is None or ref["key"] not in secret:
-                    return f'secret "{ref["name"]}" not found' if secret is None else f"couldn't find key {ref['key']} in Secret {NAMESPACE}/{ref['name']}"
+                    return (
+                        f'secret "{ref["name"]}" not found'
+                        if secret is None
+                        else f"couldn't find key {ref['key']} in Secret {NAMESPACE}/{ref['name']}"
+                    )
                 env[e["name"]] = secret[ref["key"]]
             else:  # only the fieldRef to an annotation that Indexed Jobs use
                 key = re.search(r"annotations\['([^']+)'\]", e["valueFrom"]["fieldRef"]["fieldPath"]).group(1)
@@ -539,10 +617,16 @@ class FakeCluster:
                 },
             )
             return
-        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["command"] + container["args"]]
+        argv = [
+            re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+            for a in container["command"] + container["args"]
+        ]
         cwd = self.workdir
         if self.runtime:
-            argv, env = self.runtime.command(pod["spec"], container, argv, env, self.workdir / "pods" / name), {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            argv, env = (
+                self.runtime.command(pod["spec"], container, argv, env, self.workdir / "pods" / name),
+                {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            )
         else:
             # "the image" is this checkout: its code first on the path and as the working directory (the image's
             # WORKDIR /app holds the code), whatever tree the venv's editable install points to
@@ -552,19 +636,30 @@ class FakeCluster:
             env = {"PATH": path, "HOME": str(home), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env}
             cwd = ROOT
         with open(self.workdir / "logs" / f"{name}.log", "wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._set_status(
             name,
             {
                 "phase": "Running",
                 "conditions": [{"type": "PodScheduled", "status": "True"}],
                 "containerStatuses": [
-                    {"name": "stage", "ready": True, "restartCount": 0, "image": container["image"], "imageID": "", "state": {"running": {"startedAt": _now()}}}
+                    {
+                        "name": "stage",
+                        "ready": True,
+                        "restartCount": 0,
+                        "image": container["image"],
+                        "imageID": "",
+                        "state": {"running": {"startedAt": _now()}},
+                    }
                 ],
             },
         )
 
-    def _terminated(self, name: str, phase: str, code: int, reason: str, conditions: list[dict[str, Any]] | None = None) -> None:
+    def _terminated(
+        self, name: str, phase: str, code: int, reason: str, conditions: list[dict[str, Any]] | None = None
+    ) -> None:
         status: dict[str, Any] = {
             "phase": phase,
             "containerStatuses": [

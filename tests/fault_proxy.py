@@ -3,7 +3,8 @@ real S3 do, so that the errors a test sees are the ones s3fs, aiobotocore and bo
 
 - "503": 503 SlowDown (S3's throttling answer), "500": 500 InternalError;
 - "drop": the connection is closed without an answer (botocore: ConnectionClosedError);
-- "stall": no answer for `stall_s` seconds, then the connection closes (past the client's read timeout: ReadTimeoutError);
+- "stall": no answer for `stall_s` seconds, then the connection closes (past the client's read timeout:
+ReadTimeoutError);
 - "delay": the real answer, `stall_s` seconds late (a slow link, within the timeout).
 
 `rule(method, path, n)` picks the action for the n-th request (1-based, all requests counted; `path` with its query,
@@ -22,7 +23,11 @@ from urllib.parse import urlsplit
 
 ERRORS = {
     "503": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
-    "500": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>"),
+    "500": (
+        500,
+        b"<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try "
+        b"again.</Message></Error>",
+    ),
 }
 Rule = Callable[[str, str, int], "str | None"]
 
@@ -30,12 +35,16 @@ Rule = Callable[[str, str, int], "str | None"]
 class FaultProxy:
     def __init__(self, endpoint: str, rule: Rule, stall_s: float = 5.0) -> None:
         target, lock = urlsplit(endpoint), threading.Lock()
-        self.rule, self.stall_s, self.count = rule, stall_s, 0
+        self.rule = rule
+        self.stall_s = stall_s
+        self.count = 0
         self.faults: list[tuple[str, str, str]] = []  # (action, method, path) of each request failed on purpose
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # botocore PUTs with Expect: 100-continue, which HTTP/1.0 handlers never answer
+            protocol_version = (
+                "HTTP/1.1"  # botocore PUTs with Expect: 100-continue, which HTTP/1.0 handlers never answer
+            )
 
             def _any(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -64,7 +73,12 @@ class FaultProxy:
                 elif action is not None:
                     raise ValueError(f"unknown fault {action!r}")
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                conn.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")})
+                conn.request(
+                    self.command,
+                    self.path,
+                    body=body,
+                    headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")},
+                )
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
@@ -72,7 +86,10 @@ class FaultProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(k, v)
                 # a HEAD answer has no body but states the object's size
-                self.send_header("Content-Length", resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
+                self.send_header(
+                    "Content-Length",
+                    resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)),
+                )
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

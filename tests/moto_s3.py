@@ -38,7 +38,9 @@ class OneWriteAtATime:
         conditional = "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
         if not key.acquire(blocking=not conditional):
             environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            start_response("409 Conflict", [("Content-Type", "application/xml"), ("Content-Length", str(len(CONFLICT)))])
+            start_response(
+                "409 Conflict", [("Content-Type", "application/xml"), ("Content-Length", str(len(CONFLICT)))]
+            )
             return [CONFLICT]
         try:
             return [b"".join(self.app(environ, start_response))]  # the whole write happens inside the key's turn

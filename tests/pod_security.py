@@ -13,17 +13,43 @@ from __future__ import annotations
 from typing import Any
 
 BASELINE_CAPABILITIES = {
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
-}  # fmt: skip
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
 SAFE_SYSCTLS = {
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
-}  # fmt: skip
+}
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,16 +71,28 @@ def violations(pod: dict[str, Any], annotations: dict[str, str] | None = None, l
     for ns in ("hostNetwork", "hostPID", "hostIPC"):
         each("Host Namespaces", bool(pod.get(ns)), f"spec.{ns}")
     each("HostPath Volumes", any("hostPath" in v for v in pod.get("volumes") or []), "spec.volumes")
-    each("Sysctls", any(s.get("name") not in SAFE_SYSCTLS for s in psc.get("sysctls") or []), "spec.securityContext.sysctls")
-    for where, sc in [("spec.securityContext", psc)] + [(f"container {c['name']}", c.get("securityContext") or {}) for c in containers]:
-        each("AppArmor", (sc.get("appArmorProfile") or {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"), where)
+    each(
+        "Sysctls",
+        any(s.get("name") not in SAFE_SYSCTLS for s in psc.get("sysctls") or []),
+        "spec.securityContext.sysctls",
+    )
+    for where, sc in [("spec.securityContext", psc)] + [
+        (f"container {c['name']}", c.get("securityContext") or {}) for c in containers
+    ]:
+        each(
+            "AppArmor",
+            (sc.get("appArmorProfile") or {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"),
+            where,
+        )
         se = sc.get("seLinuxOptions") or {}
         each("SELinux", se.get("type", "") not in SELINUX_TYPES or "user" in se or "role" in se, where)
         each("Seccomp", (sc.get("seccompProfile") or {}).get("type") == "Unconfined", where)
     for key, value in (annotations or {}).items():
         each(
             "AppArmor",
-            key.startswith("container.apparmor.security.beta.kubernetes.io/") and value != "runtime/default" and not value.startswith("localhost/"),
+            key.startswith("container.apparmor.security.beta.kubernetes.io/")
+            and value != "runtime/default"
+            and not value.startswith("localhost/"),
             key,
         )
     for c in containers:
@@ -80,5 +118,9 @@ def violations(pod: dict[str, Any], annotations: dict[str, str] | None = None, l
         seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
         each("Seccomp", seccomp not in ("RuntimeDefault", "Localhost"), where)
         caps = sc.get("capabilities") or {}
-        each("Capabilities", "ALL" not in (caps.get("drop") or []) or not set(caps.get("add") or []) <= {"NET_BIND_SERVICE"}, where)
+        each(
+            "Capabilities",
+            "ALL" not in (caps.get("drop") or []) or not set(caps.get("add") or []) <= {"NET_BIND_SERVICE"},
+            where,
+        )
     return out

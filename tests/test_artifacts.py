@@ -98,7 +98,9 @@ def test_logit_store_round_trip_dense_and_topk(tmp_path):
 def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
     raw = np.zeros((4, 3), dtype=np.float32)
     write_store(str(tmp_path / "s"), raw)
-    with pytest.raises(logits.LogitStoreError, match="teacher_sha256 tttttttttttt…, expected aaaaaaaaaaaa…: rerun infer"):
+    with pytest.raises(
+        logits.LogitStoreError, match="teacher_sha256 tttttttttttt…, expected aaaaaaaaaaaa…: rerun infer"
+    ):
         logits.read_store(str(tmp_path / "s"), teacher_sha256="a" * 64)
     bad = raw.copy()
     bad[2, 1] = np.nan
@@ -111,13 +113,20 @@ def test_logit_store_refuses_other_teacher_and_nonfinite(tmp_path):
     values = str(tmp_path / "s" / "shard-00001.values.npy")
     good = np.array(artifacts.load_array(values))
     artifacts.save_array(values, np.full_like(good, np.nan))
-    with pytest.raises(logits.LogitStoreError, match=r"shard-00001.values.npy' holds NaN/inf logits for 1 image\(s\), first 'img3'"):
+    with pytest.raises(
+        logits.LogitStoreError, match=r"shard-00001.values.npy' holds NaN/inf logits for 1 image\(s\), first 'img3'"
+    ):
         logits.read_store(str(tmp_path / "s"))
-    with pytest.raises(logits.LogitStoreError, match=r"NaN/inf logits for 1 image\(s\), first 'img3'"):  # as filter-balance reads it
+    with pytest.raises(
+        logits.LogitStoreError, match=r"NaN/inf logits for 1 image\(s\), first 'img3'"
+    ):  # as filter-balance reads it
         list(logits.iter_shards(str(tmp_path / "s"), logits.open_store(str(tmp_path / "s")), with_ids=False))
     # a file of another size than its manifest says (replaced, cut short) is refused before it is read
     artifacts.save_array(values, good[:, :2])
-    with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(shard-00001.values.npy: missing, extra or changed"):
+    with pytest.raises(
+        artifacts.ArtifactError,
+        match=r"does not match its MANIFEST.json \(shard-00001.values.npy: missing, extra or changed",
+    ):
         logits.read_store(str(tmp_path / "s"))
     (tmp_path / "s" / "shard-00001.values.npy").write_bytes(b"\x93NUMPY cut short")
     with pytest.raises(artifacts.ArtifactError, match=r"does not match its MANIFEST.json \(shard-00001.values.npy"):
@@ -139,7 +148,8 @@ def test_checkpoint_round_trip_and_pickle_refused(tmp_path):
 
 def test_small_image_variants_keep_twice_the_resolution_and_round_trip(tmp_path):
     """resnet10t_small is timm's resnet10t without the stem max-pool: same weights, a 2x finer feature map; its
-    checkpoint rebuilds it (the name is registered with timm), and the parameter-count rule sees it like any timm model."""
+    checkpoint rebuilds it (the name is registered with timm), and the parameter-count rule sees it like any timm
+    model."""
     spec = models.ModelSpec("resnet10t_small", 10, 1, 28, ())
     small, plain = models.create(spec).eval(), models.create(models.ModelSpec("resnet10t", 10, 1, 28, ())).eval()
     x = torch.randn(2, 1, 28, 28)
@@ -151,12 +161,18 @@ def test_small_image_variants_keep_twice_the_resolution_and_round_trip(tmp_path)
     torch.testing.assert_close(loaded.eval()(x), small(x))
     plain.load_state_dict(small.state_dict())  # the same weights, another forward
     assert not torch.allclose(plain(x), small(x))
-    assert models._param_count("resnet18_small") > models._param_count("resnet10t_small") == models._param_count("resnet10t")
+    assert (
+        models._param_count("resnet18_small")
+        > models._param_count("resnet10t_small")
+        == models._param_count("resnet10t")
+    )
 
 
 def _save_shards(uri: str, rows: int, **arrays: np.ndarray) -> None:
     for i, start in enumerate(range(0, max(len(next(iter(arrays.values()))), 1), rows)):
-        artifacts.save_arrays(artifacts.join(uri, f"pseudo-{i:05d}.npz"), **{k: a[start : start + rows] for k, a in arrays.items()})
+        artifacts.save_arrays(
+            artifacts.join(uri, f"pseudo-{i:05d}.npz"), **{k: a[start : start + rows] for k, a in arrays.items()}
+        )
 
 
 def test_row_shards_load_in_order(tmp_path):
@@ -189,7 +205,9 @@ def test_artifacts_on_s3_are_atomic_sharded_and_hash_like_local_ones(s3_server, 
     assert artifacts.content_hash(remote) == before
     import s3fs
 
-    assert not [p for p in s3fs.S3FileSystem().find("selftrain/test-artifacts") if ".tmp-" in p]  # no staging left behind
+    assert not [
+        p for p in s3fs.S3FileSystem().find("selftrain/test-artifacts") if ".tmp-" in p
+    ]  # no staging left behind
 
 
 def test_an_npz_column_is_read_in_row_batches_without_loading_the_array(tmp_path):

@@ -45,14 +45,27 @@ def test_help_lists_every_stage_and_its_uris(capsys):
     for stage in stages:
         assert stage in out
     infer = sub_help(capsys, "infer")
-    assert "--teacher URI" in infer and "promotion record" in infer and "no augmentation" in infer and "--set KEY=VALUE" in infer
+    assert (
+        "--teacher URI" in infer
+        and "promotion record" in infer
+        and "no augmentation" in infer
+        and "--set KEY=VALUE" in infer
+    )
     assert "--generation NAME" in sub_help(capsys, "train-student")
     mpl = sub_help(capsys, "train-mpl")
     assert "--resume URI" in mpl and "resumes from there when" in mpl
 
 
 def test_missing_input_artifact_is_a_clear_error(tmp_path):
-    r = cli("train-teacher", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t"), "--promoted", str(tmp_path / "p.json"))
+    r = cli(
+        "train-teacher",
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "t"),
+        "--promoted",
+        str(tmp_path / "p.json"),
+    )
     assert r.returncode == 2
     assert "artifact '" in r.stderr and "not found: run the stage that produces it first" in r.stderr
     assert "Traceback" not in r.stderr
@@ -68,7 +81,10 @@ def test_reproduce_refuses_a_rev_that_is_an_option_and_a_repo_that_is_not_there(
     """`--rev=--output=FILE` reached git as an option and made it write FILE; a missing --repo was a traceback."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for cmd in (["git", "init", "-q"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+    ):
         subprocess.run(cmd, cwd=repo, check=True)
     proc = cli("reproduce", "deadbeef", "--rev=--output=written-by-git", "--repo", str(repo), cwd=tmp_path)
     assert proc.returncode == 2 and "--rev '--output=written-by-git' is not a revision" in proc.stderr

@@ -26,7 +26,10 @@ IMAGE, ROOT = os.environ.get("SELFTRAIN_CLUSTER_IMAGE"), os.environ.get("SELFTRA
 
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(not (IMAGE and ROOT), reason="no cluster: set SELFTRAIN_CLUSTER_IMAGE and SELFTRAIN_CLUSTER_ROOT (see this file)"),
+    pytest.mark.skipif(
+        not (IMAGE and ROOT),
+        reason="no cluster: set SELFTRAIN_CLUSTER_IMAGE and SELFTRAIN_CLUSTER_ROOT (see this file)",
+    ),
 ]
 
 
@@ -38,7 +41,12 @@ def test_one_generation_on_a_real_cluster(tmp_path):
         "kubernetes.image_pull_policy": "IfNotPresent",
         "kubernetes.priority_class": None,
         "kubernetes.env": json.loads(os.environ.get("SELFTRAIN_CLUSTER_ENV", "{}")),
-        "resources": {"train-teacher": small, "infer": {**small, "parallelism": 2}, "train-student": small, "evaluate": small},
+        "resources": {
+            "train-teacher": small,
+            "infer": {**small, "parallelism": 2},
+            "train-student": small,
+            "evaluate": small,
+        },
         "infer.parts": 2,
         "prefect.cache": False,
     }

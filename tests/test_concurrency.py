@@ -56,7 +56,10 @@ def test_a_held_lock_names_its_holder_and_is_released_after_the_block_even_on_er
     uri = str(tmp_path / "gen2" / ".lock")
     with pytest.raises(RuntimeError, match="boom"):
         with artifacts.exclusive(uri, {"flow_run": "a"}):
-            with pytest.raises(artifacts.ArtifactError, match=r"is held by \{'flow_run': 'a'\} \(its last heartbeat 0 s ago\): another run is writing there"):
+            with pytest.raises(
+                artifacts.ArtifactError,
+                match=r"is held by \{'flow_run': 'a'\} \(its last heartbeat 0 s ago\): another run is writing there",
+            ):
                 with artifacts.exclusive(uri, {"flow_run": "b"}):
                     pass
             raise RuntimeError("boom")
@@ -71,7 +74,9 @@ def test_a_lock_is_renewed_while_held_and_taken_over_once_its_holder_stops_renew
         first = json.loads(artifacts.read_bytes(uri))["heartbeat"]
         time.sleep(2.5)  # past stale_after_s, yet renewed meanwhile: still held
         assert json.loads(artifacts.read_bytes(uri))["heartbeat"] > first
-        with pytest.raises(artifacts.ArtifactError, match=r"held by \{'flow_run': 'alive'\} \(its last heartbeat \d s ago\)"):
+        with pytest.raises(
+            artifacts.ArtifactError, match=r"held by \{'flow_run': 'alive'\} \(its last heartbeat \d s ago\)"
+        ):
             with artifacts.exclusive(uri, {"flow_run": "other"}, stale_after_s=2.0):
                 pass
     # a run killed while holding it: its heartbeat stops; once older than stale_after_s the lock is taken over
@@ -83,7 +88,9 @@ def test_a_lock_is_renewed_while_held_and_taken_over_once_its_holder_stops_renew
     assert not artifacts.exists(uri)
     # one without a heartbeat (unknown liveness) never is
     artifacts.write_json(uri, {"flow_run": "old-style"})
-    with pytest.raises(artifacts.ArtifactError, match="one without a heartbeat never: delete that file if its run is gone"):
+    with pytest.raises(
+        artifacts.ArtifactError, match="one without a heartbeat never: delete that file if its run is gone"
+    ):
         with artifacts.exclusive(uri, {"flow_run": "next"}):
             pass
 
@@ -93,11 +100,20 @@ def test_a_flow_run_on_a_root_another_run_is_writing_stops_at_once_and_writes_no
     """Another run (live: a fresh heartbeat) is in its generation 1 on this root; this one, with other params, would
     rewrite the data and generation 0 under it (each generation once had a lock of its own, gen0's free)."""
     root = tmp_path / "root"
-    holder = {"flow_run": "1234", "flow_run_name": "busy-bee", "host": "elsewhere", "pid": 1, "token": "t", "heartbeat": time.time()}
+    holder = {
+        "flow_run": "1234",
+        "flow_run_name": "busy-bee",
+        "host": "elsewhere",
+        "pid": 1,
+        "token": "t",
+        "heartbeat": time.time(),
+    }
     artifacts.create_exclusive(str(root / ".lock"), json.dumps(holder).encode())
     (root / "gen1").mkdir()
     with pytest.raises(artifacts.ArtifactError, match="busy-bee.*another run is writing there"):
-        self_training(str(write_tiny_params(tmp_path / "params.yaml")), str(root), generations=1, overrides={"teacher.epochs": 1})
+        self_training(
+            str(write_tiny_params(tmp_path / "params.yaml")), str(root), generations=1, overrides={"teacher.epochs": 1}
+        )
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [".lock", "gen1"]
 
 
@@ -143,7 +159,9 @@ def test_a_conditional_write_meeting_one_in_flight_is_retried_and_then_sees_the_
     slow.send(first[:10])  # the server is now inside this write, waiting for the rest of its body
     time.sleep(0.5)
     outcome: list[BaseException | None] = []
-    second = threading.Thread(target=lambda: outcome.append(_error_of(lambda: artifacts.create_exclusive(uri, b"second"))))
+    second = threading.Thread(
+        target=lambda: outcome.append(_error_of(lambda: artifacts.create_exclusive(uri, b"second")))
+    )
     second.start()
     time.sleep(1.5)  # the second write meets the first in flight: 409, retried
     assert second.is_alive()
@@ -169,11 +187,15 @@ def test_a_run_whose_lock_was_taken_over_stops_writing_and_leaves_the_new_holder
     with pytest.raises(artifacts.LockLost, match="no longer holds .* another run took it over"):
         with artifacts.exclusive(uri, {"flow_run": "paused"}, stale_after_s=0.4):
             # the run is paused past stale_after_s and another takes the lock over
-            artifacts.write_json(uri, {"flow_run": "newer", "token": "n", "heartbeat": time.time(), "stale_after_s": 600})
+            artifacts.write_json(
+                uri, {"flow_run": "newer", "token": "n", "heartbeat": time.time(), "stale_after_s": 600}
+            )
             time.sleep(0.3)  # the heartbeat notices
             with artifacts.atomic_dir(out) as staging:
                 artifacts.write_json(f"{staging}/a.json", {"by": "the paused run"})
-    assert artifacts.read_json(f"{out}/a.json") == {"by": "before"}  # nothing put in place by the run that lost the lock
+    assert artifacts.read_json(f"{out}/a.json") == {
+        "by": "before"
+    }  # nothing put in place by the run that lost the lock
     assert json.loads(artifacts.read_bytes(uri))["flow_run"] == "newer"  # and the new holder's lock is not removed
     assert "is no longer held by this run" in caplog.text
 
@@ -189,14 +211,24 @@ def test_a_run_that_lost_its_lock_writes_no_single_file_even_before_its_heartbea
     newer = {"flow_run": "newer", "token": "n", "heartbeat": time.time(), "stale_after_s": 600}
     with pytest.raises(artifacts.LockLost):
         with artifacts.exclusive(lock, {"flow_run": "paused"}, stale_after_s=600):
-            artifacts.write_json(artifacts.join(root, "promoted.json"), {"by": "the holder, before"})  # still its own: lands
+            artifacts.write_json(
+                artifacts.join(root, "promoted.json"), {"by": "the holder, before"}
+            )  # still its own: lands
             artifacts.replace_if(lock, artifacts.read_bytes(lock), json.dumps(newer).encode())  # the takeover
             writes = {
-                "metrics.json": lambda: artifacts.write_json(artifacts.join(root, "metrics.json"), {"by": "the paused run"}),
-                "promoted.json": lambda: artifacts.write_json(artifacts.join(root, "promoted.json"), {"by": "the paused run"}),
-                "lineage.json": lambda: artifacts.write_json(artifacts.join(root, "lineage.json"), {"by": "the paused run"}),
+                "metrics.json": lambda: artifacts.write_json(
+                    artifacts.join(root, "metrics.json"), {"by": "the paused run"}
+                ),
+                "promoted.json": lambda: artifacts.write_json(
+                    artifacts.join(root, "promoted.json"), {"by": "the paused run"}
+                ),
+                "lineage.json": lambda: artifacts.write_json(
+                    artifacts.join(root, "lineage.json"), {"by": "the paused run"}
+                ),
                 "student.resume": lambda: artifacts.write_bytes(artifacts.join(root, "student.resume"), b"checkpoint"),
-                "copy": lambda: artifacts.copy(artifacts.join(root, "metrics.json"), artifacts.join(root, "copied.json")),
+                "copy": lambda: artifacts.copy(
+                    artifacts.join(root, "metrics.json"), artifacts.join(root, "copied.json")
+                ),
                 "remove": lambda: artifacts.remove(artifacts.join(root, "metrics.json")),
             }
             for name, write in writes.items():

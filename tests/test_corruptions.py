@@ -83,7 +83,9 @@ def test_error_rises_with_severity(fmnist):
     images, labels = test_x[:400], test_y[:400]
     clean = _error(model, images, labels)
     assert clean < 0.25, f"the small model did not train (clean error {clean:.2f})"
-    errors = np.array([[_error(model, corrupt(images, name, s, 0), labels) for s in SEVERITIES] for name in CORRUPTIONS])
+    errors = np.array(
+        [[_error(model, corrupt(images, name, s, 0), labels) for s in SEVERITIES] for name in CORRUPTIONS]
+    )
     per_severity = errors.mean(axis=0)
     assert np.all(np.diff(per_severity) > 0), f"mean error over corruptions must rise with severity: {per_severity}"
     assert per_severity[0] > clean

@@ -47,7 +47,9 @@ def test_infer_killed_mid_write_leaves_the_previous_store_intact(tmp_path):
     ]
     caught = 0
     for delay in (0.0, 0.1, 0.3, 0.6):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         while proc.poll() is None and not any(p.name.startswith(".logits.tmp-") for p in tmp_path.iterdir()):
             time.sleep(0.005)
         time.sleep(delay)

@@ -64,7 +64,9 @@ def _copy_fm(dest: Path) -> Path:
 
 def test_checksum_mismatch_names_the_file(tmp_path):
     d = _copy_fm(tmp_path / "fm")
-    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x02" + b"\x01\x02"))
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x02" + b"\x01\x02")
+    )
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz' has sha256 .* corrupt or not Fashion-MNIST"):
         fashion_mnist.load(str(d))
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
@@ -205,7 +207,11 @@ def test_check_data_lists_every_problem_of_the_tree_in_one_run(image_tree, tmp_p
     path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     proc = subprocess.run([str(BIN / "selftrain"), "check-data", "--params", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stdout.splitlines()) == len(expected) and "8 problem(s)" in proc.stderr
-    proc = subprocess.run([str(BIN / "selftrain"), "prepare", "--params", str(path), "--out", str(tmp_path / "data")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "selftrain"), "prepare", "--params", str(path), "--out", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and all(k in proc.stderr for k in expected) and not (tmp_path / "data").exists()
 
 
@@ -219,5 +225,7 @@ def test_skip_bad_leaves_the_bad_files_out_and_records_them(image_tree, tmp_path
     # what skipping cannot mend still stops it: a labeled class with no readable image
     for f in (image_tree / "labeled" / "dog").iterdir():
         f.write_bytes(b"")
-    with pytest.raises(BadInput, match=r"labeled/dog: no readable image in this labeled class(?s:.*)data.skip_bad cannot leave out"):
+    with pytest.raises(
+        BadInput, match=r"labeled/dog: no readable image in this labeled class(?s:.*)data.skip_bad cannot leave out"
+    ):
         stages.prepare.run(params, out=str(tmp_path / "again"))

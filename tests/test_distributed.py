@@ -51,7 +51,15 @@ def _torchrun_teacher(path: Path, data: Path, out: Path, *sets: str) -> subproce
         "--promoted",
         f"{out}.json",
     ]
-    return subprocess.Popen(cmd, cwd=out.parent, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=out.parent,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,9 @@ def two_process_teacher(tmp_path_factory) -> tuple[Path, Path, Path, str]:
 def test_torchrun_with_two_processes_trains_the_teacher_like_one(two_process_teacher, tmp_path):
     path, data, two, stdout = two_process_teacher
     params = load_params(path, dict(s.split("=") for s in TEACHER_SETS))
-    one = stages.train_teacher.run(params, data=str(data), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json"))
+    one = stages.train_teacher.run(
+        params, data=str(data), out=str(tmp_path / "one"), promoted=str(tmp_path / "one.json")
+    )
     assert stdout.count('"checkpoint"') == 2  # both processes trained and finished
     record = artifacts.read_json(f"{two}.json")
     assert record["sha256"] == artifacts.content_hash(str(two / "model.safetensors"))
@@ -94,7 +104,9 @@ def _checkpoint(path: Path) -> dict | None:
 
 
 @pytest.mark.slow
-def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_uninterrupted_result(two_process_teacher, tmp_path):
+def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_uninterrupted_result(
+    two_process_teacher, tmp_path
+):
     path, data, whole, _ = two_process_teacher
     out = tmp_path / "killed"
     state = Path(f"{out}.resume")
@@ -110,7 +122,9 @@ def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_u
         time.sleep(0.1)
     saved = _checkpoint(state)
     # rank 0 wrote both processes' random states (flips and crops, dropout, augmentation) and running sums
-    assert len(saved["ranks"]) == 2 and not torch.equal(saved["ranks"][0]["step"]["noise_gen"], saved["ranks"][1]["step"]["noise_gen"])
+    assert len(saved["ranks"]) == 2 and not torch.equal(
+        saved["ranks"][0]["step"]["noise_gen"], saved["ranks"][1]["step"]["noise_gen"]
+    )
 
     again = _torchrun_teacher(path, data, out, *TEACHER_SETS)
     assert again.wait(600) == 0, again.stderr.read()[-3000:]
@@ -121,7 +135,10 @@ def test_a_killed_two_process_run_resumes_each_process_own_random_state_to_the_u
 
 
 def _without_speed(log: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("images_per_s", "steps_per_s")} for row in csv.DictReader(log.read_text().splitlines())]
+    return [
+        {k: v for k, v in row.items() if k not in ("images_per_s", "steps_per_s")}
+        for row in csv.DictReader(log.read_text().splitlines())
+    ]
 
 
 # The head of a script run under torchrun that keeps every training step train.fit is given (`steps`), so that each
@@ -145,12 +162,14 @@ MPL_RANKS = (
     RECORDING
     + """
 path, data, teacher, out, *sets = sys.argv[1:]
-stages.train_mpl.run(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher, out=out)
+stages.train_mpl.run(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher,
+out=out)
 for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
     # the weights (BatchNorm's running statistics are per process: DDP broadcasts rank 0's before each forward)
     state = {k: v.detach().cpu().contiguous() for k, v in net.named_parameters()}
     # and the MPL baseline, a moving average of h: the same on every rank only if h is all-reduced
-    safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", {"baseline": repr(steps[0].state.baseline)})
+    safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", {"baseline":
+    repr(steps[0].state.baseline)})
 dist.destroy_process_group()
 """
 )
@@ -161,7 +180,8 @@ TEACHER_RANKS = (
     RECORDING
     + """
 path, data, out, *sets = sys.argv[1:]
-stages.train_teacher.run(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out + ".json")
+stages.train_teacher.run(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out +
+".json")
 state = {k: v.detach().cpu().contiguous() for k, v in steps[-1].model.named_parameters()}
 safetensors.torch.save_file(state, f"{out}.rank{dist.get_rank()}.safetensors")
 dist.destroy_process_group()
@@ -196,7 +216,9 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     stages.prepare.run(params, out=data)
     stages.train_teacher.run(params, data=data, out=str(tmp_path / "teacher"), promoted=teacher)
     sets = {"methods.mpl.steps": 20, "methods.mpl.finetune_epochs": 3}
-    one = stages.train_mpl.run(load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one"))
+    one = stages.train_mpl.run(
+        load_params(path, sets), generation="gen2", data=data, teacher=teacher, out=str(tmp_path / "one")
+    )
     out = tmp_path / "two"
     _run_on_two_ranks(tmp_path, MPL_RANKS, str(path), data, teacher, str(out), *(f"{k}={v}" for k, v in sets.items()))
     for name in ("student", "teacher"):

@@ -32,7 +32,9 @@ def params(root: Path, **overrides):
 def test_cutout_blanks_one_square_per_image_from_its_generator():
     x = torch.ones(64, 1, 28, 28)
     out = noise.cutout(x, 0.5, torch.Generator().manual_seed(0))
-    assert torch.equal(out, noise.cutout(x, 0.5, torch.Generator().manual_seed(0)))  # the step's generator, nothing global
+    assert torch.equal(
+        out, noise.cutout(x, 0.5, torch.Generator().manual_seed(0))
+    )  # the step's generator, nothing global
     for img in out[:, 0]:
         hole = (img == 0).nonzero()
         if len(hole):
@@ -48,7 +50,9 @@ def test_the_weak_view_is_only_flipped_and_cropped_and_the_strong_view_is_more(t
     images = views.StepImages(labeled, unlabeled.images, 20, 2, p.student, seed=0, world=distributed.World())
     item = images[3]
     rows = item["rows_u"].numpy()
-    assert len(rows) == 40 and np.array_equal(item["x_uw"].permute(0, 2, 3, 1).numpy(), unlabeled.images[rows])  # no per-image noise
+    assert len(rows) == 40 and np.array_equal(
+        item["x_uw"].permute(0, 2, 3, 1).numpy(), unlabeled.images[rows]
+    )  # no per-image noise
     assert not np.array_equal(item["x_us"].permute(0, 2, 3, 1).numpy(), unlabeled.images[rows])  # RandAugment
     _, _, x_uw, x_us = views.on_device(item, p.student, torch.device("cpu"), cutout_frac=0.5)
     gen = torch.Generator().manual_seed(item["flip_seed"])
@@ -58,11 +62,20 @@ def test_the_weak_view_is_only_flipped_and_cropped_and_the_strong_view_is_more(t
 
 def test_fixmatch_trains_and_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny, monkeypatch):
     # FreeMatch's running means with a short memory and its fairness term, and alignment: the state must carry over
-    p = params(tiny, **{"methods.fixmatch.threshold": "freematch", "methods.fixmatch.ema_p": 0.5, "methods.fixmatch.dist_align": True})
+    p = params(
+        tiny,
+        **{
+            "methods.fixmatch.threshold": "freematch",
+            "methods.fixmatch.ema_p": 0.5,
+            "methods.fixmatch.dist_align": True,
+        },
+    )
     data = str(tiny / "data")
     whole = stages.train_student.run(p, generation="gen1", data=data, teacher=None, out=str(tiny / "whole"))
     log = list(csv.DictReader((tiny / "whole/log.csv").open()))
-    assert [int(r["step"]) for r in log] == [5, 10] and whole["method"] == "fixmatch" and whole["threshold"] == "freematch"
+    assert (
+        [int(r["step"]) for r in log] == [5, 10] and whole["method"] == "fixmatch" and whole["threshold"] == "freematch"
+    )
     assert all(0 <= float(r["mask_rate"]) <= 1 for r in log) and float(log[0]["loss_unlabeled"]) >= 0
 
     calls, real = [], FixMatchStep.__call__
@@ -98,7 +111,9 @@ def test_the_threshold_state_is_what_a_resume_restores(tiny):
     assert state["selected"][:4] == [4, 4, 1, -1]
     fresh = FixMatchStep(net, p.methods.fixmatch, p.student, labeled, unlabeled.images, Context(torch.device("cpu")), 0)
     fresh.load_state_dict(step.state_dict())
-    assert torch.equal(fresh.labeller.rule.selected, step.labeller.rule.selected) and torch.equal(fresh.labeller.align.p_model, step.labeller.align.p_model)
+    assert torch.equal(fresh.labeller.rule.selected, step.labeller.rule.selected) and torch.equal(
+        fresh.labeller.align.p_model, step.labeller.align.p_model
+    )
 
 
 def _run_steps(tiny: Path, n: int, **overrides) -> tuple[FixMatchStep, list[dict[str, float]]]:
@@ -123,10 +138,20 @@ def test_each_threshold_rule_is_the_one_the_step_trains_with(tiny):
     assert type(fixed.labeller.rule) is thresholds.FixedThreshold and fixed.labeller.align is None
     assert all(r["loss_fairness"] == 0 for r in fixed_logs)
 
-    free, free_logs = _run_steps(tiny, 3, **{"methods.fixmatch.threshold": "freematch", "methods.fixmatch.ema_p": 0.5, "methods.fixmatch.dist_align": True})
+    free, free_logs = _run_steps(
+        tiny,
+        3,
+        **{
+            "methods.fixmatch.threshold": "freematch",
+            "methods.fixmatch.ema_p": 0.5,
+            "methods.fixmatch.dist_align": True,
+        },
+    )
     rule = free.labeller.rule
     assert type(rule) is thresholds.FreeMatchThreshold and free.labeller.align is not None
-    assert rule.tau_t.item() != pytest.approx(0.1) and free.labeller.align.p_model is not None  # both moved from their start
+    assert (
+        rule.tau_t.item() != pytest.approx(0.1) and free.labeller.align.p_model is not None
+    )  # both moved from their start
     assert all(r["loss_fairness"] != 0 for r in free_logs)
     # freematch's adaptive threshold (about tau_t, well under 0.95) lets far more images count than the fixed rule
     assert sum(r["mask_rate"] for r in free_logs) > sum(r["mask_rate"] for r in fixed_logs)

@@ -36,7 +36,9 @@ def check_data_cli(tmp_path: Path, data: DataParams) -> subprocess.CompletedProc
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     # a hung reader fails the test instead of hanging the suite
-    return subprocess.run([str(BIN / "selftrain"), "check-data", "--params", str(path)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(BIN / "selftrain"), "check-data", "--params", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_split_folders_that_overlap_are_refused_even_with_skip_bad(image_tree):
@@ -55,10 +57,16 @@ def test_split_folders_that_overlap_are_refused_even_with_skip_bad(image_tree):
     }
     assert all(not q.skippable for q in overlaps)
     with pytest.raises(BadInput, match="cannot leave out"):
-        make_splits(folder_params(image_tree, skip_bad=True, folders={"val": same, "test": same, "unlabeled": str(image_tree)}), seed=0)
+        make_splits(
+            folder_params(image_tree, skip_bad=True, folders={"val": same, "test": same, "unlabeled": str(image_tree)}),
+            seed=0,
+        )
     # through a symlink it is still the same folder
     (image_tree / "alias").symlink_to(image_tree / "test")
-    assert any("same folder" in q.reason for q in check_data(folder_params(image_tree, folders={"val": str(image_tree / "alias")}), seed=0))
+    assert any(
+        "same folder" in q.reason
+        for q in check_data(folder_params(image_tree, folders={"val": str(image_tree / "alias")}), seed=0)
+    )
 
 
 def test_a_test_image_copied_into_the_unlabeled_pool_is_named_and_skip_bad_leaves_the_copy_out(image_tree, tmp_path):
@@ -69,7 +77,9 @@ def test_a_test_image_copied_into_the_unlabeled_pool_is_named_and_skip_bad_leave
         str(
             image_tree / "unlabeled" / "sub" / "copy.png"
         ): f"byte-identical to {image_tree / 'test' / 'dog' / '1.png'}: an evaluation image would be trained on",
-        str(image_tree / "labeled" / "cat" / "again.png"): f"byte-identical to {image_tree / 'val' / 'cat' / '0.png'}: an evaluation image would be trained on",
+        str(
+            image_tree / "labeled" / "cat" / "again.png"
+        ): f"byte-identical to {image_tree / 'val' / 'cat' / '0.png'}: an evaluation image would be trained on",
     }
     s = make_splits(folder_params(image_tree, skip_bad=True), seed=0)
     assert "sub/copy.png" not in s["unlabeled"].ids.tolist() and len(s["unlabeled"]) == 4
@@ -91,10 +101,16 @@ def test_hidden_folders_are_not_classes_and_symlinked_folders_are_read(image_tre
     p = folder_params(image_tree, skip_bad=True)
     found = check_data(folder_params(image_tree), seed=0)
     assert {q.path: (q.ignored, q.reason) for q in found} == {
-        str(image_tree / "labeled" / ".ipynb_checkpoints"): (True, "hidden (its name starts with '.'): left out, not a class"),
+        str(image_tree / "labeled" / ".ipynb_checkpoints"): (
+            True,
+            "hidden (its name starts with '.'): left out, not a class",
+        ),
         str(image_tree / "unlabeled" / ".cache"): (True, "hidden (its name starts with '.'): left out"),
         str(image_tree / "unlabeled" / "sub" / "._u1.png"): (True, "hidden (its name starts with '.'): left out"),
-        str(image_tree / "unlabeled" / "more" / "up"): (False, "a symlink to a folder that contains it (a loop): left out"),
+        str(image_tree / "unlabeled" / "more" / "up"): (
+            False,
+            "a symlink to a folder that contains it (a loop): left out",
+        ),
     }
     s = make_splits(p, seed=0)
     assert s["labeled"].classes == ("bird", "cat", "dog") and s["labeled"].labels.tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
@@ -103,8 +119,12 @@ def test_hidden_folders_are_not_classes_and_symlinked_folders_are_read(image_tre
     (tmp_path / "more" / "up").unlink()
     proc = check_data_cli(tmp_path, folder_params(image_tree))
     assert proc.returncode == 0 and "no problems" in proc.stderr and proc.stdout.count(": hidden (its name") == 3
-    summary = stages.prepare.run(load_params(ROOT / "params.yaml", {"data": folder_params(image_tree).model_dump()}), out=str(tmp_path / "data"))
-    assert sorted(Path(s["path"]).name for s in summary["skipped"]) == sorted([".cache", ".ipynb_checkpoints", "._u1.png"])
+    summary = stages.prepare.run(
+        load_params(ROOT / "params.yaml", {"data": folder_params(image_tree).model_dump()}), out=str(tmp_path / "data")
+    )
+    assert sorted(Path(s["path"]).name for s in summary["skipped"]) == sorted(
+        [".cache", ".ipynb_checkpoints", "._u1.png"]
+    )
 
 
 def _png(path: Path, width: int, height: int) -> None:
@@ -130,8 +150,14 @@ def test_no_file_can_crash_or_hang_the_reader(image_tree, tmp_path):
     lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
     u = str(image_tree / "unlabeled")
     assert proc.returncode == 2 and "5 problem(s)" in proc.stderr and "Traceback" not in proc.stderr
-    assert lines[f"{u}/bomb.png"].startswith("too many pixels to decode safely (Image size (400000000 pixels) exceeds limit")
-    assert lines[f"{u}/pipe.png"] == lines[f"{u}/zero.png"] == "not a regular file (a FIFO, a device or a socket): not read"
+    assert lines[f"{u}/bomb.png"].startswith(
+        "too many pixels to decode safely (Image size (400000000 pixels) exceeds limit"
+    )
+    assert (
+        lines[f"{u}/pipe.png"]
+        == lines[f"{u}/zero.png"]
+        == "not a regular file (a FIFO, a device or a socket): not read"
+    )
     assert lines[f"{u}/gone.png"] == "a symlink to nothing: left out"
     assert lines[f"{u}/huge.png"] == "3 MiB, over data.max_file_mb (2): not read"
     s = make_splits(folder_params(image_tree, max_file_mb=2, skip_bad=True), seed=0)
@@ -170,10 +196,14 @@ def test_every_problem_of_a_folder_is_listed_not_only_its_first(image_tree):
     found = reasons(check_data(folder_params(image_tree), seed=0))
     assert sorted(Path(p).name for p in found) == ["a.png", "b.png", "c.jpg", "d.png", "e.png"]
     summary = stages.prepare.run(
-        load_params(ROOT / "params.yaml", {"data": folder_params(image_tree, skip_bad=True).model_dump()}), out=str(image_tree / "out")
+        load_params(ROOT / "params.yaml", {"data": folder_params(image_tree, skip_bad=True).model_dump()}),
+        out=str(image_tree / "out"),
     )
     s, skipped = summary["sizes"], summary["skipped"]
-    assert sorted(Path(q["path"]).name for q in skipped) == ["a.png", "b.png", "c.jpg", "d.png", "e.png"] and s["labeled"] == 6
+    assert (
+        sorted(Path(q["path"]).name for q in skipped) == ["a.png", "b.png", "c.jpg", "d.png", "e.png"]
+        and s["labeled"] == 6
+    )
 
 
 def test_a_file_name_that_is_not_utf8_is_printed_escaped(image_tree, tmp_path):
@@ -182,7 +212,10 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(image_tree, tmp_path):
         f.write(b"broken")
     proc = check_data_cli(tmp_path, folder_params(image_tree))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stdout.strip() == f"{image_tree / 'unlabeled'}/caf\\udce9.png: not an image (Pillow recognises no image format in it)"
+    assert (
+        proc.stdout.strip()
+        == f"{image_tree / 'unlabeled'}/caf\\udce9.png: not an image (Pillow recognises no image format in it)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,13 @@ def image() -> str:
     if os.environ.get("SELFTRAIN_TEST_IMAGE"):
         return os.environ["SELFTRAIN_TEST_IMAGE"]
     tag = "localhost/selftrain:cuda"
-    proc = subprocess.run(["scripts/image.sh"], cwd=ROOT, env={**os.environ, "VARIANT": "cuda", "TAG": tag}, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["scripts/image.sh"],
+        cwd=ROOT,
+        env={**os.environ, "VARIANT": "cuda", "TAG": tag},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, f"make image VARIANT=cuda failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return tag
 
@@ -50,7 +56,9 @@ def run_in_pod(
     """`argv` in the container of a runner's pod (its security context and volumes), plus host folders. With
     `docker_run`, as plain `docker run --user 10001` runs it instead: no emptyDir over /tmp, a writable root."""
     params = load_params(ROOT / "params.yaml", {"kubernetes.enabled": True, "resources": {"prepare": {}}})
-    spec = job_manifest(params, "prepare", "smoke", argv[1:], resources_for(params, "prepare"))["spec"]["template"]["spec"]
+    spec = job_manifest(params, "prepare", "smoke", argv[1:], resources_for(params, "prepare"))["spec"]["template"][
+        "spec"
+    ]
     container = spec["containers"][0]
     container["command"] = argv[:1]
     if docker_run:
@@ -72,7 +80,11 @@ def test_the_image_runs_the_cli_the_flow_and_a_stage_as_its_user_on_a_read_only_
     for i in range(6):
         write_image(folders / "unlabeled" / f"u{i}.png", 30 * i + 5)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"] = {"source": "folders", "folders": {s: f"/data/in/{s}" for s in ("labeled", "unlabeled", "val", "test")}, "image_size": 16}
+    params["data"] = {
+        "source": "folders",
+        "folders": {s: f"/data/in/{s}" for s in ("labeled", "unlabeled", "val", "test")},
+        "image_size": 16,
+    }
     (folders / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     out.mkdir()
@@ -80,13 +92,25 @@ def test_the_image_runs_the_cli_the_flow_and_a_stage_as_its_user_on_a_read_only_
     mounts = {"in": (folders, True), "out": (out, False)}
 
     proc = run_in_pod(
-        runtime, tmp_path, ["sh", "-c", "id -u; touch /app/x; selftrain --help >/dev/null && python -c 'import flows.self_training' && echo ok"], mounts
+        runtime,
+        tmp_path,
+        [
+            "sh",
+            "-c",
+            "id -u; touch /app/x; selftrain --help >/dev/null && python -c 'import flows.self_training' && echo ok",
+        ],
+        mounts,
     )
     lines = proc.stdout.split()
     assert lines[0] == "10001" and lines[-1] == "ok", proc.stdout + proc.stderr
     assert "Read-only file system" in proc.stderr
 
-    proc = run_in_pod(runtime, tmp_path, ["selftrain", "prepare", "--params", "/data/in/params.yaml", "--out", "/data/out/data"], mounts)
+    proc = run_in_pod(
+        runtime,
+        tmp_path,
+        ["selftrain", "prepare", "--params", "/data/in/params.yaml", "--out", "/data/out/data"],
+        mounts,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((out / "data" / "MANIFEST.json").read_text())
     assert (out / "data").stat().st_uid == 10001
@@ -100,13 +124,19 @@ def test_the_image_leaves_nothing_in_tmp_and_runs_as_its_user_without_an_emptydi
     image: as uid 10001 with no volume over /tmp, importing the flow failed with PermissionError on profiles.toml."""
     assert os.listdir(os.path.join(runtime.rootfs, "tmp")) == []
     proc = run_in_pod(
-        runtime, tmp_path, ["sh", "-c", "id -u; selftrain --help >/dev/null && python -c 'import flows.self_training' && echo ok"], {}, docker_run=True
+        runtime,
+        tmp_path,
+        ["sh", "-c", "id -u; selftrain --help >/dev/null && python -c 'import flows.self_training' && echo ok"],
+        {},
+        docker_run=True,
     )
     lines = proc.stdout.split()
     assert proc.returncode == 0 and lines[0] == "10001" and lines[-1] == "ok", proc.stdout + proc.stderr
 
 
-def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metrics(image, tmp_path, s3_server, monkeypatch):
+def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metrics(
+    image, tmp_path, s3_server, monkeypatch
+):
     cluster = FakeCluster(tmp_path / "cluster", image=image)
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     path = str(write_tiny_params(tmp_path / "params.yaml"))
@@ -117,7 +147,8 @@ def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metr
         "kubernetes.poll_s": 0.5,
         "kubernetes.priority_class": None,
         **_pod_s3(cluster, s3_server, s3_server["AWS_ENDPOINT_URL"]),
-        "resources": {s: small for s in ("train-teacher", "infer", "train-student", "evaluate", "record-lineage")} | {"infer": {**small, "parallelism": 2}},
+        "resources": {s: small for s in ("train-teacher", "infer", "train-student", "evaluate", "record-lineage")}
+        | {"infer": {**small, "parallelism": 2}},
         "infer.parts": 2,
         "prefect.cache": False,
     }
@@ -132,7 +163,10 @@ def test_one_generation_runs_as_jobs_in_the_image_with_the_in_process_flows_metr
     assert in_pods["table"] == here["table"]
     # the same figures and the same models bitwise (checkpoint_sha256): the image's torch is the one the venv
     # here pins; only the checkpoints' locations differ (json: a tiny run's NaN figures compare equal as text)
-    figures = [json.dumps(_without("checkpoint", artifacts.read_json(Generation(r, "gen1").metrics)), sort_keys=True) for r in (root, str(tmp_path / "here"))]
+    figures = [
+        json.dumps(_without("checkpoint", artifacts.read_json(Generation(r, "gen1").metrics)), sort_keys=True)
+        for r in (root, str(tmp_path / "here"))
+    ]
     assert figures[0] == figures[1] and '"checkpoint_sha256"' in figures[0]
     [expected] = [e.split("=", 1)[1] for e in image_config(image)["Env"] if e.startswith("SELFTRAIN_GIT_COMMIT=")]
     assert artifacts.read_json(Generation(root, "gen1").lineage)["git"]["commit"] == expected

@@ -20,7 +20,12 @@ CRDS = {"kueue.x-k8s.io/v1beta1"}  # optional add-ons: no schema ships with kube
 
 
 def manifests() -> list[tuple[str, dict]]:
-    return [(f"{p.name}#{i}", doc) for p in sorted((ROOT / "k8s/manifests").glob("*.yaml")) for i, doc in enumerate(yaml.safe_load_all(p.read_text())) if doc]
+    return [
+        (f"{p.name}#{i}", doc)
+        for p in sorted((ROOT / "k8s/manifests").glob("*.yaml"))
+        for i, doc in enumerate(yaml.safe_load_all(p.read_text()))
+        if doc
+    ]
 
 
 @pytest.mark.parametrize("name,doc", manifests(), ids=[n for n, _ in manifests()])
@@ -60,7 +65,10 @@ def test_the_base_job_template_renders_a_valid_gpu_job():
     assert pod["nodeSelector"] == {"selftrain.io/pool": "gpu"}
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
-    assert spec["podFailurePolicy"]["rules"][0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert spec["podFailurePolicy"]["rules"][0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     # the image's entrypoint is `selftrain`: the flow run's own command must replace it, not follow it
     assert container["command"] == ["/usr/bin/env"] and container["args"][:2] == ["prefect", "flow-run"]
 
@@ -89,7 +97,15 @@ def runner_jobs() -> dict[str, dict]:
     )
     shapes = {"train-teacher": {}, "infer": {"parts": 4}, "train-student": {}, "evaluate": {}}
     return {
-        stage: job_manifest(params, stage, f"st-{stage}-gen1-0", [stage, "--out", "s3://b/x"], resources_for(params, stage), generation="gen1", **kw)
+        stage: job_manifest(
+            params,
+            stage,
+            f"st-{stage}-gen1-0",
+            [stage, "--out", "s3://b/x"],
+            resources_for(params, stage),
+            generation="gen1",
+            **kw,
+        )
         for stage, kw in shapes.items()
     }
 
@@ -102,10 +118,15 @@ def test_every_pod_the_runner_and_the_template_make_meets_pod_security_restricte
         assert violations(template["spec"], (template.get("metadata") or {}).get("annotations")) == [], name
         pod, container = template["spec"], template["spec"]["containers"][0]
         # the image's uid, and a read-only root with writable /tmp and /dev/shm (the image writes nowhere else)
-        assert pod["securityContext"]["runAsUser"] == 10001 and container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert (
+            pod["securityContext"]["runAsUser"] == 10001
+            and container["securityContext"]["readOnlyRootFilesystem"] is True
+        ), name
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
+        assert (
+            "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        ), name
 
 
 @pytest.mark.parametrize(
@@ -142,7 +163,9 @@ def test_stage_pods_get_no_api_token_and_secrets_come_from_secrets_never_from_pa
     named instead (secretKeyRef, envFrom), and their values never pass through the flow."""
     for key in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "db_password", "AWS_SESSION_TOKEN"):
         with pytest.raises(ParamsError, match=rf"kubernetes.env: \['{key}'\] look like secrets") as err:
-            load_params(ROOT / "params.yaml", {"kubernetes.env": {key: "s3cr3t", "AWS_ENDPOINT_URL": "http://minio:9000"}})
+            load_params(
+                ROOT / "params.yaml", {"kubernetes.env": {key: "s3cr3t", "AWS_ENDPOINT_URL": "http://minio:9000"}}
+            )
         assert "s3cr3t" not in str(err.value)  # the error does not print the value either
     params = load_params(
         ROOT / "params.yaml",
@@ -161,15 +184,29 @@ def test_stage_pods_get_no_api_token_and_secrets_come_from_secrets_never_from_pa
         container = pod["containers"][0]
         assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "selftrain"
         env = {e["name"]: e for e in container["env"]}
-        assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "minio", "key": "secret-key"}}}
-        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000" and container["envFrom"] == [{"secretRef": {"name": "wandb"}}]
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "minio", "key": "secret-key"}},
+        }
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000" and container["envFrom"] == [
+            {"secretRef": {"name": "wandb"}}
+        ]
         # Kueue: the Job (not its pods) carries the queue label; Kueue suspends it until the queue admits it
-        assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == ("selftrain" if stage == "train-student" else None)
+        assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == (
+            "selftrain" if stage == "train-student" else None
+        )
     # the flow pod (the worker's base job template) keeps its token: it creates the stage Jobs
     assert rendered_job()["spec"]["template"]["spec"].get("automountServiceAccountToken", True) is not False
 
 
 def test_the_kueue_example_names_a_queue_params_accept():
-    queue = next(d for d in yaml.safe_load_all((ROOT / "k8s/manifests/kueue.yaml").read_text()) if d["kind"] == "LocalQueue")
-    params = load_params(ROOT / "params.yaml", {"resources": {"train-student": {"gpu": 1, "queue": queue["metadata"]["name"]}}})
-    assert params.resources["train-student"].queue == queue["metadata"]["name"] and queue["metadata"]["namespace"] == params.kubernetes.namespace
+    queue = next(
+        d for d in yaml.safe_load_all((ROOT / "k8s/manifests/kueue.yaml").read_text()) if d["kind"] == "LocalQueue"
+    )
+    params = load_params(
+        ROOT / "params.yaml", {"resources": {"train-student": {"gpu": 1, "queue": queue["metadata"]["name"]}}}
+    )
+    assert (
+        params.resources["train-student"].queue == queue["metadata"]["name"]
+        and queue["metadata"]["namespace"] == params.kubernetes.namespace
+    )

@@ -26,7 +26,15 @@ from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 from tasks import stages as tasks
-from tasks.kubernetes import JobFailed, StageJobError, explain_failure, job_manifest, resources_for, run_stage_job, service_manifest
+from tasks.kubernetes import (
+    JobFailed,
+    StageJobError,
+    explain_failure,
+    job_manifest,
+    resources_for,
+    run_stage_job,
+    service_manifest,
+)
 
 K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
 
@@ -62,7 +70,13 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     res = {"infer": {"gpu": 1, "node_pool": "a100", "memory": "3Gi", "cpu": "1"}}
     out = str(tmp_path / "logits")
     with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
-        summary = one_stage(str(path), {**K8S, "resources": res}, str(tmp_path), "infer", {"teacher": g.promoted, "data": g.data, "out": out})
+        summary = one_stage(
+            str(path),
+            {**K8S, "resources": res},
+            str(tmp_path),
+            "infer",
+            {"teacher": g.promoted, "data": g.data, "out": out},
+        )
     [job] = cluster.jobs()
     kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
@@ -71,7 +85,11 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "3Gi"}
     assert pod["nodeSelector"] == {"selftrain.io/pool": "a100"}
     assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "selftrain.io/pool"}
-    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 2 * 86400 and spec["ttlSecondsAfterFinished"] == 86400
+    assert (
+        spec["backoffLimit"] == 2
+        and spec["activeDeadlineSeconds"] == 2 * 86400
+        and spec["ttlSecondsAfterFinished"] == 86400
+    )
     assert [(r["action"], r.get("onExitCodes", {}).get("operator")) for r in spec["podFailurePolicy"]["rules"]] == [
         ("Ignore", None),
         ("Count", "In"),
@@ -82,17 +100,23 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
     assert labels["selftrain.io/generation"] == "all" and labels["selftrain.io/flow-run"]
     assert container["command"] == ["selftrain"] and container["args"][0] == "infer"
     # the pod's output is what the stage writes in-process, and its summary is the task's result
-    stages.infer.run(load_params(path, {"teacher.epochs": 1}), teacher=g.promoted, data=g.data, out=str(tmp_path / "here"))
+    stages.infer.run(
+        load_params(path, {"teacher.epochs": 1}), teacher=g.promoted, data=g.data, out=str(tmp_path / "here")
+    )
     a, b = logits.read_store(out), logits.read_store(str(tmp_path / "here"))
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.values, b.values)
     assert summary == {"images": 400, "shards": 1, "k": None}
-    assert any("infer: {'images': 400" in r.getMessage() for r in caplog.records), "the pod's log did not reach the flow's log"
+    assert any("infer: {'images': 400" in r.getMessage() for r in caplog.records), (
+        "the pod's log did not reach the flow's log"
+    )
     # torch in the pod runs as many threads as the pod requested cores (the downward API), not the node's core count
-    assert {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}}} in container[
-        "env"
-    ]
+    assert {
+        "name": "OMP_NUM_THREADS",
+        "valueFrom": {"resourceFieldRef": {"containerName": "stage", "resource": "requests.cpu", "divisor": "1"}},
+    } in container["env"]
     assert "device cpu, torch threads 1" in (cluster.workdir / "logs" / f"{cluster.created_pods[0]}.log").read_text()
-    # a retry of the same call in the same flow run (Prefect retries transient API errors) waits on that Job, starts none
+    # a retry of the same call in the same flow run (Prefect retries transient API errors) waits on that Job,
+    # starts none
     again = run_stage_job(
         load_params(path, {"teacher.epochs": 1, **K8S, "resources": res}),
         "infer",
@@ -106,7 +130,10 @@ def test_a_stage_runs_as_a_job_with_its_resources_and_its_log_reaches_the_flow(g
 def test_an_oomkilled_pod_fails_the_flow_with_the_reason_and_what_to_change(gen0, cluster, tmp_path):
     path, g = gen0
     cluster.fail_pods("infer", "OOMKilled")
-    with pytest.raises(StageJobError, match=r"ran out of memory: the container was OOMKilled at its 2Gi limit; raise resources\.infer\.memory"):
+    with pytest.raises(
+        StageJobError,
+        match=r"ran out of memory: the container was OOMKilled at its 2Gi limit; raise resources\.infer\.memory",
+    ):
         one_stage(
             str(path),
             {**K8S, "resources": {"infer": {"memory": "2Gi"}}},
@@ -160,22 +187,46 @@ def test_a_pod_pending_too_long_or_without_its_image_fails_in_plain_words_and_th
     path, g = gen0
     kwargs = {"teacher": g.promoted, "data": g.data, "out": str(tmp_path / "logits")}
     cluster.fail_pods("infer", "Unschedulable")
-    with pytest.raises(StageJobError, match=r"Unschedulable for \d+ s \(kubernetes.pending_timeout_s = 1\): 0/3 nodes .* selftrain.io/pool=a100"):
-        one_stage(str(path), {**K8S, "kubernetes.pending_timeout_s": 1, "resources": {"infer": {"node_pool": "a100"}}}, str(tmp_path), "infer", kwargs)
-    assert cluster.jobs() == []
-    cluster.fail_pods("infer", "ImagePullBackOff")
-    with pytest.raises(StageJobError, match=r"cannot start \(ImagePullBackOff.*check kubernetes.image \('registry.example/selftrain:nope'\)"):
+    with pytest.raises(
+        StageJobError,
+        match=r"Unschedulable for \d+ s \(kubernetes.pending_timeout_s = 1\): 0/3 nodes .* selftrain.io/pool=a100",
+    ):
         one_stage(
             str(path),
-            {**K8S, "kubernetes.image_pull_timeout_s": 1, "kubernetes.image": "registry.example/selftrain:nope", "resources": {"infer": {}}},
+            {**K8S, "kubernetes.pending_timeout_s": 1, "resources": {"infer": {"node_pool": "a100"}}},
+            str(tmp_path),
+            "infer",
+            kwargs,
+        )
+    assert cluster.jobs() == []
+    cluster.fail_pods("infer", "ImagePullBackOff")
+    with pytest.raises(
+        StageJobError,
+        match=r"cannot start \(ImagePullBackOff.*check kubernetes.image \('registry.example/selftrain:nope'\)",
+    ):
+        one_stage(
+            str(path),
+            {
+                **K8S,
+                "kubernetes.image_pull_timeout_s": 1,
+                "kubernetes.image": "registry.example/selftrain:nope",
+                "resources": {"infer": {}},
+            },
             str(tmp_path),
             "infer",
             kwargs,
         )
     assert cluster.jobs() == []
     cluster.faults.clear()
-    missing = {"kubernetes.image_pull_timeout_s": 1, "kubernetes.secret_env": {"HF_TOKEN": {"secret": "nope", "key": "token"}}, "resources": {"infer": {}}}
-    with pytest.raises(StageJobError, match=r'cannot start \(CreateContainerConfigError: secret "nope" not found\); check that the Secrets'):
+    missing = {
+        "kubernetes.image_pull_timeout_s": 1,
+        "kubernetes.secret_env": {"HF_TOKEN": {"secret": "nope", "key": "token"}},
+        "resources": {"infer": {}},
+    }
+    with pytest.raises(
+        StageJobError,
+        match=r'cannot start \(CreateContainerConfigError: secret "nope" not found\); check that the Secrets',
+    ):
         one_stage(str(path), {**K8S, **missing}, str(tmp_path), "infer", kwargs)
 
 
@@ -185,10 +236,19 @@ def test_a_job_past_its_deadline_is_reported_as_such(gen0):
     job = {
         "metadata": {"name": "st-train-student-gen1-0"},
         "status": {
-            "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "Job was active longer than specified deadline",
+                }
+            ]
         },
     }
-    assert "ran longer than its deadline, 172800 s (kubernetes.deadline_s)" in explain_failure("train-mpl", params, job, [])
+    assert "ran longer than its deadline, 172800 s (kubernetes.deadline_s)" in explain_failure(
+        "train-mpl", params, job, []
+    )
     # train-mpl has no entry of its own: it runs with train-student's resources, like its DVC stage
     assert resources_for(params, "train-mpl").memory == "4Gi" and resources_for(params, "infer") is None
 
@@ -201,7 +261,9 @@ def _checkpoint_step(path: Path) -> int | None:
 
 
 @pytest.mark.slow
-def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninterrupted_result(gen0, cluster, tmp_path, caplog):
+def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninterrupted_result(
+    gen0, cluster, tmp_path, caplog
+):
     path, g = gen0
     mpl = {"methods.mpl.steps": 20, "methods.mpl.checkpoint_every": 10}
     out = tmp_path / "student"
@@ -210,19 +272,30 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
     kwargs = {"generation": "gen2", "data": g.data, "teacher": g.promoted}
     with caplog.at_level(logging.INFO, logger="selftrain.kubernetes"):
         one_stage(
-            str(path), {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}}, str(tmp_path), "train-mpl", {**kwargs, "out": str(out)}
+            str(path),
+            {**K8S, **mpl, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}},
+            str(tmp_path),
+            "train-mpl",
+            {**kwargs, "out": str(out)},
         )
     [job] = cluster.jobs()
-    assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert (
+        job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    )
     assert len(cluster.evicted) == 1 and len(cluster.created_pods) == 2  # the evicted pod and exactly one replacement
     assert [p["metadata"]["name"] for p in cluster.pods()] == [cluster.created_pods[1]]  # the preempted pod was deleted
     replacement = (cluster.workdir / "logs" / f"{cluster.created_pods[1]}.log").read_text()
     step = int(replacement.split("resuming from the checkpoint at step ")[1].split()[0])
     assert 10 <= step < 20
     # seen while it terminated, with the scheduler's reason, or only found gone at the next poll
-    assert any("was disrupted (PreemptionByScheduler" in r.getMessage() or f"pod {cluster.evicted[0]} is gone" in r.getMessage() for r in caplog.records)
+    assert any(
+        "was disrupted (PreemptionByScheduler" in r.getMessage()
+        or f"pod {cluster.evicted[0]} is gone" in r.getMessage()
+        for r in caplog.records
+    )
     whole = tmp_path / "whole"
-    cluster.close()  # its controller threads poll the API in this process: the training below ran 1.5x slower beside them (GIL)
+    # its controller threads poll the API in this process: the training below ran 1.5x slower beside them (GIL)
+    cluster.close()
     stages.train_mpl.run(load_params(path, {"teacher.epochs": 1, **mpl}), **kwargs, out=str(whole))
     for name in ("model.safetensors", "mpl_teacher.safetensors"):  # bitwise on CPU with the same seed
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
@@ -233,17 +306,32 @@ def test_an_evicted_training_pod_gets_one_replacement_that_resumes_to_the_uninte
 def test_fixmatch_runs_as_a_job_from_the_flow_and_gives_the_in_process_model(gen0, cluster, tmp_path):
     """A method added through the registry runs like the others: the flow's task for its stage, a Job in the cluster."""
     path, g = gen0
-    fm = {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch", "methods.fixmatch.dist_align": True}
+    fm = {
+        "generations.gen1.method": "fixmatch",
+        "methods.fixmatch.threshold": "freematch",
+        "methods.fixmatch.dist_align": True,
+    }
     kwargs = {"generation": "gen1", "data": g.data, "teacher": g.promoted}
     out = tmp_path / "student"
     summary = one_stage(
-        str(path), {**K8S, **fm, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}}, str(tmp_path), "train-student", {**kwargs, "out": str(out)}
+        str(path),
+        {**K8S, **fm, "resources": {"train-student": {"memory": "4Gi", "cpu": "1"}}},
+        str(tmp_path),
+        "train-student",
+        {**kwargs, "out": str(out)},
     )
     [job] = cluster.jobs()
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student" and summary["method"] == "fixmatch"
+    assert (
+        job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "train-student"
+        and summary["method"] == "fixmatch"
+    )
     cluster.close()  # its controller threads would share this process's GIL with the training below
-    here = stages.train_student.run(load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here"))
-    assert (out / "model.safetensors").read_bytes() == (tmp_path / "here/model.safetensors").read_bytes()  # bitwise on CPU
+    here = stages.train_student.run(
+        load_params(path, {"teacher.epochs": 1, **fm}), **kwargs, out=str(tmp_path / "here")
+    )
+    assert (out / "model.safetensors").read_bytes() == (
+        tmp_path / "here/model.safetensors"
+    ).read_bytes()  # bitwise on CPU
     assert summary["val_top1"] == here["val_top1"]
 
 
@@ -252,12 +340,22 @@ def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(
     parts = {"infer.parts": 3, "infer.shard_size": 150, "infer.batch_size": 64}
     out = str(tmp_path / "logits")
     kwargs = {"teacher": g.promoted, "data": g.data, "out": out}
-    summary = one_stage(str(path), {**K8S, **parts, "resources": {"infer": {"parallelism": 2, "cpu": "1"}}}, str(tmp_path), "infer", kwargs)
+    summary = one_stage(
+        str(path),
+        {**K8S, **parts, "resources": {"infer": {"parallelism": 2, "cpu": "1"}}},
+        str(tmp_path),
+        "infer",
+        kwargs,
+    )
     [job] = cluster.jobs()
     kubernetes_validate.validate(job | {"status": {}}, K8S_VERSION, strict=True)
     assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 3, 2)
     pods = cluster.pods(job["metadata"]["name"])
-    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == [
+        "0",
+        "1",
+        "2",
+    ]
     unsharded = str(tmp_path / "unsharded")
     stages.infer.run(load_params(path, {"teacher.epochs": 1, "infer.batch_size": 64}), **{**kwargs, "out": unsharded})
     a, b = logits.read_store(out), logits.read_store(unsharded)
@@ -266,7 +364,9 @@ def test_sharded_infer_is_one_indexed_job_whose_parts_give_the_unsharded_logits(
 
 
 @pytest.mark.slow
-def test_a_part_that_fails_once_is_replaced_alone_and_the_store_is_still_bitwise_the_unsharded_one(gen0, cluster, tmp_path, s3_server):
+def test_a_part_that_fails_once_is_replaced_alone_and_the_store_is_still_bitwise_the_unsharded_one(
+    gen0, cluster, tmp_path, s3_server
+):
     """Part 1's first write to S3 gets a 500: its pod exits 75, the Job controller replaces that index only (Count,
     within backoffLimit), and the joined store equals one process's bit for bit."""
     path, g = gen0
@@ -274,7 +374,12 @@ def test_a_part_that_fails_once_is_replaced_alone_and_the_store_is_still_bitwise
     out = f"s3://{S3_BUCKET}/k8s-part/logits"
     kwargs = {"teacher": g.promoted, "data": g.data, "out": out}
     with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "part-00001-of-00003")) as proxy:
-        overrides = {**K8S, **parts, **_pod_s3(cluster, s3_server, proxy.url), "resources": {"infer": {"parallelism": 3, "cpu": "1"}}}
+        overrides = {
+            **K8S,
+            **parts,
+            **_pod_s3(cluster, s3_server, proxy.url),
+            "resources": {"infer": {"parallelism": 3, "cpu": "1"}},
+        }
         one_stage(str(path), overrides, str(tmp_path), "infer", kwargs)
     assert [f[0] for f in proxy.faults] == ["500"] and "part-00001-of-00003" in proxy.faults[0][2]
     [job] = cluster.jobs()
@@ -297,7 +402,9 @@ def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
         stages.infer.run(params, teacher=g.promoted, data=g.data, out=out, part=part)
     with pytest.raises(logits.LogitStoreError, match="exists only as parts"):
         stages.filter_balance.run(params, logits_store=out, data=g.data, out=str(tmp_path / "pseudo"))
-    with pytest.raises(logits.LogitStoreError, match=r"1 of 3 parts are missing, incomplete or from another teacher \(parts 1\)"):
+    with pytest.raises(
+        logits.LogitStoreError, match=r"1 of 3 parts are missing, incomplete or from another teacher \(parts 1\)"
+    ):
         stages.join_logit_parts(params, teacher=g.promoted, data=g.data, out=out)
     # without --part, infer does only the missing part, then joins
     assert stages.infer.run(params, teacher=g.promoted, data=g.data, out=out)["images"] == 400
@@ -307,7 +414,13 @@ def test_a_partial_set_of_parts_is_refused(gen0, tmp_path):
 def test_a_training_job_validates_with_its_priority_class(gen0):
     path, _ = gen0
     params = load_params(path, {**K8S, "resources": {"train-teacher": {"gpu": 2, "node_pool": "a100"}}})
-    job = job_manifest(params, "train-teacher", "st-train-teacher-all-0", ["train-teacher", "--out", "s3://b/x"], resources_for(params, "train-teacher"))
+    job = job_manifest(
+        params,
+        "train-teacher",
+        "st-train-teacher-all-0",
+        ["train-teacher", "--out", "s3://b/x"],
+        resources_for(params, "train-teacher"),
+    )
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert job["metadata"]["namespace"] == NAMESPACE
     assert job["spec"]["template"]["spec"]["priorityClassName"] == "selftrain-training"
@@ -315,7 +428,9 @@ def test_a_training_job_validates_with_its_priority_class(gen0):
 
 def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service(gen0):
     path, _ = gen0
-    params = load_params(path, {**K8S, "resources": {"train-student": {"gpu": 8, "nodes": 4, "node_pool": "a100", "memory": "64Gi"}}})
+    params = load_params(
+        path, {**K8S, "resources": {"train-student": {"gpu": 8, "nodes": 4, "node_pool": "a100", "memory": "64Gi"}}}
+    )
     res = resources_for(params, "train-student")
     name = "st-train-student-gen2-0a1b2c3d"
     job = job_manifest(params, "train-student", name, ["train-student", "--out", "s3://b/gen2/student"], res)
@@ -331,18 +446,28 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     args = container["args"]
     assert args[args.index("--nnodes") + 1] == "4" and args[args.index("--nproc-per-node") + 1] == "8"
     assert args[args.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
-    assert "OMP_NUM_THREADS" not in {e["name"] for e in container["env"]}  # eight processes a pod: torchrun gives each one thread
+    assert "OMP_NUM_THREADS" not in {
+        e["name"] for e in container["env"]
+    }  # eight processes a pod: torchrun gives each one thread
     one_gpu = {"resources": {"train-student": {"gpu": 1, "nodes": 2, "cpu": "6"}}}
     job = job_manifest(
-        load_params(path, {**K8S, **one_gpu}), "train-student", name, ["train-student"], resources_for(load_params(path, {**K8S, **one_gpu}), "train-student")
+        load_params(path, {**K8S, **one_gpu}),
+        "train-student",
+        name,
+        ["train-student"],
+        resources_for(load_params(path, {**K8S, **one_gpu}), "train-student"),
     )
     [omp] = [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "OMP_NUM_THREADS"]
-    assert omp["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"  # one process a pod: torchrun sets nothing
+    assert (
+        omp["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    )  # one process a pod: torchrun sets nothing
     assert args[args.index("-m") + 1 :] == ["selftrain.cli", "train-student", "--out", "s3://b/gen2/student"]
     # MPL, which takes train-student's entry, is data-parallel too; an MPL entry of one GPU runs without torchrun
     mpl = resources_for(params, "train-mpl")
     assert (mpl.gpu, mpl.nodes) == (8, 4)
-    assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"]["containers"][0]["command"] == ["torchrun"]
+    assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"] == ["torchrun"]
     one = load_params(path, {**K8S, "resources": {"train-student": {"gpu": 8}, "train-mpl": {"gpu": 1}}})
     job = job_manifest(one, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], resources_for(one, "train-mpl"))
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
@@ -362,7 +487,10 @@ def _pod_s3(cluster: FakeCluster, s3_env: dict, endpoint: str) -> dict:
 
 
 def _exit_codes(cluster: FakeCluster, job: str) -> list[int]:
-    return [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in sorted(cluster.pods(job), key=lambda p: p["metadata"]["name"])]
+    return [
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+        for p in sorted(cluster.pods(job), key=lambda p: p["metadata"]["name"])
+    ]
 
 
 @pytest.mark.slow
@@ -373,33 +501,56 @@ def test_transient_io_in_a_pod_exits_75_and_the_job_replaces_the_pod(gen0, clust
     with FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-transient/")) as proxy:
         summary = one_stage(
             str(path),
-            {**K8S, "kubernetes.backoff_limit": 1, **_pod_s3(cluster, s3_server, proxy.url), "resources": {"prepare": {}}},
+            {
+                **K8S,
+                "kubernetes.backoff_limit": 1,
+                **_pod_s3(cluster, s3_server, proxy.url),
+                "resources": {"prepare": {}},
+            },
             str(tmp_path),
             "prepare",
             {"out": out},
         )
     assert proxy.faults == [("500", "PUT", proxy.faults[0][2])]
     [job] = cluster.jobs()
-    assert _exit_codes(cluster, job["metadata"]["name"]) == [75, 0]  # transient: counted against backoffLimit 1, replaced
+    assert _exit_codes(cluster, job["metadata"]["name"]) == [
+        75,
+        0,
+    ]  # transient: counted against backoffLimit 1, replaced
     stages.prepare.run(load_params(path), out=str(tmp_path / "local"))
-    assert artifacts.content_hash(out) == artifacts.content_hash(str(tmp_path / "local")) and summary["sizes"]["labeled"] == 100
+    assert (
+        artifacts.content_hash(out) == artifacts.content_hash(str(tmp_path / "local"))
+        and summary["sizes"]["labeled"] == 100
+    )
 
 
 @pytest.mark.slow
-def test_a_job_out_of_pods_on_transient_io_is_retried_by_the_flow_as_a_new_job(gen0, cluster, tmp_path, s3_server, caplog):
+def test_a_job_out_of_pods_on_transient_io_is_retried_by_the_flow_as_a_new_job(
+    gen0, cluster, tmp_path, s3_server, caplog
+):
     path, _ = gen0
     out = f"s3://{S3_BUCKET}/k8s-retried/data"
-    overrides = {**K8S, "prefect.retries": 1, "prefect.retry_backoff_s": 0, "kubernetes.backoff_limit": 0, "resources": {"prepare": {}}}
+    overrides = {
+        **K8S,
+        "prefect.retries": 1,
+        "prefect.retry_backoff_s": 0,
+        "kubernetes.backoff_limit": 0,
+        "resources": {"prepare": {}},
+    }
     with (
         FaultProxy(s3_server["AWS_ENDPOINT_URL"], first(1, "500", "PUT", "/k8s-retried/")) as proxy,
         caplog.at_level(logging.INFO, logger="selftrain.kubernetes"),
     ):
-        one_stage(str(path), {**overrides, **_pod_s3(cluster, s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out})
+        one_stage(
+            str(path), {**overrides, **_pod_s3(cluster, s3_server, proxy.url)}, str(tmp_path), "prepare", {"out": out}
+        )
     jobs = {j["metadata"]["name"]: j for j in cluster.jobs()}
     [failed] = [n for n, j in jobs.items() if any(c["type"] == "Failed" for c in j["status"].get("conditions") or [])]
     [done] = [n for n in jobs if n != failed]
     # the failed Job ran out of pods on transient I/O and is kept for kubectl; the retried task did not adopt it
-    assert jobs[failed]["status"]["conditions"][0]["reason"] == "BackoffLimitExceeded" and _exit_codes(cluster, failed) == [75]
+    assert jobs[failed]["status"]["conditions"][0]["reason"] == "BackoffLimitExceeded" and _exit_codes(
+        cluster, failed
+    ) == [75]
     assert done == f"{failed}-r2" and _exit_codes(cluster, done) == [0]
     assert any(f"Job {failed} failed before" in r.getMessage() for r in caplog.records)
     assert artifacts.exists(f"{out}/MANIFEST.json")
@@ -410,18 +561,34 @@ def test_bad_input_in_a_pod_fails_the_job_at_once_and_a_later_try_is_a_new_job(g
     path, _ = gen0
     out = f"s3://{S3_BUCKET}/k8s-bad/data"
     # the pod has its own environment: the test process's AWS credentials do not leak into it
-    overrides = {**K8S, "kubernetes.backoff_limit": 2, "kubernetes.env": {"AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"]}, "resources": {"prepare": {}}}
+    overrides = {
+        **K8S,
+        "kubernetes.backoff_limit": 2,
+        "kubernetes.env": {"AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"]},
+        "resources": {"prepare": {}},
+    }
     params = load_params(path, overrides)
-    with pytest.raises(JobFailed, match=r"(?s)exited with code 2 .*no S3 credentials for 's3://selftrain/k8s-bad/data'"):
+    with pytest.raises(
+        JobFailed, match=r"(?s)exited with code 2 .*no S3 credentials for 's3://selftrain/k8s-bad/data'"
+    ):
         run_stage_job(params, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")
     [job] = cluster.jobs()
-    assert job["status"]["conditions"][0]["reason"] == "PodFailurePolicy"  # FailJob: not retried, whatever backoffLimit allows
+    assert (
+        job["status"]["conditions"][0]["reason"] == "PodFailurePolicy"
+    )  # FailJob: not retried, whatever backoffLimit allows
     assert "failed with exit code 2 matching FailJob rule at index 2" in job["status"]["conditions"][0]["message"]
     assert _exit_codes(cluster, job["metadata"]["name"]) == [2]
-    # the same call again (the UI's "Retry" of the flow run) does not re-raise the failed Job's error: it starts a new one
+    # the same call again (the UI's "Retry" of the flow run) does not re-raise the failed Job's error: it starts a
+    # new one
     fixed = load_params(path, {**overrides, **_pod_s3(cluster, s3_server, s3_server["AWS_ENDPOINT_URL"])})
-    assert run_stage_job(fixed, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")["sizes"]["labeled"] == 100
-    assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == [job["metadata"]["name"], job["metadata"]["name"] + "-r2"]
+    assert (
+        run_stage_job(fixed, "prepare", {"out": out}, root=str(tmp_path), flow_run_id="run-1")["sizes"]["labeled"]
+        == 100
+    )
+    assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == [
+        job["metadata"]["name"],
+        job["metadata"]["name"] + "-r2",
+    ]
 
 
 def test_the_fake_api_server_refuses_a_pod_failure_policy_without_restart_policy_never(gen0, cluster):
@@ -429,12 +596,17 @@ def test_the_fake_api_server_refuses_a_pod_failure_policy_without_restart_policy
     26 tests when the fake stored anything)."""
     path, _ = gen0
     params = load_params(path, {**K8S, "resources": {"prepare": {}}})
-    job = job_manifest(params, "prepare", "st-refused", ["prepare", "--out", "/nowhere"], resources_for(params, "prepare"))
+    job = job_manifest(
+        params, "prepare", "st-refused", ["prepare", "--out", "/nowhere"], resources_for(params, "prepare")
+    )
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["podFailurePolicy"]
     job["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
     with pytest.raises(ApiException) as err:
         cluster.batch.create_namespaced_job(NAMESPACE, job)
-    assert err.value.status == 422 and 'only "Never" is supported when podFailurePolicy is specified' in json.loads(err.value.body)["message"]
+    assert (
+        err.value.status == 422
+        and 'only "Never" is supported when podFailurePolicy is specified' in json.loads(err.value.body)["message"]
+    )
     assert cluster.jobs() == []
 
 
@@ -444,7 +616,10 @@ def test_pods_run_the_checkout_under_test_and_read_secrets_as_the_kubelet_does(c
     CreateContainerConfigError."""
     cluster.create_secret("s3", {"secret-key": "from-the-secret"})
     cluster.create_secret("extra", {"EXTRA_A": "a"})
-    script = "import os, selftrain; print(selftrain.__file__, os.getcwd(), os.environ['AWS_SECRET_ACCESS_KEY'], os.environ['EXTRA_A'])"
+    script = (
+        "import os, selftrain; "
+        "print(selftrain.__file__, os.getcwd(), os.environ['AWS_SECRET_ACCESS_KEY'], os.environ['EXTRA_A'])"
+    )
     container = {
         "name": "stage",
         "image": "selftrain:cpu",
@@ -456,13 +631,22 @@ def test_pods_run_the_checkout_under_test_and_read_secrets_as_the_kubelet_does(c
     spec = {"restartPolicy": "Never", "containers": [container]}
     for name, c in (("reads", container), ("missing", {**container, "envFrom": [{"secretRef": {"name": "nowhere"}}]})):
         cluster.batch.create_namespaced_job(
-            NAMESPACE, {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {**spec, "containers": [c]}}}}
+            NAMESPACE,
+            {
+                "metadata": {"name": name},
+                "spec": {"backoffLimit": 0, "template": {"spec": {**spec, "containers": [c]}}},
+            },
         )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(c["type"] == "Complete" for c in (cluster.jobs()[0].get("status") or {}).get("conditions") or []):
+    while time.monotonic() < deadline and not any(
+        c["type"] == "Complete" for c in (cluster.jobs()[0].get("status") or {}).get("conditions") or []
+    ):
         time.sleep(0.2)
     log = (cluster.workdir / "logs" / f"{cluster.pods('reads')[0]['metadata']['name']}.log").read_text().split()
     assert log == [str(ROOT / "selftrain" / "__init__.py"), str(ROOT), "from-the-secret", "a"]
     [pending] = cluster.pods("missing")
     state = pending["status"]["containerStatuses"][0]["state"]["waiting"]
-    assert pending["status"]["phase"] == "Pending" and state == {"reason": "CreateContainerConfigError", "message": 'secret "nowhere" not found'}
+    assert pending["status"]["phase"] == "Pending" and state == {
+        "reason": "CreateContainerConfigError",
+        "message": 'secret "nowhere" not found',
+    }

@@ -43,9 +43,13 @@ def test_dist_is_zero_for_identical_outputs_and_invariant_to_positive_affine_map
     y_s, y_t = F.softmax(torch.randn(8, 10, generator=g), 1), F.softmax(z, 1)
     scale, shift = torch.rand(8, 1, generator=g) + 0.5, torch.randn(8, 1, generator=g)
     # per row: the inter-class relation is a correlation within each row
-    assert inter_class_relation(scale * y_s + shift, y_t).item() == pytest.approx(inter_class_relation(y_s, y_t).item(), abs=1e-5)
+    assert inter_class_relation(scale * y_s + shift, y_t).item() == pytest.approx(
+        inter_class_relation(y_s, y_t).item(), abs=1e-5
+    )
     # one map for the whole batch keeps the intra-class relation too
-    assert intra_class_relation(2.5 * y_s - 0.3, y_t).item() == pytest.approx(intra_class_relation(y_s, y_t).item(), abs=1e-5)
+    assert intra_class_relation(2.5 * y_s - 0.3, y_t).item() == pytest.approx(
+        intra_class_relation(y_s, y_t).item(), abs=1e-5
+    )
     # and a negative scale is not a relation-preserving map
     assert inter_class_relation(-y_s, y_t).item() != pytest.approx(inter_class_relation(y_s, y_t).item(), abs=1e-3)
 
@@ -56,7 +60,11 @@ def test_label_term_is_added_by_alpha_and_soft_ce_ignores_labels():
     kd = build_loss("kd", tau=2.0, alpha=0.5)
     assert kd(s, t, y).item() == pytest.approx(kd(s, t).item() + 0.5 * F.cross_entropy(s, y).item(), rel=1e-6)
     soft = build_loss("soft_ce")
-    assert soft(s, t, y).item() == soft(s, t).item() == pytest.approx(-(F.softmax(t, 1) * F.log_softmax(s, 1)).sum(1).mean().item(), rel=1e-6)
+    assert (
+        soft(s, t, y).item()
+        == soft(s, t).item()
+        == pytest.approx(-(F.softmax(t, 1) * F.log_softmax(s, 1)).sum(1).mean().item(), rel=1e-6)
+    )
 
 
 def test_bad_inputs_are_refused_with_the_reason():

@@ -53,7 +53,11 @@ def test_every_method_has_every_runner(m, tmp_path):
     assert all(tracked(s, stage["params"], ".") for s in m.sections)
     # its step: a class that builds itself from a StudentRun, whose module dvc.yaml tracks
     cls = methods.step_class(m.name)
-    assert callable(cls.build) and callable(cls.finish) and tracked(m.step.partition(":")[0].replace(".", "/") + ".py", stage["deps"], "/")
+    assert (
+        callable(cls.build)
+        and callable(cls.finish)
+        and tracked(m.step.partition(":")[0].replace(".", "/") + ".py", stage["deps"], "/")
+    )
     # the flow: a task of the method's stage, which on Kubernetes gets train-student's pod unless it has its own
     assert hasattr(tasks.for_params(params, str(tmp_path)), m.stage.replace("-", "_"))
     res = kubernetes.resources_for(params, m.stage)
@@ -66,7 +70,9 @@ def test_every_method_has_every_runner(m, tmp_path):
     assert all(tracked(s, list(lineage.PARAMS), ".") and tracked(s, lineage_stage["params"], ".") for s in m.sections)
     d = params.data
     trained, _ = m.work(params, d.labeled_per_class * 10, d.unlabeled)
-    assert trained > 0 and [w.train_images for w in plan.work(params, classes=10) if w.stage == "train-student@gen1"] == [trained]
+    assert trained > 0 and [
+        w.train_images for w in plan.work(params, classes=10) if w.stage == "train-student@gen1"
+    ] == [trained]
 
 
 def test_train_generation_runs_the_methods_stage(monkeypatch):
@@ -77,7 +83,9 @@ def test_train_generation_runs_the_methods_stage(monkeypatch):
         monkeypatch.setattr(sys.modules[fn.__module__], fn.__name__, lambda params, **kw: calls.append(kw) or kw)
     for m in METHODS:
         params = parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": m.name}}})
-        STAGES["train-generation"](params, generation="gen1", data="d", teacher="t", logits_store="l", pseudo="p", out="o")
+        STAGES["train-generation"](
+            params, generation="gen1", data="d", teacher="t", logits_store="l", pseudo="p", out="o"
+        )
         assert set(calls[-1]) == {"generation", "data", "teacher", "out", *m.stage_inputs}
 
 

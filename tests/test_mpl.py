@@ -42,14 +42,17 @@ def test_a_pseudo_label_that_helped_the_student_is_reinforced_and_one_that_hurt_
 
 
 def _h(signal: str, lr: float, seed: int) -> float:
-    """h of one student step of a net with dropout and BatchNorm, on fixed data; torch's generator seeded with `seed`."""
+    """h of one student step of a net with dropout and BatchNorm, on fixed data; torch's generator seeded with
+    `seed`."""
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     student = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
     teacher = nn.Linear(4, 3)
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.0), torch.optim.SGD(student.parameters(), lr=lr)
     torch.manual_seed(seed)
-    return mpl_step(teacher, student, t_opt, s_opt, x[:8], y[:8], x[8:], x[8:], cfg(uda_weight=0.0, signal=signal), MplState())["h"]
+    return mpl_step(
+        teacher, student, t_opt, s_opt, x[:8], y[:8], x[8:], x[8:], cfg(uda_weight=0.0, signal=signal), MplState()
+    )["h"]
 
 
 def test_h_measured_in_train_mode_is_noisy_where_eval_mode_and_the_dot_form_are_exact():
@@ -105,7 +108,9 @@ def test_reduced_mpl_anchor_pulls_a_drifted_mlp_teacher_back_to_the_large_teache
     before = distance()
     t_opt, s_opt = torch.optim.SGD(teacher.parameters(), lr=0.2), torch.optim.SGD(student.parameters(), lr=0.1)
     for _ in range(5):
-        reduced_mpl_step(teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, cfg(mpl_weight=0.0), MplState(), anchor_weight=1.0)
+        reduced_mpl_step(
+            teacher, student, t_opt, s_opt, x, x.argmax(1) % 3, z, x, cfg(mpl_weight=0.0), MplState(), anchor_weight=1.0
+        )
     assert distance() < before - 0.1
 
 
@@ -127,5 +132,16 @@ def test_the_uda_mask_is_taken_on_the_sharpened_weak_view_as_the_references_do()
     log_p = [1 - math.log(e + 2), -math.log(e + 2), -math.log(e + 2)]
     assert out["teacher_uda"] == pytest.approx(-sum(a * b for a, b in zip(q, log_p)), rel=1e-5)
     # above the sharpened confidence too: nothing counts
-    out = mpl_step(teacher, student, t_opt, s_opt, x, torch.zeros(4, dtype=torch.long), x, x, cfg(uda_threshold=0.7, uda_temperature=0.7), MplState())
+    out = mpl_step(
+        teacher,
+        student,
+        t_opt,
+        s_opt,
+        x,
+        torch.zeros(4, dtype=torch.long),
+        x,
+        x,
+        cfg(uda_threshold=0.7, uda_temperature=0.7),
+        MplState(),
+    )
     assert out["teacher_uda"] == 0.0

@@ -22,11 +22,20 @@ def test_distill_needs_the_logit_store_and_noisy_student_the_pseudo_labels(setup
     params = load_params(root / "params.yaml", {"generations.gen1.method": "distill", "student.loss": "soft_ce"})
     with pytest.raises(ValueError, match="gen1 is method distill: give --logits-store"):
         stages.train_student.run(
-            params, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"), pseudo=str(root / "pseudo")
+            params,
+            generation="gen1",
+            data=str(root / "data"),
+            teacher=str(root / "gen0.json"),
+            out=str(root / "d"),
+            pseudo=str(root / "pseudo"),
         )
     with pytest.raises(ValueError, match="gen2 is method mpl: its stage is train-mpl, not train-student"):
-        stages.train_student.run(params, generation="gen2", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"))
+        stages.train_student.run(
+            params, generation="gen2", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d")
+        )
     noisy = load_params(root / "params.yaml")
     with pytest.raises(ValueError, match="gen1 is method noisy_student: give --pseudo"):
-        stages.train_student.run(noisy, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d"))
+        stages.train_student.run(
+            noisy, generation="gen1", data=str(root / "data"), teacher=str(root / "gen0.json"), out=str(root / "d")
+        )
     assert not (root / "d").exists()

@@ -46,7 +46,10 @@ def _imported(code: str, modules: tuple[str, ...]) -> list[str]:
 
 
 def test_loading_params_imports_neither_torch_nor_timm():
-    code = "from selftrain.params import load_params; load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}})"
+    code = (
+        "from selftrain.params import load_params; "
+        "load_params('params.yaml', {'resources': {'train-mpl': {'gpu': 1}, 'infer': {'gpu': 1}}})"
+    )
     assert _imported(code, ("torch", "timm", "selftrain.stages")) == []
 
 
@@ -55,7 +58,16 @@ def test_the_cli_checks_models_before_a_stage_that_builds_one(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"teacher": {"model": "resnet9000"}}))
     assert main(["prepare", "--params", str(bad), "--out", str(tmp_path / "data")]) == 0  # splits data: no model in it
     out = tmp_path / "teacher"
-    args = ["--params", str(bad), "--data", str(tmp_path / "data"), "--out", str(out), "--promoted", str(tmp_path / "promoted.json")]
+    args = [
+        "--params",
+        str(bad),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--promoted",
+        str(tmp_path / "promoted.json"),
+    ]
     assert main(["train-teacher", *args]) == EXIT_BAD_INPUT
     assert "teacher.model: unknown timm model 'resnet9000'" in capsys.readouterr().err
     assert not out.exists()
@@ -68,24 +80,36 @@ def gens(*models: str) -> dict:
 def test_generation_chain_is_checked():
     growing = {"generations": gens("resnet10t", "resnet14t", "resnet18"), "student": {"init": "scratch"}}
     assert list(parse_params(growing).generations) == ["gen1", "gen2", "gen3"]
-    with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet14t' cannot start from its teacher 'resnet10t'"):
+    with pytest.raises(
+        ParamsError, match="generations.gen2.model: 'resnet14t' cannot start from its teacher 'resnet10t'"
+    ):
         check_params(parse_params({**growing, "student": {"init": "teacher"}}))
-    check_params(parse_params({"generations": gens("resnet10t", "resnet10t_small"), "student": {"init": "teacher"}}))  # the weights fit
+    check_params(
+        parse_params({"generations": gens("resnet10t", "resnet10t_small"), "student": {"init": "teacher"}})
+    )  # the weights fit
     with pytest.raises(ParamsError, match="keys must be gen1, gen2, ... in order, got gen1, gen3"):
-        parse_params({"generations": {"gen1": gens("resnet10t")["gen1"], "gen3": {"model": "resnet10t", "teacher": "gen2"}}})
+        parse_params(
+            {"generations": {"gen1": gens("resnet10t")["gen1"], "gen3": {"model": "resnet10t", "teacher": "gen2"}}}
+        )
     with pytest.raises(ParamsError, match="generations.gen2.teacher: must be 'gen1', got 'gen0'"):
         parse_params({"generations": {**gens("resnet10t"), "gen2": {"model": "resnet10t", "teacher": "gen0"}}})
     with pytest.raises(ParamsError, match="generations.gen2.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
         check_params(parse_params({"generations": gens("resnet18", "resnet10t"), "student": {"init": "scratch"}}))
     with pytest.raises(ParamsError, match="generations.gen1.model: 'resnet10t' is smaller than its teacher 'resnet18'"):
         check_params(parse_params({"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}))
-    check_params(parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}}))
+    check_params(
+        parse_params({"teacher": {"model": "resnet18"}, "student": {"allow_smaller": True, "init": "scratch"}})
+    )
     with pytest.raises(ParamsError, match="list at least one generation"):
         parse_params({"generations": {}})
     smaller = {"teacher": {"model": "resnet18"}, "student": {"init": "scratch"}}
     distill = {**smaller, "generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "distill"}}}
     check_params(parse_params(distill))  # distilling down is what distill is for
-    with pytest.raises(ParamsError, match=r"generations\.gen1\.method: Input should be 'distill', 'fixmatch', 'mpl', 'noisy_student' or 'reduced_mpl'"):
+    with pytest.raises(
+        ParamsError,
+        match=r"generations\.gen1\.method: Input should be 'distill', 'fixmatch', 'mpl', 'noisy_student' or "
+        r"'reduced_mpl'",
+    ):
         parse_params({"generations": {"gen1": {"model": "resnet10t", "teacher": "gen0", "method": "mlp"}}})
 
 
@@ -96,7 +120,10 @@ def test_contradictory_params():
         parse_params({"student": {"labeled_weight": 0, "pseudo_weight": 0}})
     with pytest.raises(ParamsError, match="init_checkpoint is needed when, and only when"):
         parse_params({"student": {"init": "checkpoint"}})
-    with pytest.raises(ParamsError, match=r"student.augment: Input should be 'none', 's1', 's2', 's3', 's4' or 'noisy_student' \(got 'flip_crop'\)"):
+    with pytest.raises(
+        ParamsError,
+        match=r"student.augment: Input should be 'none', 's1', 's2', 's3', 's4' or 'noisy_student' \(got 'flip_crop'\)",
+    ):
         parse_params({"student": {"augment": "flip_crop"}})
 
 
@@ -128,7 +155,9 @@ def test_student_loss_is_checked():
         parse_params({"student": {"loss": "kl"}})
     with pytest.raises(ParamsError, match=r"student\.loss_tau: Input should be greater than 0"):
         parse_params({"student": {"loss": "kd", "loss_tau": 0}})
-    with pytest.raises(ParamsError, match=r"soft_ce \(no labeled part\) but student\.pseudo_weight is 0: nothing to learn from"):
+    with pytest.raises(
+        ParamsError, match=r"soft_ce \(no labeled part\) but student\.pseudo_weight is 0: nothing to learn from"
+    ):
         parse_params({"student": {"loss": "soft_ce", "pseudo_weight": 0}})
     assert parse_params({"student": {"loss": "dist", "loss_tau": 4, "dist_gamma": 2}}).student.dist_gamma == 2
 
@@ -169,7 +198,8 @@ def test_stages_that_build_no_model_start_without_timm():
 
 
 def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
-    """PyYAML keeps the last `seed:` silently while `dvc repro` refuses the file: the CLI and the flow must refuse it too."""
+    """PyYAML keeps the last `seed:` silently while `dvc repro` refuses the file: the CLI and the flow must refuse it
+    too."""
     path = tmp_path / "params.yaml"
     path.write_text("seed: 0\ndata:\n  image_size: 28\nseed: 1\n")
     with pytest.raises(ParamsError, match=r"key 'seed' appears twice in one mapping \(first on line 1\)(?s:.*)line 4"):
@@ -197,7 +227,9 @@ def test_an_alias_bomb_gets_a_short_error(tmp_path):
 
 
 def test_a_methods_options_at_the_top_level_are_pointed_to_methods():
-    with pytest.raises(ParamsError, match=r"mpl: a method's options now live under methods.<name> \(e.g. methods.mpl.steps\)"):
+    with pytest.raises(
+        ParamsError, match=r"mpl: a method's options now live under methods.<name> \(e.g. methods.mpl.steps\)"
+    ):
         parse_params({"mpl": {"steps": 10}})
     assert parse_params({"methods": {"mpl": {"steps": 10}}}).methods.mpl.steps == 10
     with pytest.raises(ParamsError, match=r"methods.fixmatch.tua: unknown key"):

@@ -15,7 +15,17 @@ def images():
 
 
 def test_the_perturbation_kinds():
-    assert set(PERTURBATIONS) == {"gaussian_noise", "shot_noise", "motion_blur", "zoom", "translate", "rotate", "tilt", "scale", "brightness"}
+    assert set(PERTURBATIONS) == {
+        "gaussian_noise",
+        "shot_noise",
+        "motion_blur",
+        "zoom",
+        "translate",
+        "rotate",
+        "tilt",
+        "scale",
+        "brightness",
+    }
     assert set(NOISE_SEQUENCES) <= set(PERTURBATIONS)
 
 
@@ -23,7 +33,9 @@ def test_the_perturbation_kinds():
 def test_sequences_are_deterministic_and_shape_preserving(images, name):
     a = perturbation_sequences(images, name, frames=10, seed=4)
     assert a.dtype == np.uint8 and a.shape == (12, 10, 28, 28, 1)
-    assert np.array_equal(a, perturbation_sequences(images, name, frames=10, seed=4)), "same seed must give byte-identical frames"
+    assert np.array_equal(a, perturbation_sequences(images, name, frames=10, seed=4)), (
+        "same seed must give byte-identical frames"
+    )
     assert not np.array_equal(a[:, -1], images), "the last frame must differ from the clean image"
     # every sequence starts from the clean image (Hendrycks' make_cifar_p.py: `seq.append(img)` first, noise kinds too)
     assert np.array_equal(a[:, 0], images)

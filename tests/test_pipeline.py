@@ -16,7 +16,13 @@ from uuid import UUID
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, TaskRunSort
 from safetensors import safe_open
 
@@ -28,7 +34,15 @@ from selftrain.layout import Generation
 pytestmark = pytest.mark.slow
 GENS = ["gen1", "gen2"]
 ONCE = ["list-data", "prepare", "train-teacher", "make-robustness-sets", "robustness-reference"]
-PER_GEN = ["infer", "filter-balance", "train-student", "evaluate", "promote", "record-lineage", "report"]  # train-student: by the generation's method
+PER_GEN = [
+    "infer",
+    "filter-balance",
+    "train-student",
+    "evaluate",
+    "promote",
+    "record-lineage",
+    "report",
+]  # train-student: by the generation's method
 DEMOS = ["twomoons"]
 
 
@@ -46,7 +60,10 @@ def write_pipeline_params(path: Path) -> Path:
     stage is tested on its own in test_mpl_stages; a third generation would cost this suite a minute)."""
     write_tiny_params(path)
     params = yaml.safe_load(path.read_text())
-    params["generations"] = {"gen1": params["generations"]["gen1"], "gen2": {**params["generations"]["gen3"], "teacher": "gen1"}}
+    params["generations"] = {
+        "gen1": params["generations"]["gen1"],
+        "gen2": {**params["generations"]["gen3"], "teacher": "gen1"},
+    }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -92,7 +109,9 @@ def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
         for role in ("teacher", "student"):
             assert {"mCE", "relative_mCE", "mFR", "mT5D", "hard_top1"} <= set(metrics[g][role])
     # generation 1's teacher is the reference itself: normalised by itself, its mCE and mFR are 1
-    assert metrics["gen1"]["teacher"]["mCE"] == pytest.approx(1.0) and metrics["gen1"]["teacher"]["mFR"] == pytest.approx(1.0)
+    assert metrics["gen1"]["teacher"]["mCE"] == pytest.approx(1.0) and metrics["gen1"]["teacher"][
+        "mFR"
+    ] == pytest.approx(1.0)
     assert metrics["gen1"]["teacher"]["hard_top1"] == 0.0  # -A holds only images the reference gets wrong
     # each generation's method picked its training stage: gen1 Noisy Student, gen2 reduced MPL (an MLP teacher)
     assert not (repo / "artifacts/gen1/student/mpl_log.csv").exists()
@@ -107,9 +126,14 @@ def test_dvc_repro_runs_every_generation_then_nothing(dvc_repo):
         shown = json.loads((repo / f"artifacts/{g}/report/gallery.json").read_text())
         counts = json.loads((repo / f"artifacts/{g}/pseudo/counts.json").read_text())
         for name, c in counts["per_class"].items():
-            assert (shown["per_class"][name]["predicted"], shown["per_class"][name]["after_balance"]) == (c["predicted"], c["after_balance"]), (g, name)
+            assert (shown["per_class"][name]["predicted"], shown["per_class"][name]["after_balance"]) == (
+                c["predicted"],
+                c["after_balance"],
+            ), (g, name)
         assert 0 <= shown["kept_correct"] <= 1  # the embedded data set's withheld labels: the confident mistakes panel
-    assert "changed_since_previous" not in json.loads((repo / "artifacts/gen1/report/gallery.json").read_text())  # gen0 has no store
+    assert "changed_since_previous" not in json.loads(
+        (repo / "artifacts/gen1/report/gallery.json").read_text()
+    )  # gen0 has no store
     assert json.loads((repo / "artifacts/gen2/report/gallery.json").read_text())["changed_since_previous"] >= 0
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     severity = next(v for k, v in plots.items() if k.startswith("gen1 top-1 error"))
@@ -121,7 +145,11 @@ def test_each_generation_is_taught_by_exactly_the_previous_promoted_checkpoint(d
     repo, _, metrics = dvc_repo
     for prev, g in (("gen0", "gen1"), ("gen1", "gen2")):
         record = json.loads((repo / f"artifacts/{prev}/promoted.json").read_text())
-        assert metrics[g]["teacher"]["checkpoint_sha256"] == record["sha256"] == artifacts.content_hash(str(repo / record["checkpoint"]))
+        assert (
+            metrics[g]["teacher"]["checkpoint_sha256"]
+            == record["sha256"]
+            == artifacts.content_hash(str(repo / record["checkpoint"]))
+        )
     gen2 = json.loads((repo / "artifacts/gen2/promoted.json").read_text())
     assert [r["generation"] for r in gen2["history"]] == GENS
     table = run(["selftrain", "summary"], repo).stdout
@@ -171,10 +199,14 @@ def test_push_wipe_pull_is_clean_and_a_clone_with_only_the_remote_reproduces_the
     # a new laptop or a pod: the git repo and the remote, nothing else
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    assert ran(run(["dvc", "repro", "--pull", "--allow-missing"], clone).stdout) == ["list-data"]  # everything else is up to date
+    assert ran(run(["dvc", "repro", "--pull", "--allow-missing"], clone).stdout) == [
+        "list-data"
+    ]  # everything else is up to date
     run(["dvc", "pull", "--with-deps", "evaluate@gen1"], clone)
     assert ran(run(["dvc", "repro", "--force", "--single-item", "evaluate@gen1"], clone).stdout) == ["evaluate@gen1"]
-    assert json.loads((clone / "artifacts/gen1/metrics.json").read_text()) == json.loads((repo / "artifacts/gen1/metrics.json").read_text())
+    assert json.loads((clone / "artifacts/gen1/metrics.json").read_text()) == json.loads(
+        (repo / "artifacts/gen1/metrics.json").read_text()
+    )
     for tree in (repo, clone):
         leaked = [p for p in tree.rglob("*") if p.is_file() and S3_SECRET.encode() in p.read_bytes()]
         assert not leaked, leaked
@@ -201,7 +233,9 @@ def test_changing_generation_2s_model_reruns_only_what_depends_on_it(dvc_repo):
     params["generations"]["gen2"]["model"] = "resnet14t"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = ran(run(["dvc", "repro"], repo).stdout)
-    assert sorted(stages) == sorted(["list-data", *(f"{s}@gen2" for s in ("train-student", "evaluate", "promote", "record-lineage", "report"))])
+    assert sorted(stages) == sorted(
+        ["list-data", *(f"{s}@gen2" for s in ("train-student", "evaluate", "promote", "record-lineage", "report"))]
+    )
     assert json.loads((repo / "artifacts/gen2/metrics.json").read_text())["student"]["model"] == "resnet14t"
     commit(repo, "gen2 on resnet14t")
 
@@ -211,13 +245,22 @@ def test_reproduce_a_generation_from_two_commits_ago_matches_bit_for_bit(dvc_rep
     (repo / "NOTES.md").write_text("gen2 moved to resnet14t\n")
     commit(repo, "a note")
     then = run(["git", "rev-parse", "HEAD~2"], repo).stdout.strip()
-    model = metrics["gen2"]["student"]["checkpoint_sha256"]  # gen2's model (reduced MPL) as the results commit recorded it
-    assert json.loads((repo / "artifacts/gen2/lineage.json").read_text())["outputs"]["student_checkpoint"]["sha256"] != model
+    model = metrics["gen2"]["student"][
+        "checkpoint_sha256"
+    ]  # gen2's model (reduced MPL) as the results commit recorded it
+    assert (
+        json.loads((repo / "artifacts/gen2/lineage.json").read_text())["outputs"]["student_checkpoint"]["sha256"]
+        != model
+    )
     # the venv's own script, the venv not on PATH (as `.venv/bin/selftrain reproduce` is run): DVC and the stages'
     # `selftrain` must come from that environment all the same
     bare = {**tool_env(), "PATH": "/usr/local/bin:/usr/bin:/bin"}
     proc = subprocess.run(
-        [str(BIN / "selftrain"), "reproduce", model[:12], "--workdir", str(tmp_path / "rebuild")], cwd=repo, env=bare, capture_output=True, text=True
+        [str(BIN / "selftrain"), "reproduce", model[:12], "--workdir", str(tmp_path / "rebuild")],
+        cwd=repo,
+        env=bare,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -226,7 +269,9 @@ def test_reproduce_a_generation_from_two_commits_ago_matches_bit_for_bit(dvc_rep
     assert len(rows) >= 7 and all(line.endswith("| yes |") for line in rows), out
     assert artifacts.content_hash(str(tmp_path / "rebuild/artifacts/gen2/student/model.safetensors")) == model
     assert json.loads((tmp_path / "rebuild/artifacts/gen2/metrics.json").read_text()) == metrics["gen2"]
-    missing = subprocess.run(["selftrain", "reproduce", "gen9", "--rev", "HEAD~2"], cwd=repo, env=tool_env(), capture_output=True, text=True)
+    missing = subprocess.run(
+        ["selftrain", "reproduce", "gen9", "--rev", "HEAD~2"], cwd=repo, env=tool_env(), capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "has no artifacts/gen9/lineage.json" in missing.stderr
 
 
@@ -239,7 +284,10 @@ def test_promoted_models_are_tagged_and_the_current_teacher_is_fetched_by_name(d
     gen2 = json.loads((repo / "artifacts/gen2/promoted.json").read_text())
     assert message.startswith("gen2 (reduced_mpl, resnet14t) promoted: test top-1")
     assert json.loads(next(line for line in message.splitlines() if line.startswith("{")))["sha256"] == gen2["sha256"]
-    assert run(["git", "rev-list", "-n1", "teacher@v2.0.0"], repo).stdout.strip() == run(["git", "rev-parse", "HEAD~1"], repo).stdout.strip()
+    assert (
+        run(["git", "rev-list", "-n1", "teacher@v2.0.0"], repo).stdout.strip()
+        == run(["git", "rev-parse", "HEAD~1"], repo).stdout.strip()
+    )
     assert run(["selftrain", "tag"], repo, **tagger).stdout.strip() == "no new promotion to tag"
     current = run(["selftrain", "teacher"], repo).stdout
     assert current.startswith("teacher@v2.0.0: gen2 (reduced_mpl, resnet14t)")
@@ -257,8 +305,13 @@ def test_a_failed_gate_stops_the_chain_and_says_why(dvc_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(["dvc", "repro", "--keep-going"], cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "gen1 did not promote its student (failed rule(s) mCE: keeping the teacher" in proc.stderr and "stops after gen1" in proc.stderr
-    assert "report@gen1" in ran(proc.stdout) and not any(s.endswith("@gen2") and s != "infer@gen2" for s in ran(proc.stdout))
+    assert (
+        "gen1 did not promote its student (failed rule(s) mCE: keeping the teacher" in proc.stderr
+        and "stops after gen1" in proc.stderr
+    )
+    assert "report@gen1" in ran(proc.stdout) and not any(
+        s.endswith("@gen2") and s != "infer@gen2" for s in ran(proc.stdout)
+    )
     assert "gen1 gate **failed: the chain stops here**" in (repo / "artifacts/gen1/report/report.md").read_text()
     record = json.loads((repo / "artifacts/gen1/promoted.json").read_text())
     assert not record["passed"] and record["promoted"] == "teacher"
@@ -278,7 +331,11 @@ def test_deploy_registers_the_nightly_schedule_pools_and_typed_parameters(deploy
         pool = client.read_work_pool("kubernetes")
     assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == [("0 2 * * *", "UTC", True)]
     assert nightly.parameters == spec["nightly"]["parameters"] == {"params_path": "params.yaml", "root": "runs/nightly"}
-    assert (nightly.work_pool_name, on_demand.work_pool_name, k8s.work_pool_name) == ("process", "process", "kubernetes")
+    assert (nightly.work_pool_name, on_demand.work_pool_name, k8s.work_pool_name) == (
+        "process",
+        "process",
+        "kubernetes",
+    )
     assert on_demand.schedules == [] and k8s.job_variables == {"image": "selftrain:latest"}
     assert pool.base_job_template == json.loads((ROOT / "k8s/base-job-template.json").read_text())
     schema = on_demand.parameter_openapi_schema["properties"]
@@ -309,21 +366,31 @@ def _states(flow_run_id: UUID) -> tuple[str, dict[str, str], list[str]]:
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run_id).state.name
         subflows = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])), sort=FlowRunSort.ID_DESC
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])),
+            sort=FlowRunSort.ID_DESC,
         )
         names = {flow_run_id: ""} | {f.id: f"{f.name}/" for f in subflows}
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(names))), sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(names))),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
     wrappers = {f.parent_task_run_id for f in subflows}  # a subflow call shows as a task run in its parent
-    stages = {f"{names[r.flow_run_id]}{r.name.rsplit('-', 1)[0]}": r.state.name for r in runs if r.id not in wrappers}  # "<task>-<suffix>"
+    stages = {
+        f"{names[r.flow_run_id]}{r.name.rsplit('-', 1)[0]}": r.state.name for r in runs if r.id not in wrappers
+    }  # "<task>-<suffix>"
     return state, stages, sorted(f.name for f in subflows)
 
 
 def _dvc_stages_reading(section: str) -> set[str]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {name for name, s in stages.items() if any(p.split(".")[0] == section for p in s.get("do", s).get("params", []))}
+    return {
+        name for name, s in stages.items() if any(p.split(".")[0] == section for p in s.get("do", s).get("params", []))
+    }
 
 
-def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(dvc_repo, deployed, s3_server, tmp_path):
+def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
+    dvc_repo, deployed, s3_server, tmp_path
+):
     """The `on-demand` deployment, run by a `process` worker, with its artifact root and task results on the S3
     endpoint (the `kubernetes` deployment's layout): generation 1 byte for byte as DVC made it, the UI's artifacts,
     and the secret key nowhere in the output, the objects or the server's home. Then the same run again (every stage
@@ -333,12 +400,21 @@ def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
     repo, _, dvc_metrics = dvc_repo
     root = f"s3://{S3_BUCKET}/flow-run"
     overrides = {"prefect.result_storage": f"s3://{S3_BUCKET}/flow-results"}
-    params = {"params_path": str(write_pipeline_params(tmp_path / "params.yaml")), "root": root, "generations": 1, "overrides": overrides}
+    params = {
+        "params_path": str(write_pipeline_params(tmp_path / "params.yaml")),
+        "root": root,
+        "generations": 1,
+        "overrides": overrides,
+    }
 
     first, printed = _run_deployment(deployed, params)
     state, stages, subflows = _states(first)
     assert state == "Completed" and subflows == ["gen1-noisy_student"]
-    assert set(stages.values()) == {"Completed"} and {"train-teacher", "gen1-noisy_student/train-student", "gen1-noisy_student/evaluate"} <= set(stages)
+    assert set(stages.values()) == {"Completed"} and {
+        "train-teacher",
+        "gen1-noisy_student/train-student",
+        "gen1-noisy_student/evaluate",
+    } <= set(stages)
     data_hash = artifacts.content_hash(str(repo / "artifacts/data"))
     assert artifacts.content_hash(Generation(root, "gen0").data) == data_hash  # the same split, byte for byte
     # same seed, same bytes, whichever runner: the flow's checkpoints are the CLI's, and so are the metrics
@@ -355,15 +431,34 @@ def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
     with get_client(sync_client=True) as client:
         flow_runs = [
             first,
-            *(f.id for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first])))),
+            *(
+                f.id
+                for f in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first]))
+                )
+            ),
         ]
-        made = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_runs)), sort=ArtifactSort.KEY_ASC)
+        made = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_runs)),
+            sort=ArtifactSort.KEY_ASC,
+        )
     by_key = {a.key: a for a in made}
-    assert {"self-training-generations", "gen1-results", "gen1-balance", "gen1-accuracy", "gen1-class-counts", "gen1-confidence"} <= set(by_key)
+    assert {
+        "self-training-generations",
+        "gen1-results",
+        "gen1-balance",
+        "gen1-accuracy",
+        "gen1-class-counts",
+        "gen1-confidence",
+    } <= set(by_key)
     results = by_key["gen1-results"].data
-    assert f"{100 * metrics['student']['test_top1']:.2f} %" in results and "promoted: **" in results and "mCE" in results
+    assert (
+        f"{100 * metrics['student']['test_top1']:.2f} %" in results and "promoted: **" in results and "mCE" in results
+    )
     counts = artifacts.read_json(f"{root}/gen1/pseudo/counts.json")
-    assert all(f"| {name} | {c['predicted']} |" in by_key["gen1-balance"].data for name, c in counts["per_class"].items())
+    assert all(
+        f"| {name} | {c['predicted']} |" in by_key["gen1-balance"].data for name, c in counts["per_class"].items()
+    )
     for key, png in (("gen1-class-counts", "class_counts.png"), ("gen1-accuracy", "accuracy.png")):
         inline = re.search(r"!\[[^]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", by_key[key].data)
         assert inline and base64.b64decode(inline.group(1)) == artifacts.read_bytes(f"{root}/gen1/report/{png}"), key
@@ -371,13 +466,20 @@ def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
     assert fs.find(f"{S3_BUCKET}/flow-results")  # the task results went to S3 too
     secret = S3_SECRET.encode()
     assert secret not in printed.encode()
-    assert not [k for k in fs.find(f"{S3_BUCKET}/flow-run") + fs.find(f"{S3_BUCKET}/flow-results") if secret in fs.cat(k)]
+    assert not [
+        k for k in fs.find(f"{S3_BUCKET}/flow-run") + fs.find(f"{S3_BUCKET}/flow-results") if secret in fs.cat(k)
+    ]
     assert not [p for p in Path(deployed["PREFECT_HOME"]).rglob("*") if p.is_file() and secret in p.read_bytes()]
 
     again, _ = _run_deployment(deployed, params)
     state, cached, _ = _states(again)
     # every stage from the cache but list-data, which (like DVC's always_changed stage) fingerprints the data each run
-    assert state == "Completed" and cached.keys() == stages.keys() and cached.pop("list-data") == "Completed" and set(cached.values()) == {"Cached"}
+    assert (
+        state == "Completed"
+        and cached.keys() == stages.keys()
+        and cached.pop("list-data") == "Completed"
+        and set(cached.values()) == {"Cached"}
+    )
 
     changed, _ = _run_deployment(deployed, {**params, "overrides": {**overrides, "evaluate.batch_size": 64}})
     state, rerun, _ = _states(changed)
@@ -388,12 +490,23 @@ def test_deployment_on_s3_runs_on_a_worker_like_the_dvc_run_then_hits_the_cache(
         "gen1-noisy_student/record-lineage",
     }
     assert _dvc_stages_reading("evaluate") == {"evaluate", "record-lineage"}
-    assert artifacts.read_json(Generation(root, "gen1").metrics)["student"]["test_top1"] == metrics["student"]["test_top1"]
+    assert (
+        artifacts.read_json(Generation(root, "gen1").metrics)["student"]["test_top1"] == metrics["student"]["test_top1"]
+    )
 
 
 def test_dvc_yaml_paths_are_the_layout_paths():
     g0 = Generation("artifacts", "gen0")
-    known = {g0.data_listing, g0.data, g0.teacher, g0.promoted, g0.robustness_sets, g0.robustness_reference, g0.twomoons, "dvc.lock"}
+    known = {
+        g0.data_listing,
+        g0.data,
+        g0.teacher,
+        g0.promoted,
+        g0.robustness_sets,
+        g0.robustness_reference,
+        g0.twomoons,
+        "dvc.lock",
+    }
     for name in ["${key}", "${item.teacher}"]:
         g = Generation("artifacts", name)
         known |= {g.logits, g.pseudo, g.student, g.student_checkpoint, g.metrics, g.promoted, g.lineage, g.report}

@@ -50,8 +50,14 @@ def _run(params_path, overrides, out):
     APILogHandler().flush()  # logs reach the API in batches: send the rest before reading them
     with get_client(sync_client=True) as client:
         run_id = state.state_details.flow_run_id
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), sort=LogSort.TIMESTAMP_ASC, limit=200, offset=0)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=50,
+        )
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), sort=LogSort.TIMESTAMP_ASC, limit=200, offset=0
+        )
     return state, task_runs, "\n".join(log.message for log in logs)
 
 
@@ -83,9 +89,13 @@ def test_transient_io_errors_are_retried_until_the_stage_completes(s3_tree, one_
     root, prefix = s3_tree
     # the first requests for the user's folders: a connection dropped twice (aiohttp tries again once on its own, then
     # botocore's ConnectionClosedError), then an answer that never comes (ReadTimeoutError); neither is an OSError
-    with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], sequence(["drop", "drop", "stall"], "GET", prefix), stall_s=3) as proxy:
+    with FaultProxy(
+        one_try_s3["AWS_ENDPOINT_URL"], sequence(["drop", "drop", "stall"], "GET", prefix), stall_s=3
+    ) as proxy:
         _through(proxy, monkeypatch)
-        state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(root), tmp_path / "data")
+        state, (task_run,), logs = _run(
+            write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(root), tmp_path / "data"
+        )
     assert [f[0] for f in proxy.faults] == ["drop", "drop", "stall"]
     assert state.is_completed() and task_run.state.is_completed()
     assert "prepare: {'labeled': 6, " in logs  # the stage's own log line reached the run's log
@@ -96,14 +106,18 @@ def test_transient_io_errors_are_retried_until_the_stage_completes(s3_tree, one_
 
 def test_bad_data_fails_at_once_with_the_reason_in_the_run_logs(image_tree, tmp_path):
     (image_tree / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(str(image_tree)), tmp_path / "data")
+    state, (task_run,), logs = _run(
+        write_tiny_params(tmp_path / "params.yaml"), _folder_overrides(str(image_tree)), tmp_path / "data"
+    )
     assert state.is_failed() and task_run.state.is_failed() and task_run.run_count == 1
     assert "broken.png: truncated image" in logs
     assert not (tmp_path / "data").exists()
 
 
 def test_bad_params_fail_the_flow_at_once_with_the_key_in_the_run_logs(tmp_path):
-    state, task_runs, logs = _run(write_tiny_params(tmp_path / "params.yaml"), {"student.epochs": -1}, tmp_path / "data")
+    state, task_runs, logs = _run(
+        write_tiny_params(tmp_path / "params.yaml"), {"student.epochs": -1}, tmp_path / "data"
+    )
     assert state.is_failed() and task_runs == []
     assert "student.epochs" in logs
 
@@ -112,7 +126,9 @@ def test_a_stage_over_its_timeout_fails_without_retries(s3_tree, one_try_s3, tmp
     root, prefix = s3_tree
     overrides = {**_folder_overrides(root), "prefect.timeouts_s": {"prepare": 2}}
     # a slow link: every listing of the user's folders answers a second late (well within the read timeout)
-    with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], sequence(["delay"] * 50, "GET", f"prefix={prefix}"), stall_s=1) as proxy:
+    with FaultProxy(
+        one_try_s3["AWS_ENDPOINT_URL"], sequence(["delay"] * 50, "GET", f"prefix={prefix}"), stall_s=1
+    ) as proxy:
         _through(proxy, monkeypatch)
         state, (task_run,), logs = _run(write_tiny_params(tmp_path / "params.yaml"), overrides, tmp_path / "data")
     assert state.is_failed() and task_run.state.name == "TimedOut" and task_run.run_count == 1
@@ -151,14 +167,25 @@ def test_prepare_runs_again_when_the_users_images_change_and_not_otherwise(image
 def test_which_errors_are_transient():
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError()) and is_transient(OSError("EIO"))
     # what s3fs raises once its tries are spent: botocore's errors (not OSErrors) and S3's 5xx as OSError
-    assert is_transient(ConnectionClosedError(endpoint_url="http://s3")) and is_transient(ReadTimeoutError(endpoint_url="http://s3"))
-    assert is_transient(EndpointConnectionError(endpoint_url="http://s3")) and is_transient(OSError(121, "InternalError"))
-    assert not any(is_transient(e) for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError(), OSError(28, "No space")))
+    assert is_transient(ConnectionClosedError(endpoint_url="http://s3")) and is_transient(
+        ReadTimeoutError(endpoint_url="http://s3")
+    )
+    assert is_transient(EndpointConnectionError(endpoint_url="http://s3")) and is_transient(
+        OSError(121, "InternalError")
+    )
+    assert not any(
+        is_transient(e)
+        for e in (FileNotFoundError(), PermissionError(), ValueError(), RuntimeError(), OSError(28, "No space"))
+    )
     # the same path fails the same way next time: a symlink loop, a name too long (as the OS raises them)
     assert not is_transient(OSError(errno.ELOOP, "Too many levels of symbolic links"))
     assert not is_transient(OSError(errno.ENAMETOOLONG, "File name too long"))
     # the Kubernetes API: busy, failing or unreachable is worth a retry; refusing the request is not
-    assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429)) and is_transient(ProtocolError("reset"))
+    assert (
+        is_transient(ApiException(status=503))
+        and is_transient(ApiException(status=429))
+        and is_transient(ProtocolError("reset"))
+    )
     assert not is_transient(ApiException(status=403)) and not is_transient(ApiException(status=422))
     # a Job whose pods all failed on transient I/O is tried again as a new Job; any other failed Job is not
     assert is_transient(JobFailedTransiently("exit 75")) and not is_transient(JobFailed("exit 2"))

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from selftrain.params import PseudoLabelParams
-from selftrain.pseudo_labels import GRID, Chunk, Confidence, PseudoLabelError, class_threshold, dense, select, two_passes
+from selftrain.pseudo_labels import (
+    GRID,
+    Chunk,
+    Confidence,
+    PseudoLabelError,
+    class_threshold,
+    dense,
+    select,
+    two_passes,
+)
 
 CLASSES = ("a", "b", "c")
 
@@ -139,8 +148,15 @@ def test_two_passes_over_chunks_give_exactly_the_in_memory_selection(kind, per_c
     classes = tuple("abcde")
     p = PseudoLabelParams(kind=kind, per_class=per_class, threshold=0.3, temperature=0.7)
     whole = select(lp, p, seed=3, classes=classes)
-    for size, workers in ((1, 1), (37, 1), (37, 3), (499, 2)):  # chunk edges anywhere, down to one row; chunks on threads
-        plan, picks = two_passes(lambda: (Chunk(i, lp[i : i + size]) for i in range(0, 500, size)), p, 3, classes, workers)
+    for size, workers in (
+        (1, 1),
+        (37, 1),
+        (37, 3),
+        (499, 2),
+    ):  # chunk edges anywhere, down to one row; chunks on threads
+        plan, picks = two_passes(
+            lambda: (Chunk(i, lp[i : i + size]) for i in range(0, 500, size)), p, 3, classes, workers
+        )
         picks = list(picks)
         rows = np.concatenate([q.rows for q in picks])
         targets = np.concatenate([dense(q.target_indices, q.target_values, 5) for q in picks])

@@ -48,12 +48,25 @@ def test_class_names_users_choose_render_literally_in_the_gallery_and_the_tables
     teacher = gallery.Teacher(label=np.repeat([0, 1], 10), confidence=rng.random(20))
     previous = gallery.Teacher(label=np.repeat([1, 0], 10), confidence=rng.random(20))
     truth = np.repeat([1, 0], 10)  # every kept label wrong: the mistakes row names both classes in one caption
-    png = gallery.render(rng.integers(0, 50, (20, 8, 8, 1), dtype=np.uint8), classes, teacher, np.ones(20, int), "a $title$ {", previous, truth)
+    png = gallery.render(
+        rng.integers(0, 50, (20, 8, 8, 1), dtype=np.uint8),
+        classes,
+        teacher,
+        np.ones(20, int),
+        "a $title$ {",
+        previous,
+        truth,
+    )
     assert png.startswith(b"\x89PNG")
-    per_class = {name: {"predicted": 1, "above_threshold": 1, "class_threshold": 0.5, "selected": 1, "after_balance": 1} for name in classes}
+    per_class = {
+        name: {"predicted": 1, "above_threshold": 1, "class_threshold": 0.5, "selected": 1, "after_balance": 1}
+        for name in classes
+    }
     counts = {"kind": "soft", "threshold": 0.5, "per_class_target": None, "per_class": per_class}
     counts["total"] = {"above_threshold": 2, "unlabeled": 2, "after_balance": 2, "unique_after_balance": 2}
     rows = rendering.balance_table(counts).splitlines()[2:]
     cells = [[c for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
-    assert all(len(c) == 6 for c in cells), cells  # a `|` inside a name is escaped, so every row has the header's six cells
+    assert all(len(c) == 6 for c in cells), (
+        cells
+    )  # a `|` inside a name is escaped, so every row has the header's six cells
     assert cells[-1][0].strip() == r"y_{$\|z"

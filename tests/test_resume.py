@@ -35,7 +35,9 @@ def test_a_resume_file_of_another_run_is_not_resumed_and_one_that_does_not_load_
     assert blob["step"] == 7 and blob["baseline"] == 0.25 and torch.equal(blob["model"]["weight"], net.weight)
     assert resume.load(uri, "run-b", "test") is None  # other params or inputs: start afresh
     (tmp_path / "resume").write_bytes(b"damaged")
-    with pytest.raises(artifacts.ArtifactError, match="checkpoint '.*resume' is there but does not load .* delete it to start"):
+    with pytest.raises(
+        artifacts.ArtifactError, match="checkpoint '.*resume' is there but does not load .* delete it to start"
+    ):
         resume.load(uri, "run-a", "test")
     assert (tmp_path / "resume").read_bytes() == b"damaged"  # left for the user to restore or delete
 
@@ -46,20 +48,26 @@ def one_try_s3(one_try_s3, monkeypatch):
     return one_try_s3
 
 
-def test_a_checkpoint_that_cannot_be_read_for_a_moment_is_read_again_and_never_thrown_away(one_try_s3, monkeypatch, caplog):
+def test_a_checkpoint_that_cannot_be_read_for_a_moment_is_read_again_and_never_thrown_away(
+    one_try_s3, monkeypatch, caplog
+):
     import s3fs
 
     uri = f"s3://{S3_BUCKET}/resume-faults/student.resume"
     resume.save(uri, "run-a", 40, {"log": [{"step": 40}]})
     saved = artifacts.read_bytes(uri)
     for action in ("drop", "stall", "500"):  # ConnectionClosedError, ReadTimeoutError, OSError(EREMOTEIO)
-        with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], first(2, action, "GET", "/resume-faults/"), stall_s=2.5) as proxy:
+        with FaultProxy(
+            one_try_s3["AWS_ENDPOINT_URL"], first(2, action, "GET", "/resume-faults/"), stall_s=2.5
+        ) as proxy:
             monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
             s3fs.S3FileSystem.clear_instance_cache()
             assert resume.load(uri, "run-a", "test")["step"] == 40, action  # read again after the failed tries
             assert [f[0] for f in proxy.faults] == [action] * 2
         # a store that keeps failing: the error is raised (the stage exits 75 and is retried), never "start from step 0"
-        with FaultProxy(one_try_s3["AWS_ENDPOINT_URL"], first(99, action, "GET", "/resume-faults/"), stall_s=2.5) as proxy:
+        with FaultProxy(
+            one_try_s3["AWS_ENDPOINT_URL"], first(99, action, "GET", "/resume-faults/"), stall_s=2.5
+        ) as proxy:
             monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
             s3fs.S3FileSystem.clear_instance_cache()
             caplog.clear()
@@ -116,14 +124,18 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _train_student(args: list[str], out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "selftrain.cli", "train-student", *args, "--out", str(out)]
-    return subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 @pytest.mark.slow
 def test_train_student_killed_mid_run_resumes_in_a_new_process_to_the_uninterrupted_result(student_inputs):
     tmp, params, g, g1, args = student_inputs
     whole = tmp / "whole"
-    summary = stages.train_student.run(params, generation="gen1", data=g.data, teacher=g.promoted, pseudo=g1.pseudo, out=str(whole))
+    summary = stages.train_student.run(
+        params, generation="gen1", data=g.data, teacher=g.promoted, pseudo=g1.pseudo, out=str(whole)
+    )
     assert summary["resumed_from_step"] == 0 and not Path(f"{whole}.resume").exists()
 
     out = tmp / "killed"
@@ -143,10 +155,15 @@ def test_train_student_killed_mid_run_resumes_in_a_new_process_to_the_uninterrup
     resumed = json.loads(stdout)
     total = int(stderr.split("resuming from the checkpoint at step ")[1].split()[2])
     assert resumed["resumed_from_step"] == last and 10 <= last < total, (last, total)
-    assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()  # the EMA kept, bitwise
+    assert (out / "model.safetensors").read_bytes() == (
+        whole / "model.safetensors"
+    ).read_bytes()  # the EMA kept, bitwise
 
     def cols(p):  # all but speed and val
-        return [{k: v for k, v in r.items() if k not in ("images_per_s", "steps_per_s", "val_top1")} for r in csv.DictReader((p / "log.csv").open())]
+        return [
+            {k: v for k, v in r.items() if k not in ("images_per_s", "steps_per_s", "val_top1")}
+            for r in csv.DictReader((p / "log.csv").open())
+        ]
 
     assert cols(out) == cols(whole) and resumed["val_top1"] == summary["val_top1"]
     assert not state.exists()

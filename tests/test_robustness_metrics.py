@@ -79,11 +79,16 @@ def test_a_kind_the_reference_never_gets_wrong_is_named_not_silently_dropped(cap
     ref = raw(0.0, 0.4, 0.2, 0.0)  # no error under fog, no flip under shot noise: nothing to normalise by
     with caplog.at_level("WARNING", logger="selftrain"):
         s = summarize(raw(0.2, 0.2, 0.1, 0.05), ref)
-    assert s["headline"]["mCE"] == pytest.approx(0.5) and s["headline"]["mFR"] == pytest.approx(0.5)  # over the defined kinds
+    assert s["headline"]["mCE"] == pytest.approx(0.5) and s["headline"]["mFR"] == pytest.approx(
+        0.5
+    )  # over the defined kinds
     assert s["left_out"] == {"mCE": ["fog"], "relative_mCE": ["fog"], "mFR": ["shot_noise"]}
     assert "mFR leaves out shot_noise: the robustness reference made no flip there" in caplog.text
     assert "mCE leaves out fog" in caplog.text
     metrics = {role: {"val_top1": 0.5, **s["headline"], "robustness": s} for role in ("teacher", "student")}
     metrics["robustness_reference"] = {"name": "gen0", "checkpoint": "x", "sha256": "0" * 64}
-    assert "student mFR leaves out shot_noise: the reference made no flip there, so it is undefined" in generation_table(metrics)
+    assert (
+        "student mFR leaves out shot_noise: the reference made no flip there, so it is undefined"
+        in generation_table(metrics)
+    )
     assert summarize(raw(0.2, 0.2, 0.1, 0.05), raw(0.3, 0.4, 0.2, 0.1))["left_out"] == {}

@@ -1,4 +1,5 @@
-"""The robustness stages on tiny real data: sets, the frozen reference and -A set, evaluate's figures, and the gate rules."""
+"""The robustness stages on tiny real data: sets, the frozen reference and -A set, evaluate's figures, and the gate
+rules."""
 
 import json
 import shutil
@@ -28,7 +29,9 @@ def run(tmp_path_factory):
     stages.prepare.run(params, out=g.data)
     stages.train_teacher.run(params, data=g.data, out=g.teacher, promoted=g.promoted)
     stages.make_robustness_sets.run(params, data=g.data, out=g.robustness_sets)
-    stages.robustness_reference.run(params, data=g.data, sets=g.robustness_sets, reference_model=g.promoted, out=g.robustness_reference)
+    stages.robustness_reference.run(
+        params, data=g.data, sets=g.robustness_sets, reference_model=g.promoted, out=g.robustness_reference
+    )
     return params, g, tmp
 
 
@@ -42,7 +45,9 @@ def test_sets_are_deterministic_and_shaped_from_the_test_split(run, tmp_path):
     assert all(p[name].shape == (8, 10, 28, 28, 1) for name in PERTURBATIONS)
     again = str(tmp_path / "sets")
     stages.make_robustness_sets.run(params, data=g.data, out=again)
-    assert artifacts.content_hash(again) == artifacts.content_hash(g.robustness_sets), "same seed must give byte-identical sets"
+    assert artifacts.content_hash(again) == artifacts.content_hash(g.robustness_sets), (
+        "same seed must give byte-identical sets"
+    )
 
 
 def test_reference_freezes_an_a_set_of_its_own_mistakes(run):
@@ -54,7 +59,9 @@ def test_reference_freezes_an_a_set_of_its_own_mistakes(run):
     assert len(hard) == min(30, ref["hard_set"]["reference_wrong"]) > 0
     assert set(hard.ids) <= set(pool.ids)
     assert ref["raw"]["hard_top1"] == 0.0
-    assert set(ref["raw"]["corruption_errors"]) == set(CORRUPTIONS) and set(ref["raw"]["flip_probability"]) == set(PERTURBATIONS)
+    assert set(ref["raw"]["corruption_errors"]) == set(CORRUPTIONS) and set(ref["raw"]["flip_probability"]) == set(
+        PERTURBATIONS
+    )
 
 
 def test_evaluate_normalises_by_the_reference_and_names_it(run, tmp_path):
@@ -62,7 +69,15 @@ def test_evaluate_normalises_by_the_reference_and_names_it(run, tmp_path):
     teacher_ckpt = artifacts.join(g.teacher, stages.CHECKPOINT)
     out = str(tmp_path / "metrics.json")
     # the reference judged against itself: every normalised figure is exactly 1, every difference 0
-    stages.evaluate.run(params, teacher=g.promoted, student=teacher_ckpt, data=g.data, out=out, sets=g.robustness_sets, reference=g.robustness_reference)
+    stages.evaluate.run(
+        params,
+        teacher=g.promoted,
+        student=teacher_ckpt,
+        data=g.data,
+        out=out,
+        sets=g.robustness_sets,
+        reference=g.robustness_reference,
+    )
     m = json.loads(open(out).read())
     assert m["robustness_reference"]["name"] == "gen0" and m["robustness_reference"]["checkpoint"] == teacher_ckpt
     for role in ("teacher", "student"):
@@ -89,7 +104,12 @@ def test_evaluate_refuses_a_reference_measured_on_other_sets(run, tmp_path):
         )
     with pytest.raises(ValueError, match="give both --sets"):
         stages.evaluate.run(
-            params, teacher=g.promoted, student=artifacts.join(g.teacher, stages.CHECKPOINT), data=g.data, out=str(tmp_path / "m.json"), sets=other
+            params,
+            teacher=g.promoted,
+            student=artifacts.join(g.teacher, stages.CHECKPOINT),
+            data=g.data,
+            out=str(tmp_path / "m.json"),
+            sets=other,
         )
     assert not (tmp_path / "m.json").exists()
 
@@ -100,7 +120,15 @@ def test_no_holdout_means_no_a_set_but_the_rest_works(run, tmp_path):
     shutil.copytree(g.data, data)
     (tmp_path / "data" / "holdout.npz").unlink()
     (tmp_path / "data" / "MANIFEST.json").write_text(
-        json.dumps({"files": {k: v for k, v in json.loads((tmp_path / "data" / "MANIFEST.json").read_text())["files"].items() if k != "holdout.npz"}})
+        json.dumps(
+            {
+                "files": {
+                    k: v
+                    for k, v in json.loads((tmp_path / "data" / "MANIFEST.json").read_text())["files"].items()
+                    if k != "holdout.npz"
+                }
+            }
+        )
     )
     out = str(tmp_path / "ref")
     stages.robustness_reference.run(params, data=data, sets=g.robustness_sets, reference_model=g.promoted, out=out)
@@ -114,7 +142,15 @@ def _metrics(**pairs):
 
 def test_gate_rules_use_each_metrics_direction_and_name_the_failure():
     p = parse_params(
-        {"promote": {"rules": [{"metric": "val_top1", "min_gain": 0.0}, {"metric": "mCE", "min_gain": 0.02}, {"metric": "mFR", "min_gain": 0.0}]}}
+        {
+            "promote": {
+                "rules": [
+                    {"metric": "val_top1", "min_gain": 0.0},
+                    {"metric": "mCE", "min_gain": 0.02},
+                    {"metric": "mFR", "min_gain": 0.0},
+                ]
+            }
+        }
     ).promote
     ok, reason, rules = decide(_metrics(val_top1=(0.80, 0.81), mCE=(1.00, 0.95), mFR=(1.0, 0.9)), p)
     assert ok and reason.startswith("all 3 rule(s) passed")

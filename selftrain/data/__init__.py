@@ -39,7 +39,13 @@ class Split:
 
 
 def save_split(uri: str, split: Split) -> None:
-    artifacts.save_arrays(uri, images=split.images, labels=split.labels, ids=split.ids.astype(str), classes=np.array(split.classes, dtype=str))
+    artifacts.save_arrays(
+        uri,
+        images=split.images,
+        labels=split.labels,
+        ids=split.ids.astype(str),
+        classes=np.array(split.classes, dtype=str),
+    )
 
 
 def load_split(data_uri: str, name: str) -> Split:

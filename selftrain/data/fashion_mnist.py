@@ -76,13 +76,18 @@ def _read_idx(path: Path, expected_sha256: str) -> np.ndarray:
         raise DataError(f"'{path}' is not a readable gzip file ({e}); delete it and fetch it again") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != expected_sha256:
-        raise DataError(f"'{path}' has sha256 {digest} after decompression, expected {expected_sha256}: corrupt or not Fashion-MNIST")
+        raise DataError(
+            f"'{path}' has sha256 {digest} after decompression, expected {expected_sha256}: corrupt or not "
+            "Fashion-MNIST"
+        )
     ndim = raw[3]  # IDX header: two zero bytes, a type byte (0x08 = uint8), the number of dimensions
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
 
 
-def load(directory: str | None = None, url: str = OFFICIAL_URL) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load(
+    directory: str | None = None, url: str = OFFICIAL_URL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return (train_images, train_labels, test_images, test_labels); images uint8 (N, 28, 28, 1)."""
     d = locate(directory, url)
     arrays = [_read_idx(d / name, sha) for name, sha in FILES.items()]

@@ -58,7 +58,8 @@ class BadInput(DataError):
         fix = (
             "fix or remove them, or set data.skip_bad: true to leave the bad files out"
             if all(p.skippable for p in errors)
-            else "fix them (data.skip_bad cannot leave out a missing folder, overlapping folders or a labeled class without images)"
+            else "fix them (data.skip_bad cannot leave out a missing folder, overlapping folders or a labeled class "
+            "without images)"
         )
         super().__init__(f"{len(errors)} problem(s) in the input data:\n{lines}\n{fix}")
 
@@ -95,7 +96,9 @@ def _hidden(name: str) -> bool:
     return name.rsplit("/", 1)[-1].startswith(".")
 
 
-def _resolve(fs: fsspec.AbstractFileSystem, name: str, info: dict[str, Any], problems: list[Problem]) -> dict[str, Any] | None:
+def _resolve(
+    fs: fsspec.AbstractFileSystem, name: str, info: dict[str, Any], problems: list[Problem]
+) -> dict[str, Any] | None:
     """`info` of a listed entry, a symlink's replaced by its target's (fsspec lists a local symlink as 'other')."""
     if not info.get("islink"):
         return info
@@ -115,7 +118,13 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def list_images(fs: fsspec.AbstractFileSystem, root: str, problems: list[Problem], max_bytes: int, _seen: frozenset[str] = frozenset()) -> list[File]:
+def list_images(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    problems: list[Problem],
+    max_bytes: int,
+    _seen: frozenset[str] = frozenset(),
+) -> list[File]:
     """Every image file below `root` (any nesting), sorted, adding to `problems` what is left out and why: hidden
     entries (listed as ignored), non-regular files, files over `max_bytes`, broken or looping symlinks. Symlinked
     folders are followed (fsspec's find does not enter them), each real folder once."""
@@ -148,7 +157,12 @@ def list_images(fs: fsspec.AbstractFileSystem, root: str, problems: list[Problem
         if resolved["type"] != "file":
             problems.append(Problem(name, "not a regular file (a FIFO, a device or a socket): not read"))
         elif resolved["size"] > max_bytes:
-            problems.append(Problem(name, f"{resolved['size'] / 2**20:.0f} MiB, over data.max_file_mb ({max_bytes / 2**20:.0f}): not read"))
+            problems.append(
+                Problem(
+                    name,
+                    f"{resolved['size'] / 2**20:.0f} MiB, over data.max_file_mb ({max_bytes / 2**20:.0f}): not read",
+                )
+            )
         else:
             version = resolved.get("ETag") or resolved.get("mtime") or resolved.get("LastModified") or ""
             files.append(File(name, int(resolved["size"]), str(version)))
@@ -163,7 +177,9 @@ def _pixels(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def _decode(fs: fsspec.AbstractFileSystem, f: File, size: int, channels: int, max_bytes: int) -> tuple[np.ndarray, str] | str:
+def _decode(
+    fs: fsspec.AbstractFileSystem, f: File, size: int, channels: int, max_bytes: int
+) -> tuple[np.ndarray, str] | str:
     """The image as an array and the content hash of its bytes, or why it cannot be one."""
     try:
         with fs.open(f.path, "rb") as fh:
@@ -207,7 +223,9 @@ def _read_files(
     return images, kept, digests
 
 
-def _split(images: list[np.ndarray], labels: list[int], ids: list[str], classes: tuple[str, ...], size: int, channels: int) -> Split:
+def _split(
+    images: list[np.ndarray], labels: list[int], ids: list[str], classes: tuple[str, ...], size: int, channels: int
+) -> Split:
     stacked = np.stack(images) if images else np.zeros((0, size, size, channels), dtype=np.uint8)
     return Split(stacked, np.array(labels, dtype=np.int64), np.array(ids, dtype=str), classes)
 
@@ -233,7 +251,14 @@ def class_folders(fs: fsspec.AbstractFileSystem, root: str, problems: list[Probl
 
 
 def read_class_folders(
-    uri: str, size: int, channels: int, max_bytes: int, problems: list[Problem], classes: tuple[str, ...] | None = None, *, labeled: bool = False
+    uri: str,
+    size: int,
+    channels: int,
+    max_bytes: int,
+    problems: list[Problem],
+    classes: tuple[str, ...] | None = None,
+    *,
+    labeled: bool = False,
 ) -> Read | None:
     """Read `uri/<class>/<image>`, adding every problem to `problems`; `classes` fixes the class list (val/test
     must use the labeled set's classes). None when the folder itself is unusable."""
@@ -259,7 +284,13 @@ def read_class_folders(
         files = list_images(fs, found[name], problems, max_bytes)
         if not files:
             # a labeled class with no images cannot be learned; an empty val/test class only has nothing to measure
-            problems.append(Problem(f"{root}/{name}", f"empty class folder (no {', '.join(IMAGE_EXTENSIONS)} files)", skippable=not labeled))
+            problems.append(
+                Problem(
+                    f"{root}/{name}",
+                    f"empty class folder (no {', '.join(IMAGE_EXTENSIONS)} files)",
+                    skippable=not labeled,
+                )
+            )
             continue
         read, kept, hashes = _read_files(fs, files, size, channels, max_bytes, problems)
         if labeled and not read:
@@ -271,7 +302,9 @@ def read_class_folders(
     return Read(_split(images, labels, ids, classes, size, channels), digests)
 
 
-def read_image_folder(uri: str, size: int, channels: int, max_bytes: int, classes: tuple[str, ...], problems: list[Problem]) -> Read | None:
+def read_image_folder(
+    uri: str, size: int, channels: int, max_bytes: int, classes: tuple[str, ...], problems: list[Problem]
+) -> Read | None:
     """Read every image below `uri` (any nesting) as unlabeled, adding every problem to `problems`."""
     found_fs = _folder(uri, problems)
     if found_fs is None:
@@ -279,10 +312,14 @@ def read_image_folder(uri: str, size: int, channels: int, max_bytes: int, classe
     fs, root = found_fs
     files = list_images(fs, root, problems, max_bytes)
     if not files:
-        problems.append(Problem(uri, f"unlabeled folder holds no images ({', '.join(IMAGE_EXTENSIONS)})", skippable=False))
+        problems.append(
+            Problem(uri, f"unlabeled folder holds no images ({', '.join(IMAGE_EXTENSIONS)})", skippable=False)
+        )
         return None
     images, kept, digests = _read_files(fs, files, size, channels, max_bytes, problems)
-    return Read(_split(images, [UNLABELED] * len(images), [f[len(root) + 1 :] for f in kept], classes, size, channels), digests)
+    return Read(
+        _split(images, [UNLABELED] * len(images), [f[len(root) + 1 :] for f in kept], classes, size, channels), digests
+    )
 
 
 def fingerprint(uri: str, max_bytes: int) -> dict[str, Any]:
@@ -327,5 +364,11 @@ def overlapping(folders: dict[str, str]) -> list[Problem]:
                 how = "contains"
             else:
                 continue
-            problems.append(Problem(folders[a], f"the {a} folder {how} the {b} folder ({folders[b]}): each split needs its own folder", skippable=False))
+            problems.append(
+                Problem(
+                    folders[a],
+                    f"the {a} folder {how} the {b} folder ({folders[b]}): each split needs its own folder",
+                    skippable=False,
+                )
+            )
     return problems

@@ -1,4 +1,5 @@
-"""The four splits (labeled, unlabeled with labels withheld, val, test) and the optional holdout pool, deterministic for a seed."""
+"""The four splits (labeled, unlabeled with labels withheld, val, test) and the optional holdout pool, deterministic for
+a seed."""
 
 from __future__ import annotations
 
@@ -58,10 +59,17 @@ def read_splits(p: DataParams, seed: int) -> tuple[dict[str, Split], list[folder
     return splits, problems
 
 
-def _leaks(read: dict[str, folders.Read], uris: dict[str, str], problems: list[folders.Problem]) -> dict[str, np.ndarray]:
+def _leaks(
+    read: dict[str, folders.Read], uris: dict[str, str], problems: list[folders.Problem]
+) -> dict[str, np.ndarray]:
     """Training images (labeled, unlabeled) byte-identical to an evaluation image (val, test, holdout): one problem
     each, and per training split the rows to keep without them."""
-    seen = {d: f"{uris[name]}/{i}" for name in EVALUATION if name in read for d, i in zip(read[name].digests, read[name].split.ids)}
+    seen = {
+        d: f"{uris[name]}/{i}"
+        for name in EVALUATION
+        if name in read
+        for d, i in zip(read[name].digests, read[name].split.ids)
+    }
     keep = {}
     for name in TRAINING:
         if name not in read:
@@ -70,7 +78,12 @@ def _leaks(read: dict[str, folders.Read], uris: dict[str, str], problems: list[f
         copies = [row for row, d in enumerate(r.digests) if d in seen]
         for row in copies:
             copy = seen[r.digests[row]]
-            problems.append(folders.Problem(f"{uris[name]}/{r.split.ids[row]}", f"byte-identical to {copy}: an evaluation image would be trained on"))
+            problems.append(
+                folders.Problem(
+                    f"{uris[name]}/{r.split.ids[row]}",
+                    f"byte-identical to {copy}: an evaluation image would be trained on",
+                )
+            )
         if copies:
             keep[name] = np.setdiff1d(np.arange(len(r.split)), copies)
     return keep
@@ -85,7 +98,12 @@ def listing(p: DataParams) -> dict[str, Any]:
         return {"source": "fashion_mnist", "files": dict(fashion_mnist.FILES)}
     assert p.folders is not None  # enforced by DataParams
     cap = p.max_file_mb * 2**20
-    return {"source": "folders", "folders": {name: folders.fingerprint(uri, cap) for name, uri in p.folders.model_dump().items() if uri is not None}}
+    return {
+        "source": "folders",
+        "folders": {
+            name: folders.fingerprint(uri, cap) for name, uri in p.folders.model_dump().items() if uri is not None
+        },
+    }
 
 
 def check_data(p: DataParams, seed: int) -> list[folders.Problem]:
@@ -109,7 +127,9 @@ def check_splits(splits: dict[str, Split]) -> None:
     labeled = splits["labeled"]
     present = np.unique(labeled.labels)
     if len(present) < 2:
-        raise DataError(f"the labeled split has {len(present)} class(es) {[labeled.classes[i] for i in present]}; need at least 2")
+        raise DataError(
+            f"the labeled split has {len(present)} class(es) {[labeled.classes[i] for i in present]}; need at least 2"
+        )
     missing = sorted(set(range(len(labeled.classes))) - set(present.tolist()))
     if missing:
         raise DataError(f"the labeled split has no images of class(es) {[labeled.classes[i] for i in missing]}")
@@ -128,13 +148,17 @@ def _fashion_mnist(p: DataParams, seed: int) -> dict[str, Split]:
         rows = rng.permutation(np.flatnonzero(train_y == c))
         need = p.labeled_per_class + p.val_per_class
         if need > len(rows):
-            raise DataError(f"data.labeled_per_class + data.val_per_class = {need} exceeds the {len(rows)} images of a class")
+            raise DataError(
+                f"data.labeled_per_class + data.val_per_class = {need} exceeds the {len(rows)} images of a class"
+            )
         labeled.append(rows[: p.labeled_per_class])
         val.append(rows[p.labeled_per_class : need])
         pool.append(rows[need:])
     pool_rows = np.concatenate(pool)
     if p.unlabeled > len(pool_rows):
-        raise DataError(f"data.unlabeled = {p.unlabeled} exceeds the {len(pool_rows)} training images left after labeled and val")
+        raise DataError(
+            f"data.unlabeled = {p.unlabeled} exceeds the {len(pool_rows)} training images left after labeled and val"
+        )
     unlabeled = np.sort(rng.choice(pool_rows, size=p.unlabeled, replace=False))
     test_rows = np.arange(len(test_x))
     if p.test is not None:

@@ -59,7 +59,9 @@ class Method:
 
     name: str  # its package's name, and the value of `generations.genK.method`
     stage: str  # the CLI stage that trains a generation's student by this method
-    consumes: Consumes  # what of the generation it trains on: filter-balance's pseudo-labels, infer's logits, or neither
+    consumes: (
+        Consumes  # what of the generation it trains on: filter-balance's pseudo-labels, infer's logits, or neither
+    )
     data_parallel: bool  # runs under torchrun (resources: gpu > 1 or nodes > 1)
     step: str  # "module:class" of its training step, imported by step_class(), never at load
     work: Work
@@ -89,7 +91,9 @@ def registry() -> dict[str, Method]:
             continue
         method = getattr(importlib.import_module(f"{__name__}.{info.name}"), "METHOD", None)
         if not isinstance(method, Method) or method.name != info.name:
-            raise TypeError(f"selftrain/methods/{info.name}/__init__.py must define METHOD = Method(name='{info.name}', ...)")
+            raise TypeError(
+                f"selftrain/methods/{info.name}/__init__.py must define METHOD = Method(name='{info.name}', ...)"
+            )
         found[method.name] = method
     return found
 

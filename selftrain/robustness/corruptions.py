@@ -41,7 +41,8 @@ def _register(fn: Corruption) -> Corruption:
 
 
 def corrupt(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
-    """`images` (N, H, W, C) uint8 under corruption `name` at `severity` 1-5: same dtype and shape, byte-identical for a seed."""
+    """`images` (N, H, W, C) uint8 under corruption `name` at `severity` 1-5: same dtype and shape, byte-identical for a
+    seed."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
@@ -115,7 +116,9 @@ def defocus_blur(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float
     g = np.exp(-(np.array([-1.0, 0.0, 1.0]) ** 2) / (2 * alias**2))
     g /= g.sum()
     kernel = torch.from_numpy(disk)[None, None]
-    kernel = F.conv2d(F.pad(kernel, (1, 1, 1, 1)), torch.from_numpy(np.outer(g, g).astype(np.float32))[None, None], padding=0)
+    kernel = F.conv2d(
+        F.pad(kernel, (1, 1, 1, 1)), torch.from_numpy(np.outer(g, g).astype(np.float32))[None, None], padding=0
+    )
     kernel = kernel / kernel.sum()
     n, c, h, w = x.shape
     k = kernel.shape[-1] // 2
@@ -227,10 +230,15 @@ def contrast(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) ->
 def elastic_transform(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) -> torch.Tensor:
     n, _, h, w = x.shape
     size = min(h, w)
-    alpha, sigma, jitter = (size * f for f in [(0, 0, 0.03), (0.05, 0.2, 0.05), (0.08, 0.06, 0.06), (0.1, 0.04, 0.07), (0.1, 0.03, 0.08)][s])
+    alpha, sigma, jitter = (
+        size * f for f in [(0, 0, 0.03), (0.05, 0.2, 0.05), (0.08, 0.06, 0.06), (0.1, 0.04, 0.07), (0.1, 0.03, 0.08)][s]
+    )
     # a random affine: three points around the centre each moved by up to `jitter` px
     centre, half = size // 2, size // 3
-    src = np.array([[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]], dtype=np.float64)
+    src = np.array(
+        [[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]],
+        dtype=np.float64,
+    )
     dst = src + rng.uniform(-jitter, jitter, (n, 3, 2))
     # output pixel p samples the input at A p + b, the inverse of the src -> dst map (as cv2.warpAffine does)
     ones = np.ones((n, 3, 1))
@@ -256,7 +264,9 @@ def elastic_transform(x: torch.Tensor, s: int, rng: np.random.Generator, scale: 
 def pixelate(x: torch.Tensor, s: int, rng: np.random.Generator, scale: float) -> torch.Tensor:
     c = [0.6, 0.45, 0.35, 0.22, 0.18][s]
     h, w = x.shape[-2:]
-    return _pil_roundtrip(x, lambda im: im.resize((int(w * c), int(h * c)), Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX))
+    return _pil_roundtrip(
+        x, lambda im: im.resize((int(w * c), int(h * c)), Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX)
+    )
 
 
 @_register

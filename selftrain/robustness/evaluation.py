@@ -48,7 +48,9 @@ def build_perturbations(test: Split, p: RobustnessParams, seed: int) -> dict[str
 def load_sets(uri: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(-C arrays, -P arrays) of a make-robustness-sets output."""
     artifacts.require_complete(uri)
-    return artifacts.load_array_files(artifacts.join(uri, "corruptions")), artifacts.load_array_files(artifacts.join(uri, "perturbations"))
+    return artifacts.load_array_files(artifacts.join(uri, "corruptions")), artifacts.load_array_files(
+        artifacts.join(uri, "perturbations")
+    )
 
 
 def _choose(n: int, size: int, seed: int, stream: int) -> np.ndarray:
@@ -97,12 +99,18 @@ def _error(logits: torch.Tensor, labels: np.ndarray) -> float:
 def summarize(raw: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """Headline figures of `raw` normalised by the reference's raw results `ref` (-C's CE, relative CE and FR)."""
     ce = rm.corruption_errors(raw["corruption_errors"], ref["corruption_errors"])
-    rel = rm.relative_corruption_errors(raw["corruption_errors"], raw["clean_error"], ref["corruption_errors"], ref["clean_error"])
+    rel = rm.relative_corruption_errors(
+        raw["corruption_errors"], raw["clean_error"], ref["corruption_errors"], ref["clean_error"]
+    )
     fp, ref_fp = raw["flip_probability"], ref["flip_probability"]
     fr = {k: (fp[k] / ref_fp[k] if ref_fp[k] > 0 else float("nan")) for k in fp}
     # a reference with no error (CE) or no flip (FR) on a kind leaves nothing to normalise by: the means skip it,
     # and the summary names it (the report and the log say so) rather than quietly averaging fewer kinds
-    left_out = {key: names for key, names in (("mCE", rm.undefined(ce)), ("relative_mCE", rm.undefined(rel)), ("mFR", rm.undefined(fr))) if names}
+    left_out = {
+        key: names
+        for key, names in (("mCE", rm.undefined(ce)), ("relative_mCE", rm.undefined(rel)), ("mFR", rm.undefined(fr)))
+        if names
+    }
     for key, names in left_out.items():
         log.warning(
             "%s leaves out %s: the robustness reference made no %s there, so it is undefined (a larger -C/-P set, "
@@ -121,4 +129,11 @@ def summarize(raw: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
         **({"mT5D": rm.mean(raw["top5_distance"])} if raw["top5_distance"] else {}),
         **({"hard_top1": raw["hard_top1"]} if "hard_top1" in raw else {}),
     }
-    return {"headline": out, "corruption_error": ce, "relative_corruption_error": rel, "flip_rate": fr, "left_out": left_out, "raw": raw}
+    return {
+        "headline": out,
+        "corruption_error": ce,
+        "relative_corruption_error": rel,
+        "flip_rate": fr,
+        "left_out": left_out,
+        "raw": raw,
+    }

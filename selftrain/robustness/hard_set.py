@@ -16,7 +16,10 @@ def select_hard(labels: np.ndarray, predictions: np.ndarray, size: int, seed: in
         raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ in shape")
     wrong = np.flatnonzero(labels != predictions)
     if len(wrong) == 0:
-        raise ValueError(f"the reference model classifies all {len(labels)} pool images correctly: no -A set can be built; use a larger pool")
+        raise ValueError(
+            f"the reference model classifies all {len(labels)} pool images correctly: no -A set can be built; use a "
+            "larger pool"
+        )
     if len(wrong) > size:
         wrong = np.random.default_rng([seed, 200]).choice(wrong, size=size, replace=False)
     return np.sort(wrong)

@@ -17,7 +17,8 @@ import torch
 
 from selftrain.robustness import image_ops as ops
 
-# One perturbation: clean images (N, C, H, W) in [0, 1], strength t in (0, 1] (frame 0, t = 0, is the clean image), per-image draws (N,) in
+# One perturbation: clean images (N, C, H, W) in [0, 1], strength t in (0, 1] (frame 0, t = 0, is the clean image),
+# per-image draws (N,) in
 # [-1, 1) fixed for the sequence, the frame's RNG, spatial scale -> the frame.
 Perturbation = Callable[[torch.Tensor, float, np.ndarray, np.random.Generator, float], torch.Tensor]
 _REGISTRY: dict[str, Perturbation] = {}
@@ -29,7 +30,8 @@ def _register(fn: Perturbation) -> Perturbation:
 
 
 def perturbation_sequences(images: np.ndarray, name: str, frames: int, seed: int) -> np.ndarray:
-    """(N, H, W, C) uint8 images -> (N, frames, H, W, C) uint8 sequences of perturbation `name`, byte-identical for a seed."""
+    """(N, H, W, C) uint8 images -> (N, frames, H, W, C) uint8 sequences of perturbation `name`, byte-identical for a
+    seed."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
     if frames < 2:
@@ -48,7 +50,9 @@ def perturbation_sequences(images: np.ndarray, name: str, frames: int, seed: int
     return np.stack(out, axis=1)
 
 
-def _affine(x: torch.Tensor, rotate_deg: np.ndarray, shear: np.ndarray, zoom: np.ndarray, shift_px: np.ndarray) -> torch.Tensor:
+def _affine(
+    x: torch.Tensor, rotate_deg: np.ndarray, shear: np.ndarray, zoom: np.ndarray, shift_px: np.ndarray
+) -> torch.Tensor:
     """Per-image rotation, horizontal shear, zoom (> 1 enlarges) and shift (px, (N, 2) as x, y), about the centre."""
     n, _, h, w = x.shape
     rad = np.deg2rad(rotate_deg)
@@ -67,7 +71,9 @@ def _none(n: int) -> np.ndarray:
 
 
 @_register
-def gaussian_noise(x: torch.Tensor, t: float, draws: np.ndarray, rng: np.random.Generator, scale: float) -> torch.Tensor:
+def gaussian_noise(
+    x: torch.Tensor, t: float, draws: np.ndarray, rng: np.random.Generator, scale: float
+) -> torch.Tensor:
     return x + torch.from_numpy(rng.normal(0, 0.06, x.shape).astype(np.float32))
 
 

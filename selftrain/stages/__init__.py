@@ -45,7 +45,18 @@ def module_name(stage: str) -> str:
 
 # Stages that build no timm model: the CLI skips the check of params' model names for them (tests/test_params.py
 # checks that their modules do not import timm), so they start without importing it.
-MODEL_FREE = frozenset({"list-data", "prepare", "make-robustness-sets", "filter-balance", "promote", "record-lineage", "report", "twomoons"})
+MODEL_FREE = frozenset(
+    {
+        "list-data",
+        "prepare",
+        "make-robustness-sets",
+        "filter-balance",
+        "promote",
+        "record-lineage",
+        "report",
+        "twomoons",
+    }
+)
 
 
 class StageTable(Mapping[str, Stage]):

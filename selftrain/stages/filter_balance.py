@@ -28,14 +28,19 @@ def run(params: Params, *, logits_store: str, data: str, out: str) -> dict[str, 
     # the header's hash of the unlabeled split ties the store's rows to it: infer writes them in the split's order
     header = logits.open_store(logits_store, unlabeled_sha256=file_hash_in(data, "unlabeled.npz"))
     if header["num_classes"] != len(classes):
-        raise logits.LogitStoreError(f"'{logits_store}' has {header['num_classes']} classes, the data {len(classes)}: rerun infer")
+        raise logits.LogitStoreError(
+            f"'{logits_store}' has {header['num_classes']} classes, the data {len(classes)}: rerun infer"
+        )
 
     def chunks() -> Iterator[pseudo_labels.Chunk]:
         for start, part in logits.iter_shards(logits_store, header, with_ids=False):
             yield pseudo_labels.Chunk(start, part.values, part.indices)
 
-    plan, picks = pseudo_labels.two_passes(chunks, params.pseudo_labels, params.seed, classes, workers=min(4, os.cpu_count() or 1))
-    # writer threads: shards are written (and fsynced) while the next are picked; at most four wait, so memory stays bounded
+    plan, picks = pseudo_labels.two_passes(
+        chunks, params.pseudo_labels, params.seed, classes, workers=min(4, os.cpu_count() or 1)
+    )
+    # writer threads: shards are written (and fsynced) while the next are picked; at most four wait, so memory
+    # stays bounded
     with artifacts.atomic_dir(out) as staging, ThreadPoolExecutor(2) as writer:
         writes: list[Future[None]] = []
         for i, picked in enumerate(picks):

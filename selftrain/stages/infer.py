@@ -27,7 +27,10 @@ def run(params: Params, *, teacher: str, data: str, out: str, part: int | None =
     # the unlabeled split is read batch by batch, never whole: a pool of any size in the memory of a few batches
     images, ids = split_column(data, "unlabeled", "images"), split_column(data, "unlabeled", "ids")
     if images.shape[1:] != (spec.image_size, spec.image_size, spec.in_chans):
-        raise ValueError(f"unlabeled images are {images.shape[1:]}, the model '{model}' expects {spec.image_size}x{spec.image_size}x{spec.in_chans}")
+        raise ValueError(
+            f"unlabeled images are {images.shape[1:]}, the model '{model}' expects "
+            f"{spec.image_size}x{spec.image_size}x{spec.in_chans}"
+        )
     if ids.shape != images.shape[:1]:
         raise ValueError(f"'{images.uri}' holds {images.shape[0]} images but {ids.shape[0]} ids: rerun prepare")
     device = runtime.pick_device(params.runtime.device)
@@ -75,5 +78,7 @@ def stored_log_probs(logits_store: str, data: str, unlabeled: Split) -> np.ndarr
     """The teacher's stored log-probabilities of every unlabeled image, in the unlabeled split's order."""
     stored = logits.read_store(logits_store, unlabeled_sha256=file_hash_in(data, "unlabeled.npz"))
     if stored.ids is None or not np.array_equal(stored.ids, unlabeled.ids):
-        raise logits.LogitStoreError(f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer")
+        raise logits.LogitStoreError(
+            f"'{logits_store}' rows do not line up with the unlabeled split's ids: rerun infer"
+        )
     return stored.dense_log_probs()

@@ -25,7 +25,10 @@ def run(params: Params, *, listing: str | None = None, out: str) -> dict[str, An
     lists them in summary.json's `skipped`. With `listing` (list-data's output), the data must still be what
     it lists: files that changed since would make the splits differ from what DVC or Prefect recorded."""
     if listing is not None and artifacts.read_json(listing) != list_input(params.data):
-        raise DataError(f"the input data changed since list-data wrote {listing}: run list-data again (dvc repro does), then prepare")
+        raise DataError(
+            f"the input data changed since list-data wrote {listing}: run list-data again (dvc repro does), then "
+            "prepare"
+        )
     splits, skipped = read_splits(params.data, params.seed)
     summary = {
         "source": params.data.source,

@@ -26,11 +26,18 @@ def run(params: Params, *, generation: str, metrics: str, teacher: str, out: str
         "generation": generation,
         "teacher_model": m["teacher"]["model"],
         "student_model": m["student"]["model"],
-        **{f"{r}_{k}": m[r][k] for r in ("teacher", "student") for k in ("val_top1", "test_top1", "mCE", "mFR", "hard_top1") if k in m[r]},
+        **{
+            f"{r}_{k}": m[r][k]
+            for r in ("teacher", "student")
+            for k in ("val_top1", "test_top1", "mCE", "mFR", "hard_top1")
+            if k in m[r]
+        },
         "promoted": role,
     }
     history = (teacher_record or {"history": []})["history"] + [row]
-    rec = record(generation, m[role]["checkpoint"], m[role]["model"], passed, reason, history, promoted=role, rules=rules)
+    rec = record(
+        generation, m[role]["checkpoint"], m[role]["model"], passed, reason, history, promoted=role, rules=rules
+    )
     if rec["sha256"] != m[role]["checkpoint_sha256"]:
         raise artifacts.ArtifactError(f"'{rec['checkpoint']}' changed since '{metrics}' was computed: rerun evaluate")
     artifacts.write_json(out, rec)

@@ -26,7 +26,8 @@ def run(
 ) -> dict[str, Any]:
     """Record what made the generation's model: git commit, dvc.lock stage hashes (with --dvc-lock), params, the
     content hashes of its inputs (data, teacher checkpoint, logits, pseudo-labels) and outputs, seeds, package
-    versions and machine; writes lineage.json (`selftrain lineage` prints the chain, `selftrain reproduce` rebuilds it)."""
+    versions and machine; writes lineage.json (`selftrain lineage` prints the chain, `selftrain reproduce` rebuilds
+    it)."""
     teacher_record = read_record(teacher)
     rec = lineages.build(
         generation=generation,
@@ -34,7 +35,12 @@ def run(
         params={k: v for k, v in params.model_dump(mode="json").items() if k in lineages.PARAMS}
         | {"generations": {generation: params.generation(generation).model_dump(mode="json")}},
         seed=params.seed,
-        inputs={"data": data, "teacher_checkpoint": teacher_record["checkpoint"], "logits": logits_store, "pseudo": pseudo},
+        inputs={
+            "data": data,
+            "teacher_checkpoint": teacher_record["checkpoint"],
+            "logits": logits_store,
+            "pseudo": pseudo,
+        },
         outputs={"student_checkpoint": student, "metrics": metrics, "promoted": promoted},
         teacher_record=teacher_record,
         metrics=artifacts.read_json(metrics),
@@ -42,4 +48,8 @@ def run(
         dvc_lock=dvc_lock,
     )
     artifacts.write_json(out, rec)
-    return {"generation": generation, "student_checkpoint": rec["outputs"]["student_checkpoint"]["sha256"], "git": rec["git"]}
+    return {
+        "generation": generation,
+        "student_checkpoint": rec["outputs"]["student_checkpoint"]["sha256"],
+        "git": rec["git"],
+    }

@@ -45,4 +45,6 @@ def pseudo_label_gallery(
     """One generation's pseudo-label gallery (PNG) and its per-class counts; with the embedded data set, whose
     unlabeled images have known labels, the confident mistakes too."""
     truth = withheld_labels(params.data, load_split(data, "unlabeled").ids)
-    return gallery(data, logits_store, pseudo, f"{generation}: pseudo-labels of the unlabeled set", previous_logits, truth)
+    return gallery(
+        data, logits_store, pseudo, f"{generation}: pseudo-labels of the unlabeled set", previous_logits, truth
+    )

@@ -18,7 +18,8 @@ log = logging.getLogger("selftrain")
 
 def run(params: Params, *, data: str, sets: str, reference_model: str, out: str) -> dict[str, Any]:
     """Freeze the reference model's part: the -A set (holdout images it gets wrong) and its own -C/-P results,
-    which normalise every later CE and FR. The reference is --reference-model unless params robustness.reference names one."""
+    which normalise every later CE and FR. The reference is --reference-model unless params robustness.reference
+    names one."""
     from selftrain import models  # timm: here, so that make-robustness-sets, which builds no model, starts without it
 
     uri = params.robustness.reference or reference_model
@@ -29,7 +30,11 @@ def run(params: Params, *, data: str, sets: str, reference_model: str, out: str)
     hard, hard_info = None, None
     if has_split(data, "holdout"):
         pool = load_split(data, "holdout")
-        predictions = predict_logits(net, pool.images, params.evaluate.batch_size, device, desc="reference on holdout").argmax(1).numpy()
+        predictions = (
+            predict_logits(net, pool.images, params.evaluate.batch_size, device, desc="reference on holdout")
+            .argmax(1)
+            .numpy()
+        )
         rows = select_hard(pool.labels, predictions, params.robustness.hard_images, params.seed)
         hard = Split(pool.images[rows], pool.labels[rows], pool.ids[rows], pool.classes)
         hard_info = {"pool": len(pool), "reference_wrong": int((predictions != pool.labels).sum()), "size": len(rows)}

@@ -9,7 +9,9 @@ from selftrain.params import Params
 from selftrain.stages import STAGES
 
 
-def run(params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str) -> dict[str, Any]:
+def run(
+    params: Params, *, generation: str, data: str, teacher: str, logits_store: str, pseudo: str, out: str
+) -> dict[str, Any]:
     """Train the generation's student by the method params.generations gives it (what dvc.yaml runs): the method's
     stage (selftrain.methods), e.g. train-student for noisy_student and distill, train-mpl for mpl."""
     method = methods.get(params.generation(generation).method)

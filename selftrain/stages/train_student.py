@@ -10,9 +10,16 @@ from selftrain.stages._training import train_by_method
 
 
 def run(
-    params: Params, *, generation: str, data: str, teacher: str, out: str, pseudo: str | None = None, logits_store: str | None = None,
+    params: Params,
+    *,
+    generation: str,
+    data: str,
+    teacher: str,
+    out: str,
+    pseudo: str | None = None,
+    logits_store: str | None = None,
     resume: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train the generation's noised student on labeled and pseudo-labeled batches jointly.
 
     Method noisy_student: the pseudo-labels of --pseudo (filter-balance's output); method distill: every
@@ -24,4 +31,6 @@ def run(
     method = methods.get(params.generation(generation).method)
     if method.stage != "train-student":
         raise ValueError(f"{generation} is method {method.name}: its stage is {method.stage}, not train-student")
-    return train_by_method(params, method, generation, data, out, teacher=teacher, pseudo=pseudo, logits_store=logits_store, resume=resume)
+    return train_by_method(
+        params, method, generation, data, out, teacher=teacher, pseudo=pseudo, logits_store=logits_store, resume=resume
+    )

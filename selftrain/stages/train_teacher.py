@@ -22,5 +22,7 @@ def run(params: Params, *, data: str, out: str, promoted: str, resume: str | Non
     job = Training(params, model=p.model, noise=p, data=data, out=out, desc="teacher", inputs=inputs, resume=resume)
     summary = run_training(job, lambda run: SupervisedStep(run.student, p, run.labeled, run.ctx, params.seed))
     if distributed.world().main:
-        artifacts.write_json(promoted, record("gen0", summary["checkpoint"], p.model, True, "generation 0: the supervised teacher", []))
+        artifacts.write_json(
+            promoted, record("gen0", summary["checkpoint"], p.model, True, "generation 0: the supervised teacher", [])
+        )
     return summary

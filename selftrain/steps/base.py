@@ -52,7 +52,9 @@ class Step:
         self.ctx = ctx
         self.trained: dict[str, Trained] = {}  # the first one's learning rate is the log's
 
-    def optimise(self, name: str, module: nn.Module, *, lr: float, weight_decay: float, total: int, warmup: int) -> nn.Module:
+    def optimise(
+        self, name: str, module: nn.Module, *, lr: float, weight_decay: float, total: int, warmup: int
+    ) -> nn.Module:
         """Train `module` from now on, under `name` in the state; return what its forward passes should run."""
         net = self.ctx.wrap(module)
         opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
@@ -89,7 +91,11 @@ class Step:
         """Shared by every process: each model, optimiser and schedule, and `extra_state()`."""
         state: dict[str, Any] = {}
         for name, t in self.trained.items():
-            state |= {name: unwrapped(t.module).state_dict(), f"{name}_opt": t.opt.state_dict(), f"{name}_sched": t.sched.state_dict()}
+            state |= {
+                name: unwrapped(t.module).state_dict(),
+                f"{name}_opt": t.opt.state_dict(),
+                f"{name}_sched": t.sched.state_dict(),
+            }
         return state | self.extra_state()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -18,7 +18,9 @@ from selftrain.steps.base import Step
 from selftrain.train import Context, Finished, StepBatches
 
 
-def image_loader(images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int) -> torch.utils.data.DataLoader:
+def image_loader(
+    images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int
+) -> torch.utils.data.DataLoader:
     """`p`'s per-image (PIL) noise in `workers` processes, batches drawn by `batches`."""
     ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
     # its own generator: the loader draws its workers' base seed from it, not from torch's global RNG
@@ -37,9 +39,15 @@ class SupervisedStep(Step):
 
     def __init__(self, model: nn.Module, p: TrainParams, labeled: Split, ctx: Context, seed: int) -> None:
         if p.batch_size < ctx.world.size:
-            raise ValueError(f"batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch")
+            raise ValueError(
+                f"batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a "
+                "share of every batch"
+            )
         super().__init__(ctx)
-        self.model, self.p, self.seed, self.labeled = model, p, seed, labeled
+        self.model = model
+        self.p = p
+        self.seed = seed
+        self.labeled = labeled
         self.noise_gen = torch.Generator()  # batch-level flip/crop, apart from data order
         self.reseed(seed + 7919 * ctx.world.rank)
         self.labeled_batches = StepBatches(len(labeled), p.batch_size, seed, 0, world=ctx.world)
@@ -47,16 +55,24 @@ class SupervisedStep(Step):
         self.total = self.steps_per_epoch * p.epochs
         warmup = int(p.warmup_epochs * self.steps_per_epoch)
         self.net = self.optimise("model", model, lr=p.lr, weight_decay=p.weight_decay, total=self.total, warmup=warmup)
-        self.labeled_weight, self.pseudo_weight = 1.0, 0.0
-        # the loop's schedule: a log row (and every val_every-th a validation) per epoch; checkpoints at runtime's interval
-        self.log_every, self.val_every, self.ema_decay = self.steps_per_epoch, p.val_every, p.ema_decay
+        self.labeled_weight = 1.0
+        self.pseudo_weight = 0.0
+        # the loop's schedule: a log row (and every val_every-th a validation) per epoch; checkpoints at
+        # runtime's interval
+        self.log_every = self.steps_per_epoch
+        self.val_every = p.val_every
+        self.ema_decay = p.ema_decay
 
     def _steps_per_epoch(self) -> int:
         return self.labeled_batches.per_pass
 
     def batches(self, start: int) -> Iterator[Any]:
         self.labeled_batches.start = start
-        return iter(image_loader(self.labeled.images, self.labeled.labels, self.p, self.labeled_batches, self.seed + 3, self.ctx.workers))
+        return iter(
+            image_loader(
+                self.labeled.images, self.labeled.labels, self.p, self.labeled_batches, self.seed + 3, self.ctx.workers
+            )
+        )
 
     def __call__(self, batch: Any) -> dict[str, float]:
         x_l, y_l, *extra = batch  # extra: pseudo-labeled images, their targets[, a consistency batch]
@@ -66,7 +82,9 @@ class SupervisedStep(Step):
         y_l = y_l.to(device)
         more = self.consistency_views(extra[2]) if len(extra) > 2 else None
         with self.ctx.autocast():
-            out = self.net(x if more is None else torch.cat([x, more])).float()  # one pass: BatchNorm sees every view together
+            out = self.net(
+                x if more is None else torch.cat([x, more])
+            ).float()  # one pass: BatchNorm sees every view together
         out, tail = out[: len(x)], out[len(x) :]
         loss_l = F.cross_entropy(out[: len(y_l)], y_l, label_smoothing=self.p.label_smoothing)
         loss = self.labeled_weight * loss_l
@@ -93,11 +111,13 @@ class SupervisedStep(Step):
         return kept, {"log.csv": rows}, {}, {"epochs": self.p.epochs}
 
     def pseudo_loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of the batch's pseudo-labeled part (selftrain.methods.noisy_student.step); a labeled batch has none."""
+        """The loss of the batch's pseudo-labeled part (selftrain.methods.noisy_student.step); a labeled batch has
+        none."""
         raise NotImplementedError
 
     def consistency_views(self, batch: Any) -> torch.Tensor:
-        """A consistency batch's weak and strong views on the device, concatenated (selftrain.methods.noisy_student.step)."""
+        """A consistency batch's weak and strong views on the device, concatenated
+        (selftrain.methods.noisy_student.step)."""
         raise NotImplementedError
 
     def consistency_loss(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:

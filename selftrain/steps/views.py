@@ -24,8 +24,22 @@ class StepImages(torch.utils.data.Dataset):
     per-image (PIL) noise applied; the batch-level flip/crop is left to the training device, with the generator
     seed that comes with the item."""
 
-    def __init__(self, labeled: Split, unlabeled: np.ndarray, batch_size: int, ratio: int, sp: TrainParams, seed: int, world: distributed.World) -> None:
-        self.labeled, self.unlabeled, self.batch_size, self.ratio, self.seed, self.world = labeled, unlabeled, batch_size, ratio, seed, world
+    def __init__(
+        self,
+        labeled: Split,
+        unlabeled: np.ndarray,
+        batch_size: int,
+        ratio: int,
+        sp: TrainParams,
+        seed: int,
+        world: distributed.World,
+    ) -> None:
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+        self.batch_size = batch_size
+        self.ratio = ratio
+        self.seed = seed
+        self.world = world
         self.strong = pil_policy(sp, unlabeled.shape[1], unlabeled.shape[3])
 
     def __len__(self) -> int:
@@ -44,7 +58,9 @@ class StepImages(torch.utils.data.Dataset):
             "x_l": _stack(self.labeled.images[rows_l], None),  # labeled, weak view (flip + crop)
             "y_l": torch.from_numpy(self.labeled.labels[rows_l]).long(),
             "x_uw": _stack(images_u, None),  # unlabeled, weak view (the target's)
-            "x_us": _stack(images_u, self.strong),  # the same images, strong view: the student's noise (RandAugment + flip + crop)
+            "x_us": _stack(
+                images_u, self.strong
+            ),  # the same images, strong view: the student's noise (RandAugment + flip + crop)
             "rows_u": torch.from_numpy(rows_u),
             "flip_seed": (flip_seed + rank) % 2**63,
         }
@@ -81,7 +97,8 @@ def step_loader(images: StepImages, start: int, workers: int) -> Iterator[dict[s
             collate_fn=_first,
             num_workers=workers,
             persistent_workers=workers > 0,
-            generator=torch.Generator(),  # else the loader draws its workers' base seed from torch's global RNG (dropout's)
+            # else the loader draws its workers' base seed from torch's global RNG (dropout's)
+            generator=torch.Generator(),
         )
     )
 
@@ -93,7 +110,8 @@ def on_device(
     `cutout_frac` of the side): labeled, its labels, unlabeled weak, unlabeled strong."""
     gen = torch.Generator().manual_seed(b["flip_seed"])
     x_l, x_uw, x_us = (
-        runtime.to_device(train_batch(b[k].to(device), policy, gen), device) for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", sp.augment))
+        runtime.to_device(train_batch(b[k].to(device), policy, gen), device)
+        for k, policy in (("x_l", "s1"), ("x_uw", "s1"), ("x_us", sp.augment))
     )
     if cutout_frac > 0:
         x_us = cutout(x_us, cutout_frac, gen)

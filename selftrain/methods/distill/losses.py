@@ -35,7 +35,9 @@ def intra_class_relation(y_s: Tensor, y_t: Tensor) -> Tensor:
 
 def kd_term(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
     """tau^2 KL(softmax(teacher/tau) || softmax(student/tau)), mean over the batch (Hinton et al.)."""
-    return tau**2 * F.kl_div(F.log_softmax(student / tau, 1), F.log_softmax(teacher / tau, 1), reduction="batchmean", log_target=True)
+    return tau**2 * F.kl_div(
+        F.log_softmax(student / tau, 1), F.log_softmax(teacher / tau, 1), reduction="batchmean", log_target=True
+    )
 
 
 def dist_term(student: Tensor, teacher: Tensor, tau: float, beta: float, gamma: float) -> Tensor:
@@ -59,7 +61,10 @@ class DistillLoss:
 
     def __call__(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None) -> Tensor:
         if student.shape != teacher.shape:
-            raise ValueError(f"{self.name}: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape")
+            raise ValueError(
+                f"{self.name}: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ "
+                "in shape"
+            )
         if not torch.isfinite(teacher).all():
             raise ValueError(f"{self.name}: teacher logits hold NaN or inf")
         loss = self.term(student, teacher)
@@ -71,7 +76,9 @@ class DistillLoss:
 LOSSES = ("ce", "kd", "dist", "soft_ce")
 
 
-def build_loss(name: str, *, tau: float = 1.0, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> DistillLoss:
+def build_loss(
+    name: str, *, tau: float = 1.0, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0
+) -> DistillLoss:
     """The loss `name` (one of LOSSES) with its temperature and weights."""
     if tau <= 0:
         raise ValueError(f"loss temperature tau must be > 0, got {tau}")

@@ -31,19 +31,36 @@ from selftrain.train import Context, Finished, StudentRun
 class FixMatchStep(Step):
     method = "fixmatch"
 
-    def __init__(self, model: nn.Module, p: FixMatchParams, sp: StudentParams, labeled: Split, unlabeled: np.ndarray, ctx: Context, seed: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        p: FixMatchParams,
+        sp: StudentParams,
+        labeled: Split,
+        unlabeled: np.ndarray,
+        ctx: Context,
+        seed: int,
+    ) -> None:
         if p.batch_size < ctx.world.size:
             raise ValueError(
-                f"methods.fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
+                f"methods.fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: "
+                "each needs a share of every batch"
             )
         super().__init__(ctx)
-        self.model, self.p, self.sp = model, p, sp
+        self.model = model
+        self.p = p
+        self.sp = sp
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
         self.steps_per_epoch = max(1, len(unlabeled) // (p.batch_size * p.unlabeled_ratio))
-        self.net = self.optimise("model", model, lr=p.lr, weight_decay=p.weight_decay, total=p.steps, warmup=p.warmup_steps)
+        self.net = self.optimise(
+            "model", model, lr=p.lr, weight_decay=p.weight_decay, total=p.steps, warmup=p.warmup_steps
+        )
         self.labeller = thresholds.PseudoLabeller.build(p, labeled.labels, len(labeled.classes), len(unlabeled))
-        self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
+        self.log_every = p.checkpoint_every
+        self.val_every = 1
+        self.ema_decay = p.ema_decay
+        self.checkpoint_every = p.checkpoint_every
 
     @classmethod
     def build(cls, run: StudentRun) -> FixMatchStep:
@@ -80,7 +97,12 @@ class FixMatchStep(Step):
         }
 
     def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
-        return kept, {"log.csv": rows}, {}, {"method": self.method, "steps": self.p.steps, "threshold": self.p.threshold}
+        return (
+            kept,
+            {"log.csv": rows},
+            {},
+            {"method": self.method, "steps": self.p.steps, "threshold": self.p.threshold},
+        )
 
     def extra_state(self) -> dict[str, Any]:
         return self.labeller.state_dict()

@@ -58,7 +58,9 @@ class FlexMatchThreshold:
     """Curriculum pseudo-labelling: class-wise thresholds from how many unlabeled images each class has claimed."""
 
     def __init__(self, tau: float, n_unlabeled: int, classes: int, warmup: bool = True) -> None:
-        self.tau, self.classes, self.warmup = tau, classes, warmup
+        self.tau = tau
+        self.classes = classes
+        self.warmup = warmup
         self.selected = torch.full((n_unlabeled,), -1, dtype=torch.long)  # each image's latest confident class
 
     def beta(self) -> torch.Tensor:
@@ -119,7 +121,9 @@ class FreeMatchThreshold:
         return {"tau_t": self.tau_t.clone(), "p_model": self.p_model.clone(), "hist": self.hist.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tau_t, self.p_model, self.hist = (state[k].clone() for k in ("tau_t", "p_model", "hist"))
+        self.tau_t = state["tau_t"].clone()
+        self.p_model = state["p_model"].clone()
+        self.hist = state["hist"].clone()
 
 
 def fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor, rule: FreeMatchThreshold) -> torch.Tensor:
@@ -149,7 +153,8 @@ class DistributionAlignment:
     EPS = 1e-6
 
     def __init__(self, prior: torch.Tensor, momentum: float = 0.999) -> None:
-        self.prior, self.m = prior.float() / prior.sum(), momentum
+        self.prior = prior.float() / prior.sum()
+        self.m = momentum
         self.p_model: torch.Tensor | None = None
 
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
@@ -177,7 +182,11 @@ def build_threshold(rule: ThresholdRule, tau: float, n_unlabeled: int, classes: 
 
 
 def pseudo_targets(
-    logits_weak: torch.Tensor, rows: torch.Tensor, threshold: Threshold, align: DistributionAlignment | None, temperature: float = 1.0
+    logits_weak: torch.Tensor,
+    rows: torch.Tensor,
+    threshold: Threshold,
+    align: DistributionAlignment | None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From the weak view's logits (no gradient flows back through them): the hard pseudo-labels, the mask and the
     (aligned) probabilities the mask was computed on."""
@@ -196,7 +205,8 @@ class PseudoLabeller:
     keeps the same state; each process keeps its own share of the result."""
 
     def __init__(self, rule: Threshold, align: DistributionAlignment | None) -> None:
-        self.rule, self.align = rule, align
+        self.rule = rule
+        self.align = align
 
     @classmethod
     def build(cls, p: FixMatchParams, labels: np.ndarray, classes: int, n_unlabeled: int) -> PseudoLabeller:
@@ -205,12 +215,16 @@ class PseudoLabeller:
         align = DistributionAlignment(prior, p.ema_p) if p.dist_align else None
         return cls(build_threshold(p.threshold, p.tau, n_unlabeled, classes, p.ema_p), align)
 
-    def __call__(self, logits_weak: torch.Tensor, rows: torch.Tensor, w: distributed.World) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, logits_weak: torch.Tensor, rows: torch.Tensor, w: distributed.World
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pseudo-labels, mask and (aligned) probabilities of this process's weak views."""
         if w.size == 1:
             return pseudo_targets(logits_weak, rows, self.rule, self.align)
         shares = distributed.all_gather((logits_weak.detach().cpu(), rows.cpu()), w)
-        out = pseudo_targets(torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), self.rule, self.align)
+        out = pseudo_targets(
+            torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), self.rule, self.align
+        )
         start = sum(len(s[0]) for s in shares[: w.rank])
         targets, mask, probs = (x[start : start + len(rows)].to(logits_weak.device) for x in out)
         return targets, mask, probs

@@ -22,19 +22,36 @@ class MplParams(MethodParams):
     teacher_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear warmup of both learning rates, then cosine decay")
-    mpl_weight: float = Field(1.0, description="weight of the teacher's MPL term (0: off; < 0: the flipped sign, for ablations)")
+    mpl_weight: float = Field(
+        1.0, description="weight of the teacher's MPL term (0: off; < 0: the flipped sign, for ablations)"
+    )
     baseline_decay: float = Field(0.99, ge=0, lt=1, description="moving average of h subtracted from it")
     signal: Literal["train", "eval", "dot"] = Field(
-        "eval", description="how h is measured: train-mode passes (noisy), eval-mode passes, or the first-order dot product (update.py)"
+        "eval",
+        description="how h is measured: train-mode passes (noisy), eval-mode passes, or the first-order dot product "
+        "(update.py)",
     )
     uda_weight: float = Field(1.0, ge=0, description="teacher's UDA consistency loss weight (mpl only)")
     uda_temperature: float = Field(0.7, gt=0, description="sharpening of the weak-view target")
-    uda_threshold: float = Field(0.6, ge=0, lt=1, description="UDA counts only images whose sharpened weak-view confidence reaches this")
+    uda_threshold: float = Field(
+        0.6, ge=0, lt=1, description="UDA counts only images whose sharpened weak-view confidence reaches this"
+    )
     uda_ramp_steps: int = Field(500, ge=1, description="steps over which the UDA weight rises linearly to uda_weight")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the student's weights (timm ModelEmaV3); the finetune starts from it")
-    finetune_epochs: int = Field(10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an EMA of the student's weights (timm ModelEmaV3); the finetune starts from it",
+    )
+    finetune_epochs: int = Field(
+        10, ge=0, description="then finetune the student on labeled data for this many epochs (0: none)"
+    )
     finetune_lr: float = Field(1e-3, gt=0)
-    checkpoint_every: int = Field(200, gt=0, description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps")
+    checkpoint_every: int = Field(
+        200,
+        gt=0,
+        description="write a resumable checkpoint (both models, optimisers, schedulers, step, RNG) every N steps",
+    )
 
 
 def mpl_work(teacher_views: int) -> Work:
@@ -57,6 +74,7 @@ METHOD = Method(
     data_parallel=True,
     step="selftrain.methods.mpl.step:MplStep",
     work=mpl_work(2),
-    summary="Meta Pseudo Labels: teacher and student trained together, the teacher from the student's labeled loss (Pham et al. 2021)",
+    summary="Meta Pseudo Labels: teacher and student trained together, the teacher from the student's labeled loss "
+    "(Pham et al. 2021)",
     params=MplParams,
 )

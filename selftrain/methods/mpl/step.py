@@ -3,7 +3,8 @@
 
 Step t's data comes from selftrain.steps.views (drawn from (seed, t) alone: a resumed run takes exactly the steps
 an uninterrupted one takes). Under torchrun the student and the teacher are both DDP-wrapped, every process takes
-a disjoint share of each step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline) is averaged over
+a disjoint share of each step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline)
+is averaged over
 the processes, so that every process updates its teacher with the same scalar.
 """
 
@@ -49,10 +50,14 @@ class MplStep(Step):
     ) -> None:
         if p.batch_size < ctx.world.size:
             raise ValueError(
-                f"methods.mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a share of every batch"
+                f"methods.mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each "
+                "needs a share of every batch"
             )
         super().__init__(ctx)
-        self.model, self.teacher, self.p, self.sp = student, teacher, p, sp
+        self.model = student
+        self.teacher = teacher
+        self.p = p
+        self.sp = sp
         self.state = MplState()
         self.images = StepImages(labeled, unlabeled, p.batch_size, p.unlabeled_ratio, sp, seed, ctx.world)
         self.total = p.steps
@@ -60,12 +65,19 @@ class MplStep(Step):
         lrs = {"student": p.student_lr, "teacher": teacher_lr or p.teacher_lr}
         for name, module in (("student", student), ("teacher", teacher)):
             self.optimise(name, module, lr=lrs[name], weight_decay=p.weight_decay, total=p.steps, warmup=p.warmup_steps)
-        self.labeled, self.seed, self.eval_batch = labeled, seed, 512
+        self.labeled = labeled
+        self.seed = seed
+        self.eval_batch = 512
         self.val: Split | None = None  # the finetune's validation (build() sets it)
         # the loop's schedule: a log row, a validation and a checkpoint every methods.mpl.checkpoint_every steps
-        self.log_every, self.val_every, self.ema_decay, self.checkpoint_every = p.checkpoint_every, 1, p.ema_decay, p.checkpoint_every
+        self.log_every = p.checkpoint_every
+        self.val_every = 1
+        self.ema_decay = p.ema_decay
+        self.checkpoint_every = p.checkpoint_every
         world = ctx.world
-        self.par = Parallel(ctx.autocast, lambda h: distributed.mean(torch.tensor([h], dtype=torch.float64), world).item())
+        self.par = Parallel(
+            ctx.autocast, lambda h: distributed.mean(torch.tensor([h], dtype=torch.float64), world).item()
+        )
 
     @classmethod
     def build(cls, run: StudentRun) -> MplStep:
@@ -78,8 +90,11 @@ class MplStep(Step):
     def _with(cls, run: StudentRun, teacher: nn.Module, **kwargs: Any) -> MplStep:
         assert run.unlabeled is not None
         p = run.params
-        step = cls(run.student, teacher, p.methods.mpl, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed, **kwargs)
-        step.val, step.eval_batch = run.val, p.evaluate.batch_size
+        step = cls(
+            run.student, teacher, p.methods.mpl, p.student, run.labeled, run.unlabeled.images, run.ctx, p.seed, **kwargs
+        )
+        step.val = run.val
+        step.eval_batch = p.evaluate.batch_size
         return step
 
     def finish(self, kept: nn.Module, rows: list[dict[str, Any]], desc: str) -> Finished:
@@ -87,17 +102,28 @@ class MplStep(Step):
         p = self.p
         if p.finetune_epochs:
             finetune = TrainParams(
-                epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.finetune_lr, weight_decay=p.weight_decay,
-                label_smoothing=self.sp.label_smoothing, augment="s1",
-            )  # fmt: skip
+                epochs=p.finetune_epochs,
+                batch_size=p.batch_size,
+                lr=p.finetune_lr,
+                weight_decay=p.weight_decay,
+                label_smoothing=self.sp.label_smoothing,
+                augment="s1",
+            )
             tune = SupervisedStep(kept, finetune, self.labeled, self.ctx, self.seed)
-            kept, tuned, _ = fit(tune, self.ctx, self.seed, log_every=tune.steps_per_epoch, val=self.val, desc=f"{desc} finetune")
+            kept, tuned, _ = fit(
+                tune, self.ctx, self.seed, log_every=tune.steps_per_epoch, val=self.val, desc=f"{desc} finetune"
+            )
         else:
             assert self.val is not None
             tuned = [{"epoch": 0, "val_top1": accuracy(kept, self.val, self.eval_batch, self.ctx.device)["top1"]}]
         teacher = {k: v.detach().cpu().contiguous() for k, v in unwrapped(self.teacher).state_dict().items()}
         files = {"mpl_teacher.safetensors": safetensors.torch.save(teacher)}
-        return kept, {"mpl_log.csv": rows, "log.csv": tuned}, files, {"method": self.method, "steps": p.steps, "mpl_val_top1": rows[-1]["val_top1"]}
+        return (
+            kept,
+            {"mpl_log.csv": rows, "log.csv": tuned},
+            files,
+            {"method": self.method, "steps": p.steps, "mpl_val_top1": rows[-1]["val_top1"]},
+        )
 
     def batches(self, start: int) -> Iterator[Any]:
         return step_loader(self.images, start, self.ctx.workers)
@@ -111,10 +137,15 @@ class MplStep(Step):
     def _advance(self, out: dict[str, float], images: int) -> dict[str, float]:
         for t in self.trained.values():  # the optimisers stepped inside the update (update.py): their schedules here
             t.sched.step()
-        return {"loss": out["student_loss"], **{k: out[k] for k in ("teacher_loss", "teacher_uda", "h", "signal")}, "images": images}
+        return {
+            "loss": out["student_loss"],
+            **{k: out[k] for k in ("teacher_loss", "teacher_uda", "h", "signal")},
+            "images": images,
+        }
 
     def extra_state(self) -> dict[str, Any]:
         return {"mpl_step": self.state.step, "baseline": self.state.baseline}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.state.step, self.state.baseline = state["mpl_step"], state["baseline"]
+        self.state.step = state["mpl_step"]
+        self.state.baseline = state["baseline"]

@@ -13,7 +13,8 @@ reimplementations flip it). The baseline is a moving average of h. How h is meas
          just before and after the weights' update: only the update moves h;
   dot:   the first-order form, h = -grad L_l(theta_new) . (theta_new - theta_old) with the gradient in eval
          mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad).
-The teacher also minimises CE on the labeled batch and, ramped up, UDA: CE between its sharpened prediction q = softmax(z_weak / T) and its
+The teacher also minimises CE on the labeled batch and, ramped up, UDA: CE between its sharpened prediction q =
+softmax(z_weak / T) and its
 prediction on a strong view of the same unlabeled images, counted where max q >= threshold (the mask is taken on
 the sharpened q, as in the MPL authors' code and MPL-pytorch).
 """
@@ -41,7 +42,8 @@ class MplState:
 @dataclass(frozen=True)
 class Parallel:
     """How a step runs: `autocast` around the forward passes (mixed precision), `mean` of a scalar over the
-    data-parallel processes (h: every process must update its teacher with the same signal). Defaults: one process in fp32."""
+    data-parallel processes (h: every process must update its teacher with the same signal). Defaults: one process in
+    fp32."""
 
     autocast: Callable[[], Any] = contextlib.nullcontext
     mean: Callable[[float], float] = float
@@ -83,7 +85,13 @@ def mpl_step(
     t_loss.backward()
     t_opt.step()
     state.step += 1
-    return {"teacher_loss": t_loss.item(), "teacher_uda": t_loss_uda.item(), "student_loss": s_loss, "h": h, "signal": signal}
+    return {
+        "teacher_loss": t_loss.item(),
+        "teacher_uda": t_loss_uda.item(),
+        "student_loss": s_loss,
+        "h": h,
+        "signal": signal,
+    }
 
 
 def student_update(
@@ -103,7 +111,9 @@ def student_update(
     with par.autocast():
         s_logits = student(torch.cat([x_l, x_us])).float()
     net = getattr(student, "module", student)  # eval passes and the dot form's gradient run outside DDP: no collectives
-    if cfg.signal == "eval":  # after the train-mode pass has moved the BatchNorm running statistics: only the step differs
+    if (
+        cfg.signal == "eval"
+    ):  # after the train-mode pass has moved the BatchNorm running statistics: only the step differs
         before = _eval_loss(net, x_l, y_l, par)
     s_loss = F.cross_entropy(s_logits[n_l:], y_hat)
     s_opt.zero_grad(set_to_none=True)
@@ -113,7 +123,9 @@ def student_update(
     s_opt.step()
     if cfg.signal == "train":
         with torch.no_grad(), par.autocast():
-            h_local = (F.cross_entropy(s_logits[:n_l].detach(), y_l) - F.cross_entropy(student(x_l).float(), y_l)).item()
+            h_local = (
+                F.cross_entropy(s_logits[:n_l].detach(), y_l) - F.cross_entropy(student(x_l).float(), y_l)
+            ).item()
     elif cfg.signal == "eval":
         h_local = before - _eval_loss(net, x_l, y_l, par)
     else:
@@ -129,7 +141,8 @@ def student_update(
 
 
 def _eval_loss(student: nn.Module, x_l: Tensor, y_l: Tensor, par: Parallel) -> float:
-    """The labeled loss in eval mode (no dropout or stochastic depth, running BatchNorm statistics), then back to train mode."""
+    """The labeled loss in eval mode (no dropout or stochastic depth, running BatchNorm statistics), then back to train
+    mode."""
     student.eval()
     with torch.no_grad(), par.autocast():
         loss = F.cross_entropy(student(x_l).float(), y_l).item()

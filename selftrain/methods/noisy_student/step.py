@@ -2,12 +2,15 @@
 times larger go through the noised student in one forward pass, and the loss is
     labeled_weight * CE(y, f(x_l))  +  pseudo_weight * L(f(x_u), log q)
 each term a mean over its own part of the batch (so the two are normalised separately), L the student's `loss`
-from losses.py of selftrain.methods.distill (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one pass over the
+from losses.py of selftrain.methods.distill (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one
+pass over the
 pseudo-labeled set.
 
-With student.consistency (dropped or all), each step also takes `methods.fixmatch.unlabeled_ratio` times as many unlabeled
+With student.consistency (dropped or all), each step also takes `methods.fixmatch.unlabeled_ratio` times as many
+unlabeled
 images as labeled ones, from those filter-balance did not keep (or all), as a weak and a strong view, and adds
-FixMatch's term (selftrain.methods.fixmatch.thresholds, by `methods.fixmatch`'s threshold rule) weighted by student.consistency_weight: the
+FixMatch's term (selftrain.methods.fixmatch.thresholds, by `methods.fixmatch`'s threshold rule) weighted by
+student.consistency_weight: the
 generations of Noisy Student compose with consistency training.
 """
 
@@ -33,22 +36,33 @@ class PseudoLabelStep(SupervisedStep):
     """`pseudo` is (images, target probabilities): filter-balance's pseudo-labels or the stored teacher's outputs."""
 
     def __init__(
-        self, model: nn.Module, p: StudentParams, labeled: Split, pseudo: tuple[np.ndarray, np.ndarray], ctx: Context, seed: int,
-        pool: np.ndarray | None = None, fm: FixMatchParams | None = None,
-    ) -> None:  # fmt: skip
-        self.pseudo, self.sp = pseudo, p
+        self,
+        model: nn.Module,
+        p: StudentParams,
+        labeled: Split,
+        pseudo: tuple[np.ndarray, np.ndarray],
+        ctx: Context,
+        seed: int,
+        pool: np.ndarray | None = None,
+        fm: FixMatchParams | None = None,
+    ) -> None:
+        self.pseudo = pseudo
+        self.sp = p
         self.pseudo_batches = StepBatches(len(pseudo[0]), p.batch_size * p.unlabeled_ratio, seed, 1, world=ctx.world)
         super().__init__(model, p, labeled, ctx, seed)
         self.loss_fn = build_loss(p.loss, tau=p.loss_tau, alpha=p.labeled_weight, beta=p.dist_beta, gamma=p.dist_gamma)
-        self.labeled_weight, self.pseudo_weight = self.loss_fn.alpha, p.pseudo_weight
+        self.labeled_weight = self.loss_fn.alpha
+        self.pseudo_weight = p.pseudo_weight
         self.views: StepImages | None = None  # the consistency term's images (student.consistency), `pool` of them
         if pool is not None and fm is not None:
-            self.fm, self.views = fm, StepImages(labeled, pool, p.batch_size, fm.unlabeled_ratio, p, seed + 5, ctx.world)
+            self.fm = fm
+            self.views = StepImages(labeled, pool, p.batch_size, fm.unlabeled_ratio, p, seed + 5, ctx.world)
             self.labeller = thresholds.PseudoLabeller.build(fm, labeled.labels, len(labeled.classes), len(pool))
 
     @classmethod
     def build(cls, run: StudentRun) -> PseudoLabelStep:
-        """Noisy Student: filter-balance's pseudo-labels; distill: every unlabeled image, the stored teacher's outputs."""
+        """Noisy Student: filter-balance's pseudo-labels; distill: every unlabeled image, the stored teacher's
+        outputs."""
         pseudo, p, unlabeled = run.pseudo, run.params, run.unlabeled
         assert unlabeled is not None
         if pseudo is None:
@@ -58,10 +72,15 @@ class PseudoLabelStep(SupervisedStep):
         if p.student.consistency == "all":
             pool = unlabeled.images
         elif p.student.consistency == "dropped":
-            kept = run.pseudo_rows if run.pseudo_rows is not None else np.arange(len(unlabeled))  # distill keeps every image
+            kept = (
+                run.pseudo_rows if run.pseudo_rows is not None else np.arange(len(unlabeled))
+            )  # distill keeps every image
             pool = unlabeled.images[np.setdiff1d(np.arange(len(unlabeled)), kept)]
             if len(pool) == 0:
-                raise ValueError("student.consistency is 'dropped' but every unlabeled image was kept: nothing is left for it; use 'all'")
+                raise ValueError(
+                    "student.consistency is 'dropped' but every unlabeled image was kept: nothing is left for it; use "
+                    "'all'"
+                )
         return cls(run.student, p.student, run.labeled, pseudo, run.ctx, p.seed, pool, p.methods.fixmatch)
 
     def _steps_per_epoch(self) -> int:

@@ -14,7 +14,11 @@ class ReducedMplParams(MethodParams):
 
     hidden: int = Field(128, gt=0, description="hidden width of the MLP teacher over stored logits")
     lr: float = Field(1e-3, gt=0, description="the MLP teacher's learning rate")
-    anchor_weight: float = Field(1.0, ge=0, description="soft CE of the MLP teacher to the large teacher's distribution (0: the MPL signal alone)")
+    anchor_weight: float = Field(
+        1.0,
+        ge=0,
+        description="soft CE of the MLP teacher to the large teacher's distribution (0: the MPL signal alone)",
+    )
 
 
 METHOD = Method(

@@ -56,5 +56,7 @@ class ReducedMplStep(MplStep):
     def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
         x_l, y_l, x_uw, x_us = on_device(batch, self.sp, self.ctx.device)
         z_u, s, t = self.stored[batch["rows_u"]].to(self.ctx.device), self.trained["student"], self.trained["teacher"]
-        out = reduced_mpl_step(t.net, s.net, t.opt, s.opt, x_l, y_l, z_u, x_us, self.p, self.state, self.anchor_weight, self.par)
+        out = reduced_mpl_step(
+            t.net, s.net, t.opt, s.opt, x_l, y_l, z_u, x_us, self.p, self.state, self.anchor_weight, self.par
+        )
         return self._advance(out, len(x_l) + len(x_us))
