@@ -73,7 +73,7 @@ def read_store(uri: str) -> float:
 
 
 def stored_bytes(uri: str) -> int:
-    fs, path = artifacts._fs(uri)
+    fs, path = artifacts.uris._fs(uri)
     return sum(fs.size(f) for f in fs.find(path))
 
 

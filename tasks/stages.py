@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff
 from selftrain import artifacts, failures
 from selftrain.params import Params
 from selftrain.stages import STAGES, join_logit_parts
-from tasks import kubernetes
+from tasks import job_manifests, kubernetes, pod_status
 from tasks.cache import StageInputs, always_changed, outputs_complete, result_storage
 
 TASKS: dict[str, Task] = {name: task(fn, name=name) for name, fn in STAGES.items()}
@@ -40,7 +40,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ApiException):
         return exc.status in (0, 429) or exc.status >= 500
-    if isinstance(exc, (urllib3.exceptions.HTTPError, kubernetes.JobFailedTransiently)):
+    if isinstance(exc, (urllib3.exceptions.HTTPError, pod_status.JobFailedTransiently)):
         return True
     return failures.is_transient(exc)
 
@@ -128,7 +128,7 @@ def for_params(params: Params, root: str) -> SimpleNamespace:
                 )
             )
             for name, t in (
-                (n, _as_job(n, root) if kubernetes.resources_for(params, n) else t) for n, t in TASKS.items()
+                (n, _as_job(n, root) if job_manifests.resources_for(params, n) else t) for n, t in TASKS.items()
             )
         }
     )

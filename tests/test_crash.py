@@ -103,7 +103,8 @@ def test_a_writer_killed_mid_commit_on_s3_leaves_staging_that_a_later_write_remo
     time.sleep(1.5)
     young = f"{S3_BUCKET}/killed/.data.tmp-0123456789ab"
     fs.pipe_file(f"{young}/x.npy", b"a writer at work")
-    monkeypatch.setattr(artifacts, "STALE_STAGING_S", 1.0)  # a day, shortened: the killed writer's staging is older
+    # a day, shortened: the killed writer's staging is older
+    monkeypatch.setattr(artifacts.directories, "STALE_STAGING_S", 1.0)
     with artifacts.atomic_dir(out) as staging:
         artifacts.write_bytes(artifacts.join(staging, "a.npy"), b"complete again")
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{S3_BUCKET}/killed", refresh=True))

@@ -22,7 +22,7 @@ from flows.self_training import self_training
 from selftrain import artifacts
 from selftrain.layout import Generation
 from selftrain.params import load_params
-from tasks.kubernetes import job_manifest, resources_for
+from tasks.job_manifests import job_manifest, resources_for
 
 pytestmark = [pytest.mark.image, pytest.mark.slow]
 

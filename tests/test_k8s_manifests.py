@@ -13,7 +13,7 @@ from prefect.utilities.templating import apply_values
 
 from conftest import ROOT
 from selftrain.params import ParamsError, load_params
-from tasks.kubernetes import job_manifest, resources_for
+from tasks.job_manifests import job_manifest, resources_for
 
 K8S_VERSION = "1.31.0"  # the oldest minor the manifests must work on (podFailurePolicy is GA from 1.31)
 CRDS = {"kueue.x-k8s.io/v1beta1"}  # optional add-ons: no schema ships with kubernetes-validate

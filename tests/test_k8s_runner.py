@@ -26,15 +26,9 @@ from selftrain import artifacts, logits, stages
 from selftrain.layout import Generation
 from selftrain.params import load_params
 from tasks import stages as tasks
-from tasks.kubernetes import (
-    JobFailed,
-    StageJobError,
-    explain_failure,
-    job_manifest,
-    resources_for,
-    run_stage_job,
-    service_manifest,
-)
+from tasks.job_manifests import job_manifest, resources_for, service_manifest
+from tasks.kubernetes import run_stage_job
+from tasks.pod_status import JobFailed, StageJobError, explain_failure
 
 K8S = {"kubernetes.enabled": True, "kubernetes.poll_s": 0.2, "prefect.cache": False, "prefect.retries": 0}
 

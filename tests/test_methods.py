@@ -12,7 +12,7 @@ from selftrain import lineage, methods, plan
 from selftrain.cli import build_parser
 from selftrain.params import parse_params
 from selftrain.stages import STAGES
-from tasks import cache, kubernetes
+from tasks import cache, job_manifests
 from tasks import stages as tasks
 
 METHODS = list(methods.registry().values())
@@ -44,7 +44,7 @@ def test_every_method_has_every_runner(m, tmp_path):
     )
     # the CLI (what DVC and a Kubernetes pod run): its stage is a command, and the argv a Job gets parses
     kwargs = {"generation": "gen1", "data": "d", "teacher": "t.json", "out": "o", **{k: k for k in m.stage_inputs}}
-    argv = kubernetes.stage_argv(m.stage, "p.yaml", "r.json", kwargs)
+    argv = job_manifests.stage_argv(m.stage, "p.yaml", "r.json", kwargs)
     args = build_parser().parse_args(argv)
     assert args.command == m.stage and all(getattr(args, k) == v for k, v in kwargs.items())
     # DVC: train-student@genK runs train-generation, which dispatches on the registry; it tracks the method's params
@@ -60,7 +60,7 @@ def test_every_method_has_every_runner(m, tmp_path):
     )
     # the flow: a task of the method's stage, which on Kubernetes gets train-student's pod unless it has its own
     assert hasattr(tasks.for_params(params, str(tmp_path)), m.stage.replace("-", "_"))
-    res = kubernetes.resources_for(params, m.stage)
+    res = job_manifests.resources_for(params, m.stage)
     assert res is not None and res.memory == "4Gi"
     assert m.stage in methods.training_stages()
     # the cache keys it the way DVC tracks it

@@ -28,7 +28,7 @@ from flows.logs import stage_logs_to_prefect
 from selftrain.data import load_split
 from selftrain.params import load_params
 from tasks import stages as tasks
-from tasks.kubernetes import JobFailed, JobFailedTransiently
+from tasks.pod_status import JobFailed, JobFailedTransiently
 from tasks.stages import is_transient
 
 

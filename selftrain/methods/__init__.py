@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from selftrain.section import Section
 
 Consumes = Literal["pseudo_labels", "logits", "nothing"]
 # (training images, passes over val) of one run, given (params, labeled, unlabeled) sizes: `selftrain plan`
@@ -47,10 +47,8 @@ DVC_TRAIN_STAGE = "train-student"  # dvc.yaml's name for a generation's training
 SECTION = "methods"  # params.yaml's section holding each method's own options, one subsection per method
 
 
-class MethodParams(BaseModel):
-    """A method's own options: params.yaml's `methods.<method name>`. Unknown keys are refused, as in every section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class MethodParams(Section):
+    """A method's own options: params.yaml's `methods.<method name>`."""
 
 
 @dataclass(frozen=True, kw_only=True)
