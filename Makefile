@@ -54,4 +54,4 @@ image:
 	VARIANT=$(VARIANT) TAG=$(TAG) scripts/image.sh
 
 bench: setup
-	python bench/throughput.py
+	python -m bench.throughput

@@ -1,4 +1,4 @@
-"""Logit store write/read throughput on an S3 endpoint vs local disk, as ratios (issue 8).
+"""Logit store write/read throughput on an S3 endpoint vs local disk, as ratios.
 
 The same synthetic logits (N images x C classes, dense float16 or top-k) go through the logit
 store's own writer (`LogitWriter`, inside an atomic artifact directory) and reader (`read_store`)
@@ -6,7 +6,7 @@ to a local directory and to `s3://` on a loopback `moto_server` started here (or
 AWS_ENDPOINT_URL with --endpoint-from-env). Throughput is stored bytes per second; the ratio is
 S3 / local, measured alternately in the same run (--repeat).
 
-    python bench/artifact_store.py [--images 200000] [--classes 1000] [--topk 10] [--shard 50000] [--repeat 3]
+    python -m bench.artifact_store [--images 200000] [--classes 1000] [--topk 10] [--shard 50000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument(
         "--endpoint-from-env", action="store_true", help="use the S3 endpoint and credentials of the AWS environment"
     )
-    ap.add_argument("--out", default="bench/results_artifact_store.json")
+    ap.add_argument("--out", default="bench/results/artifact_store.json")
     args = ap.parse_args()
     topk = args.topk or None
     moto = None if args.endpoint_from_env else start_moto()

@@ -1,4 +1,4 @@
-"""The logit store and filter-balance at pool scale (issue 10): 1 M and 10 M images x 1000 classes.
+"""The logit store and filter-balance at pool scale: 1 M and 10 M images x 1000 classes.
 
 For N synthetic teacher outputs (random logits, a temperature per image so confidences spread), written
 through the store's own streaming writer as top-k float16:
@@ -13,7 +13,7 @@ through the store's own streaming writer as top-k float16:
 - store vs recompute: images per second read back from the store (decoded, every shard) vs the teacher
   (resnet10t, eval mode, batch 512) recomputing logits on this machine, measured on a subset.
 
-    python bench/logit_scale.py --images 1000000 10000000 --out bench/results_logit_scale.json
+    python -m bench.logit_scale --images 1000000 10000000 --out bench/results/logit_scale.json
 """
 
 from __future__ import annotations

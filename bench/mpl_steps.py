@@ -4,7 +4,7 @@ Calls only the stages' public API, so the same script measures any commit: point
 of the commit to compare (e.g. a `git worktree` of the commit before the one-loop change) and run it
 with that checkout's code:
 
-    python bench/mpl_steps.py [--workers 2] [--steps 60] [--batch 32] [--model resnet10t] [--device auto]
+    python -m bench.mpl_steps [--workers 2] [--steps 60] [--batch 32] [--model resnet10t] [--device auto]
 
 It trains a random teacher checkpoint's MPL for `steps` steps on 100 labeled images per class and 4000
 unlabeled (Fashion-MNIST), no finetune, and reports steps/s of the steps after the first log interval

@@ -7,8 +7,8 @@
 Prefect's temporary server is started (by a trivial flow) before anything is timed; against a running
 server, set PREFECT_API_URL. The default overrides make a small but complete generation (~2 min here).
 
-    python bench/prefect_overhead.py [--generations 1] [--repeat 2] [--set KEY=VALUE ...] [--out
-    bench/results_prefect.json]
+    python -m bench.prefect_overhead [--generations 1] [--repeat 2] [--set KEY=VALUE ...] [--out
+    bench/results/prefect.json]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=2, help="direct/flow pairs, alternated; ratios of medians (default: %(default)s)"
     )
-    ap.add_argument("--out", default="bench/results_prefect.json")
+    ap.add_argument("--out", default="bench/results/prefect.json")
     args = ap.parse_args()
     overrides = dict(parse_override(o) for o in (SMALL if args.overrides is None else args.overrides))
     params = load_params(args.params, overrides, generations=args.generations)
@@ -173,7 +173,7 @@ def main() -> None:
     in_flow = task_seconds(first.state_details.flow_run_id)
     t_direct, t_flow = statistics.median(direct_s), statistics.median(flow_s)
     result = {
-        "command": "python bench/prefect_overhead.py"
+        "command": "python -m bench.prefect_overhead"
         + (f" --generations {args.generations}" if args.generations != 1 else "")
         + (f" --repeat {args.repeat}" if args.repeat != 2 else "")
         + "".join(f" --set {o}" for o in (args.overrides or [])),

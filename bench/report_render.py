@@ -1,7 +1,7 @@
 """The report's picture grids drawn as one image (rendering.tile_sheet, what the stages do) against one matplotlib axes
-per tile (how they were drawn until issue 23), on the same tiles; wall seconds each, and the ratio.
+per tile (how they were drawn before), on the same tiles; wall seconds each, and the ratio.
 
-    python bench/report_render.py            # a 12 x 10 gallery and a 15 x 6 corruption grid of 28 x 28 images
+    python -m bench.report_render            # a 12 x 10 gallery and a 15 x 6 corruption grid of 28 x 28 images
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run from the project root after `make run` (it needs a trained teacher):
 
-    python bench/robustness_time.py --model artifacts/gen0/teacher/model.safetensors
+    python -m bench.robustness_time --model artifacts/gen0/teacher/model.safetensors
 
 A clean evaluation is what `evaluate` does per model without robustness sets: top-1/top-5 on val
 and test. Each timing is the median of --repeats runs in this process, so the ratios compare

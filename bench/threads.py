@@ -7,7 +7,7 @@ for as many threads as cores, with the same model, batch and number of steps, be
 the same priority: one process spinning in Python (one core taken), and a second copy of the same training
 loop with the same thread count (two stages side by side).
 
-    python bench/threads.py [--model resnet10t] [--batch 20] [--size 28] [--steps 20]
+    python -m bench.threads [--model resnet10t] [--batch 20] [--size 28] [--steps 20]
 """
 
 from __future__ import annotations

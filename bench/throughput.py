@@ -12,7 +12,7 @@ stops the run with an error rather than leaving a gap in the table.
 With --compile, every model (the bare loop's and the steps') is `torch.compile`d on any device: selftrain compiles
 only on CUDA (`runtime.compile`), and a run with and one without on the same machine say whether CPU should too.
 
-    python bench/throughput.py [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0]
+    python -m bench.throughput [--model resnet10t] [--batch 256] [--steps 40] [--device auto] [--workers 0]
     [--compile] [--out throughput.json]
 """
 

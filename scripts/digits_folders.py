@@ -3,7 +3,7 @@
 
     pip install scikit-learn   # the `bench` extra: pip install -e '.[bench]'
     python scripts/digits_folders.py --out data/digits
-    python bench/methods.py $(the --set flags it prints) --out runs/methods-digits.json
+    python -m experiments.compare_methods $(the --set flags it prints) --out runs/methods-digits.json
 
 Per class, drawn with --seed: --labeled images to labeled/<class>/, --val to val/<class>/, --test to test/<class>/,
 --holdout to holdout/<class>/ (the pool the -A set is filtered from), the rest to unlabeled/ (no class in its path).
@@ -51,7 +51,10 @@ def main() -> None:
     print(f"{out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     sets = {"data.source": "folders", "data.image_size": args.size, "data.channels": 1}
     sets |= {f"data.folders.{split}": f"{out}/{split}" for split in ("labeled", "val", "test", "holdout", "unlabeled")}
-    print("for bench/methods.py (or selftrain's --set):", " ".join(f"--set {k}={v}" for k, v in sets.items()))
+    print(
+        "for experiments/compare_methods.py (or selftrain's --set):",
+        " ".join(f"--set {k}={v}" for k, v in sets.items()),
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def place(model: nn.Module, device: torch.device, compile: bool = False) -> nn.M
     model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     if compile and device.type == "cuda":
         model = cast(nn.Module, torch.compile(model))
-    elif compile:  # measured slower on CPU for every step kind (BENCHMARKS.md, "torch.compile on the CPU")
+    elif compile:  # measured slower on CPU for every step kind (docs/experiments/log.md, "torch.compile on the CPU")
         logging.getLogger("selftrain").info("runtime.compile is for CUDA: on %s the model runs uncompiled", device.type)
     return model
 

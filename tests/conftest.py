@@ -16,7 +16,8 @@ BIN = Path(sys.executable).parent
 # One torch thread in the test process and everything it starts (stages, flows, torchrun; the fake cluster's pods
 # get theirs from their CPU request). The suite runs servers, stages and pods side by side, and on 2 cores a torch
 # process of two threads beside one busy process ran a training step 3-4x slower than alone, one thread not at all
-# (BENCHMARKS.md, "Threads"). The bitwise comparisons between runners also need one thread count. Set before torch
+# (docs/experiments/log.md, "Threads"). The bitwise comparisons between runners also need one thread count. Set before
+# torch
 # is imported.
 os.environ["OMP_NUM_THREADS"] = "1"
 if "torch" in sys.modules:  # a plugin imported it first

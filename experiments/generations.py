@@ -2,7 +2,7 @@
 
 Run from a DVC repository of this project (e.g. a fresh clone after `make run`, which is seed 0):
 
-    python bench/generations.py --seeds 0 1 2
+    python -m experiments.generations --seeds 0 1 2
 
 Each seed is one `dvc exp run -S seed=N` (the seed also draws the data split); the raw
 per-generation test accuracies go to generations.json, the table to stdout.
@@ -23,7 +23,7 @@ from selftrain.params import load_params
 # dvc and the stages' `selftrain` from this interpreter's environment, activated or not
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
-FIGURES = ("test_top1", "mCE", "mFR", "hard_top1")  # teacher vs student per generation (robustness: issue 5)
+FIGURES = ("test_top1", "mCE", "mFR", "hard_top1")  # teacher vs student per generation
 
 
 def main() -> None:

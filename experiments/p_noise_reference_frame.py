@@ -1,4 +1,4 @@
-"""How the -P noise sequences' clean first frame moves FP and mFR (issue 23, point 1).
+"""How the -P noise sequences' clean first frame moves FP and mFR.
 
 Hendrycks' make_cifar_p.py starts every noise sequence with the clean image and -P's FP compares each noisy
 frame with it. Before the fix, frame 0 was noisy too, so FP measured noisy-vs-noisy flips. On the -P set of a
@@ -8,7 +8,7 @@ noisy frame 1, what the old sets measured), and mFR against the robustness refer
 
 Run from the project root after `make run`:
 
-    python bench/p_noise_reference_frame.py --sets artifacts/robustness/sets \\
+    python -m experiments.p_noise_reference_frame --sets artifacts/robustness/sets \\
         --reference artifacts/gen0/promoted.json --model artifacts/gen1/student/model.safetensors
 """
 

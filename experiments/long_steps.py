@@ -1,19 +1,19 @@
-"""One step-based method run far past the budget, validated along the way: does it keep climbing? (issue 27)
+"""One step-based method run far past the budget, validated along the way: does it keep climbing?
 
-`bench/methods.py` gives each step-based method the wall time of Noisy Student's three generations (about 1,500
-FixMatch steps at the default scale on one core). USB trains FixMatch and FreeMatch for 2^20 steps. This runs one
-method from `bench/methods.py`'s table for each `--steps` given, with a validation (and a log row) every
-`--val-every` steps, on the seed's split and teacher in `--work` (made by `bench/methods.py`, or made here the same
-way), then scores the final model like every other row: test top-1, mCE and -A top-1 against the seed's teacher.
-The learning rate decays to 0 at the run's last step, so the validations on the way are points of this schedule,
-not of shorter runs. With `--then-noisy-student K`, K Noisy Student generations follow from the run's final model
-(params.yaml's student recipe, each student the next teacher), each scored and timed: the `generations` recipe
+`experiments/compare_methods.py` gives each step-based method the wall time of Noisy Student's three generations (about
+1,500 FixMatch steps at the default scale on one core). USB trains FixMatch and FreeMatch for 2^20 steps. This runs one
+method from `experiments/compare_methods.py`'s table for each `--steps` given, with a validation (and a log row) every
+`--val-every` steps, on the seed's split and teacher in `--work` (made by `experiments/compare_methods.py`, or made here
+the same way), then scores the final model like every other row: test top-1, mCE and -A top-1 against the seed's
+teacher. The learning rate decays to 0 at the run's last step, so the validations on the way are points of this
+schedule, not of shorter runs. With `--then-noisy-student K`, K Noisy Student generations follow from the run's final
+model (params.yaml's student recipe, each student the next teacher), each scored and timed: the `generations` recipe
 `gen1: fixmatch`, then `gen2.. : noisy_student`.
 
-    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --work runs/methods --out long.json
-    python bench/long_steps.py --seed 0 --method freematch_da --steps 6000 --then-noisy-student 2 --work
+    python -m experiments.long_steps --seed 0 --method freematch_da --steps 6000 --work runs/methods --out long.json
+    python -m experiments.long_steps --seed 0 --method freematch_da --steps 6000 --then-noisy-student 2 --work
     runs/methods --out long.json
-    python bench/long_steps.py --show long.json
+    python -m experiments.long_steps --show long.json
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import run_args  # bench/run_args.py
-from methods import STEP_METHODS, Seed  # bench/methods.py: the same per-seed runs and evaluation
-
+from experiments import run_args
+from experiments.compare_methods import STEP_METHODS, Seed  # the same per-seed runs and evaluation
 from selftrain import stages
 
 

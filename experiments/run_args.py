@@ -1,4 +1,5 @@
-"""The command line the per-run benchmarks share: params and overrides, where runs go, raw results that accumulate."""
+"""The command line the research runners share: params, overlays and overrides, where runs go, raw results that
+accumulate."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
         metavar="KEY=VALUE",
         help="a params override for every run (YAML value), repeatable",
     )
+    ap.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="NAME|FILE",
+        help="a params overlay for every run: experiments/overlays/NAME.yaml or a YAML file, repeatable, before --set",
+    )
     ap.add_argument("--work", default=work, help="artifacts of every run (default: %(default)s)")
     ap.add_argument(
         "--out",
@@ -29,8 +37,27 @@ def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
     ap.add_argument("--show", metavar="JSON", help="run nothing: print the table of these raw results")
 
 
+OVERLAYS = Path(__file__).parent / "overlays"
+
+
+def overlay(name: str) -> dict[str, Any]:
+    """A params overlay (nested like params.yaml) as dotted overrides: a YAML file or experiments/overlays/NAME.yaml."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else OVERLAYS / f"{name}.yaml"
+
+    def dotted(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, sub in node.items() for k, v in dotted(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+    return dotted(yaml.safe_load(path.read_text()), "")
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    """The --overlay files in order, then the --set values, as dotted overrides."""
+    found: dict[str, Any] = {}
+    for name in args.overlay:
+        found |= overlay(name)
+    return found | {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
 
 
 def results(args: argparse.Namespace) -> dict[str, Any]:

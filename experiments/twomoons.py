@@ -1,6 +1,6 @@
 """TwoMoons ablation of MPL: which part of the teacher's training moves the student.
 
-    python bench/twomoons.py --seeds 0 1 2 3 4
+    python -m experiments.twomoons --seeds 0 1 2 3 4
 
 Variants (selftrain.moons.MoonsSetup): full MPL (MPL signal + UDA), UDA only (no MPL
 signal), the MPL signal with its sign flipped, and both signs without UDA; supervised and plain
@@ -20,7 +20,7 @@ VARIANTS = {
     "MPL sign flipped + UDA": {"mpl_weight": -1.0},
     "MPL without UDA": {"uda_weight": 0.0},
     "MPL sign flipped, no UDA": {"mpl_weight": -1.0, "uda_weight": 0.0},
-    # how h is measured (issue 27): this MLP has no dropout or BatchNorm, so eval-mode h is train-mode h exactly;
+    # how h is measured: this MLP has no dropout or BatchNorm, so eval-mode h is train-mode h exactly;
     # the first-order form is the one that differs
     "MPL + UDA, h first-order (signal dot)": {"signal": "dot"},
     "MPL without UDA, h first-order (signal dot)": {"uda_weight": 0.0, "signal": "dot"},

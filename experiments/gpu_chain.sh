@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H200 runs of BENCHMARKS.md ("On one H200: the chain past the 2-core budget"), as one script for a GPU machine:
+# The H200 runs of docs/experiments/log.md ("On one H200: the chain past the 2-core budget"), as one script for a GPU machine:
 # three seeds of the Noisy Student chain side by side (4 DataLoader workers each), every generation scored, and
 # beside them seed 0's methods at equal wall clock. Results and logs go to OUT (at most 8 files).
 #   WHEELS=dir  install these wheels first into /tmp/site (a machine without the project's pydantic/s3fs/timm)
@@ -31,11 +31,11 @@ case $RUN in
   fmlong) ;;
   *) echo "RUN must be chain, long, t240, small or fmlong" >&2; exit 2 ;;
 esac
-WORK=${WORK:-$(mktemp -d)}  # fresh by default: bench/methods.py's Seed refuses folders prepared with other params
+WORK=${WORK:-$(mktemp -d)}  # fresh by default: experiments/compare_methods.py's Seed refuses folders prepared with other params
 pids=()
 if [ "$RUN" = fmlong ]; then
   for s in 0 1 2; do
-    timeout "$T" $PY bench/long_steps.py --seed $s --method freematch_da --steps "${STEPS:-6000}" --val-every 500 --then-noisy-student 1 "${SETS[@]}" \
+    timeout "$T" $PY experiments/long_steps.py --seed $s --method freematch_da --steps "${STEPS:-6000}" --val-every 500 --then-noisy-student 1 "${SETS[@]}" \
       --set data.unlabeled=44000 --set runtime.num_workers=4 --work "$WORK/fm$s" --out "$OUT/fmlong$s.json" > "$OUT/fmlong$s.log" 2>&1 &
     pids+=($!)
   done
@@ -44,13 +44,13 @@ if [ "$RUN" = fmlong ]; then
   exit 0
 fi
 for s in 0 1 2; do
-  timeout "$T" $PY bench/unlabeled.py --seed $s "${CHAIN[@]}" --every-generation "${SETS[@]}" --set runtime.num_workers=4 \
+  timeout "$T" $PY experiments/unlabeled.py --seed $s "${CHAIN[@]}" --every-generation "${SETS[@]}" --set runtime.num_workers=4 \
     --work "$WORK/chain$s" --out "$OUT/$RUN$s.json" > "$OUT/$RUN$s.log" 2>&1 &
   pids+=($!)
 done
 METHODS=(--set data.unlabeled=4000 --methods noisy_student fixmatch freematch_da mpl reduced_mpl noisy_student_consistency)
 [ "$RUN" = chain ] || METHODS=(--methods noisy_student freematch_da reduced_mpl)  # the default scale
-timeout "$T" $PY bench/methods.py --seeds 0 "${SETS[@]}" "${METHODS[@]}" --work "$WORK/methods" --out "$OUT/methods-$RUN.json" > "$OUT/methods-$RUN.log" 2>&1 &
+timeout "$T" $PY experiments/compare_methods.py --seeds 0 "${SETS[@]}" "${METHODS[@]}" --work "$WORK/methods" --out "$OUT/methods-$RUN.json" > "$OUT/methods-$RUN.log" 2>&1 &
 pids+=($!)
 wait "${pids[@]}"
 for f in "$OUT"/*.log; do echo "== $f"; grep -E "^\||Error" "$f" | tail -10; done

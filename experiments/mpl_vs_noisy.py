@@ -7,7 +7,7 @@ Per seed: prepare and the supervised teacher (params.yaml, seed N), its logits, 
 every student's test top-1 is measured on the same test split. Raw results go to mpl_vs_noisy.json
 (appended per seed, so a killed run picks up where it stopped), the table to stdout.
 
-    python bench/mpl_vs_noisy.py --seeds 0 1 2 --out runs/mpl_vs_noisy.json   # from the project root; ~28 min a
+    python -m experiments.mpl_vs_noisy --seeds 0 1 2 --out runs/mpl_vs_noisy.json   # from the project root; ~28 min a
     seed on 2 CPU cores
 """
 

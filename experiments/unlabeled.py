@@ -1,15 +1,14 @@
-"""Noisy Student at several `data.unlabeled` sizes: what more unlabeled images buy, and what they cost (issue 27, point
-4).
+"""Noisy Student at several `data.unlabeled` sizes: what more unlabeled images buy, and what they cost.
 
 Per size (same seed, so the same labeled, val and test splits and the same teacher): prepare, the teacher, the
-robustness sets and reference, then `--generations` Noisy Student generations (infer, filter-balance,
-train-student at the params' epochs, each student the next teacher), evaluated like `bench/methods.py`'s rows.
-Each generation's wall time (infer + filter-balance + student) is recorded, so a size's gain can be read against
-its cost. Only the holdout pool shrinks when the unlabeled set takes what it held (so -A top-1 is not comparable
-across sizes; test top-1 and mCE are: they come from the test split).
+robustness sets and reference, then `--generations` Noisy Student generations (infer, filter-balance, train-student at
+the params' epochs, each student the next teacher), evaluated like the rows of `experiments/compare_methods.py`. Each
+generation's wall time (infer + filter-balance + student) is recorded, so a size's gain can be read against its cost.
+Only the holdout pool shrinks when the unlabeled set takes what it held (so -A top-1 is not comparable across sizes;
+test top-1 and mCE are: they come from the test split).
 
-    python bench/unlabeled.py --sizes 4000 20000 44000 --generations 1 --out unlabeled.json
-    python bench/unlabeled.py --show unlabeled.json
+    python -m experiments.unlabeled --sizes 4000 20000 44000 --generations 1 --out unlabeled.json
+    python -m experiments.unlabeled --show unlabeled.json
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import run_args  # bench/run_args.py
-from methods import Seed  # bench/methods.py: the same per-seed runs and evaluation
+from experiments import run_args
+from experiments.compare_methods import Seed  # the same per-seed runs and evaluation
 
 
 def run_size(

@@ -6,7 +6,7 @@ train for the same number of steps. Teacher and student are then scored on the t
 `selftrain.accuracy.accuracy` (evaluate's clean top-1, without its ~1 min of robustness sets per
 run). Prints a markdown table (mean ± std over seeds):
 
-    python bench/ablations.py --seeds 0 1 2
+    python -m experiments.ablations --seeds 0 1 2
 """
 
 from __future__ import annotations

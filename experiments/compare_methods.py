@@ -1,4 +1,4 @@
-"""Every method side by side at equal wall clock, per seed, on the same split and teacher (issue 27).
+"""Every method side by side at equal wall clock, per seed, on the same split and teacher.
 
 Per seed: prepare, the supervised teacher, the robustness sets and reference (all from params.yaml and its
 --set overrides), then
@@ -15,10 +15,10 @@ Each final model is evaluated like a generation (test top-1, mCE, -A top-1, agai
 results go to --out (appended per seed and method, so a killed run picks up where it stopped), the table to
 stdout, with the wall time each method took.
 
-    python bench/methods.py --seeds 0 1 2 --out runs/methods.json                       # today's budget
-    python bench/methods.py --seeds 0 1 2 --budget-factor 2 --out runs/methods-2x.json  # twice it
-    python bench/methods.py --seeds 0 --set data.unlabeled=4000 --out runs/pilot.json   # a smaller pilot
-    python bench/methods.py --show runs/seed0.json runs/seed1.json                      # one table of separate runs
+    python -m experiments.compare_methods --seeds 0 1 2 --out runs/methods.json                       # today's budget
+    python -m experiments.compare_methods --seeds 0 1 2 --budget-factor 2 --out runs/methods-2x.json  # twice it
+    python -m experiments.compare_methods --seeds 0 --set data.unlabeled=4000 --out runs/pilot.json   # a smaller pilot
+    python -m experiments.compare_methods --show runs/seed0.json runs/seed1.json  # one table of separate runs
 """
 
 from __future__ import annotations
@@ -31,26 +31,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import run_args  # bench/run_args.py
-
+from experiments import run_args
 from selftrain import stages
 from selftrain.params import Params, load_params
 
 PREPARED_FROM = ("seed", "data", "teacher", "robustness")  # the params sections Seed.prepare's artifacts depend on
 CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
+# each step-based recipe and each consistency variant of Noisy Student: experiments/overlays/<name>.yaml
 STEP_METHODS = {
-    "fixmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "fixed"},
-    "flexmatch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "flexmatch"},
-    "freematch": {"generations.gen1.method": "fixmatch", "methods.fixmatch.threshold": "freematch"},
-    "freematch_da": {
-        "generations.gen1.method": "fixmatch",
-        "methods.fixmatch.threshold": "freematch",
-        "methods.fixmatch.dist_align": True,
-    },
-    "mpl": {"generations.gen1.method": "mpl"},
-    "reduced_mpl": {"generations.gen1.method": "reduced_mpl"},
+    name: run_args.overlay(name)
+    for name in ("fixmatch", "flexmatch", "freematch", "freematch_da", "mpl", "reduced_mpl")
 }
-CONSISTENCY = {"noisy_student_consistency": "dropped", "noisy_student_consistency_all": "all"}  # student.consistency
+CONSISTENCY = {name: run_args.overlay(name) for name in ("noisy_student_consistency", "noisy_student_consistency_all")}
 ORDER = ["teacher", "noisy_student", *STEP_METHODS, *CONSISTENCY, "noisy_student_growing"]
 
 
@@ -214,9 +206,8 @@ def run_seed(s: Seed, row: dict[str, Any], factor: float, methods: list[str], sa
         if name in methods and name not in row:
             row[name] = s.step_method(name, budget)
             save()
-    for name, mode in CONSISTENCY.items():
+    for name, c in CONSISTENCY.items():
         if name in methods and name not in row:
-            c = {"student.consistency": mode}
             _, t_infer, (t_epoch,) = s.chain(f"{name}-calibration", 1, **c, **{"student.epochs": 1})
             fitted = max(1, int((budget / 3 - (t_infer - t_epoch)) / t_epoch))
             model, wall, _ = s.chain(name, **c, **{"student.epochs": fitted})

@@ -7,7 +7,7 @@ repeats is what that batch's pseudo-labels did to the student (the signal the te
 spread is noise: SNR = |mean| / std, the median over batches. A second run with the student's learning rate at 0
 (no update, so the true change is 0) gives the noise floor: the spread of h when nothing changed.
 
-    python bench/mpl_signal.py --work runs/mpl_signal --set data.unlabeled=4000 --set teacher.epochs=20
+    python -m experiments.mpl_signal --work runs/mpl_signal --set data.unlabeled=4000 --set teacher.epochs=20
 """
 
 from __future__ import annotations

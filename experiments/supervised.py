@@ -1,16 +1,16 @@
 """The supervised teacher alone, trained longer or with stronger augmentation: the baseline a self-training method
-has to beat when it is given the same wall clock (issue 27).
+has to beat when it is given the same wall clock.
 
 Per seed: prepare the split (shared by every variant of that seed under --work), train the teacher with params.yaml
 plus this variant's --set overrides, and score it on the test split. Records the teacher's training wall time,
 its last val top-1 and its test top-1 under --tag in --out (appended, so variants and seeds accumulate).
 
-    python bench/supervised.py --tag default --seeds 0 1 2 --out supervised.json
-    python bench/supervised.py --tag e60_s1 --seeds 0 1 2 --set teacher.epochs=60 --set teacher.augment=s1 --out
+    python -m experiments.supervised --tag default --seeds 0 1 2 --out supervised.json
+    python -m experiments.supervised --tag e60_s1 --seeds 0 1 2 --set teacher.epochs=60 --set teacher.augment=s1 --out
     supervised.json
-    python bench/supervised.py --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out
+    python -m experiments.supervised --tag e240_s2 --seeds 0 1 2 --set teacher.epochs=240 --set teacher.augment=s2 --out
     supervised.json
-    python bench/supervised.py --show supervised.json
+    python -m experiments.supervised --show supervised.json
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import run_args  # bench/run_args.py
-
+from experiments import run_args
 from selftrain import models, runtime, stages
 from selftrain.accuracy import accuracy
 from selftrain.data import load_split
