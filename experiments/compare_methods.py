@@ -270,14 +270,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a params override for every run (YAML value), repeatable",
-    )
+    run_args.add_params(ap)
     ap.add_argument(
         "--budget-factor",
         type=float,

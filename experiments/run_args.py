@@ -11,16 +11,9 @@ from typing import Any
 import yaml
 
 
-def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
-    """--params, --set, --work, --out and --show (print the table of a raw results file, run nothing)."""
+def add_params(ap: argparse.ArgumentParser) -> None:
+    """--params, --overlay and --set: the params every run of a runner starts from."""
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a params override for every run (YAML value), repeatable",
-    )
     ap.add_argument(
         "--overlay",
         action="append",
@@ -28,6 +21,18 @@ def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
         metavar="NAME|FILE",
         help="a params overlay for every run: experiments/overlays/NAME.yaml or a YAML file, repeatable, before --set",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for every run (YAML value), repeatable",
+    )
+
+
+def add(ap: argparse.ArgumentParser, work: str, out: str) -> None:
+    """--params, --overlay, --set, --work, --out and --show (print the table of a raw results file, run nothing)."""
+    add_params(ap)
     ap.add_argument("--work", default=work, help="artifacts of every run (default: %(default)s)")
     ap.add_argument(
         "--out",

@@ -13,29 +13,14 @@ import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from selftrain import methods
+
 Stage = Callable[..., dict[str, Any]]
 
 # The stages, each a module of this package named after it (as DVC's example-get-started names each stage script),
 # its function `run`. A module is imported when its stage is first looked up, so `selftrain promote` does not pay
 # the seconds that timm and torchvision take to import for stages that train.
-NAMES = (
-    "list-data",
-    "prepare",
-    "train-teacher",
-    "infer",
-    "filter-balance",
-    "train-student",
-    "train-mpl",
-    "train-reduced-mpl",
-    "train-generation",
-    "make-robustness-sets",
-    "robustness-reference",
-    "evaluate",
-    "promote",
-    "report",
-    "record-lineage",
-    "twomoons",
-)
+NAMES = methods.stage_names()  # the pipeline's stages and the methods' (selftrain.methods)
 
 
 def module_name(stage: str) -> str:
