@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import run_args
-from experiments.compare_methods import STEP_METHODS, Seed  # the same per-seed runs and evaluation
+from experiments.compare_methods import STEP_METHODS
+from experiments.seed import Seed
 from selftrain import stages
 
 

@@ -16,21 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
+from experiments.seed import csv_column, timed
 from selftrain import models, runtime, stages
 from selftrain.accuracy import accuracy
 from selftrain.data import load_split
 from selftrain.params import Params, load_params
 
 CALIBRATION_STEPS = 50  # the first steps run slower: too few made the budget estimate short
-
-
-def _timed(fn, *args, **kwargs) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
 
 
 def _test_top1(params: Params, checkpoint: str, data: str) -> float:
@@ -54,7 +48,7 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
     data, gen0, logits_uri = str(root / "data"), str(root / "gen0.json"), str(root / "logits")
     params = load_params(params_path, {"seed": seed})
     stages.prepare.run(params, out=data)
-    _, t_teacher = _timed(stages.train_teacher.run, params, data=data, out=str(root / "teacher"), promoted=gen0)
+    _, t_teacher = timed(stages.train_teacher.run, params, data=data, out=str(root / "teacher"), promoted=gen0)
     stages.infer.run(params, teacher=gen0, data=data, out=logits_uri)
     row: dict = {
         "teacher": {
@@ -64,7 +58,7 @@ def run_seed(seed: int, work: Path, params_path: str) -> dict:
     }
 
     stages.filter_balance.run(params, logits_store=logits_uri, data=data, out=str(root / "pseudo"))
-    _, budget = _timed(
+    _, budget = timed(
         stages.train_student.run,
         params,
         generation="gen1",
@@ -94,27 +88,21 @@ def run_method(method: str, seed: int, root: Path, params_path: str, budget: flo
     # calibration: the whole run (set-up, finetune, save) but only a few steps; the full run then adds
     # steps at the measured rate until it fills the budget
     calib = load_params(params_path, {"seed": seed, **_mpl_overrides(CALIBRATION_STEPS)})
-    _, t_calib = _timed(
+    _, t_calib = timed(
         fn, calib, generation="gen1", data=data, teacher=gen0, out=str(root / f"{method}-calibration"), **extra
     )
-    steps_per_s = _csv_column(root / f"{method}-calibration" / "mpl_log.csv", "steps_per_s")[-1]
+    steps_per_s = csv_column(root / f"{method}-calibration" / "mpl_log.csv", "steps_per_s")[-1]
     steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int((budget - t_calib) * steps_per_s))
     p = load_params(params_path, {"seed": seed, **_mpl_overrides(steps)})
-    _, wall = _timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
+    _, wall = timed(fn, p, generation="gen1", data=data, teacher=gen0, out=str(root / method), **extra)
     return {
         "test_top1": _test_top1(p, str(root / method / stages.CHECKPOINT), data),
         "wall_s": wall,
         "steps": steps,
         "steps_per_s": steps_per_s,
-        "mean_h": statistics.fmean(_csv_column(root / method / "mpl_log.csv", "h")),
-        "mpl_val_top1": _csv_column(root / method / "mpl_log.csv", "val_top1")[-1],  # before the finetune
+        "mean_h": statistics.fmean(csv_column(root / method / "mpl_log.csv", "h")),
+        "mpl_val_top1": csv_column(root / method / "mpl_log.csv", "val_top1")[-1],  # before the finetune
     }
-
-
-def _csv_column(path: Path, name: str) -> list[float]:
-    header, *rows = path.read_text().splitlines()
-    i = header.split(",").index(name)
-    return [float(r.split(",")[i]) for r in rows]
 
 
 def _stats(values: list[float]) -> str:

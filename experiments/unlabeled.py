@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import run_args
-from experiments.compare_methods import Seed  # the same per-seed runs and evaluation
+from experiments.seed import Seed
 
 
 def run_size(
