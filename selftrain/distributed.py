@@ -41,6 +41,17 @@ def world() -> World:
     return World(dist.get_rank(), size)
 
 
+def check_shares(batch: int, w: World, what: str) -> None:
+    """Refuse a global batch that does not split evenly over the processes. DDP averages the processes' gradients
+    with equal weight, so unequal shares (7/7/6) would weigh one process's images more than another's, and a
+    process with no rows would train on an empty batch."""
+    if batch % w.size:
+        raise ValueError(
+            f"{what} is {batch}, which does not split evenly over the {w.size} torchrun processes (each takes every "
+            f"{w.size}th image, and DDP weighs every process the same): make it a multiple of {w.size}"
+        )
+
+
 def wrap(model: nn.Module, w: World, device: torch.device) -> nn.Module:
     """`model` for the training forward pass: itself in one process, DDP over the world otherwise."""
     if w.size == 1:
@@ -53,13 +64,34 @@ def wrap(model: nn.Module, w: World, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model)
 
 
+def _collective_device() -> torch.device:
+    """Where a tensor collective's tensors must live: on the CPU when the group has a CPU backend (Gloo: its config
+    reads "cpu:gloo,cuda:gloo"), else on this process's GPU (NCCL, "cuda:nccl": a CPU tensor fails with "No backend
+    type associated with device type cpu")."""
+    if "cpu:" in dist.get_backend_config():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def mean(values: torch.Tensor, w: World) -> torch.Tensor:
-    """The mean of `values` over the world's processes (the epoch's loss and accuracy in the log)."""
-    if w.size > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= w.size
-    return values
+    """The mean of `values` over the world's processes (the epoch's loss and accuracy in the log), on `values`'
+    device."""
+    if w.size == 1:
+        return values
+    summed = values.to(_collective_device(), copy=True)
+    dist.all_reduce(summed)
+    return (summed / w.size).to(values.device)
+
+
+def all_gather_tensor(t: torch.Tensor, w: World) -> torch.Tensor:
+    """Every process's `t`, concatenated along dim 0 in rank order, on every process and on `t`'s device. Every
+    process's `t` must have the same shape: batches split evenly over the processes (`check_shares`)."""
+    if w.size == 1:
+        return t
+    mine = t.detach().to(_collective_device()).contiguous()
+    out = torch.empty((w.size * mine.shape[0], *mine.shape[1:]), dtype=mine.dtype, device=mine.device)
+    dist.all_gather_into_tensor(out, mine)
+    return out.to(t.device)
 
 
 def gather(obj: Any, w: World) -> list[Any] | None:
@@ -68,15 +100,6 @@ def gather(obj: Any, w: World) -> list[Any] | None:
         return [obj]
     out: list[Any] | None = [None] * w.size if w.main else None
     dist.gather_object(obj, out, dst=0)
-    return out
-
-
-def all_gather(obj: Any, w: World) -> list[Any]:
-    """Every process's `obj` (picklable; tensors on the CPU), in rank order, on every process. [obj] in one process."""
-    if w.size == 1:
-        return [obj]
-    out: list[Any] = [None] * w.size
-    dist.all_gather_object(out, obj)
     return out
 
 

@@ -75,7 +75,8 @@ class StepBatches(torch.utils.data.Sampler):
     """The batches (lists of row indices) of steps `start`, `start` + 1, ... forever: pass k over the `n` rows is
     the permutation drawn from (seed, k), so any step's batch is known without the ones before it and a
     resumed run draws exactly what an uninterrupted one draws. Full batches only, unless n < batch. Under
-    torchrun each process gets every `world.size`-th row of each batch, starting at its rank."""
+    torchrun each process gets every `world.size`-th row of each batch, starting at its rank: a batch that does not
+    split evenly is refused."""
 
     def __init__(
         self, n: int, batch: int, seed: int, stream: int, start: int = 0, world: distributed.World = distributed.World()
@@ -88,6 +89,7 @@ class StepBatches(torch.utils.data.Sampler):
         self.stream = stream
         self.start = start
         self.world = world
+        distributed.check_shares(self.batch, world, f"a step's batch (of a set of {n} rows)")
         self.per_pass = n // self.batch
 
     def __len__(self) -> int:

@@ -35,3 +35,16 @@ def test_the_readme_is_a_guide_and_every_link_of_the_results_pages_lands():
             if anchor:
                 headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.MULTILINE)
                 assert anchor in {_slug(h) for h in headings}, f"{page} links to {target}#{anchor}: no such heading"
+
+
+def test_every_collective_is_in_the_distributed_module():
+    """One module holds every torch.distributed call, so a grep checks them against the backend's rules."""
+    calls = re.compile(r"\bdist\.\w+\(|torch\.distributed\.\w+\(|import torch\.distributed")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "selftrain").rglob("*.py"))
+        if path.name != "distributed.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if calls.search(line)
+    ]
+    assert found == []

@@ -9,23 +9,61 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import tool_env, write_tiny_params
 from selftrain import artifacts, stages
+from selftrain.data import Split
 from selftrain.distributed import World
-from selftrain.params import load_params
-from selftrain.train import StepBatches
+from selftrain.params import TrainParams, load_params
+from selftrain.steps.supervised import SupervisedStep, image_loader
+from selftrain.steps.views import StepImages
+from selftrain.train import Context, StepBatches
+
+CPU = torch.device("cpu")
 
 
-def test_each_process_takes_a_disjoint_share_of_the_single_process_batch():
-    one = iter(StepBatches(103, 20, seed=4, stream=0, start=7))
-    shares = [iter(StepBatches(103, 20, seed=4, stream=0, start=7, world=World(rank, 3))) for rank in range(3)]
-    for _ in range(12):  # across a pass boundary (5 batches per pass)
+def test_each_process_takes_a_disjoint_equal_share_of_the_single_process_batch():
+    one = iter(StepBatches(103, 21, seed=4, stream=0, start=7))
+    shares = [iter(StepBatches(103, 21, seed=4, stream=0, start=7, world=World(rank, 3))) for rank in range(3)]
+    for _ in range(12):  # across a pass boundary (4 batches per pass)
         batch, parts = next(one), [next(s) for s in shares]
         assert sorted(sum(parts, [])) == sorted(batch) and len(set(sum(parts, []))) == len(batch)
-        assert [len(p) for p in parts] == [7, 7, 6]
+        assert [len(p) for p in parts] == [7, 7, 7]
+
+
+def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused():
+    """DDP weighs every process's gradient the same: shares 7/7/6 would weigh images unequally, and a set smaller
+    than the batch must split evenly too (10 rows over 4 processes: 3/3/2/2)."""
+    with pytest.raises(ValueError, match=r"is 20, which does not split evenly over the 3 torchrun processes"):
+        StepBatches(103, 20, seed=4, stream=0, world=World(0, 3))
+    with pytest.raises(ValueError, match=r"of a set of 10 rows\) is 10, which does not split evenly over the 4"):
+        StepBatches(10, 64, seed=4, stream=0, world=World(1, 4))
+    assert StepBatches(10, 64, seed=4, stream=0, world=World(1, 2)).batch == 10  # 5 and 5
+    labeled = Split(np.zeros((40, 8, 8, 1), np.uint8), np.arange(40) % 2, np.arange(40), ("a", "b"))
+    for rank in range(3):  # the step refuses before it builds anything, on every rank
+        with pytest.raises(ValueError, match=r"^batch_size is 20, which does not split evenly over the 3"):
+            SupervisedStep(torch.nn.Linear(1, 1), TrainParams(batch_size=20), labeled, Context(CPU, World(rank, 3)), 0)
+    with pytest.raises(ValueError, match=r"unlabeled batch \(of 50\) is 50, which does not split evenly over the 4"):
+        StepImages(labeled, np.zeros((50, 8, 8, 1), np.uint8), 20, 3, TrainParams(), 0, World(0, 4))
+
+
+def test_dataloader_workers_draw_their_own_noise_on_each_rank():
+    """The same image under the same params and seed, one DataLoader worker a rank: each rank's noise differs
+    (the loader's generator, its workers' base seed, was the same on every rank: 1/N of the intended noise)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 16, 16, 1), dtype=np.uint8)
+    images, labels = np.repeat(image, 8, 0), np.zeros(8, np.int64)
+    p = TrainParams(batch_size=4, augment="s4", randaugment_magnitude=9)
+    drawn = []
+    for rank in range(2):
+        batches = StepBatches(8, 4, seed=0, stream=0, world=World(rank, 2))
+        x, _ = next(iter(image_loader(images, labels, p, batches, seed=3, workers=1)))
+        drawn.append(x)
+    assert drawn[0].shape == drawn[1].shape == (2, 1, 16, 16)
+    assert not torch.equal(drawn[0], drawn[1])
 
 
 # 5 steps an epoch on the tiny data: 40 steps, a checkpoint every epoch
@@ -162,14 +200,14 @@ MPL_RANKS = (
     RECORDING
     + """
 path, data, teacher, out, *sets = sys.argv[1:]
-stages.train_mpl.run(load_params(path, dict(s.split("=") for s in sets)), generation="gen2", data=data, teacher=teacher,
-out=out)
+params = load_params(path, dict(s.split("=") for s in sets))
+stages.train_mpl.run(params, generation="gen2", data=data, teacher=teacher, out=out)
 for name, net in (("student", steps[-1].model), ("teacher", steps[0].teacher)):
     # the weights (BatchNorm's running statistics are per process: DDP broadcasts rank 0's before each forward)
     state = {k: v.detach().cpu().contiguous() for k, v in net.named_parameters()}
     # and the MPL baseline, a moving average of h: the same on every rank only if h is all-reduced
-    safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", {"baseline":
-    repr(steps[0].state.baseline)})
+    baseline = {"baseline": repr(steps[0].state.baseline)}
+    safetensors.torch.save_file(state, f"{out}.{name}.rank{dist.get_rank()}.safetensors", baseline)
 dist.destroy_process_group()
 """
 )
@@ -180,8 +218,8 @@ TEACHER_RANKS = (
     RECORDING
     + """
 path, data, out, *sets = sys.argv[1:]
-stages.train_teacher.run(load_params(path, dict(s.split("=") for s in sets)), data=data, out=out, promoted=out +
-".json")
+params = load_params(path, dict(s.split("=") for s in sets))
+stages.train_teacher.run(params, data=data, out=out, promoted=out + ".json")
 state = {k: v.detach().cpu().contiguous() for k, v in steps[-1].model.named_parameters()}
 safetensors.torch.save_file(state, f"{out}.rank{dist.get_rank()}.safetensors")
 dist.destroy_process_group()

@@ -168,6 +168,12 @@ def _two_process_targets(rank: int, store: str, out: str) -> None:
     from selftrain.methods.fixmatch.thresholds import DistributionAlignment, FreeMatchThreshold, PseudoLabeller
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+    def pickled(*args: object, **kwargs: object) -> None:  # every step's sync is a tensor collective, never pickles
+        raise AssertionError("the threshold rule's state was synchronised through a pickled object collective")
+
+    dist.all_gather_object = pickled
+    dist.gather_object = pickled
     logits, rows = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)), torch.arange(10)
     share = slice(rank, None, 2)  # StepImages' split of a step's batch: every world.size-th image
     rule, align = FreeMatchThreshold(3, momentum=0.5), DistributionAlignment(torch.ones(3), momentum=0.5)
@@ -177,7 +183,8 @@ def _two_process_targets(rank: int, store: str, out: str) -> None:
 
 
 def test_under_two_processes_each_keeps_its_share_of_the_whole_batchs_targets_and_the_same_state(tmp_path):
-    """The threshold rule and alignment see the whole step's batch in every process (gathered), as one process does."""
+    """The threshold rule and alignment see the whole step's batch in every process (gathered with tensor
+    collectives, no pickling), as one process does."""
     from selftrain.methods.fixmatch.thresholds import DistributionAlignment, FreeMatchThreshold, pseudo_targets
 
     torch.multiprocessing.spawn(_two_process_targets, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)

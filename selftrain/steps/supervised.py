@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selftrain import runtime
+from selftrain import distributed, runtime
 from selftrain.data import Split
 from selftrain.noise import ImageDataset, pil_policy, seed_worker, train_batch
 from selftrain.params import TrainParams
@@ -21,7 +21,8 @@ from selftrain.train import Context, Finished, StepBatches
 def image_loader(
     images: np.ndarray, targets: np.ndarray, p: TrainParams, batches: StepBatches, seed: int, workers: int
 ) -> torch.utils.data.DataLoader:
-    """`p`'s per-image (PIL) noise in `workers` processes, batches drawn by `batches`."""
+    """`p`'s per-image (PIL) noise in `workers` processes, batches drawn by `batches`. The loader's generator (its
+    workers' base seed) differs by rank, so that under torchrun each process draws its own noise (rank 0: `seed`)."""
     ds = ImageDataset(images, targets, pil_policy(p, images.shape[1], images.shape[3]))
     # its own generator: the loader draws its workers' base seed from it, not from torch's global RNG
     return torch.utils.data.DataLoader(
@@ -30,7 +31,7 @@ def image_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed + 7919 * batches.world.rank),
     )
 
 
@@ -38,11 +39,7 @@ class SupervisedStep(Step):
     """labeled_weight * CE(y, f(x_l)) on one labeled batch, AdamW with warmup + cosine decay over p.epochs."""
 
     def __init__(self, model: nn.Module, p: TrainParams, labeled: Split, ctx: Context, seed: int) -> None:
-        if p.batch_size < ctx.world.size:
-            raise ValueError(
-                f"batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each needs a "
-                "share of every batch"
-            )
+        distributed.check_shares(p.batch_size, ctx.world, "batch_size")
         super().__init__(ctx)
         self.model = model
         self.p = p

@@ -40,6 +40,9 @@ class StepImages(torch.utils.data.Dataset):
         self.ratio = ratio
         self.seed = seed
         self.world = world
+        distributed.check_shares(min(batch_size, len(labeled)), world, f"a step's labeled batch (of {len(labeled)})")
+        unlabeled_batch = min(batch_size * ratio, len(unlabeled))
+        distributed.check_shares(unlabeled_batch, world, f"a step's unlabeled batch (of {len(unlabeled)})")
         self.strong = pil_policy(sp, unlabeled.shape[1], unlabeled.shape[3])
 
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selftrain import distributed
 from selftrain.data import Split
 from selftrain.methods.fixmatch import FixMatchParams, thresholds
 from selftrain.params import StudentParams
@@ -41,11 +42,7 @@ class FixMatchStep(Step):
         ctx: Context,
         seed: int,
     ) -> None:
-        if p.batch_size < ctx.world.size:
-            raise ValueError(
-                f"methods.fixmatch.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: "
-                "each needs a share of every batch"
-            )
+        distributed.check_shares(p.batch_size, ctx.world, "methods.fixmatch.batch_size")
         super().__init__(ctx)
         self.model = model
         self.p = p

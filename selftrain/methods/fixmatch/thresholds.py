@@ -221,11 +221,10 @@ class PseudoLabeller:
         """Pseudo-labels, mask and (aligned) probabilities of this process's weak views."""
         if w.size == 1:
             return pseudo_targets(logits_weak, rows, self.rule, self.align)
-        shares = distributed.all_gather((logits_weak.detach().cpu(), rows.cpu()), w)
-        out = pseudo_targets(
-            torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]), self.rule, self.align
-        )
-        start = sum(len(s[0]) for s in shares[: w.rank])
+        # the whole step's batch, every process's equal share in rank order: every process updates the same state
+        logits = distributed.all_gather_tensor(logits_weak.detach().cpu(), w)
+        out = pseudo_targets(logits, distributed.all_gather_tensor(rows.cpu(), w), self.rule, self.align)
+        start = w.rank * len(rows)
         targets, mask, probs = (x[start : start + len(rows)].to(logits_weak.device) for x in out)
         return targets, mask, probs
 

@@ -48,11 +48,7 @@ class MplStep(Step):
         seed: int,
         teacher_lr: float | None = None,
     ) -> None:
-        if p.batch_size < ctx.world.size:
-            raise ValueError(
-                f"methods.mpl.batch_size {p.batch_size} is smaller than the {ctx.world.size} torchrun processes: each "
-                "needs a share of every batch"
-            )
+        distributed.check_shares(p.batch_size, ctx.world, "methods.mpl.batch_size")
         super().__init__(ctx)
         self.model = student
         self.teacher = teacher
