@@ -26,24 +26,28 @@ from selftrain import artifacts, failures, noise
 
 log = logging.getLogger("selftrain")
 
-# /4: each model, optimiser and schedule under its name (steps/base.py); older files are not resumed
+# /4: each model, optimiser and schedule under its name (steps/base.py), the current GPU's RNG only; older files
+# are not resumed
 FORMAT = "selftrain-resume/4"
 READ_ATTEMPTS, READ_BACKOFF_S = 4, 2.0  # retries of a transient read error: 2, 4, 8 s apart
 
 
 def rng_state() -> dict[str, Any]:
-    """torch's (dropout, stochastic depth), CUDA's and the augmentations' random states."""
+    """torch's (dropout, stochastic depth), this process's GPU's and the augmentations' random states. Only the
+    current GPU's: a process draws on its own GPU alone, and a resume may land on a node with fewer GPUs or on
+    another local GPU (restoring every visible GPU's states failed on the first and set the wrong stream on the
+    second)."""
     return {
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "augment_rng": noise.augmentation_state(),
     }
 
 
 def set_rng_state(blob: dict[str, Any]) -> None:
     torch.set_rng_state(blob["torch_rng"])
-    if blob["cuda_rng"]:
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    if blob["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(blob["cuda_rng"])  # the current device's
     noise.set_augmentation_state(blob["augment_rng"])
 
 
