@@ -166,8 +166,9 @@ def job_manifest(
                 "3",
             ]
         )
+        # selftrain-torchrun (selftrain/launch.py): torchrun, exiting with the failed rank's own code (75, 2, 3)
         command, argv = (
-            ["torchrun"],
+            ["selftrain-torchrun"],
             [*rendezvous, "--nproc-per-node", str(max(res.gpu, 1)), "-m", "selftrain.cli", *argv],
         )
     annotations = {}

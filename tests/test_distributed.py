@@ -266,3 +266,21 @@ def test_torchrun_with_two_processes_runs_mpl_in_step_and_like_one(tmp_path):
     assert [r["step"] for r in mpl_log] == ["10", "20"]
     val_two = float(list(csv.DictReader((out / "log.csv").read_text().splitlines()))[-1]["val_top1"])
     assert abs(val_two - one["val_top1"]) <= 0.15, (val_two, one["val_top1"])
+
+
+def test_the_launcher_exits_with_the_failed_ranks_own_code_where_torchrun_says_1(tmp_path):
+    """The Job's podFailurePolicy keys on a stage's exit code (75: transient, replace the pod; 2: bad input, fail
+    the Job): torchrun reports every failed worker as 1, selftrain-torchrun as the worker did."""
+    script = tmp_path / "transient.py"
+    script.write_text("import sys\nsys.exit(75)\n")
+    one = ["--standalone", "--nproc-per-node", "1"]
+    env = tool_env()
+    assert subprocess.run(["torchrun", *one, str(script)], env=env, capture_output=True).returncode == 1
+    assert subprocess.run(["selftrain-torchrun", *one, str(script)], env=env, capture_output=True).returncode == 75
+    # a real stage's bad input: a data folder that is not there
+    path = write_tiny_params(tmp_path / "params.yaml")
+    stage = ["-m", "selftrain.cli", "train-teacher", "--params", str(path), "--data", str(tmp_path / "missing")]
+    stage += ["--out", str(tmp_path / "teacher"), "--promoted", str(tmp_path / "promoted.json")]
+    ran = subprocess.run(["selftrain-torchrun", *one, *stage], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert "rank 0 exited with 2" in ran.stderr

@@ -436,7 +436,7 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     assert pod["subdomain"] == name == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"job-name": name}
     container = pod["containers"][0]
-    assert container["command"] == ["torchrun"] and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert container["command"] == ["selftrain-torchrun"] and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     args = container["args"]
     assert args[args.index("--nnodes") + 1] == "4" and args[args.index("--nproc-per-node") + 1] == "8"
     assert args[args.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
@@ -461,7 +461,7 @@ def test_a_multi_node_student_is_an_indexed_torchrun_job_with_a_headless_service
     assert (mpl.gpu, mpl.nodes) == (8, 4)
     assert job_manifest(params, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], mpl)["spec"]["template"]["spec"][
         "containers"
-    ][0]["command"] == ["torchrun"]
+    ][0]["command"] == ["selftrain-torchrun"]
     one = load_params(path, {**K8S, "resources": {"train-student": {"gpu": 8}, "train-mpl": {"gpu": 1}}})
     job = job_manifest(one, "train-mpl", "st-train-mpl-gen2-0", ["train-mpl"], resources_for(one, "train-mpl"))
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["selftrain"]
