@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -17,28 +18,40 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+# How long a process waits in a collective for the others: past NCCL's 10-minute default, so that the other ranks
+# outwait rank 0 writing a large checkpoint to S3 instead of the watchdog aborting them all
+PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
+
 
 @dataclass(frozen=True)
 class World:
     rank: int = 0
     size: int = 1
+    grouped: bool = False  # a process group was joined (torchrun started this process), even of one process
 
     @property
     def main(self) -> bool:
         """The process that writes outputs and checkpoints."""
         return self.rank == 0
 
+    @property
+    def collective(self) -> bool:
+        """The helpers below run their collectives: several processes, or a group of one under torchrun (so that
+        `torchrun --nproc-per-node 1` on one GPU sends every collective through real NCCL)."""
+        return self.size > 1 or self.grouped
+
 
 def world() -> World:
-    """The torchrun world of this process, its process group joined (NCCL on CUDA, else Gloo) and its GPU chosen."""
+    """The torchrun world of this process, its process group joined (NCCL on CUDA, else Gloo) and its GPU chosen.
+    One process that torchrun did not start (no LOCAL_RANK) has no group."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    if size == 1 and "LOCAL_RANK" not in os.environ:
         return World()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(dist.get_rank(), size)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+    return World(dist.get_rank(), size, grouped=True)
 
 
 def check_shares(batch: int, w: World, what: str) -> None:
@@ -54,7 +67,7 @@ def check_shares(batch: int, w: World, what: str) -> None:
 
 def wrap(model: nn.Module, w: World, device: torch.device) -> nn.Module:
     """`model` for the training forward pass: itself in one process, DDP over the world otherwise."""
-    if w.size == 1:
+    if not w.collective:
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -76,7 +89,7 @@ def _collective_device() -> torch.device:
 def mean(values: torch.Tensor, w: World) -> torch.Tensor:
     """The mean of `values` over the world's processes (the epoch's loss and accuracy in the log), on `values`'
     device."""
-    if w.size == 1:
+    if not w.collective:
         return values
     summed = values.to(_collective_device(), copy=True)
     dist.all_reduce(summed)
@@ -86,7 +99,7 @@ def mean(values: torch.Tensor, w: World) -> torch.Tensor:
 def all_gather_tensor(t: torch.Tensor, w: World) -> torch.Tensor:
     """Every process's `t`, concatenated along dim 0 in rank order, on every process and on `t`'s device. Every
     process's `t` must have the same shape: batches split evenly over the processes (`check_shares`)."""
-    if w.size == 1:
+    if not w.collective:
         return t
     mine = t.detach().to(_collective_device()).contiguous()
     out = torch.empty((w.size * mine.shape[0], *mine.shape[1:]), dtype=mine.dtype, device=mine.device)
@@ -96,7 +109,7 @@ def all_gather_tensor(t: torch.Tensor, w: World) -> torch.Tensor:
 
 def gather(obj: Any, w: World) -> list[Any] | None:
     """Every process's `obj` (picklable), in rank order, on rank 0; None on the others. [obj] in one process."""
-    if w.size == 1:
+    if not w.collective:
         return [obj]
     out: list[Any] | None = [None] * w.size if w.main else None
     dist.gather_object(obj, out, dst=0)
@@ -104,7 +117,7 @@ def gather(obj: Any, w: World) -> list[Any] | None:
 
 
 def barrier(w: World) -> None:
-    if w.size > 1:
+    if w.collective:
         dist.barrier()
 
 

@@ -284,3 +284,45 @@ def test_the_launcher_exits_with_the_failed_ranks_own_code_where_torchrun_says_1
     ran = subprocess.run(["selftrain-torchrun", *one, *stage], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert ran.returncode == 2, ran.stderr[-2000:]
     assert "rank 0 exited with 2" in ran.stderr
+
+
+# train-teacher as a torchrun group of one: which collectives ran, and the weights
+ONE_RANK = (
+    RECORDING
+    + """
+from torch.nn.parallel import DistributedDataParallel
+calls = {}
+for name in ("all_reduce", "all_gather_into_tensor", "gather_object", "broadcast"):
+    def counted(*args, _name=name, _real=getattr(dist, name), **kwargs):
+        calls[_name] = calls.get(_name, 0) + 1
+        return _real(*args, **kwargs)
+    setattr(dist, name, counted)
+path, data, out, *sets = sys.argv[1:]
+params = load_params(path, dict(s.split("=") for s in sets))
+stages.train_teacher.run(params, data=data, out=out, promoted=out + ".json")
+ddp = isinstance(steps[-1].net, DistributedDataParallel)
+print("CALLS", calls.get("all_reduce", 0), calls.get("gather_object", 0), ddp)
+"""
+)
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_sends_every_collective_through_its_group_and_trains_like_no_group(
+    two_process_teacher, tmp_path
+):
+    """`torchrun --nproc-per-node 1` joins a process group, so on one GPU the log's reduction, the checkpoint's
+    gather and DDP run through real NCCL; on the CPU (Gloo) the teacher is bitwise the one of a plain process."""
+    path, data, _, _ = two_process_teacher
+    (tmp_path / "rank.py").write_text(ONE_RANK)
+    sets = ("teacher.epochs=2", "runtime.checkpoint_every=5")
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "1", str(tmp_path / "rank.py")]
+    proc = subprocess.run(
+        [*cmd, str(path), str(data), str(tmp_path / "group"), *sets], env=tool_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reductions, gathers, ddp = proc.stdout.split("CALLS")[1].split()
+    assert int(reductions) >= 2 and int(gathers) >= 1 and ddp == "True"  # a row per epoch; a checkpoint at step 5
+    plain = load_params(path, dict(s.split("=") for s in sets))
+    stages.train_teacher.run(plain, data=str(data), out=str(tmp_path / "plain"), promoted=str(tmp_path / "p.json"))
+    group, alone = ((tmp_path / d / "model.safetensors").read_bytes() for d in ("group", "plain"))
+    assert group == alone

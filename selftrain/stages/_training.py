@@ -45,7 +45,7 @@ def context(params: Params) -> train.Context:
     """Where training runs: under torchrun the world is joined first, as it picks this process's GPU."""
     world = distributed.world()
     device = runtime.pick_device(params.runtime.device)
-    if device.type == "cuda" and world.size > 1:
+    if device.type == "cuda" and world.grouped:
         device = torch.device("cuda", torch.cuda.current_device())
     return train.Context(device, world, params.runtime.num_workers)
 

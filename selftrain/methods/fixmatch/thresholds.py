@@ -219,7 +219,7 @@ class PseudoLabeller:
         self, logits_weak: torch.Tensor, rows: torch.Tensor, w: distributed.World
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pseudo-labels, mask and (aligned) probabilities of this process's weak views."""
-        if w.size == 1:
+        if not w.collective:
             return pseudo_targets(logits_weak, rows, self.rule, self.align)
         # the whole step's batch, every process's equal share in rank order: every process updates the same state
         logits = distributed.all_gather_tensor(logits_weak.detach().cpu(), w)
