@@ -8,6 +8,7 @@ DDP averages the gradients, so the optimisation is the single-process one with p
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+logger = logging.getLogger("selftrain")
 
 # How long a process waits in a collective for the others: past NCCL's 10-minute default, so that the other ranks
 # outwait rank 0 writing a large checkpoint to S3 instead of the watchdog aborting them all
@@ -51,6 +54,7 @@ def world() -> World:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        logger.info("process group %s, %d process(es), rank %d", dist.get_backend(), size, dist.get_rank())
     return World(dist.get_rank(), size, grouped=True)
 
 
