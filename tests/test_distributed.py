@@ -60,8 +60,9 @@ def test_dataloader_workers_draw_their_own_noise_on_each_rank():
     drawn = []
     for rank in range(2):
         batches = StepBatches(8, 4, seed=0, stream=0, world=World(rank, 2))
-        x, _ = next(iter(image_loader(images, labels, p, batches, seed=3, workers=1)))
-        drawn.append(x)
+        loader = iter(image_loader(images, labels, p, batches, seed=3, workers=1))
+        drawn.append(next(loader)[0])
+        del loader  # its worker shut down here, not at an arbitrary collection later
     assert drawn[0].shape == drawn[1].shape == (2, 1, 16, 16)
     assert not torch.equal(drawn[0], drawn[1])
 
