@@ -1,6 +1,6 @@
 """Every method side by side at equal wall clock, per seed, on the same split and teacher.
 
-Per seed: prepare, the supervised teacher, the robustness sets and reference (all from params.yaml and its
+Per seed: prepare, the supervised teacher, the robustness sets and reference (all from params.yaml, its overlays and
 --set overrides), then
   1. noisy_student: three generations (infer, filter-balance, train-student; each student the next teacher, no
      gate) as params.yaml has them, with student.epochs x --budget-factor; the wall time of the default three

@@ -37,8 +37,7 @@ def _without_stem_pool(model: nn.Module) -> nn.Module:
     # timm's ResNets shrink an image 4x in the stem (a stride-2 convolution, then a max-pool), made for 224-pixel
     # ImageNet: a 28-pixel image enters the body at 7x7 and leaves it at 1x1. Without the max-pool it enters at 14x14
     # and leaves at 2x2, for 2.4-2.7x the time a step on a CPU (docs/experiments/log.md). timm has no switch for
-    # this, hence
-    # the variants.
+    # this, hence the variants.
     model.maxpool = nn.Identity()
     return model
 

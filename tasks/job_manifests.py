@@ -123,9 +123,8 @@ def job_manifest(
         # torch sizes its thread pool by the node's cores, not the pod's share: on a busy 64-core node a pod that
         # requested 8 would run 64 threads on 8 cores' worth of time (measured here: a torch process of 2 threads on
         # 2 cores beside one busy process ran 3-4x slower than alone; docs/experiments/log.md "Threads"). The
-        # downward API
-        # gives the request, rounded up to whole cores. A pod of several processes (one per GPU) is left to
-        # torchrun, which sets 1 per process, but only when it starts more than one (so a one-GPU pod of a
+        # downward API gives the request, rounded up to whole cores. A pod of several processes (one per GPU) is left
+        # to torchrun, which sets 1 per process, but only when it starts more than one (so a one-GPU pod of a
         # multi-node run gets the request too).
         env.append(
             {

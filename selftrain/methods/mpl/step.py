@@ -1,11 +1,10 @@
 """The Meta Pseudo Labels step (the maths: update.py), its teacher a network over images; reduced MPL
 (selftrain.methods.reduced_mpl) subclasses it.
 
-Step t's data comes from selftrain.steps.views (drawn from (seed, t) alone: a resumed run takes exactly the steps
-an uninterrupted one takes). Under torchrun the student and the teacher are both DDP-wrapped, every process takes
-a disjoint share of each step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline)
-is averaged over
-the processes, so that every process updates its teacher with the same scalar.
+Step t's data comes from selftrain.steps.views (drawn from (seed, t) alone: a resumed run takes exactly the steps an
+uninterrupted one takes). Under torchrun the student and the teacher are both DDP-wrapped, every process takes a
+disjoint share of each step's labeled and unlabeled images, and the MPL signal h (and so its moving-average baseline)
+is averaged over the processes, so that every process updates its teacher with the same scalar.
 """
 
 from __future__ import annotations

@@ -13,10 +13,9 @@ reimplementations flip it). The baseline is a moving average of h. How h is meas
          just before and after the weights' update: only the update moves h;
   dot:   the first-order form, h = -grad L_l(theta_new) . (theta_new - theta_old) with the gradient in eval
          mode (the paper's Appendix A, with the optimiser's actual step in place of -lr * grad).
-The teacher also minimises CE on the labeled batch and, ramped up, UDA: CE between its sharpened prediction q =
-softmax(z_weak / T) and its
-prediction on a strong view of the same unlabeled images, counted where max q >= threshold (the mask is taken on
-the sharpened q, as in the MPL authors' code and MPL-pytorch).
+The teacher also minimises CE on the labeled batch and, ramped up, UDA: CE between its sharpened prediction
+q = softmax(z_weak / T) and its prediction on a strong view of the same unlabeled images, counted where
+max q >= threshold (the mask is taken on the sharpened q, as in the MPL authors' code and MPL-pytorch).
 """
 
 from __future__ import annotations

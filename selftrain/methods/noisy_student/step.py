@@ -2,16 +2,13 @@
 times larger go through the noised student in one forward pass, and the loss is
     labeled_weight * CE(y, f(x_l))  +  pseudo_weight * L(f(x_u), log q)
 each term a mean over its own part of the batch (so the two are normalised separately), L the student's `loss`
-from losses.py of selftrain.methods.distill (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one
-pass over the
-pseudo-labeled set.
+from selftrain/methods/distill/losses.py (ce: CE against q itself; soft_ce drops the labeled term). An epoch is one
+pass over the pseudo-labeled set.
 
 With student.consistency (dropped or all), each step also takes `methods.fixmatch.unlabeled_ratio` times as many
-unlabeled
-images as labeled ones, from those filter-balance did not keep (or all), as a weak and a strong view, and adds
-FixMatch's term (selftrain.methods.fixmatch.thresholds, by `methods.fixmatch`'s threshold rule) weighted by
-student.consistency_weight: the
-generations of Noisy Student compose with consistency training.
+unlabeled images as labeled ones, from those filter-balance did not keep (or all), as a weak and a strong view, and
+adds FixMatch's term (selftrain.methods.fixmatch.thresholds, by `methods.fixmatch`'s threshold rule) weighted by
+student.consistency_weight: the generations of Noisy Student compose with consistency training.
 """
 
 from __future__ import annotations
